@@ -1,0 +1,375 @@
+"""Loading an open_clip model and the few hooks methods need to run its towers piece by piece.
+
+`load_clip` returns a frozen `ClipBackbone`. Its `encode_image` / `encode_text` are rebuilt from
+the hooks (`vision_embed`, `vision_blocks`, `vision_head`, `token_embedding`, `text_blocks`,
+`text_head`) and equal open_clip's own to float tolerance, so a method that inserts prompts between
+those hooks changes nothing else. Checkpoint formats are handled in `vlprompt.checkpoints`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlprompt.errors import CheckpointError, DownloadError, ModelNameError
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+_CONFIG_DIR: Path | None = None
+
+
+def register_model_config(name: str, config: dict[str, Any]) -> None:
+    """Make an architecture (open_clip's JSON model config) known to open_clip under `name`."""
+    global _CONFIG_DIR
+    if _CONFIG_DIR is None:
+        _CONFIG_DIR = Path(tempfile.mkdtemp(prefix="vlprompt-model-configs-"))
+    (_CONFIG_DIR / f"{name}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(_CONFIG_DIR / f"{name}.json")
+
+
+def list_models() -> list[str]:
+    """Architectures open_clip (and vlprompt's own configs) know."""
+    return open_clip.list_models()
+
+
+def _check_model_name(name: str) -> None:
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return
+    known = open_clip.list_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+        hint = f" Closest names: {', '.join(close)}." if close else ""
+        raise ModelNameError(
+            f"unknown model name {name!r}.{hint} `vlprompt.list_models()` lists all {len(known)}."
+        )
+
+
+class ClipBackbone(nn.Module):
+    """A frozen open_clip CLIP with its tokenizer, image geometry and the hooks methods use."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        name: str,
+        pretrained: str | None,
+        quick_gelu: bool,
+        precision: str = "fp32",
+    ) -> None:
+        super().__init__()
+        if not hasattr(model, "token_embedding") or not hasattr(model, "transformer"):
+            raise ModelNameError(
+                f"{name} has a custom text tower; vlprompt supports CLIP-style models whose text "
+                "tower is open_clip's own transformer (e.g. ViT-B-16, RN50, ViT-L-14)"
+            )
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.pretrained = pretrained
+        self.quick_gelu = quick_gelu
+        self.precision = precision
+        self._weights_id: str | None = None
+
+    # ---- facts ---------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.token_embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.token_embedding.weight.device
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.model.visual
+
+    @property
+    def is_vit(self) -> bool:
+        """True when the image tower is a ViT with a class token (what RPO needs)."""
+        v = self.model.visual
+        return hasattr(v, "class_embedding") and hasattr(v, "transformer")
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(
+            getattr(self.model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
+        )
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(getattr(self.model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model.positional_embedding.shape[0])
+
+    @property
+    def text_width(self) -> int:
+        return int(self.model.token_embedding.weight.shape[1])
+
+    @property
+    def vision_width(self) -> int:
+        v = self.model.visual
+        return int(v.class_embedding.shape[0]) if self.is_vit else int(v.output_dim)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.visual.output_dim)
+
+    @property
+    def eot_token_id(self) -> int:
+        return int(getattr(self.tokenizer, "eot_token_id", 49407))
+
+    @property
+    def sot_token_id(self) -> int:
+        return int(getattr(self.tokenizer, "sot_token_id", 49406))
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """exp of the learned log temperature (100 for OpenAI CLIP)."""
+        return self.model.logit_scale.exp()
+
+    @property
+    def weights_id(self) -> str:
+        """sha256 of every weight (names, shapes, bytes): what feature caches key on."""
+        if self._weights_id is None:
+            digest = hashlib.sha256()
+            for key, value in sorted(self.model.state_dict().items()):
+                digest.update(key.encode())
+                digest.update(str(tuple(value.shape)).encode())
+                digest.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            self._weights_id = digest.hexdigest()
+        return self._weights_id
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "pretrained": self.pretrained,
+            "quick_gelu": self.quick_gelu,
+            "precision": self.precision,
+            "image_size": self.image_size,
+            "context_length": self.context_length,
+            "text_width": self.text_width,
+            "vision_width": self.vision_width,
+            "embed_dim": self.embed_dim,
+            "is_vit": self.is_vit,
+        }
+
+    def train(self, mode: bool = True) -> ClipBackbone:
+        """The backbone stays in eval mode whatever the method's mode (no dropout, frozen)."""
+        super().train(False)
+        return self
+
+    # ---- text hooks ----------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """BPE tokens [N, context_length] (SOT ... EOT, zero padded), on the backbone's device."""
+        return self.tokenizer(list(texts)).to(self.device)
+
+    def token_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.token_embedding(tokens).to(self.dtype)
+
+    @property
+    def text_blocks(self) -> nn.ModuleList:
+        return self.model.transformer.resblocks
+
+    @property
+    def text_positional_embedding(self) -> torch.Tensor:
+        return self.model.positional_embedding
+
+    def text_causal_mask(self, length: int | None = None) -> torch.Tensor:
+        """Additive causal mask [L, L] (0 on and below the diagonal, -inf above)."""
+        mask = self.model.attn_mask
+        n = length or mask.shape[0]
+        return mask[:n, :n]
+
+    def text_head(self, x: torch.Tensor) -> torch.Tensor:
+        """ln_final and the projection, applied to pooled text states [..., width]."""
+        x = self.model.ln_final(x)
+        proj = self.model.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+    def encode_text_embeddings(
+        self, x: torch.Tensor, eot_index: torch.Tensor, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Text features from token embeddings [N, L, D] (L <= context_length; the causal mask
+        makes any L >= max(eot_index)+1 exact). `eot_index` [N] picks the pooled position."""
+        n = x.shape[1]
+        x = x + self.text_positional_embedding[:n].to(x.dtype)
+        mask = self.text_causal_mask(n) if attn_mask is None else attn_mask
+        for block in self.text_blocks:
+            x = block(x, attn_mask=mask)
+        pooled = x[torch.arange(x.shape[0], device=x.device), eot_index]
+        return self.text_head(pooled)
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Equal to open_clip's `encode_text`, computed through the hooks."""
+        tokens = tokens.to(self.device)
+        feats = self.encode_text_embeddings(self.token_embedding(tokens), tokens.argmax(dim=-1))
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    # ---- vision hooks --------------------------------------------------------------------
+    def _require_vit(self) -> None:
+        if not self.is_vit:
+            raise ModelNameError(
+                f"{self.name} has no ViT image tower (no class/patch tokens); "
+                "this needs a ViT backbone such as ViT-B-16"
+            )
+
+    def vision_embed(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> tokens [B, 1 + patches, width]: conv patches, CLS, positional embedding
+        (before ln_pre). Patch dropout is never applied: the backbone is frozen and in eval."""
+        self._require_vit()
+        v = self.model.visual
+        x = v.conv1(images.to(self.dtype))
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        return x + v.positional_embedding.to(x.dtype)
+
+    def vision_ln_pre(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.visual.ln_pre(x)
+
+    @property
+    def vision_blocks(self) -> nn.ModuleList:
+        self._require_vit()
+        return self.model.visual.transformer.resblocks
+
+    def vision_head(self, x: torch.Tensor) -> torch.Tensor:
+        """ln_post and the projection, applied to pooled vision states [..., width]."""
+        v = self.model.visual
+        x = v.ln_post(x)
+        return x @ v.proj if v.proj is not None else x
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Equal to open_clip's `encode_image`; ViTs go through the hooks, ResNets through
+        open_clip's tower (no method inserts tokens into a ResNet)."""
+        images = images.to(self.device)
+        if not self.is_vit or not _standard_vit(self.model.visual):
+            feats = self.model.encode_image(images.to(self.dtype))
+        else:
+            x = self.vision_ln_pre(self.vision_embed(images))
+            for block in self.vision_blocks:
+                x = block(x)
+            feats = self.vision_head(x[:, 0])
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+
+def _standard_vit(visual: nn.Module) -> bool:
+    """A ViT pooled on its class token with ln_post before pooling (CLIP's own layout)."""
+    return (
+        getattr(visual, "attn_pool", None) is None
+        and getattr(visual, "pool_type", "tok") == "tok"
+        and not getattr(visual, "final_ln_after_pool", False)
+    )
+
+
+def load_clip(
+    name: str,
+    pretrained: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    *,
+    quick_gelu: bool | None = None,
+    trust_torchscript: bool = False,
+    cache_dir: str | None = None,
+) -> ClipBackbone:
+    """Load a frozen CLIP: architecture `name` (any open_clip model name) with weights from
+    `pretrained`:
+
+    - `None`: random initialisation (tests, or training from scratch);
+    - an open_clip pretrained tag (`"openai"`, `"laion2b_s34b_b88k"`, ...): downloaded by open_clip;
+    - a local file: OpenAI state dict or TorchScript archive (`.pt`, needs `trust_torchscript=True`
+      because a TorchScript archive can run code), open_clip state dict (`.pt`/`.bin`/`.pth`) or
+      `.safetensors`;
+    - a Hugging Face CLIP folder (`config.json` + `model.safetensors`).
+
+    `quick_gelu=None` decides from the weights: OpenAI weights (the `openai` tag, TorchScript
+    archives, OpenAI-layout state dicts, HF configs with `quick_gelu`) need QuickGELU.
+    """
+    from vlprompt.checkpoints import is_local_source, read_checkpoint
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    _check_model_name(name)
+    tokenizer = open_clip.get_tokenizer(name)
+
+    if pretrained is not None and is_local_source(pretrained):
+        ckpt = read_checkpoint(Path(pretrained), trust_torchscript=trust_torchscript)
+        qg = ckpt.quick_gelu if quick_gelu is None else quick_gelu
+        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=qg)
+        _load_fitting_state_dict(model, ckpt.state_dict, Path(pretrained), name)
+        source = str(pretrained)
+    elif pretrained is not None:
+        tag = str(pretrained)
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if tag not in tags:
+            raise CheckpointError(
+                f"{tag!r} is neither a local file/folder nor a pretrained tag of {name}; "
+                f"tags for {name}: {', '.join(tags) or 'none'}"
+            )
+        qg = (tag == "openai") if quick_gelu is None else quick_gelu
+        try:
+            model = open_clip.create_model(
+                name, pretrained=tag, force_quick_gelu=qg, cache_dir=cache_dir
+            )
+        except Exception as exc:  # open_clip/huggingface_hub raise many kinds when offline
+            raise DownloadError(
+                f"could not download weights {name}/{tag} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Offline? Download the "
+                "checkpoint elsewhere and pass its local path: load_clip(name, pretrained='/path/to/"
+                "checkpoint.safetensors') or `--pretrained /path/to/checkpoint`"
+            ) from exc
+        source = tag
+    else:
+        qg = bool(quick_gelu)
+        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=qg)
+        source = None
+
+    model = model.to(device=device)
+    if precision != "fp32":
+        model = model.to(dtype=PRECISIONS[precision])
+    return ClipBackbone(model, tokenizer, name, source, qg, precision)
+
+
+def _load_fitting_state_dict(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path, name: str
+) -> None:
+    """Load `state_dict` into `model`, naming the first key that is missing or mis-shaped."""
+    own = model.state_dict()
+    for key, value in own.items():
+        if key not in state_dict:
+            raise CheckpointError(
+                f"{path}: checkpoint does not fit {name}: key {key!r} is missing "
+                f"(is this checkpoint for another architecture?)"
+            )
+        if tuple(state_dict[key].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"{path}: checkpoint does not fit {name}: {key!r} has shape "
+                f"{tuple(state_dict[key].shape)}, {name} needs {tuple(value.shape)}"
+            )
+    unexpected = sorted(set(state_dict) - set(own))
+    if unexpected:
+        raise CheckpointError(
+            f"{path}: checkpoint does not fit {name}: unexpected key {unexpected[0]!r} "
+            f"({len(unexpected)} unexpected in all)"
+        )
+    model.load_state_dict({k: state_dict[k].to(own[k].dtype) for k in own}, strict=True)

@@ -1,0 +1,190 @@
+"""Reading local CLIP checkpoints of every common format into open_clip's state-dict layout.
+
+Formats: OpenAI state dict or TorchScript archive (`.pt`), open_clip state dict (`.pt`, `.pth`,
+`.bin`, possibly wrapped as `{"state_dict": ...}` by open_clip's trainer), `.safetensors`
+(open_clip or Hugging Face layout) and Hugging Face CLIP folders. Pickle-based files load with
+`weights_only=True`; TorchScript archives only with an explicit opt-in.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from vlprompt.errors import CheckpointError
+
+ACCEPTED = (
+    "OpenAI CLIP state dict or TorchScript archive (.pt), open_clip state dict (.pt/.pth/.bin), "
+    ".safetensors (open_clip or Hugging Face layout), Hugging Face CLIP folder "
+    "(config.json + model.safetensors)"
+)
+_PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+@dataclass
+class Checkpoint:
+    state_dict: dict[str, torch.Tensor]  # open_clip layout
+    quick_gelu: bool  # whether the weights were trained with QuickGELU
+    format: str  # "openai", "torchscript", "open_clip", "huggingface"
+
+
+def is_local_source(pretrained: str | Path) -> bool:
+    """True when `pretrained` names a file or folder rather than an open_clip tag."""
+    text = str(pretrained)
+    path = Path(text).expanduser()
+    return (
+        path.exists()
+        or "/" in text
+        or "\\" in text
+        or path.suffix.lower() in _PICKLE_SUFFIXES | {".safetensors"}
+    )
+
+
+def read_checkpoint(path: Path, trust_torchscript: bool = False) -> Checkpoint:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path} (no such file or folder)")
+    if path.is_dir():
+        return _read_hf_folder(path)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return _from_state_dict(_safe_load_safetensors(path), path)
+    if suffix in _PICKLE_SUFFIXES:
+        if _is_torchscript(path):
+            if not trust_torchscript:
+                raise CheckpointError(
+                    f"{path} is a TorchScript archive, which can execute code when loaded; "
+                    "load it only if you trust its source, with trust_torchscript=True "
+                    "(CLI: --trust-torchscript)"
+                )
+            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+            ckpt = _from_state_dict(dict(sd), path)
+            return Checkpoint(ckpt.state_dict, True, "torchscript")
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(
+                f"{path}: not a readable checkpoint ({type(exc).__name__}). Accepted: {ACCEPTED}"
+            ) from exc
+        return _from_state_dict(_unwrap(obj, path), path)
+    raise CheckpointError(
+        f"{path}: unrecognised checkpoint format {suffix!r}. Accepted: {ACCEPTED}"
+    )
+
+
+def _safe_load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: holds no state dict of tensors. Accepted: {ACCEPTED}")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _from_state_dict(sd: dict[str, torch.Tensor], path: Path) -> Checkpoint:
+    if any(k.startswith(("text_model.", "vision_model.")) for k in sd):
+        return Checkpoint(hf_to_open_clip_state_dict(sd), True, "huggingface")
+    if "positional_embedding" not in sd and "text.positional_embedding" not in sd:
+        raise CheckpointError(
+            f"{path}: does not look like a CLIP checkpoint (no positional_embedding). "
+            f"Accepted: {ACCEPTED}"
+        )
+    is_openai = any(k in sd for k in _OPENAI_EXTRA_KEYS)
+    clean = {k: v for k, v in sd.items() if k not in _OPENAI_EXTRA_KEYS}
+    return Checkpoint(clean, is_openai, "openai" if is_openai else "open_clip")
+
+
+def _read_hf_folder(path: Path) -> Checkpoint:
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(
+            f"{path} is a folder without config.json; a Hugging Face CLIP folder holds "
+            "config.json + model.safetensors"
+        )
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(
+            f"{path}: model.safetensors is missing (pytorch_model.bin is not read: convert it to "
+            "safetensors, or pass the .bin file itself if it is an open_clip state dict)"
+        )
+    config = json.loads(config_path.read_text())
+    act = config.get("text_config", {}).get("hidden_act", config.get("hidden_act", "quick_gelu"))
+    sd = hf_to_open_clip_state_dict(_safe_load_safetensors(weights))
+    return Checkpoint(sd, act == "quick_gelu", "huggingface")
+
+
+def hf_to_open_clip_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Convert a Hugging Face `CLIPModel` state dict to open_clip's CLIP layout (pure function)."""
+    out: dict[str, torch.Tensor] = {}
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    renames = {
+        "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+        "text_model.embeddings.position_embedding.weight": "positional_embedding",
+        "text_model.final_layer_norm.weight": "ln_final.weight",
+        "text_model.final_layer_norm.bias": "ln_final.bias",
+        "vision_model.embeddings.class_embedding": "visual.class_embedding",
+        "vision_model.embeddings.patch_embedding.weight": "visual.conv1.weight",
+        "vision_model.embeddings.position_embedding.weight": "visual.positional_embedding",
+        "vision_model.pre_layrnorm.weight": "visual.ln_pre.weight",
+        "vision_model.pre_layrnorm.bias": "visual.ln_pre.bias",
+        "vision_model.post_layernorm.weight": "visual.ln_post.weight",
+        "vision_model.post_layernorm.bias": "visual.ln_post.bias",
+        "logit_scale": "logit_scale",
+    }
+    block_renames = {
+        "self_attn.out_proj": "attn.out_proj",
+        "layer_norm1": "ln_1",
+        "layer_norm2": "ln_2",
+        "mlp.fc1": "mlp.c_fc",
+        "mlp.fc2": "mlp.c_proj",
+    }
+    for key, value in sd.items():
+        if key in renames:
+            out[renames[key]] = value
+        elif key == "text_projection.weight":
+            out["text_projection"] = value.t().contiguous()
+        elif key == "visual_projection.weight":
+            out["visual.proj"] = value.t().contiguous()
+        elif ".encoder.layers." in key:
+            tower, rest = key.split(".encoder.layers.", 1)
+            index, sub = rest.split(".", 1)
+            prefix = (
+                "" if tower == "text_model" else "visual."
+            ) + f"transformer.resblocks.{index}."
+            if sub.startswith("self_attn.") and sub.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+                layers.setdefault(prefix, {})[sub] = value
+                continue
+            for old, new in block_renames.items():
+                if sub.startswith(old + "."):
+                    out[prefix + new + sub[len(old) :]] = value
+                    break
+            else:
+                raise CheckpointError(f"Hugging Face key {key!r} has no open_clip counterpart")
+        elif key.endswith("position_ids"):
+            continue
+        else:
+            raise CheckpointError(f"Hugging Face key {key!r} has no open_clip counterpart")
+    for prefix, parts in layers.items():
+        for kind in ("weight", "bias"):
+            q, k, v = (parts[f"self_attn.{p}_proj.{kind}"] for p in "qkv")
+            out[prefix + f"attn.in_proj_{kind}"] = torch.cat([q, k, v], dim=0)
+    return out

@@ -1,0 +1,17 @@
+"""Errors vlprompt raises for bad input. The CLI prints them as one line, without a traceback."""
+
+
+class VlpromptError(Exception):
+    """Base class: a problem with the user's input, described so the user can fix it."""
+
+
+class CheckpointError(VlpromptError, ValueError):
+    """A checkpoint that cannot be found, read, trusted or fitted to the named architecture."""
+
+
+class ModelNameError(VlpromptError, ValueError):
+    """An architecture name open_clip does not know."""
+
+
+class DownloadError(VlpromptError, RuntimeError):
+    """Pretrained weights could not be downloaded (e.g. no network)."""

@@ -1,0 +1,25 @@
+"""Methods: one file each, registered by name. Import order does not matter."""
+
+from vlprompt.methods.base import MethodConfig, PromptMethod, StepOutput, TrainOutput
+from vlprompt.methods.registry import (
+    create_method,
+    get_method_class,
+    list_methods,
+    make_config,
+    register_method,
+)
+
+# Each method module registers itself with @register_method; list them here explicitly.
+# (method imports below)
+
+__all__ = [
+    "MethodConfig",
+    "PromptMethod",
+    "StepOutput",
+    "TrainOutput",
+    "create_method",
+    "get_method_class",
+    "list_methods",
+    "make_config",
+    "register_method",
+]

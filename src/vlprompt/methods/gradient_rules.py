@@ -1,0 +1,54 @@
+"""ProGrad's prompt-aligned gradient rule, usable with any method (see `MethodConfig`).
+
+Official behaviour (ProGrad's `prograd_backward_and_update`): the KL towards the zero-shot
+prediction is differentiated first, then the method's own loss; for every parameter tensor whose
+two gradients conflict (cosine < 0) the loss gradient loses `lambda` times its component along the
+KL gradient. The KL gradient itself is never added to the update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def prograd_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """mean over the batch of sum_c -softmax(teacher/T) * log_softmax(student/T) * T^2."""
+    t = temperature
+    target = F.softmax(teacher_logits.detach().float() / t, dim=-1)
+    log_p = F.log_softmax(student_logits.float() / t, dim=-1)
+    return (-(target * log_p).sum(dim=-1)).mean() * (t * t)
+
+
+def project_conflicting(g_loss: torch.Tensor, g_kl: torch.Tensor, lam: float) -> torch.Tensor:
+    """`g_loss` unchanged unless cos(g_loss, g_kl) < 0; then g - lam * (g . k_hat) k_hat."""
+    dot = torch.dot(g_loss.flatten().float(), g_kl.flatten().float())
+    if dot >= 0:
+        return g_loss
+    kl_norm_sq = g_kl.float().pow(2).sum()
+    return (g_loss.float() - lam * dot / kl_norm_sq * g_kl.float()).to(g_loss.dtype)
+
+
+def prograd_backward(
+    params: Sequence[torch.nn.Parameter],
+    loss: torch.Tensor,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    lam: float = 1.0,
+    temperature: float = 1.0,
+    scale: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+) -> None:
+    """Leave ProGrad's projected gradient of `loss` in each parameter's `.grad` (accumulated)."""
+    params = [p for p in params if p.requires_grad]
+    kl = prograd_kl(student_logits, teacher_logits, temperature)
+    g_kl = torch.autograd.grad(scale(kl), params, retain_graph=True, allow_unused=True)
+    g_loss = torch.autograd.grad(scale(loss), params, allow_unused=True)
+    for p, gl, gk in zip(params, g_loss, g_kl):
+        if gl is None:
+            continue
+        g = gl if gk is None or not torch.any(gk != 0) else project_conflicting(gl, gk, lam)
+        p.grad = g if p.grad is None else p.grad + g
