@@ -11,6 +11,8 @@ from vlprompt.methods.registry import (
 
 # Each method module registers itself with @register_method; list them here explicitly.
 # (method imports below)
+# isort: split
+from vlprompt.methods import rpo  # noqa: F401
 
 __all__ = [
     "MethodConfig",

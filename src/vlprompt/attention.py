@@ -1,0 +1,102 @@
+"""Running frozen open_clip transformer blocks piece by piece: whole sequences that also hand back
+their keys and values, and extra "read-only" rows that attend to those cached keys and values.
+
+Why: when extra tokens (RPO's prompts) read the frozen tokens but no frozen token reads them, the
+frozen tokens' per-layer states are plain frozen CLIP. They can be computed once without autograd
+(`block_forward_with_kv`), and the extra rows then go through each block alone, attending to the
+cached keys/values (`readonly_rows_forward`), so backward touches only those rows.
+
+Both functions use the block's own weights (`ln_1`, `attn.in_proj_*`, `attn.out_proj`, `ls_1`,
+`ln_2`, `mlp`, `ls_2`) and compute what `ResidualAttentionBlock.forward` computes, to float
+tolerance. They support open_clip's default block (`ResidualAttentionBlock` around a batch-first
+`nn.MultiheadAttention`); `check_block` says when a block is of another kind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class KeyValues:
+    """One layer's keys and values, split into heads: [batch, heads, tokens, head_dim]."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+def check_block(block: nn.Module) -> str | None:
+    """None when `block` is a plain open_clip block these functions run exactly; otherwise why
+    not (a one-line reason)."""
+    attn = getattr(block, "attn", None)
+    if not isinstance(attn, nn.MultiheadAttention):
+        return f"{type(block).__name__} has no nn.MultiheadAttention `attn`"
+    if not attn.batch_first:
+        return "its attention is not batch_first"
+    if not attn._qkv_same_embed_dim or attn.in_proj_weight is None:
+        return "its attention has separate q/k/v projections"
+    if attn.bias_k is not None or attn.add_zero_attn:
+        return "its attention adds bias_k/zero attention"
+    if hasattr(block, "ln_1_kv"):
+        return "it is a cross-attention block"
+    for name in ("ln_1", "ln_2", "mlp", "ls_1", "ls_2"):
+        if not hasattr(block, name):
+            return f"it has no `{name}`"
+    return None
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, S, D] -> [B, H, S, D/H]."""
+    b, s, d = x.shape
+    return x.reshape(b, s, heads, d // heads).transpose(1, 2)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    """[B, H, S, hd] -> [B, S, H*hd]."""
+    b, h, s, hd = x.shape
+    return x.transpose(1, 2).reshape(b, s, h * hd)
+
+
+def _finish(block: nn.Module, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    """Output projection, residuals and MLP of a block, given the attention output per head."""
+    x = x + block.ls_1(block.attn.out_proj(_merge(attended)))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def block_forward_with_kv(
+    block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, KeyValues]:
+    """`block(x, attn_mask=attn_mask)` for batch-first `x` [B, S, D], also returning the layer's
+    keys and values (the ones every row of `x` attended to). `attn_mask` is additive,
+    broadcastable to [B, H, S, S]."""
+    attn = block.attn
+    heads = attn.num_heads
+    h = block.ln_1(x)
+    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = _heads(q, heads), _heads(k, heads), _heads(v, heads)
+    mask = attn_mask.to(q.dtype) if attn_mask is not None else None
+    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return _finish(block, x, attended), KeyValues(k, v)
+
+
+def readonly_rows_forward(
+    block: nn.Module,
+    rows: torch.Tensor,
+    kv: KeyValues,
+    key_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Rows [B, R, D] through `block`, attending only to the frozen keys/values `kv` (never to
+    themselves or to each other). `key_mask` (additive, broadcastable to [B, H, R, S]) hides
+    keys, e.g. a class's padding. Equal to those rows' outputs in a full-sequence forward whose
+    mask gives them exactly these columns."""
+    attn = block.attn
+    d = rows.shape[-1]
+    bias = attn.in_proj_bias[:d] if attn.in_proj_bias is not None else None
+    q = _heads(F.linear(block.ln_1(rows), attn.in_proj_weight[:d], bias), attn.num_heads)
+    mask = key_mask.to(q.dtype) if key_mask is not None else None
+    attended = F.scaled_dot_product_attention(q, kv.k, kv.v, attn_mask=mask)
+    return _finish(block, rows, attended)

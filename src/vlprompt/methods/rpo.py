@@ -1,0 +1,302 @@
+"""RPO — Read-only Prompt Optimization (Lee et al., ICCV 2023), on any open_clip ViT.
+
+K learnable prompt pairs: text prompt i sits after each class's EOS token, vision prompt i after
+the patch tokens. Masked attention lets the prompts read the frozen tokens while no frozen token
+reads a prompt (and no prompt reads a prompt, itself included), so CLIP's own token states never
+change. Prompt i of the image pairs with prompt i of the text; logits are the mean over the K
+pairs of CLIP's scaled cosine similarity. Behaviour follows the official `trainers/rpo.py` with
+config `main_K24.yaml` (see DESIGN §4); the official code hard-codes ViT-B/16 at 224 px, this
+module reads every size from the backbone.
+
+Two implementations give the same numbers (tested to fp32 tolerance, logits and gradients):
+
+- `"reference"`: the paper's formulation. Full sequences (tokens + prompts) go through open_clip's
+  blocks with the full additive mask, all under autograd. The text sequence is laid out like the
+  official code: prompt i of class c at position eos_c + 1 + i (the slots after EOS), each row
+  seeing only columns 0..eos_c (causally); the sequence stops after the last prompt, since nothing
+  after it is ever attended to.
+- `"fast"` (default): the frozen tokens are plain frozen CLIP, computed without autograd; at each
+  layer only the K prompt rows go through the block, attending to that layer's cached frozen
+  keys/values (`vlprompt.attention`). The text keys/values of every class are computed once per
+  class list. Backward touches K rows per image/class instead of all tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlprompt.attention import KeyValues, block_forward_with_kv, check_block, readonly_rows_forward
+from vlprompt.backbone import ClipBackbone
+from vlprompt.errors import VlpromptError
+from vlprompt.methods.base import MethodConfig, PromptMethod, TrainOutput
+from vlprompt.methods.registry import register_method
+
+IMPLEMENTATIONS = ("fast", "reference")
+# official ST-init: each prompt vector moves by its own random direction of norm 0.1
+INIT_NOISE_NORM = 0.1
+_CACHE_CHUNK = 128  # classes per chunk when caching the frozen text keys/values (bounds memory)
+
+
+class RPOError(VlpromptError, ValueError):
+    """RPO cannot be set up as asked (K < 1, a backbone without a ViT image tower, ...)."""
+
+
+@dataclass
+class RPOConfig(MethodConfig):
+    """RPO settings; defaults are the official base-to-new config `main_K24.yaml`."""
+
+    K: int = 24  # prompt pairs (text prompt i pairs with vision prompt i); 4 for extreme few-shot
+    # "fast": frozen tokens without autograd, only the K prompt rows differentiated (same numbers);
+    # "reference": the paper's full masked forward (benchmarks and tests compare against it)
+    implementation: str = "fast"
+    lr: float = 0.01  # SGD; 0.005 for domain generalisation (ImageNet source)
+    epochs: int = 15
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.K, int) or self.K < 1:
+            raise RPOError(f"RPO needs K >= 1 prompt pairs, got K={self.K!r} (the paper uses 24)")
+        if self.implementation not in IMPLEMENTATIONS:
+            raise RPOError(
+                f"RPO implementation must be one of {IMPLEMENTATIONS}, got {self.implementation!r}"
+            )
+
+
+@dataclass
+class _TextCache:
+    """Frozen text facts of one class list: what the fast text path reads every step."""
+
+    key: tuple
+    kv: list[KeyValues]  # per layer, [C, H, T, head_dim], T = longest SOS..EOS
+    key_mask: torch.Tensor  # [C, 1, 1, T] additive: class c's prompts see only columns 0..eos_c
+    eos_features: torch.Tensor  # [C, embed_dim] frozen CLIP text features (not normalised)
+
+
+@register_method
+class RPO(PromptMethod):
+    """Read-only prompts on both towers of a frozen open_clip ViT."""
+
+    name = "rpo"
+    config_class = RPOConfig
+
+    def __init__(self, clip: ClipBackbone, classnames: list[str], config: RPOConfig) -> None:
+        super().__init__(clip, classnames, config)
+        _check_backbone(clip, config.implementation)
+        self.config: RPOConfig = config
+        text_init, vision_init = _special_token_init(clip, config.K)
+        self.text_prompt = nn.Parameter(text_init)  # [K, text_width]
+        self.vision_prompt = nn.Parameter(vision_init)  # [K, vision_width]
+        self._text_cache: _TextCache | None = None
+        self._eval_text: tuple[tuple, torch.Tensor] | None = None
+
+    # ---- public API -----------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_train(images).logits
+
+    def forward_train(self, images: torch.Tensor) -> TrainOutput:
+        """Logits and the frozen CLIP image features (normalised CLS output), which ProGrad's
+        teacher reuses so it needs no image pass of its own."""
+        image_prompts, cls_features = self.encode_image(images)
+        logits = self.pair_logits(image_prompts, self.text_features())
+        return TrainOutput(logits, F.normalize(cls_features.detach(), dim=-1))
+
+    def pair_logits(self, image_prompts: torch.Tensor, text_prompts: torch.Tensor) -> torch.Tensor:
+        """(1/K) sum_i logit_scale * img[:, i] @ text[:, i].T for normalised prompt features
+        img [B, K, E] and text [C, K, E]."""
+        scale = self.clip.logit_scale.to(image_prompts.dtype)
+        k = image_prompts.shape[1]
+        return scale * torch.einsum("bke,cke->bc", image_prompts, text_prompts) / k
+
+    def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised vision prompt features [B, K, E] and the frozen CLS features [B, E]
+        (ln_post + projection, not normalised)."""
+        images = images.to(self.clip.device)
+        if self.config.implementation == "reference":
+            prompts, cls = self._reference_image(images)
+        else:
+            prompts, cls = self._fast_image(images)
+        return F.normalize(prompts, dim=-1), cls
+
+    def text_features(self) -> torch.Tensor:
+        """Normalised text prompt features [C, K, E] of the current class names. Without
+        autograd (evaluation) they are computed once per prompt value and class list."""
+        if self.config.implementation == "reference":
+            return F.normalize(self._reference_text()[0], dim=-1)
+        if torch.is_grad_enabled() and self.text_prompt.requires_grad:
+            self._eval_text = None
+            return F.normalize(self._fast_text(), dim=-1)
+        key = (self._class_key(), self.text_prompt._version, self.text_prompt.data_ptr())
+        if self._eval_text is None or self._eval_text[0] != key:
+            self._eval_text = (key, F.normalize(self._fast_text(), dim=-1))
+        return self._eval_text[1]
+
+    def frozen_text_features(self) -> torch.Tensor:
+        """Frozen CLIP features at each class's EOS (not normalised), from the text cache."""
+        return self._frozen_text().eos_features
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        super().set_classnames(classnames)
+        self._text_cache = None
+        self._eval_text = None
+
+    # ---- text -----------------------------------------------------------------------------
+    def _texts(self) -> list[str]:
+        return [self.config.template.format(c.replace("_", " ")) for c in self.classnames]
+
+    def _class_key(self) -> tuple:
+        clip = self.clip
+        return (tuple(self.classnames), self.config.template, clip.device, clip.dtype)
+
+    def _frozen_text(self) -> _TextCache:
+        """Per-layer keys/values of every class's SOS..EOS tokens, computed once per class list
+        (frozen CLIP: they never depend on the prompts). Stored only up to the longest EOS."""
+        key = self._class_key()
+        if self._text_cache is not None and self._text_cache.key == key:
+            return self._text_cache
+        self._text_cache = None  # free the old cache before building the new one
+        clip = self.clip
+        tokens = clip.tokenize(self._texts())
+        eos = tokens.argmax(dim=-1)
+        length = int(eos.max()) + 1
+        causal = clip.text_causal_mask(length)
+        chunks: list[list[KeyValues]] = []
+        eos_features = []
+        with torch.no_grad():
+            for start in range(0, tokens.shape[0], _CACHE_CHUNK):
+                tok = tokens[start : start + _CACHE_CHUNK, :length]
+                x = clip.token_embedding(tok) + clip.text_positional_embedding[:length].to(
+                    clip.dtype
+                )
+                layer_kv = []
+                for block in clip.text_blocks:
+                    x, kv = block_forward_with_kv(block, x, causal)
+                    layer_kv.append(kv)
+                chunks.append(layer_kv)
+                rows = torch.arange(tok.shape[0], device=tok.device)
+                eos_features.append(clip.text_head(x[rows, eos[start : start + _CACHE_CHUNK]]))
+            kv = [
+                KeyValues(torch.cat([c[i].k for c in chunks]), torch.cat([c[i].v for c in chunks]))
+                for i in range(len(clip.text_blocks))
+            ]
+        columns = torch.arange(length, device=tokens.device)
+        key_mask = torch.zeros(len(eos), 1, 1, length, dtype=clip.dtype, device=tokens.device)
+        key_mask.masked_fill_((columns[None, :] > eos[:, None])[:, None, None, :], float("-inf"))
+        self._text_cache = _TextCache(key, kv, key_mask, torch.cat(eos_features))
+        return self._text_cache
+
+    def _fast_text(self) -> torch.Tensor:
+        """Text prompt outputs [C, K, E] (ln_final + projection, not normalised): only the
+        prompt rows go through each block, reading the cached frozen keys/values."""
+        cache = self._frozen_text()
+        n_classes = cache.key_mask.shape[0]
+        prompt = self.text_prompt.to(self.clip.dtype)
+        rows = prompt.unsqueeze(0).expand(n_classes, -1, -1)  # no positional embedding
+        for block, kv in zip(self.clip.text_blocks, cache.kv):
+            rows = readonly_rows_forward(block, rows, kv, cache.key_mask)
+        return self.clip.text_head(rows)
+
+    def _reference_text(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official layout and masks, through open_clip's blocks under autograd. Returns the
+        prompt outputs [C, K, E] and the EOS outputs [C, E] (both not normalised)."""
+        clip = self.clip
+        k = self.config.K
+        tokens = clip.tokenize(self._texts())
+        n_classes, context = tokens.shape
+        eos = tokens.argmax(dim=-1)
+        length = int(eos.max()) + 1 + k  # may exceed the context: prompts have no position
+        kept = min(length, context)
+        x = torch.zeros(n_classes, length, clip.text_width, dtype=clip.dtype, device=clip.device)
+        x[:, :kept] = clip.token_embedding(tokens[:, :kept]) + clip.text_positional_embedding[
+            :kept
+        ].to(clip.dtype)
+        classes = torch.arange(n_classes, device=clip.device)[:, None]
+        slots = eos[:, None] + 1 + torch.arange(k, device=clip.device)[None, :]  # [C, K]
+        x = x.index_put((classes, slots), self.text_prompt.to(clip.dtype).expand(n_classes, k, -1))
+        mask = torch.full((length, length), float("-inf"), device=clip.device).triu(1)
+        columns = torch.arange(length, device=clip.device)
+        hidden = (columns[None, :] > eos[:, None]).to(clip.device)  # [C, length]
+        mask = mask[None].masked_fill(hidden[:, None, :], float("-inf"))  # [C, L, L]
+        heads = clip.text_blocks[0].attn.num_heads
+        mask = mask[:, None].expand(-1, heads, -1, -1).reshape(n_classes * heads, length, length)
+        for block in clip.text_blocks:
+            x = block(x, attn_mask=mask.to(x.dtype))
+        prompts = clip.text_head(x[classes, slots])
+        eos_out = clip.text_head(x[classes[:, 0], eos])
+        return prompts, eos_out
+
+    # ---- image ----------------------------------------------------------------------------
+    def _fast_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        clip = self.clip
+        kvs = []
+        with torch.no_grad():
+            x = clip.vision_ln_pre(clip.vision_embed(images))
+            for block in clip.vision_blocks:
+                x, kv = block_forward_with_kv(block, x)
+                kvs.append(kv)
+            cls = clip.vision_head(x[:, 0])
+        prompt = clip.vision_ln_pre(self.vision_prompt.to(clip.dtype))  # no positional embedding
+        rows = prompt.unsqueeze(0).expand(images.shape[0], -1, -1)
+        for block, kv in zip(clip.vision_blocks, kvs):
+            rows = readonly_rows_forward(block, rows, kv)
+        return clip.vision_head(rows), cls
+
+    def _reference_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[CLS, patches] + pos emb, then the K prompts; ln_pre on all; no row sees a prompt."""
+        clip = self.clip
+        x = clip.vision_embed(images)
+        n_tokens = x.shape[1]
+        prompts = self.vision_prompt.to(clip.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+        x = clip.vision_ln_pre(torch.cat([x, prompts], dim=1))
+        size = x.shape[1]
+        mask = torch.zeros(size, size, dtype=x.dtype, device=x.device)
+        mask[:, n_tokens:] = float("-inf")
+        for block in clip.vision_blocks:
+            x = block(x, attn_mask=mask)
+        return clip.vision_head(x[:, n_tokens:]), clip.vision_head(x[:, 0])
+
+
+def _check_backbone(clip: ClipBackbone, implementation: str) -> None:
+    if not clip.is_vit:
+        raise RPOError(
+            f"RPO needs a ViT image tower (class and patch tokens to append prompts to); "
+            f"{clip.name} has a {type(clip.visual).__name__} image tower. "
+            "Use a ViT backbone such as ViT-B-16, or another method (e.g. coop)"
+        )
+    if getattr(clip.visual, "attn_pool", None) is not None:
+        raise RPOError(f"RPO does not support {clip.name}: its ViT pools with attention")
+    if getattr(clip.model, "attn_mask", None) is None:
+        raise RPOError(
+            f"RPO needs a causal text tower; {clip.name}'s text tower has no causal mask"
+        )
+    if implementation != "fast":
+        return
+    for tower, blocks in (("text", clip.text_blocks), ("image", clip.vision_blocks)):
+        reason = next((r for r in map(check_block, blocks) if r is not None), None)
+        if reason is not None:
+            raise RPOError(
+                f"RPO's fast path cannot run {clip.name}'s {tower} blocks ({reason}); "
+                "use implementation='reference'"
+            )
+
+
+def _unit_rows(n: torch.Tensor) -> torch.Tensor:
+    return n / n.norm(dim=-1, keepdim=True)
+
+
+def _special_token_init(clip: ClipBackbone, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ST-init as in the official code: the EOT token embedding (text) and the class embedding
+    (vision), repeated K times, each of the K vectors moved by 0.1 times its own random unit
+    direction (normalised per prompt vector, not over the whole K x d tensor). Noise is drawn
+    on the CPU, text first, from the global generator (seed it for reproducibility)."""
+    with torch.no_grad():
+        eot = torch.tensor([clip.eot_token_id], device=clip.device)
+        text = clip.token_embedding(eot).float().cpu().repeat(k, 1)
+        text = text + INIT_NOISE_NORM * _unit_rows(torch.randn(k, clip.text_width))
+        vision = clip.visual.class_embedding.detach().float().cpu().repeat(k, 1)
+        vision = vision + INIT_NOISE_NORM * _unit_rows(torch.randn(k, clip.vision_width))
+    return text.to(clip.device), vision.to(clip.device)
