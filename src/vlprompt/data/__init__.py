@@ -1,0 +1,45 @@
+"""Data sets for prompt learning: the CoOp benchmarks, user data, few-shot sampling, transforms.
+
+from vlprompt.data import build_dataset, ImageListDataset, transform_for
+splits = build_dataset("oxford_pets", "~/data", shots=16, seed=1, subsample="base")
+train = ImageListDataset(splits.train, transform_for(clip, train=True))
+"""
+
+from vlprompt.data import benchmarks, imagenet, userdata  # noqa: F401  (register the loaders)
+from vlprompt.data.build import build_dataset, load_full
+from vlprompt.data.dataset import ImageListDataset, drop_bad_images, open_image
+from vlprompt.data.describe import describe_datasets, format_datasets_table
+from vlprompt.data.fewshot import few_shot_sample, sample_splits, subsample_classes
+from vlprompt.data.registry import DatasetInfo, get_dataset_info, list_datasets, register_dataset
+from vlprompt.data.templates import IMAGENET_TEMPLATES, TEMPLATES
+from vlprompt.data.transforms import build_transform, transform_for
+from vlprompt.data.types import DatasetSplits, Datum
+
+__all__ = [
+    "IMAGENET_TEMPLATES",
+    "TEMPLATES",
+    "DatasetInfo",
+    "DatasetSplits",
+    "Datum",
+    "ImageListDataset",
+    "build_dataset",
+    "build_transform",
+    "describe_datasets",
+    "drop_bad_images",
+    "few_shot_sample",
+    "format_datasets_table",
+    "get_dataset_info",
+    "list_datasets",
+    "load_full",
+    "open_image",
+    "register_dataset",
+    "sample_splits",
+    "subsample_classes",
+    "transform_for",
+]
+
+try:  # the generated mini-world data sets (mini_*) register themselves
+    from vlprompt.data import mini  # noqa: F401
+except ModuleNotFoundError as e:  # only a missing mini.py is fine; its own bugs must surface
+    if e.name != "vlprompt.data.mini":
+        raise

@@ -1,0 +1,226 @@
+"""A user's own data: an image folder (one sub-folder per class) or a CSV file listing images.
+
+`imagefolder`: `root/<class>/*.jpg`, or `root/{train,val,test}/<class>/*.jpg` when the data are
+already split. Without train/val/test folders each class is shuffled (seeded) and cut by
+`split=(train, val, test)` ratios. Class names are the folder names with `_` -> space, unless a
+`classnames_file` maps folder -> name (JSON object, or text lines "folder class name").
+
+`csv`: a file with header `path,label[,classname][,split]`; paths relative to the CSV's folder.
+`label` is an integer (0..n-1) or, when not a number, the class name itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from vlprompt.data.registry import register_dataset
+from vlprompt.data.splits import (
+    SPLIT_NAMES,
+    SPLIT_SEED,
+    check_items_exist,
+    class_folder_items,
+    folder_classes,
+    group_by_label,
+    human_classname,
+    items_from_class_folders,
+    make_splits,
+    read_json_file,
+    require_dir,
+    require_file,
+    split_per_class,
+    split_trainval,
+)
+from vlprompt.data.types import DatasetSplits, Datum
+from vlprompt.errors import DataError
+
+DEFAULT_RATIOS = (0.5, 0.2, 0.3)
+
+
+def _need_root(root: Path | None, what: str) -> Path:
+    if root is None:
+        raise DataError(f"the {what} data set needs root=PATH (or --root PATH): {what} to read")
+    return Path(root).expanduser()
+
+
+def read_classnames_file(path: str | Path) -> dict[str, str]:
+    """folder -> class name from a JSON object or text lines 'folder class name'."""
+    path = require_file(Path(path).expanduser(), "class-name file", "")
+    if path.suffix.lower() == ".json":
+        data = read_json_file(path, "class-name file")
+        if not isinstance(data, dict):
+            raise DataError(f"{path} must be a JSON object mapping folder name -> class name")
+        return {str(k): str(v) for k, v in data.items()}
+    out = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            folder, _, name = line.strip().partition(" ")
+            if not name.strip():
+                raise DataError(f"{path} line {n}: {line!r} should be 'folder class name'")
+            out[folder] = name.strip()
+    return out
+
+
+def _names_for(classes: list[str], classnames_file) -> dict[str, str] | None:
+    if classnames_file is None:
+        return None
+    names = read_classnames_file(classnames_file)
+    missing = [c for c in classes if c not in names]
+    if missing:
+        raise DataError(
+            f"class-name file {classnames_file} has no name for {len(missing)} class folder(s), "
+            f"first: {missing[0]!r}"
+        )
+    return {c: names[c] for c in classes}
+
+
+@register_dataset(
+    "imagefolder",
+    description="your images: ROOT/<class>/*.jpg or ROOT/{train,val,test}/<class>/*.jpg",
+    hint="pass root=FOLDER holding one sub-folder of images per class",
+    user_format=True,
+)
+def load_imagefolder(
+    root: Path | None,
+    *,
+    split: tuple[float, float, float] | list[float] = DEFAULT_RATIOS,
+    split_seed: int = SPLIT_SEED,
+    classnames_file: str | Path | None = None,
+    **_,
+) -> DatasetSplits:
+    root = require_dir(_need_root(root, "imagefolder"), "image folder", "")
+    split_dirs = {s: root / s for s in SPLIT_NAMES if (root / s).is_dir()}
+    if split_dirs:
+        return _presplit_folder(root, split_dirs, split_seed, classnames_file)
+    classes = folder_classes(root)
+    if not classes:
+        raise DataError(
+            f"image folder {root} holds no class sub-folders; expected {root}/<class>/*.jpg"
+        )
+    groups = items_from_class_folders(root, classes, _names_for(classes, classnames_file))
+    parts = split_per_class(groups, tuple(split), split_seed, where=f" in {root}")
+    return make_splits("imagefolder", parts, extra={"dataset_dir": str(root)})
+
+
+def _presplit_folder(root: Path, split_dirs: dict, split_seed: int, classnames_file):
+    if "train" not in split_dirs or "test" not in split_dirs:
+        raise DataError(
+            f"{root} has {'/'.join(split_dirs)} but a pre-split image folder needs both train/ "
+            "and test/ (val/ is optional: 20% of train per class is held out without it)"
+        )
+    classes = sorted({c for d in split_dirs.values() for c in folder_classes(d)})
+    names = _names_for(classes, classnames_file) or {c: human_classname(c) for c in classes}
+    parts: dict[str, list[Datum]] = {}
+    for split, folder in split_dirs.items():
+        parts[split] = [
+            d
+            for label, c in enumerate(classes)
+            if (folder / c).is_dir()
+            for d in class_folder_items(folder / c, label, names[c])
+        ]
+    if "val" not in parts:
+        parts["train"], parts["val"] = split_trainval(parts["train"], 0.2, split_seed)
+    return make_splits("imagefolder", parts, classnames=[names[c] for c in classes],
+                       extra={"dataset_dir": str(root)})  # fmt: skip
+
+
+@register_dataset(
+    "csv",
+    description="your images listed in a CSV file: path,label[,classname][,split]",
+    hint="pass root=FILE.csv with header path,label[,classname][,split]",
+    user_format=True,
+)
+def load_csv(
+    root: Path | None,
+    *,
+    split: tuple[float, float, float] | list[float] = DEFAULT_RATIOS,
+    split_seed: int = SPLIT_SEED,
+    classnames_file: str | Path | None = None,
+    **_,
+) -> DatasetSplits:
+    path = require_file(_need_root(root, "csv"), "CSV file", "")
+    rows = _read_rows(path)
+    base = path.parent
+    labels = [r["label"].strip() for r in rows]
+    if all(_is_int(y) for y in labels):
+        ints = [int(y) for y in labels]
+        names = _csv_int_names(path, rows, ints, classnames_file)
+    else:  # labels are class names: number them in sorted order
+        classes = sorted(set(labels))
+        ints = [classes.index(y) for y in labels]
+        names = {i: human_classname(c) for i, c in enumerate(classes)}
+    items = [
+        Datum(os.path.normpath(base / r["path"].strip()), y, names[y]) for r, y in zip(rows, ints)
+    ]
+    if "split" in rows[0]:
+        parts: dict[str, list[Datum]] = {s: [] for s in SPLIT_NAMES}
+        for n, (r, d) in enumerate(zip(rows, items), 2):
+            s = (r["split"] or "").strip().lower()
+            if s not in parts:
+                raise DataError(f"{path} line {n}: split {s!r} must be train, val or test")
+            parts[s].append(d)
+    else:
+        parts = split_per_class(
+            group_by_label(items), tuple(split), split_seed, where=f" in {path}"
+        )
+    check_items_exist(parts, path)
+    n = max(names) + 1
+    return make_splits("csv", parts, classnames=[names[y] for y in range(n)],
+                       extra={"dataset_dir": str(base)})  # fmt: skip
+
+
+def _is_int(s: str) -> bool:
+    try:
+        int(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            fields = [h.strip() for h in reader.fieldnames or []]
+            reader.fieldnames = fields
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read CSV file {path}: {e}") from e
+    if "path" not in fields or "label" not in fields:
+        raise DataError(
+            f"CSV file {path} must have a header with columns path,label[,classname][,split]; "
+            f"found {fields}"
+        )
+    if not rows:
+        raise DataError(f"CSV file {path} lists no images")
+    return rows
+
+
+def _csv_int_names(path, rows, ints, classnames_file) -> dict[int, str]:
+    n = max(ints) + 1
+    gaps = sorted(set(range(n)) - set(ints))
+    if min(ints) < 0 or gaps:
+        raise DataError(
+            f"CSV file {path}: integer labels must run 0..{n - 1} without gaps; "
+            f"missing {gaps[:5]}" + (" (negative label found)" if min(ints) < 0 else "")
+        )
+    if "classname" in rows[0]:
+        names: dict[int, str] = {}
+        for line, (r, y) in enumerate(zip(rows, ints), 2):
+            cname = human_classname(r["classname"] or "")
+            if names.setdefault(y, cname) != cname:
+                raise DataError(
+                    f"{path} line {line}: label {y} is named {cname!r} here but {names[y]!r} before"
+                )
+        return names
+    if classnames_file is not None:
+        mapping = read_classnames_file(classnames_file)
+        missing = [y for y in range(n) if str(y) not in mapping]
+        if missing:
+            raise DataError(f"class-name file {classnames_file} has no name for label {missing[0]}")
+        return {y: human_classname(mapping[str(y)]) for y in range(n)}
+    raise DataError(
+        f"CSV file {path} has integer labels but no class names: add a classname column or pass "
+        "classnames_file (lines 'label class name'); CLIP needs names to build prompts"
+    )
