@@ -15,3 +15,7 @@ class ModelNameError(VlpromptError, ValueError):
 
 class DownloadError(VlpromptError, RuntimeError):
     """Pretrained weights could not be downloaded (e.g. no network)."""
+
+
+class DataError(VlpromptError, ValueError):
+    """A data set that cannot be found, read or split: names the path and how to fix it."""
