@@ -11,7 +11,11 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
+import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +158,9 @@ class ClipBackbone(nn.Module):
             for key, value in sorted(self.model.state_dict().items()):
                 digest.update(key.encode())
                 digest.update(str(tuple(value.shape)).encode())
-                digest.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+                digest.update(str(value.dtype).encode())
+                flat = value.detach().cpu().contiguous().reshape(-1)  # 0-dim tensors cannot .view
+                digest.update(flat.view(torch.uint8).numpy().tobytes())
             self._weights_id = digest.hexdigest()
         return self._weights_id
 
@@ -309,45 +315,135 @@ def load_clip(
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if not name.startswith(("hf-hub:", "local-dir:")):
+        name = name.replace("/", "-")  # OpenAI spells "ViT-B/16", open_clip "ViT-B-16"
     _check_model_name(name)
     tokenizer = open_clip.get_tokenizer(name)
 
     if pretrained is not None and is_local_source(pretrained):
         ckpt = read_checkpoint(Path(pretrained), trust_torchscript=trust_torchscript)
         qg = ckpt.quick_gelu if quick_gelu is None else quick_gelu
-        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=qg)
+        with _quiet_random_init():  # the weights are loaded just below
+            model = open_clip.create_model(name, pretrained=None, force_quick_gelu=qg)
         _load_fitting_state_dict(model, ckpt.state_dict, Path(pretrained), name)
         source = str(pretrained)
     elif pretrained is not None:
         tag = str(pretrained)
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        if tag not in tags:
-            raise CheckpointError(
-                f"{tag!r} is neither a local file/folder nor a pretrained tag of {name}; "
-                f"tags for {name}: {', '.join(tags) or 'none'}"
-            )
-        qg = (tag == "openai") if quick_gelu is None else quick_gelu
-        try:
-            model = open_clip.create_model(
-                name, pretrained=tag, force_quick_gelu=qg, cache_dir=cache_dir
-            )
-        except Exception as exc:  # open_clip/huggingface_hub raise many kinds when offline
-            raise DownloadError(
-                f"could not download weights {name}/{tag} ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Offline? Download the "
-                "checkpoint elsewhere and pass its local path: load_clip(name, pretrained='/path/to/"
-                "checkpoint.safetensors') or `--pretrained /path/to/checkpoint`"
-            ) from exc
+        qg, model = _create_from_tag(name, tag, quick_gelu, cache_dir)
         source = tag
     else:
         qg = bool(quick_gelu)
-        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=qg)
+        with _quiet_random_init():  # random weights are what the caller asked for
+            model = open_clip.create_model(name, pretrained=None, force_quick_gelu=qg)
         source = None
 
     model = model.to(device=device)
     if precision != "fp32":
         model = model.to(dtype=PRECISIONS[precision])
     return ClipBackbone(model, tokenizer, name, source, qg, precision)
+
+
+def _create_from_tag(
+    name: str, tag: str, quick_gelu: bool | None, cache_dir: str | None
+) -> tuple[bool, nn.Module]:
+    """Create `name` with the weights of open_clip's pretrained `tag` (downloaded or cached)."""
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if tag.lower().replace("-", "_") not in tags:  # open_clip's own tag normalisation
+        close = difflib.get_close_matches(tag.lower(), tags, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise CheckpointError(
+            f"{tag!r} is neither a local file/folder nor a pretrained tag of {name}.{hint} "
+            f"Tags for {name}: {', '.join(tags) or 'none'}"
+        )
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    # OpenAI's weights (and a few others, e.g. MetaCLIP) were trained with QuickGELU
+    qg = bool(cfg.get("quick_gelu", False)) if quick_gelu is None else quick_gelu
+    how_to_fix = (
+        "Download the checkpoint on a machine with network access and pass a local checkpoint "
+        "path instead: load_clip(name, pretrained='/path/to/checkpoint.safetensors') or "
+        "`--pretrained /path/to/checkpoint`"
+    )
+    if _offline_requested():
+        # huggingface_hub reads HF_HUB_OFFLINE only when it is imported; decide here so an
+        # offline run never waits on network retries
+        cached = _cached_pretrained_file(cfg, cache_dir)
+        if cached is None:
+            raise DownloadError(
+                f"weights {name}/{tag} are not in the local cache and offline mode is on "
+                f"(HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE). {how_to_fix}"
+            )
+        preprocess = {
+            k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg
+        }
+        model = open_clip.create_model(
+            name, pretrained=cached, force_quick_gelu=qg, force_preprocess_cfg=preprocess
+        )
+        return qg, model
+    try:
+        model = open_clip.create_model(
+            name, pretrained=tag, force_quick_gelu=qg, cache_dir=cache_dir
+        )
+    except Exception as exc:  # open_clip/huggingface_hub raise many kinds when offline
+        detail = str(exc).splitlines()[0] if str(exc) else "no detail"
+        raise DownloadError(
+            f"could not download weights {name}/{tag} ({type(exc).__name__}: {detail}). "
+            f"Offline? {how_to_fix}"
+        ) from exc
+    return qg, model
+
+
+def _offline_requested() -> bool:
+    flags = (os.environ.get(v, "") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if any(f.strip().upper() in {"1", "ON", "YES", "TRUE"} for f in flags):
+        return True
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - huggingface_hub comes with open_clip
+        return False
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _cached_pretrained_file(cfg: dict[str, Any], cache_dir: str | None) -> str | None:
+    """The already-downloaded file of an open_clip pretrained config, if any (no network)."""
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, filename = os.path.split(hub)
+        filename = filename or "open_clip_pytorch_model.bin"
+        candidates = [filename]
+        if filename == "open_clip_pytorch_model.bin":
+            candidates.insert(0, "open_clip_model.safetensors")
+        elif filename.endswith((".bin", ".pth")):
+            candidates.insert(0, filename[:-4] + ".safetensors")
+        for candidate in candidates:
+            found = try_to_load_from_cache(repo_id, candidate, cache_dir=cache_dir)
+            if isinstance(found, str):
+                return found
+    url = cfg.get("url", "")
+    if url:
+        path = Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url)
+        if path.is_file():
+            return str(path)
+    return None
+
+
+class _DropRandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_random_init() -> Iterator[None]:
+    """Hide open_clip's "No pretrained weights loaded ... initialized randomly" warning where
+    that is deliberate (random init asked for, or weights loaded by vlprompt right after)."""
+    root = logging.getLogger()
+    notice_filter = _DropRandomInitNotice()
+    root.addFilter(notice_filter)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice_filter)
 
 
 def _load_fitting_state_dict(

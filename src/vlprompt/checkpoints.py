@@ -66,16 +66,22 @@ def read_checkpoint(path: Path, trust_torchscript: bool = False) -> Checkpoint:
             sd = torch.jit.load(str(path), map_location="cpu").state_dict()
             ckpt = _from_state_dict(dict(sd), path)
             return Checkpoint(ckpt.state_dict, True, "torchscript")
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(
-                f"{path}: not a readable checkpoint ({type(exc).__name__}). Accepted: {ACCEPTED}"
-            ) from exc
-        return _from_state_dict(_unwrap(obj, path), path)
+        return _from_state_dict(_unwrap(_load_pickle_weights(path), path), path)
     raise CheckpointError(
         f"{path}: unrecognised checkpoint format {suffix!r}. Accepted: {ACCEPTED}"
     )
+
+
+def _load_pickle_weights(path: Path) -> object:
+    """torch.load restricted to tensors and plain containers: never runs a pickle's code."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: {first}). Files holding "
+            f"anything but tensors are refused. Accepted: {ACCEPTED}"
+        ) from exc
 
 
 def _safe_load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -97,20 +103,35 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: holds no state dict of tensors. Accepted: {ACCEPTED}")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    # open_clip's trainer saves DDP ("module.") and torch.compile ("_orig_mod.") prefixes
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
 
 
 def _from_state_dict(sd: dict[str, torch.Tensor], path: Path) -> Checkpoint:
     if any(k.startswith(("text_model.", "vision_model.")) for k in sd):
-        return Checkpoint(hf_to_open_clip_state_dict(sd), True, "huggingface")
+        # a lone Hugging Face weights file: its activation is in a config.json beside it, if any
+        config_path = path.parent / "config.json"
+        quick = _hf_quick_gelu(config_path) if config_path.is_file() else True
+        return Checkpoint(hf_to_open_clip_state_dict(sd), quick, "huggingface")
     if "positional_embedding" not in sd and "text.positional_embedding" not in sd:
         raise CheckpointError(
             f"{path}: does not look like a CLIP checkpoint (no positional_embedding). "
             f"Accepted: {ACCEPTED}"
         )
+    # OpenAI's archives carry these three scalars; their weights need QuickGELU
     is_openai = any(k in sd for k in _OPENAI_EXTRA_KEYS)
     clean = {k: v for k, v in sd.items() if k not in _OPENAI_EXTRA_KEYS}
     return Checkpoint(clean, is_openai, "openai" if is_openai else "open_clip")
+
+
+def _hf_quick_gelu(config_path: Path) -> bool:
+    """Whether a Hugging Face CLIP config.json uses QuickGELU (OpenAI's CLIPs do)."""
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{config_path}: not a readable JSON config ({exc})") from exc
+    text = config.get("text_config") or {}
+    return text.get("hidden_act", config.get("hidden_act", "quick_gelu")) == "quick_gelu"
 
 
 def _read_hf_folder(path: Path) -> Checkpoint:
@@ -120,16 +141,24 @@ def _read_hf_folder(path: Path) -> Checkpoint:
             f"{path} is a folder without config.json; a Hugging Face CLIP folder holds "
             "config.json + model.safetensors"
         )
-    weights = path / "model.safetensors"
-    if not weights.is_file():
+    quick = _hf_quick_gelu(config_path)
+    if (path / "model.safetensors").is_file():
+        sd = _safe_load_safetensors(path / "model.safetensors")
+    elif (path / "model.safetensors.index.json").is_file():
+        index = json.loads((path / "model.safetensors.index.json").read_text(encoding="utf-8"))
+        sd = {}
+        for shard in sorted(set(index.get("weight_map", {}).values())):
+            sd.update(_safe_load_safetensors(path / shard))
+    elif (path / "pytorch_model.bin").is_file():
+        sd = _unwrap(_load_pickle_weights(path / "pytorch_model.bin"), path / "pytorch_model.bin")
+    else:
         raise CheckpointError(
-            f"{path}: model.safetensors is missing (pytorch_model.bin is not read: convert it to "
-            "safetensors, or pass the .bin file itself if it is an open_clip state dict)"
+            f"{path}: no weights found; a Hugging Face CLIP folder holds model.safetensors "
+            "(or model.safetensors.index.json + shards, or pytorch_model.bin) beside config.json"
         )
-    config = json.loads(config_path.read_text())
-    act = config.get("text_config", {}).get("hidden_act", config.get("hidden_act", "quick_gelu"))
-    sd = hf_to_open_clip_state_dict(_safe_load_safetensors(weights))
-    return Checkpoint(sd, act == "quick_gelu", "huggingface")
+    if not any(k.startswith(("text_model.", "vision_model.")) for k in sd):
+        raise CheckpointError(f"{path}: the weights are not a Hugging Face CLIPModel's")
+    return Checkpoint(hf_to_open_clip_state_dict(sd), quick, "huggingface")
 
 
 def hf_to_open_clip_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
