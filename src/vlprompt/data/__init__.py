@@ -5,6 +5,9 @@ splits = build_dataset("oxford_pets", "~/data", shots=16, seed=1, subsample="bas
 train = ImageListDataset(splits.train, transform_for(clip, train=True))
 """
 
+import importlib
+import importlib.util
+
 from vlprompt.data import benchmarks, imagenet, userdata  # noqa: F401  (register the loaders)
 from vlprompt.data.build import build_dataset, load_full
 from vlprompt.data.dataset import ImageListDataset, drop_bad_images, open_image
@@ -38,8 +41,7 @@ __all__ = [
     "transform_for",
 ]
 
-try:  # the generated mini-world data sets (mini_*) register themselves
-    from vlprompt.data import mini  # noqa: F401
-except ModuleNotFoundError as e:  # only a missing mini.py is fine; its own bugs must surface
-    if e.name != "vlprompt.data.mini":
-        raise
+# The generated mini-world data sets (mini_*) register themselves from data/mini.py when it
+# exists; a missing file is fine, but an error inside it must surface.
+if importlib.util.find_spec("vlprompt.data.mini") is not None:
+    importlib.import_module("vlprompt.data.mini")
