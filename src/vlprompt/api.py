@@ -1,0 +1,550 @@
+"""Train, evaluate and use prompt-learning runs from Python.
+
+    import vlprompt
+    run = vlprompt.train("rpo", "oxford_pets", root="~/data", shots=16, seed=1,
+                         output_dir="runs/rpo_pets")
+    print(vlprompt.evaluate(run, subsample="all")["accuracy"])
+    run = vlprompt.load_run("runs/rpo_pets")
+    run.predict(["cat.jpg"], topk=3)   # [[("abyssinian", 0.91), ...]]
+
+A run folder holds (DESIGN §7): `config.json` (the resolved `RunConfig`), the learned prompts
+(`prompts.safetensors` + `method.json`), `results.jsonl` (one line per evaluation), `log.txt`,
+`checkpoints/` and `status.json` (written last: the run finished).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlprompt.config import (
+    CONFIG_FILE,
+    DEFAULT_BACKBONE,
+    DEFAULT_PRETRAINED,
+    EngineSettings,
+    RunConfig,
+    RunError,
+    config_differences,
+    read_run_config,
+)
+from vlprompt.engine import (
+    CHECKPOINT_DIR,
+    STATUS_FILE,
+    Dist,
+    EpochStats,
+    fit,
+    init_distributed,
+    is_run_finished,
+    latest_checkpoint,
+    resolve_device,
+    seed_everything,
+)
+from vlprompt.io import METHOD_FILE, PROMPTS_FILE, append_jsonl, atomic_write_json
+
+log = logging.getLogger("vlprompt")
+
+RESULTS_FILE = "results.jsonl"
+LOG_FILE = "log.txt"
+RUN_FILES = (CONFIG_FILE, PROMPTS_FILE, METHOD_FILE, RESULTS_FILE, LOG_FILE, STATUS_FILE)
+ENGINE_KEYS = tuple(f.name for f in fields(EngineSettings))
+
+
+# ---- the run object ---------------------------------------------------------------------------
+@dataclass
+class Run:
+    """A finished training run loaded from its folder: the method (on its frozen CLIP) and the
+    config it was trained with."""
+
+    run_dir: Path
+    config: RunConfig
+    method: Any  # a vlprompt.methods.PromptMethod
+    status: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def classnames(self) -> list[str]:
+        return list(self.method.classnames)
+
+    @property
+    def clip(self) -> Any:
+        return self.method.clip
+
+    def results(self) -> list[dict[str, Any]]:
+        """The evaluations recorded in the run's `results.jsonl`."""
+        return read_results(self.run_dir / RESULTS_FILE)
+
+    def evaluate(self, **kwargs: Any) -> dict[str, Any]:
+        """`vlprompt.evaluate(self, **kwargs)`."""
+        return evaluate(self, **kwargs)
+
+    @torch.no_grad()
+    def predict(
+        self, images: Sequence[Any], topk: int = 5, batch_size: int = 32
+    ) -> list[list[tuple[str, float]]]:
+        """Top-k (class name, probability) for each image (a path or a PIL image), in order.
+        An unreadable image raises DataError naming the file."""
+        from PIL import Image
+
+        from vlprompt.data import open_image, transform_for
+
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
+        transform = transform_for(self.clip, train=False)
+        k = min(topk, len(self.classnames))
+        out: list[list[tuple[str, float]]] = []
+        self.method.eval()
+        for start in range(0, len(images), batch_size):
+            batch = []
+            for image in images[start : start + batch_size]:
+                if isinstance(image, Image.Image):
+                    image = image.convert("RGB")
+                else:
+                    image = open_image(str(image))
+                batch.append(transform(image))
+            logits = self.method(torch.stack(batch).to(self.clip.device)).float()
+            probs = logits.softmax(dim=-1).cpu()
+            values, indices = probs.topk(k, dim=-1)
+            for vals, idxs in zip(values.tolist(), indices.tolist()):
+                out.append([(self.classnames[i], float(v)) for v, i in zip(vals, idxs)])
+        return out
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("%s: skipping a line that is not JSON", path)
+    return records
+
+
+def _read_status(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / STATUS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def load_run(run_dir: str | Path | Run, device: str = "cpu") -> Run:
+    """Load a finished run: its backbone (from the config's name + pretrained tag/path) and the
+    learned prompts. A folder that is not a finished run raises RunError."""
+    if isinstance(run_dir, Run):
+        return run_dir
+    from vlprompt.backbone import load_clip
+    from vlprompt.io import load_learned
+
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    if not is_run_finished(run_dir):
+        ckpt = latest_checkpoint(run_dir) if (run_dir / CHECKPOINT_DIR).is_dir() else None
+        where = f"its last checkpoint is {ckpt.name}" if ckpt else "it has no checkpoint yet"
+        raise RunError(
+            f"{run_dir} holds a run that has not finished training ({where}); continue it with "
+            f"`vlprompt train --resume --output-dir {run_dir}`"
+        )
+    clip = load_clip(config.backbone, config.pretrained, device=device)
+    method = load_learned(run_dir, clip)
+    method.eval()
+    return Run(run_dir, config, method, _read_status(run_dir))
+
+
+# ---- configuration ----------------------------------------------------------------------------
+def _uses_dataset_template(method_cls: type) -> bool:
+    """Zero-shot CLIP, CoOp's family and ProGrad's teacher use the data set's hand-crafted
+    template (CoOp's CUSTOM_TEMPLATES); RPO's official code always uses "a photo of a {}."."""
+    return bool(getattr(method_cls, "uses_dataset_template", method_cls.name != "rpo"))
+
+
+def resolve_config(
+    method: str,
+    dataset: str,
+    *,
+    root: str | Path | None = None,
+    backbone: str = DEFAULT_BACKBONE,
+    pretrained: str | Path | None = DEFAULT_PRETRAINED,
+    shots: int = 16,
+    seed: int = 1,
+    subsample: str = "all",
+    engine: EngineSettings | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """The full config of a run; unknown method/data-set names and settings fail here, before
+    anything is loaded."""
+    from vlprompt.data import get_dataset_info
+    from vlprompt.methods import get_method_class, make_config
+
+    try:
+        cls = get_method_class(method)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
+    info = get_dataset_info(dataset)  # DataError listing the choices
+    overrides = dict(overrides or {})
+    if "template" not in overrides and _uses_dataset_template(cls):
+        overrides["template"] = info.template
+    try:
+        method_config = make_config(method, **overrides).to_dict()
+    except (TypeError, ValueError) as exc:
+        raise RunError(f"method {method!r}: {exc}") from None
+    pretrained = str(pretrained) if pretrained is not None else None
+    if pretrained is not None and Path(pretrained).expanduser().exists():
+        pretrained = str(Path(pretrained).expanduser().resolve())
+    return RunConfig(
+        method=method,
+        dataset=dataset,
+        method_config=json.loads(json.dumps(method_config)),
+        root=str(Path(root).expanduser().resolve()) if root is not None else None,
+        backbone=backbone,
+        pretrained=pretrained,
+        shots=shots,
+        seed=seed,
+        subsample=subsample,
+        engine=engine or EngineSettings(),
+    )
+
+
+def _prepare_run_dir(
+    run_dir: Path, wanted: RunConfig, *, resume: bool, overwrite: bool, ctx: Dist
+) -> tuple[RunConfig, bool]:
+    """Check the output folder against the wanted config. Returns the config to use and
+    whether the folder holds that run, finished."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"output folder {run_dir} is a file; choose a folder")
+    saved_path = run_dir / CONFIG_FILE
+    if run_dir.is_dir() and overwrite:
+        if ctx.is_main:
+            _clear_run(run_dir)
+        ctx.barrier()
+    if run_dir.is_dir() and not saved_path.is_file():
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES)
+        foreign = [n for n in foreign if n != CHECKPOINT_DIR]
+        if foreign:
+            raise RunError(
+                f"output folder {run_dir} is not empty and holds no run (found {', '.join(foreign[:5])}); "
+                "choose a new or empty folder"
+            )
+    if not saved_path.is_file():
+        return wanted, False
+    saved = read_run_config(run_dir)
+    diffs = config_differences(saved, wanted)
+    if diffs and not resume:
+        raise RunError(
+            f"output folder {run_dir} holds a run with another config ({'; '.join(diffs)}). "
+            "Choose another --output-dir, pass --resume to continue the saved run with its own "
+            "config, or --overwrite to replace it"
+        )
+    if diffs:
+        log.warning("resuming %s with its saved config; ignoring: %s", run_dir, "; ".join(diffs))
+    # the saved run's identity, this call's runtime settings (device, workers, ...)
+    runtime = {k: getattr(wanted.engine, k) for k in ("device", "num_workers", "eval_batch_size",
+                                                      "keep_checkpoints")}  # fmt: skip
+    config = replace(saved, engine=replace(saved.engine, **runtime), root=wanted.root or saved.root)
+    finished = is_run_finished(run_dir)
+    if not finished and not resume and latest_checkpoint(run_dir) is not None:
+        raise RunError(
+            f"output folder {run_dir} holds an unfinished run of this config; pass --resume to "
+            "continue it from its last checkpoint or --overwrite to start again"
+        )
+    return config, finished
+
+
+def _clear_run(run_dir: Path) -> None:
+    """Remove what a run writes (never other files)."""
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+
+
+class _RunLog:
+    """Lines to `log.txt` (rank 0) and to the `vlprompt` logger."""
+
+    def __init__(self, run_dir: Path, ctx: Dist) -> None:
+        self.path = run_dir / LOG_FILE
+        self.ctx = ctx
+
+    def __call__(self, message: str) -> None:
+        log.info(message)
+        if self.ctx.is_main:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(f"{stamp}  {message}\n")
+
+
+# ---- training ---------------------------------------------------------------------------------
+def train(
+    method: str,
+    dataset: str,
+    *,
+    output_dir: str | Path,
+    root: str | Path | None = None,
+    backbone: str = DEFAULT_BACKBONE,
+    pretrained: str | Path | None = DEFAULT_PRETRAINED,
+    shots: int = 16,
+    seed: int = 1,
+    subsample: str = "all",
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str = "cpu",
+    precision: str = "auto",
+    deterministic: bool = False,
+    num_workers: int | None = None,
+    eval_batch_size: int = 100,
+    keep_checkpoints: int = 1,
+    evaluate: bool = True,
+    progress: bool | None = None,
+    on_epoch_end: Callable[[EpochStats], None] | None = None,
+    **config_overrides: Any,
+) -> Run:
+    """Train `method` on `dataset` (few-shot: `shots` per class, sampled with `seed`) into
+    `output_dir`, evaluate the last epoch on the test split (`evaluate=True`) and return the run.
+
+    `config_overrides` set the method's config (e.g. ``lr=0.005, epochs=5, n_prompts=4``); the
+    rest defaults to the method's paper recipe. An `output_dir` holding a finished run of the
+    same config returns that run at once; one holding another config is refused unless `resume`
+    (continue the saved run with its saved config) or `overwrite` (start again).
+    Under `torchrun`, every process calls this; rank 0 writes.
+    """
+    engine = EngineSettings(
+        device=device,
+        precision=precision,
+        deterministic=deterministic,
+        num_workers=num_workers,
+        eval_batch_size=eval_batch_size,
+        keep_checkpoints=keep_checkpoints,
+    )
+    wanted = resolve_config(
+        method, dataset, root=root, backbone=backbone, pretrained=pretrained, shots=shots,
+        seed=seed, subsample=subsample, engine=engine, overrides=config_overrides,
+    )  # fmt: skip
+    return train_config(
+        wanted, output_dir, resume=resume, overwrite=overwrite, evaluate=evaluate,
+        progress=progress, on_epoch_end=on_epoch_end,
+    )  # fmt: skip
+
+
+def train_config(
+    wanted: RunConfig,
+    output_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    evaluate: bool = True,
+    progress: bool | None = None,
+    on_epoch_end: Callable[[EpochStats], None] | None = None,
+) -> Run:
+    """`train` from a resolved `RunConfig` (e.g. a saved run's)."""
+    from vlprompt.engine import deterministic_mode
+
+    run_dir = Path(output_dir).expanduser()
+    ctx = init_distributed(wanted.engine.device)
+    config, finished = _prepare_run_dir(
+        run_dir, wanted, resume=resume, overwrite=overwrite, ctx=ctx
+    )
+    if finished:
+        log.info("%s: finished earlier with the same config; loading it", run_dir)
+        return load_run(run_dir, device=str(resolve_device(config.engine.device, ctx)))
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / CONFIG_FILE, config.to_dict())
+    ctx.barrier()
+    say = _RunLog(run_dir, ctx)
+    with deterministic_mode(config.engine.deterministic):
+        method, splits, wall_s = _train(config, run_dir, resume, progress, on_epoch_end, ctx, say)
+    if ctx.is_main:
+        method.save(run_dir)
+        status = {
+            "finished": True,
+            "epochs": method.config.epochs if method.needs_training else 0,
+            "train_wall_s": wall_s,
+            "n_train_images": len(splits.train),
+            "n_classes": len(splits.classnames),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        atomic_write_json(run_dir / STATUS_FILE, status)
+        say(f"saved the learned prompts to {run_dir} ({wall_s:.1f} s of training)")
+    ctx.barrier()
+    run = Run(run_dir, config, method, _read_status(run_dir))
+    if evaluate:
+        _evaluate_run(run, splits, split="test", ctx=ctx, say=say)
+    return run
+
+
+def _build_splits(config: RunConfig, dataset: str | None = None, subsample: str | None = None,
+                  shots: int | None = None, root: str | None = None) -> Any:  # fmt: skip
+    from vlprompt.data import build_dataset
+
+    return build_dataset(
+        dataset or config.dataset,
+        root if root is not None else config.root,
+        shots=config.shots if shots is None else shots,
+        seed=config.seed,
+        subsample=subsample or config.subsample,
+    )
+
+
+def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say):
+    from vlprompt.backbone import load_clip
+    from vlprompt.data import ImageListDataset, transform_for
+    from vlprompt.methods import create_method
+
+    device = resolve_device(config.engine.device, ctx)
+    seed_everything(config.seed)
+    clip = load_clip(config.backbone, config.pretrained, device=device)
+    splits = _build_splits(config)
+    method = create_method(config.method, clip, splits.classnames, **config.method_config)
+    method.to(device)
+    say(
+        f"{config.method} on {config.dataset} ({config.subsample} classes: {len(splits.classnames)}, "
+        f"{len(splits.train)} training images, shots {config.shots}, seed {config.seed}) with "
+        f"{config.backbone} ({config.pretrained or 'random weights'}) on {device}; "
+        f"{method.num_trainable_parameters()} trainable parameters"
+    )
+    started = time.perf_counter()
+    if not method.needs_training:
+        if hasattr(method, "fit_features"):
+            _fit_linear_probe(method, splits, config, say)
+        return method, splits, time.perf_counter() - started
+    dataset = ImageListDataset(splits.train, transform_for(clip, train=True))
+    result = fit(
+        method, dataset, settings=config.engine, seed=config.seed, run_dir=run_dir,
+        resume=resume, progress=progress, ctx=ctx, on_epoch_end=on_epoch_end, logger=say,
+    )  # fmt: skip
+    return method, splits, result.wall_s
+
+
+def _feature_cache(config: RunConfig) -> Any:
+    from vlprompt.evaluate import default_feature_cache_dir
+    from vlprompt.feature_cache import FeatureCache
+
+    return FeatureCache(default_feature_cache_dir())
+
+
+def _fit_linear_probe(method, splits, config, say) -> None:
+    """The linear probe trains on frozen features of the test transform (CLIP paper)."""
+    from vlprompt.data import transform_for
+    from vlprompt.feature_cache import encode_images_cached
+
+    transform = transform_for(method.clip, train=False)
+    cache = _feature_cache(config)
+    bs, workers = config.engine.eval_batch_size, config.engine.workers()
+    train_f, train_y = encode_images_cached(
+        method.clip, splits.train, transform, cache, bs, workers
+    )
+    val_f, val_y = encode_images_cached(method.clip, splits.val, transform, cache, bs, workers)
+    say(f"fitting the linear probe on {len(train_y)} training / {len(val_y)} validation features")
+    method.fit_features(train_f, train_y, val_f, val_y)
+
+
+# ---- evaluation -------------------------------------------------------------------------------
+def _prompts_digest(run_dir: Path) -> str:
+    return hashlib.sha256((run_dir / PROMPTS_FILE).read_bytes()).hexdigest()
+
+
+def evaluate(
+    run: Run | str | Path,
+    dataset: str | None = None,
+    *,
+    subsample: str | None = None,
+    split: str = "test",
+    root: str | Path | None = None,
+    device: str = "cpu",
+    record: bool = True,
+    reuse: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a finished run on `split` of `dataset` (default: the run's own data set) with
+    the `subsample` classes (default: the run's own for its data set, else "all"). Returns the
+    result record (accuracy in percent) and, with `record=True`, appends it to the run's
+    `results.jsonl`. With `reuse=True` an identical evaluation already recorded for the same
+    learned prompts is returned without recomputing."""
+    run = load_run(run, device=device) if not isinstance(run, Run) else run
+    ctx = init_distributed(run.config.engine.device if isinstance(run, Run) else device)
+    say = _RunLog(run.run_dir, ctx)
+    own = dataset is None or dataset == run.config.dataset
+    dataset = dataset or run.config.dataset
+    subsample = subsample or (run.config.subsample if own else "all")
+    if split not in ("train", "val", "test"):
+        raise RunError(f"split must be train, val or test, got {split!r}")
+    digest = _prompts_digest(run.run_dir)
+    if reuse:
+        for rec in reversed(run.results()):
+            if (rec.get("dataset"), rec.get("subsample"), rec.get("split")) == (
+                dataset, subsample, split,
+            ) and rec.get("prompts_sha256") == digest:  # fmt: skip
+                return rec
+    shots = run.config.shots if (own and split != "test") else 0
+    splits = _build_splits(
+        run.config, dataset, subsample, shots,
+        str(Path(root).expanduser().resolve()) if root is not None else None,
+    )  # fmt: skip
+    return _evaluate_run(run, splits, split=split, ctx=ctx, say=say, record=record, digest=digest)
+
+
+def _evaluate_run(run: Run, splits: Any, *, split: str, ctx: Dist, say: Callable[[str], None],
+                  record: bool = True, digest: str | None = None) -> dict[str, Any]:  # fmt: skip
+    from vlprompt.evaluate import evaluate_items
+
+    config = run.config
+    method = run.method
+    items = getattr(splits, split)
+    saved_names = list(method.classnames)
+    if list(splits.classnames) != saved_names:
+        method.set_classnames(list(splits.classnames))
+    try:
+        result = evaluate_items(
+            method,
+            items,
+            batch_size=config.engine.eval_batch_size,
+            num_workers=config.engine.workers(),
+            precision=config.engine.precision,
+            ctx=ctx,
+            feature_cache=_feature_cache(config),
+        )
+    finally:
+        if list(method.classnames) != saved_names:
+            method.set_classnames(saved_names)
+    subsample = splits.extra.get("subsample", "all")
+    status = run.status or _read_status(run.run_dir)
+    rec = {
+        "method": config.method,
+        "dataset": splits.name,
+        "source": config.dataset,
+        "backbone": config.backbone,
+        "pretrained": config.pretrained,
+        "shots": config.shots,
+        "seed": config.seed,
+        "subsample": subsample,
+        "train_subsample": config.subsample,
+        "split": split,
+        "accuracy": result.accuracy,
+        "macro_accuracy": result.macro_accuracy,
+        "per_class_accuracy": result.per_class,
+        "n_images": result.n_images,
+        "n_classes": len(splits.classnames),
+        "epochs": status.get("epochs", config.method_config.get("epochs")),
+        "wall_s": status.get("train_wall_s"),
+        "eval_wall_s": result.wall_s,
+        "from_features": result.used_features,
+        "prompts_sha256": digest or _prompts_digest(run.run_dir),
+        "run_dir": str(run.run_dir),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    say(
+        f"{split} accuracy on {splits.name} ({subsample} classes, {result.n_images} images): "
+        f"{result.accuracy:.2f}% (macro {result.macro_accuracy:.2f}%)"
+    )
+    if record and ctx.is_main:
+        append_jsonl(run.run_dir / RESULTS_FILE, rec)
+    return rec

@@ -1,0 +1,210 @@
+"""The resolved configuration of a training run, as saved in `<run>/config.json`.
+
+A run is identified by its `RunConfig`: method and method settings, data set, backbone, shots,
+seed, class subsample and the engine settings that change numbers (precision, determinism).
+Settings that only change where or how fast a run computes (device, workers, evaluation batch
+size, data root) are recorded but do not make two runs different, so a run started on one machine
+can be resumed on another.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from vlprompt.errors import VlpromptError
+
+CONFIG_FILE = "config.json"
+PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
+SUBSAMPLE_CHOICES = ("all", "base", "new")
+DEFAULT_BACKBONE = "ViT-B-16"  # the papers' backbone
+DEFAULT_PRETRAINED = "openai"  # OpenAI weights (QuickGELU is chosen by vlprompt.load_clip)
+
+# keys (dotted) that may differ between two invocations of the same run
+NON_IDENTITY_KEYS = frozenset(
+    {
+        "root",
+        "vlprompt_version",
+        "engine.device",
+        "engine.num_workers",
+        "engine.eval_batch_size",
+        "engine.keep_checkpoints",
+    }
+)
+
+
+class RunError(VlpromptError, ValueError):
+    """A run folder that cannot be used as asked (not a run, another run's config, ...)."""
+
+
+class ConfigError(VlpromptError, ValueError):
+    """A configuration file or setting that cannot be read or is not valid."""
+
+
+class TrainingDivergedError(VlpromptError, RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class EngineSettings:
+    """How the engine runs. Only `precision` and `deterministic` can change the numbers."""
+
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... (DDP picks cuda:LOCAL_RANK itself)
+    precision: str = "auto"  # autocast dtype on CUDA: auto = fp16 (the papers); CPU is always fp32
+    deterministic: bool = False  # torch.use_deterministic_algorithms + seeded DataLoader workers
+    num_workers: int | None = None  # DataLoader workers; None = 0 on CPU, 4 on CUDA
+    eval_batch_size: int = 100  # images per evaluation batch (Dassl's test batch size)
+    keep_checkpoints: int = 1  # per-epoch checkpoints kept (the latest ones)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISION_CHOICES:
+            raise ConfigError(
+                f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}"
+            )
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+
+    def workers(self) -> int:
+        if self.num_workers is not None:
+            return self.num_workers
+        return 4 if str(self.device).startswith("cuda") else 0
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to rebuild a run: what `config.json` holds."""
+
+    method: str  # registered method name
+    dataset: str  # registered data-set name
+    method_config: dict[str, Any]  # the method's resolved config (its paper defaults + overrides)
+    root: str | None = None  # data root (benchmarks) or the user's folder/CSV (imagefolder/csv)
+    backbone: str = DEFAULT_BACKBONE  # open_clip architecture name
+    pretrained: str | None = DEFAULT_PRETRAINED  # pretrained tag or local checkpoint path
+    shots: int = 16  # training images per class (0 = all)
+    seed: int = 1  # few-shot sampling and training seed
+    subsample: str = "all"  # classes trained on: "all", "base" or "new"
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    vlprompt_version: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.engine, dict):
+            self.engine = engine_settings(self.engine)
+        if self.subsample not in SUBSAMPLE_CHOICES:
+            raise ConfigError(
+                f"subsample must be one of {', '.join(SUBSAMPLE_CHOICES)}, got {self.subsample!r}"
+            )
+        if isinstance(self.shots, bool) or not isinstance(self.shots, int) or self.shots < 0:
+            raise ConfigError(f"shots must be a whole number >= 0, got {self.shots!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be a whole number, got {self.seed!r}")
+        if not self.vlprompt_version:
+            from vlprompt import __version__
+
+            self.vlprompt_version = __version__
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown run setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        missing = [k for k in ("method", "dataset", "method_config") if k not in data]
+        if missing:
+            raise ConfigError(f"{source}: missing run setting(s) {', '.join(missing)}")
+        return cls(**data)
+
+
+def engine_settings(data: dict[str, Any]) -> EngineSettings:
+    known = {f.name for f in fields(EngineSettings)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown engine setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return EngineSettings(**data)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_differences(saved: RunConfig, wanted: RunConfig) -> list[str]:
+    """Human-readable `key: saved -> wanted` for every identity key that differs."""
+    a, b = flatten(_jsonable(saved.to_dict())), flatten(_jsonable(wanted.to_dict()))
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in NON_IDENTITY_KEYS:
+            continue
+        if a.get(key, "<unset>") != b.get(key, "<unset>"):
+            diffs.append(f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}")
+    return diffs
+
+
+def _jsonable(data: Any) -> Any:
+    """What the data looks like after a JSON round trip (tuples -> lists), for comparisons."""
+    return json.loads(json.dumps(data))
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The `RunConfig` saved in a run folder; a folder that is not a run -> RunError."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    if not run_dir.is_dir():
+        raise RunError(
+            f"{run_dir} is not a folder; expected a run folder written by `vlprompt train`"
+        )
+    if not path.is_file():
+        raise RunError(
+            f"{run_dir} is not a run folder: it has no {CONFIG_FILE} "
+            "(expected the output folder of `vlprompt train` / vlprompt.train)"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path} is not valid JSON ({exc}); the run folder is damaged") from exc
+    if not isinstance(data, dict):
+        raise RunError(f"{path} does not hold a JSON object; the run folder is damaged")
+    return RunConfig.from_dict(data, source=str(path))
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a YAML or JSON file (a mapping). A run's own config.json works too."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # json / yaml parse errors
+        raise ConfigError(f"cannot parse config file {path}: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of settings, got {type(data).__name__}"
+        )
+    return data

@@ -1,0 +1,190 @@
+"""Accuracy, per-class accuracy, the harmonic mean, and evaluating a method on a list of images.
+
+Methods whose image encoder is frozen (`frozen_image_encoder = True`: zero-shot CLIP, CoOp,
+KgCoOp, ProGrad, linear probe) are evaluated from image features: encoded once through
+`vlprompt.feature_cache` and read back on later evaluations, so a warm cache means no image-encoder
+pass at all. Other methods (e.g. RPO, whose prompts enter the image encoder) run on the images.
+Under DDP every process evaluates a strided shard and the logits are gathered on every process.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from vlprompt.engine import Dist, _autocast, effective_precision
+
+
+def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in percent (0 for an empty set)."""
+    if labels.numel() == 0:
+        return 0.0
+    return 100.0 * (predictions == labels).double().mean().item()
+
+
+def per_class_accuracy(
+    predictions: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str]
+) -> dict[str, float]:
+    """Accuracy (percent) of each class that has at least one image."""
+    out = {}
+    for label, name in enumerate(classnames):
+        mask = labels == label
+        if mask.any():
+            out[name] = 100.0 * (predictions[mask] == label).double().mean().item()
+    return out
+
+
+def macro_accuracy(per_class: dict[str, float]) -> float:
+    """Mean of the per-class accuracies (percent)."""
+    return sum(per_class.values()) / len(per_class) if per_class else 0.0
+
+
+def harmonic_mean(base: float, new: float) -> float:
+    """H = 2BN / (B + N), the base-to-new summary (0 when both are 0)."""
+    return 0.0 if base + new == 0 else 2.0 * base * new / (base + new)
+
+
+@dataclass
+class EvalResult:
+    accuracy: float  # percent
+    macro_accuracy: float  # percent, mean over classes
+    per_class: dict[str, float]  # class name -> percent
+    n_images: int
+    wall_s: float
+    predictions: torch.Tensor = field(repr=False)  # [N] predicted labels
+    labels: torch.Tensor = field(repr=False)  # [N]
+    used_features: bool = False  # evaluated from (possibly cached) frozen image features
+
+
+def _shard(n: int, ctx: Dist) -> list[int]:
+    return list(range(ctx.rank, n, ctx.world_size))
+
+
+def _gather_rows(
+    local: torch.Tensor, n_total: int, ctx: Dist, device: torch.device
+) -> torch.Tensor:
+    """Inverse of `_shard`: rows of every process back in their original order."""
+    if not ctx.enabled:
+        return local
+    per = math.ceil(n_total / ctx.world_size)
+    padded = torch.zeros((per, *local.shape[1:]), dtype=local.dtype, device=device)
+    padded[: local.shape[0]] = local.to(device)
+    parts = [torch.zeros_like(padded) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, padded)
+    out = torch.empty((n_total, *local.shape[1:]), dtype=local.dtype)
+    for rank, part in enumerate(parts):
+        count = len(range(rank, n_total, ctx.world_size))
+        out[rank :: ctx.world_size] = part[:count].cpu()
+    return out
+
+
+def default_feature_cache_dir() -> Path:
+    return Path("~/.cache/vlprompt/features").expanduser()
+
+
+@torch.no_grad()
+def compute_logits(
+    method: Any,
+    items: Sequence[Any],
+    *,
+    transform: Any = None,
+    batch_size: int = 100,
+    num_workers: int = 0,
+    precision: str = "auto",
+    ctx: Dist | None = None,
+    feature_cache: Any = None,
+    use_features: bool | None = None,
+) -> tuple[torch.Tensor, bool]:
+    """Logits [N, C] (float32, CPU) of `method` on `items` (Datums), in order; and whether
+    they were computed from frozen image features. `feature_cache`: a FeatureCache (or None)."""
+    from torch.utils.data import DataLoader
+
+    from vlprompt.data import ImageListDataset, transform_for
+
+    ctx = ctx or Dist()
+    clip = method.clip
+    device = clip.device
+    transform = transform or transform_for(clip, train=False)
+    if use_features is None:
+        use_features = bool(getattr(method, "frozen_image_encoder", False)) and hasattr(
+            method, "forward_features"
+        )
+    mine = [items[i] for i in _shard(len(items), ctx)]
+    method.eval()
+    autocast = _autocast(device, effective_precision(device, precision))
+    chunks = []
+    if use_features:
+        from vlprompt.feature_cache import encode_images_cached
+
+        cache = feature_cache if not ctx.enabled else None  # one shard per process: no cache
+        feats, _ = encode_images_cached(clip, mine, transform, cache, batch_size, num_workers)
+        for start in range(0, feats.shape[0], batch_size):
+            batch = feats[start : start + batch_size].to(device)
+            with autocast:
+                chunks.append(method.forward_features(batch).float().cpu())
+    else:
+        loader = DataLoader(
+            ImageListDataset(mine, transform),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+        )
+        for images, _ in loader:
+            with autocast:
+                chunks.append(method(images.to(device)).float().cpu())
+    n_classes = len(method.classnames)
+    local = torch.cat(chunks) if chunks else torch.zeros(0, n_classes)
+    return _gather_rows(local, len(items), ctx, _comm_device(device, ctx)), use_features
+
+
+def _comm_device(device: torch.device, ctx: Dist) -> torch.device:
+    if ctx.enabled and dist.get_backend() == "nccl":
+        return device
+    return torch.device("cpu")
+
+
+def evaluate_items(
+    method: Any,
+    items: Sequence[Any],
+    *,
+    transform: Any = None,
+    batch_size: int = 100,
+    num_workers: int = 0,
+    precision: str = "auto",
+    ctx: Dist | None = None,
+    feature_cache: Any = None,
+) -> EvalResult:
+    """Accuracy of `method` on `items`, whose labels index `method.classnames`."""
+    if not items:
+        raise ValueError("nothing to evaluate: the split holds no images")
+    started = time.perf_counter()
+    logits, used = compute_logits(
+        method,
+        items,
+        transform=transform,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        precision=precision,
+        ctx=ctx,
+        feature_cache=feature_cache,
+    )
+    labels = torch.tensor([d.label for d in items], dtype=torch.long)
+    predictions = logits.argmax(dim=-1)
+    per_class = per_class_accuracy(predictions, labels, method.classnames)
+    return EvalResult(
+        accuracy=accuracy(predictions, labels),
+        macro_accuracy=macro_accuracy(per_class),
+        per_class=per_class,
+        n_images=len(items),
+        wall_s=time.perf_counter() - started,
+        predictions=predictions,
+        labels=labels,
+        used_features=used,
+    )
