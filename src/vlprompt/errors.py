@@ -19,3 +19,7 @@ class DownloadError(VlpromptError, RuntimeError):
 
 class DataError(VlpromptError, ValueError):
     """A data set that cannot be found, read or split: names the path and how to fix it."""
+
+
+class MethodError(VlpromptError, ValueError):
+    """A method that cannot be built or used as asked (bad setting, class list, saved prompts)."""

@@ -12,7 +12,15 @@ from vlprompt.methods.registry import (
 # Each method module registers itself with @register_method; list them here explicitly.
 # (method imports below)
 # isort: split
-from vlprompt.methods import rpo  # noqa: F401
+from vlprompt.methods import (
+    cocoop,  # noqa: F401
+    coop,  # noqa: F401
+    kgcoop,  # noqa: F401
+    linear_probe,  # noqa: F401
+    prograd,  # noqa: F401
+    rpo,  # noqa: F401
+    zeroshot,  # noqa: F401
+)
 
 __all__ = [
     "MethodConfig",

@@ -1,0 +1,116 @@
+"""CoCoOp — Conditional Context Optimization (Zhou et al., CVPR 2022; official code
+KaiyangZhou/CoOp `trainers/cocoop.py`).
+
+CoOp's shared context plus a per-image shift: a small meta-net
+`Linear(d, d // 16) -> ReLU -> Linear(d // 16, text_width)` maps the normalised frozen image
+feature (d = CLIP's embedding dim, the official `vis_dim = visual.output_dim`) to one vector that
+is added to every context vector. Each image therefore has its own prompts for all classes, and
+the text encoder runs batch x classes sequences (the official code loops over the images).
+
+Defaults are the paper's base-to-new recipe: 4 context vectors initialised from "a photo of a",
+SGD lr 0.002, batch 1, 10 epochs, 1 warm-up epoch at 1e-5. Class token at the end (the only
+layout CoCoOp defines). On ViT-B/16 shapes (d = 512, width 512) it learns
+4*512 + (512*32 + 32) + (32*512 + 512) = 35,360 parameters.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from vlprompt.backbone import ClipBackbone
+from vlprompt.errors import MethodError
+from vlprompt.methods import text_encoding as te
+from vlprompt.methods.base import MethodConfig, PromptMethod, validate_classnames
+from vlprompt.methods.coop import ContextConfig, FrozenImageMixin, initial_context, n_ctx_of
+from vlprompt.methods.registry import register_method
+
+
+@dataclass
+class CoCoOpConfig(ContextConfig):
+    """CoCoOp (defaults: the paper's base-to-new recipe)."""
+
+    n_ctx: int = 4  # context vectors (set by ctx_init when it is given)
+    ctx_init: str = "a photo of a"  # words initialising the context ("" = N(0, 0.02^2))
+    epochs: int = 10  # training epochs
+    batch_size: int = 1  # images per step (each image has its own prompts, so this is costly)
+    meta_net_reduction: int = 16  # hidden width of the meta-net = embed_dim // this
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.meta_net_reduction < 1:
+            raise MethodError(f"meta_net_reduction must be >= 1, got {self.meta_net_reduction}")
+
+
+@register_method
+class CoCoOp(FrozenImageMixin, PromptMethod):
+    """A shared context shifted per image by a meta-net on the image feature."""
+
+    name: ClassVar[str] = "cocoop"
+    config_class: ClassVar[type[MethodConfig]] = CoCoOpConfig
+    config: CoCoOpConfig
+
+    def __init__(self, clip: ClipBackbone, classnames: list[str], config: CoCoOpConfig) -> None:
+        super().__init__(clip, classnames, config)
+        self.n_ctx = n_ctx_of(clip, config)
+        self.ctx = nn.Parameter(initial_context(clip, config, None))
+        vis_dim, hidden = clip.embed_dim, max(1, clip.embed_dim // config.meta_net_reduction)
+        self.meta_net = nn.Sequential(
+            OrderedDict(
+                [
+                    ("linear1", nn.Linear(vis_dim, hidden)),
+                    ("relu", nn.ReLU(inplace=True)),
+                    ("linear2", nn.Linear(hidden, clip.text_width)),
+                ]
+            )
+        ).to(clip.device)
+        self._build_layout()
+
+    def _build_layout(self) -> None:
+        layout = te.build_layout(self.clip, self.classnames, self.n_ctx)
+        self.name_lens = layout.name_lens
+        self.register_buffer("token_prefix", layout.prefix, persistent=False)
+        self.register_buffer("token_suffix", layout.suffix, persistent=False)
+        self.register_buffer("eot_index", layout.eot_index, persistent=False)
+
+    @property
+    def layout(self) -> te.PromptLayout:
+        return te.PromptLayout(
+            self.eot_index, self.name_lens, self.token_prefix, self.token_suffix, self.n_ctx
+        )
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        self.classnames = validate_classnames(classnames)
+        self._build_layout()
+
+    def shifted_context(self, image_features: torch.Tensor) -> torch.Tensor:
+        """[B, n, D]: the context plus the meta-net's shift of each normalised image feature."""
+        bias = self.meta_net(image_features.float())  # [B, D]
+        return self.ctx[None] + bias[:, None]
+
+    def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Logits [B, C] from normalised frozen image features [B, E]."""
+        ctx = self.shifted_context(image_features).to(self.clip.dtype)  # [B, n, D]
+        n_cls, layout = len(self.classnames), self.layout
+        scale = self.clip.logit_scale.float()
+        img = image_features.float()
+        if self.config.implementation == "reference":  # the official per-image loop, 77 tokens
+            rows = []
+            for ctx_i, img_i in zip(ctx, img):
+                prompts = te.assemble_reference(layout, ctx_i[None].expand(n_cls, -1, -1))
+                text = te.normalize(te.encode_reference(self.clip, prompts, self.eot_index))
+                rows.append(scale * img_i @ text.float().t())
+            return torch.stack(rows)
+        batch = ctx.shape[0]
+        ctx = ctx[:, None].expand(-1, n_cls, -1, -1)  # [B, C, n, D]
+        prompts = te.assemble_fast(layout, ctx, None, layout.max_length)  # [B, C, L', D]
+        prompts = prompts.reshape(batch * n_cls, *prompts.shape[2:])
+        eot = self.eot_index.repeat(batch)
+        cfg = self.config
+        text = te.encode_fast(self.clip, prompts, eot, cfg.text_chunk_size, cfg.text_checkpoint)
+        text = te.normalize(text).float().view(batch, n_cls, -1)
+        return scale * torch.einsum("be,bce->bc", img, text)

@@ -1,0 +1,76 @@
+"""Zero-shot CLIP (Radford et al., 2021; CoOp's `trainers/zsclip.py`): no training.
+
+One hand-crafted template (`config.template`, e.g. "a photo of a {}.") or an ensemble
+(`config.templates`, e.g. ImageNet's 7 templates): each template's text features are normalised,
+averaged over the templates and renormalised (official `ZeroshotCLIP2`). Class names: `_` -> space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from vlprompt.backbone import ClipBackbone
+from vlprompt.errors import MethodError
+from vlprompt.methods import text_encoding as te
+from vlprompt.methods.base import MethodConfig, PromptMethod
+from vlprompt.methods.coop import FrozenImageMixin, clip_logits
+from vlprompt.methods.registry import register_method
+
+
+@dataclass
+class ZeroShotConfig(MethodConfig):
+    """Zero-shot CLIP. `template` (inherited) is used when `templates` is empty."""
+
+    templates: tuple[str, ...] = ()  # an ensemble of templates; empty = the single `template`
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.templates = tuple(self.templates)
+        for t in (*self.templates, self.template):
+            if not isinstance(t, str) or t.count("{}") != 1:
+                raise MethodError(
+                    f"template {t!r} must hold exactly one '{{}}' where the class name goes, "
+                    "e.g. 'a photo of a {}.'"
+                )
+
+
+def ensemble_text_features(
+    clip: ClipBackbone, classnames: list[str], templates: list[str] | tuple[str, ...]
+) -> torch.Tensor:
+    """Mean over templates of normalised text features, renormalised [C, E]."""
+    total = None
+    for template in templates:
+        texts = [template.format(te.clean_classname(c)) for c in classnames]
+        feats = clip.encode_text(te.tokenize_checked(clip, texts), normalize=True).float()
+        total = feats if total is None else total + feats
+    return te.normalize(total / len(templates))
+
+
+@register_method
+class ZeroShotCLIP(FrozenImageMixin, PromptMethod):
+    """CLIP with hand-crafted prompts; nothing is learned or saved but the config."""
+
+    name: ClassVar[str] = "zsclip"
+    config_class: ClassVar[type[MethodConfig]] = ZeroShotConfig
+    needs_training: ClassVar[bool] = False
+    config: ZeroShotConfig
+
+    def __init__(self, clip: ClipBackbone, classnames: list[str], config: ZeroShotConfig) -> None:
+        super().__init__(clip, classnames, config)
+        self._cache: tuple | None = None
+
+    def templates(self) -> tuple[str, ...]:
+        return self.config.templates or (self.config.template,)
+
+    @torch.no_grad()
+    def text_features(self) -> torch.Tensor:
+        key = (tuple(self.classnames), self.templates(), self.clip.device)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, ensemble_text_features(self.clip, self.classnames, key[1]))
+        return self._cache[1]
+
+    def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
+        return clip_logits(self.clip, image_features, self.text_features())
