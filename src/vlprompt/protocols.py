@@ -1,0 +1,427 @@
+"""The field's evaluation protocols as resumable sweeps over methods, data sets, shots and seeds.
+
+`run_bench(protocol, methods, datasets, ...)` trains one run per (data set, shots, seed, method),
+evaluates it as the protocol says, appends one line per evaluation to `<output_dir>/results.jsonl`
+and rewrites the summary tables and plots (`vlprompt.report`) after every run, so a killed sweep
+always leaves a summary of what finished.
+
+Protocols (DESIGN §5; CoOp / CoCoOp / RPO evaluation scripts):
+
+- ``base2new``: train on the base half of the classes, test on base and on new classes;
+  H = 2BN/(B+N).
+- ``fewshot``: train and test on all classes, for each number of shots (1, 2, 4, 8, 16).
+- ``xd`` (cross-data set): train on a source (all classes), test on the source and on each target
+  data set with the target's class names.
+- ``dg`` (domain generalisation): train on a source, test on the source and on its registered
+  variants (e.g. ImageNet -> ImageNet-V2/Sketch/A/R).
+
+Run folders are ``<output_dir>/<protocol>/<data set>/<method>/shots<k>_seed<s>/``. Resuming: an
+evaluation whose key is already in the sweep's `results.jsonl` is never repeated; a finished run
+that lacks some evaluations is loaded and evaluated; an unfinished run is resumed by the engine
+from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlprompt.errors import VlpromptError
+from vlprompt.io import append_jsonl, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("base2new", "fewshot", "xd", "dg")
+DEFAULT_SHOTS: dict[str, tuple[int, ...]] = {
+    "base2new": (16,),
+    "fewshot": (1, 2, 4, 8, 16),
+    "xd": (16,),
+    "dg": (16,),
+}
+RESULTS_FILE = "results.jsonl"  # the sweep-level results, one JSON line per evaluation
+
+
+class BenchError(VlpromptError, ValueError):
+    """A sweep that cannot be planned or run as asked (unknown protocol, no targets, ...)."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation of a trained run: which data set, which classes, which split."""
+
+    dataset: str  # data set to test on (the run's own, or a target for xd / dg)
+    subsample: str  # "all", "base" or "new" classes
+    split: str = "test"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a sweep and the evaluations the protocol asks of it."""
+
+    protocol: str
+    method: str
+    dataset: str  # the training (source) data set
+    shots: int
+    seed: int
+    subsample: str  # training classes: "base" (base2new) or "all"
+    evaluations: tuple[Evaluation, ...]
+
+    @property
+    def key(self) -> str:
+        """The run's identity within a sweep; also its folder relative to the output folder."""
+        return f"{self.protocol}/{self.dataset}/{self.method}/shots{self.shots}_seed{self.seed}"
+
+    def eval_key(self, evaluation: Evaluation) -> str:
+        e = evaluation
+        return f"{self.key}|{e.dataset}:{e.subsample}:{e.split}"
+
+    def run_dir(self, output_dir: str | Path) -> Path:
+        return Path(output_dir) / self.key
+
+
+@dataclass
+class Backend:
+    """The functions a sweep calls; the real engine by default, fakes in tests.
+
+    `train(method, dataset, *, output_dir, resume, ...) -> run`, `evaluate(run, dataset=...,
+    subsample=..., split=...) -> dict`, `load_run(run_dir) -> run`, `is_finished(run_dir) -> bool`.
+    `check(methods, datasets)` may raise for unknown names before any training starts.
+    """
+
+    train: Callable[..., Any]
+    evaluate: Callable[..., dict[str, Any]]
+    load_run: Callable[[Path], Any]
+    is_finished: Callable[[Path], bool]
+    check: Callable[[Sequence[str], Sequence[str]], None] | None = None
+    variants_of: Callable[[str], list[str]] | None = None  # dg targets of a source data set
+
+
+def default_backend() -> Backend:
+    """The real engine (imported lazily so that this module loads without it)."""
+    from vlprompt import api, engine
+
+    return Backend(
+        train=api.train,
+        evaluate=api.evaluate,
+        load_run=api.load_run,
+        is_finished=engine.is_run_finished,
+        check=_check_names,
+        variants_of=registered_variants,
+    )
+
+
+def _check_names(methods: Sequence[str], datasets: Sequence[str]) -> None:
+    from vlprompt.data import get_dataset_info
+    from vlprompt.methods import get_method_class
+
+    try:
+        for name in methods:
+            get_method_class(name)
+        for name in datasets:
+            get_dataset_info(name)
+    except VlpromptError:
+        raise
+    except (KeyError, ValueError) as exc:
+        raise BenchError(str(exc).strip("'\"")) from exc
+
+
+def registered_variants(source: str) -> list[str]:
+    """Registered data sets whose `variant_of` is `source` (e.g. the ImageNet variants)."""
+    from vlprompt.data import get_dataset_info, list_datasets
+
+    return sorted(
+        name
+        for name in list_datasets()
+        if getattr(get_dataset_info(name), "variant_of", None) == source
+    )
+
+
+@dataclass
+class BenchResult:
+    """What a sweep did: run keys trained, skipped (already recorded) and failed."""
+
+    output_dir: Path
+    planned: list[str] = field(default_factory=list)
+    trained: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    summary: Any = None  # vlprompt.report.SummaryFiles, or None when report=False
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _as_list(value: Any, what: str) -> list:
+    if isinstance(value, (str, int)):
+        value = [value]
+    items = list(value)
+    if not items:
+        raise BenchError(f"no {what} given: name at least one")
+    if len(set(items)) != len(items):
+        raise BenchError(f"{what} {items} repeat a value; name each once")
+    return items
+
+
+def _as_ints(value: Any, what: str, minimum: int) -> list[int]:
+    out = []
+    for item in _as_list(value, what):
+        is_int = isinstance(item, int) and not isinstance(item, bool)
+        if not is_int and not (isinstance(item, str) and item.strip().isdigit()):
+            raise BenchError(f"{what} must be whole numbers, got {item!r}")
+        number = int(item)
+        if number < minimum:
+            raise BenchError(f"{what} must be >= {minimum}, got {number}")
+        out.append(number)
+    return out
+
+
+def plan_bench(
+    protocol: str,
+    methods: Iterable[str] | str,
+    datasets: Iterable[str] | str,
+    *,
+    seeds: Iterable[int] | int = (1, 2, 3),
+    shots: Iterable[int] | int | None = None,
+    targets: Iterable[str] | str | None = None,
+    variants_of: Callable[[str], list[str]] | None = None,
+) -> list[RunSpec]:
+    """The runs of a sweep, in the order they run: data set, shots, seed, then method (so a
+    half-done sweep already compares every method on the same seeds).
+
+    `targets` are the test data sets of `xd` (required) and `dg` (default: the registered
+    variants of each source, found with `variants_of`).
+    """
+    if protocol not in PROTOCOLS:
+        raise BenchError(f"unknown protocol {protocol!r}; choices: {', '.join(PROTOCOLS)}")
+    methods = _as_list(methods, "methods")
+    datasets = _as_list(datasets, "datasets")
+    seeds = _as_ints(seeds, "seeds", 0)
+    shots_list = _as_ints(DEFAULT_SHOTS[protocol] if shots is None else shots, "shots", 1)
+    target_list = None if targets is None else _as_list(targets, "targets")
+    if target_list is not None and protocol in ("base2new", "fewshot"):
+        raise BenchError(f"protocol {protocol!r} takes no targets (only xd and dg do)")
+
+    specs = []
+    for dataset in datasets:
+        evaluations = _evaluations(protocol, dataset, target_list, variants_of)
+        subsample = "base" if protocol == "base2new" else "all"
+        for k in shots_list:
+            for seed in seeds:
+                for method in methods:
+                    specs.append(
+                        RunSpec(protocol, method, dataset, k, seed, subsample, evaluations)
+                    )
+    return specs
+
+
+def _evaluations(
+    protocol: str,
+    dataset: str,
+    targets: list[str] | None,
+    variants_of: Callable[[str], list[str]] | None,
+) -> tuple[Evaluation, ...]:
+    if protocol == "base2new":
+        return (Evaluation(dataset, "base"), Evaluation(dataset, "new"))
+    if protocol == "fewshot":
+        return (Evaluation(dataset, "all"),)
+    if protocol == "xd":
+        if not targets:
+            raise BenchError(
+                "protocol 'xd' needs target data sets (e.g. targets=['caltech101', 'oxford_pets'] "
+                "or --targets); the sources are the data sets trained on"
+            )
+    elif targets is None:  # dg
+        targets = variants_of(dataset) if variants_of is not None else []
+        if not targets:
+            raise BenchError(
+                f"protocol 'dg': data set {dataset!r} has no registered variants "
+                "(a data set whose `variant_of` names it); pass the targets explicitly"
+            )
+    others = [t for t in targets if t != dataset]
+    return tuple(Evaluation(name, "all") for name in [dataset, *others])
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """The JSON lines of a results file. A truncated last line (a write cut by a kill) is
+    ignored with a warning; a broken line elsewhere is an error naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                log.warning("%s: ignoring a truncated last line (%s)", path, exc)
+                continue
+            raise BenchError(
+                f"{path}, line {number}: not a JSON object ({exc}); remove or fix that line"
+            ) from exc
+    return records
+
+
+def _repair_tail(path: Path) -> None:
+    """Drop a truncated last line so that the next append starts on a line of its own."""
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8")
+    if not text or text.endswith("\n"):
+        return
+    head, _, last = text.rpartition("\n")
+    try:
+        json.loads(last)
+        atomic_write_text(path, text + "\n")
+    except json.JSONDecodeError:
+        log.warning("%s: removing a truncated last line", path)
+        atomic_write_text(path, head + "\n" if head else "")
+
+
+def _record(spec: RunSpec, evaluation: Evaluation, result: dict[str, Any]) -> dict[str, Any]:
+    """The sweep's line for one evaluation: the engine's result plus the sweep's identity of it
+    (the sweep's values win where both name a field, so the report can trust them)."""
+    if "accuracy" not in result:
+        raise BenchError(f"evaluation of {spec.key} returned no 'accuracy': {sorted(result)}")
+    accuracy = float(result["accuracy"])
+    if not math.isfinite(accuracy):
+        raise BenchError(f"evaluation of {spec.key} returned accuracy {accuracy}")
+    record = dict(result)
+    record.update(
+        protocol=spec.protocol,
+        method=spec.method,
+        source=spec.dataset,
+        train_subsample=spec.subsample,
+        dataset=evaluation.dataset,
+        subsample=evaluation.subsample,
+        split=evaluation.split,
+        shots=spec.shots,
+        seed=spec.seed,
+        accuracy=accuracy,
+        run=spec.key,
+        key=spec.eval_key(evaluation),
+    )
+    return record
+
+
+def _train_or_load(
+    spec: RunSpec, run_dir: Path, backend: Backend, train_kwargs: dict[str, Any]
+) -> Any:
+    if backend.is_finished(run_dir):
+        log.info("%s: finished earlier, loading it", spec.key)
+        return backend.load_run(run_dir)
+    resume = run_dir.is_dir() and any(run_dir.iterdir())
+    log.info("%s: %s", spec.key, "resuming" if resume else "training")
+    return backend.train(
+        spec.method,
+        spec.dataset,
+        shots=spec.shots,
+        seed=spec.seed,
+        subsample=spec.subsample,
+        output_dir=run_dir,
+        resume=resume,
+        **train_kwargs,
+    )
+
+
+def run_bench(
+    protocol: str,
+    methods: Iterable[str] | str,
+    datasets: Iterable[str] | str,
+    *,
+    seeds: Iterable[int] | int = (1, 2, 3),
+    shots: Iterable[int] | int | None = None,
+    targets: Iterable[str] | str | None = None,
+    root: str | Path | None = None,
+    backbone: str | None = None,
+    pretrained: str | None = None,
+    output_dir: str | Path,
+    config_overrides: dict[str, Any] | None = None,
+    method_overrides: dict[str, dict[str, Any]] | None = None,
+    device: str = "cpu",
+    keep_going: bool = False,
+    report: bool = True,
+    plots: bool = True,
+    backend: Backend | None = None,
+    train_kwargs: dict[str, Any] | None = None,
+) -> BenchResult:
+    """Run (or resume) a protocol sweep; return what it did. See the module docstring.
+
+    `backbone`/`pretrained`/`root` left as None take the engine's defaults. `config_overrides`
+    apply to every method, `method_overrides[name]` to one method only (e.g. ``{"rpo":
+    {"n_prompts": 4}}``). `keep_going`: a run that raises is recorded in the result's `failed`
+    and the sweep goes on (KeyboardInterrupt always stops it). `report`/`plots`: rewrite the
+    summary tables / plots after every run. `train_kwargs` pass more
+    keyword arguments to the engine's train as is.
+    """
+    backend = backend or default_backend()
+    specs = plan_bench(
+        protocol,
+        methods,
+        datasets,
+        seeds=seeds,
+        shots=shots,
+        targets=targets,
+        variants_of=backend.variants_of,
+    )
+    if backend.check is not None:
+        evaluated = {e.dataset for s in specs for e in s.evaluations}
+        backend.check(sorted({s.method for s in specs}), sorted(evaluated))
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    results_path = output_dir / RESULTS_FILE
+    _repair_tail(results_path)
+    recorded = {r.get("key") for r in read_records(results_path)}
+
+    common: dict[str, Any] = {"device": device, **(train_kwargs or {})}
+    for name, value in (("root", root), ("backbone", backbone), ("pretrained", pretrained)):
+        if value is not None:
+            common[name] = value
+
+    outcome = BenchResult(output_dir=output_dir, planned=[s.key for s in specs])
+    for index, spec in enumerate(specs, start=1):
+        missing = [e for e in spec.evaluations if spec.eval_key(e) not in recorded]
+        if not missing:
+            outcome.skipped.append(spec.key)
+            continue
+        log.info("[%d/%d] %s", index, len(specs), spec.key)
+        overrides = {**(config_overrides or {}), **(method_overrides or {}).get(spec.method, {})}
+        run_dir = spec.run_dir(output_dir)
+        try:
+            run = _train_or_load(spec, run_dir, backend, {**common, **overrides})
+            for evaluation in missing:
+                result = backend.evaluate(
+                    run,
+                    dataset=None if evaluation.dataset == spec.dataset else evaluation.dataset,
+                    subsample=evaluation.subsample,
+                    split=evaluation.split,
+                )
+                record = _record(spec, evaluation, result)
+                append_jsonl(results_path, record)
+                recorded.add(record["key"])
+        except Exception as exc:
+            if not keep_going:
+                raise
+            log.error("%s failed: %s", spec.key, exc)
+            outcome.failed[spec.key] = f"{type(exc).__name__}: {exc}"
+            continue
+        outcome.trained.append(spec.key)
+        if report:
+            outcome.summary = _write_summary(output_dir, plots)
+    if report and outcome.summary is None and results_path.is_file():
+        outcome.summary = _write_summary(output_dir, plots)
+    return outcome
+
+
+def _write_summary(output_dir: Path, plots: bool) -> Any:
+    from vlprompt.report import write_summary
+
+    return write_summary(output_dir, plots=plots)

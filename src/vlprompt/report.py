@@ -1,0 +1,616 @@
+"""Tables and plots from a sweep's `results.jsonl`: `summary.md`, `summary.csv`, `plots/*.png`.
+
+Every number is a mean over seeds with the *sample* standard deviation (ddof=1) beside it; with one
+seed the deviation is shown as "-" (empty in the CSV). Accuracies are reported as the engine
+recorded them (percent).
+
+Base-to-new: per data set, base and new are means over seeds and H = 2BN/(B+N) of those means (the
+papers' convention); its ± is the deviation of the per-seed H. The average over data sets is given
+with both conventions that papers mix: H of the averaged base and new accuracies (CoCoOp, and the
+table in DESIGN §8) and the average of the per-data-set H.
+An average row's ± is the deviation over seeds of the per-seed averages, taken over the seeds every
+averaged data set has.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import re
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlprompt.errors import VlpromptError
+from vlprompt.io import atomic_write_text
+
+RESULTS_FILE = "results.jsonl"
+SUMMARY_MD = "summary.md"
+SUMMARY_CSV = "summary.csv"
+PLOTS_DIR = "plots"
+AVERAGE = "average"  # the `dataset` of rows averaged over data sets (or over xd/dg targets)
+CSV_COLUMNS = (
+    "backbone",
+    "protocol",
+    "method",
+    "source",
+    "dataset",
+    "subsample",
+    "shots",
+    "metric",
+    "mean",
+    "std",
+    "n_seeds",
+    "seeds",
+    "n_datasets",
+)
+REQUIRED = ("protocol", "method", "source", "dataset", "subsample", "shots", "seed", "accuracy")
+PROTOCOL_TITLES = {
+    "base2new": "Base-to-new generalisation",
+    "fewshot": "Few-shot learning",
+    "xd": "Cross-data-set transfer",
+    "dg": "Domain generalisation",
+}
+
+
+class ReportError(VlpromptError, ValueError):
+    """A results file the report cannot read."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One aggregated number of the summary (one CSV row)."""
+
+    backbone: str
+    protocol: str
+    method: str
+    source: str  # data set trained on
+    dataset: str  # data set tested on, or AVERAGE
+    subsample: str  # "base", "new", "all" ("base+new" for H)
+    shots: int
+    metric: str  # accuracy | base | new | H | H_of_avg | avg_of_H
+    mean: float
+    std: float  # nan with fewer than two seeds
+    seeds: tuple[int, ...]
+    n_datasets: int = 1
+
+    def text(self) -> str:
+        spread = "-" if math.isnan(self.std) else f"{self.std:.2f}"
+        return f"{self.mean:.2f} ± {spread}"
+
+
+@dataclass
+class SummaryFiles:
+    """The files `write_summary` wrote."""
+
+    markdown: Path
+    csv: Path
+    plots: list[Path] = field(default_factory=list)
+    cells: list[Cell] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+def harmonic_mean(base: float, new: float) -> float:
+    """H = 2BN/(B+N); 0 when both are 0."""
+    return 0.0 if base + new == 0 else 2.0 * base * new / (base + new)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; nan for a single value)."""
+    array = np.asarray(values, dtype=float)
+    std = float(array.std(ddof=1)) if array.size > 1 else math.nan
+    return float(array.mean()), std
+
+
+def _backbone_label(value: Any) -> str:
+    if isinstance(value, dict):
+        name = str(value.get("name", "?"))
+        pretrained = value.get("pretrained")
+        return f"{name} ({pretrained})" if pretrained else name
+    return "?" if value is None else str(value)
+
+
+def load_results(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a results file, one per evaluation key (the last line wins)."""
+    from vlprompt.protocols import read_records
+
+    path = Path(path)
+    if not path.is_file():
+        raise ReportError(f"{path} does not exist: run `vlprompt bench ...` to create it")
+    by_key: dict[str, dict[str, Any]] = {}
+    for number, record in enumerate(read_records(path), start=1):
+        missing = [k for k in REQUIRED if k not in record]
+        if missing:
+            raise ReportError(
+                f"{path}, record {number}: lacks {', '.join(missing)} "
+                "(expected a sweep's results.jsonl written by `vlprompt bench`)"
+            )
+        key = record.get("key") or "|".join(str(record[k]) for k in REQUIRED[:-1])
+        by_key[key] = record
+    return list(by_key.values())
+
+
+SeedValues = dict[int, float]
+Group = tuple[str, str, str, str, str, str, int]  # backbone, protocol, method, source, data, sub, k
+
+
+def per_seed(records: Sequence[dict[str, Any]]) -> dict[Group, SeedValues]:
+    """Accuracy per seed for each (backbone, protocol, method, source, data set, subsample,
+    shots)."""
+    groups: dict[Group, SeedValues] = defaultdict(dict)
+    for r in records:
+        group = (
+            _backbone_label(r.get("backbone")),
+            str(r["protocol"]),
+            str(r["method"]),
+            str(r["source"]),
+            str(r["dataset"]),
+            str(r["subsample"]),
+            int(r["shots"]),
+        )
+        groups[group][int(r["seed"])] = float(r["accuracy"])
+    return dict(groups)
+
+
+def _cell(group: Group, metric: str, values: SeedValues, subsample: str | None = None) -> Cell:
+    backbone, protocol, method, source, dataset, sub, shots = group
+    seeds = tuple(sorted(values))
+    mean, std = mean_std([values[s] for s in seeds])
+    return Cell(backbone, protocol, method, source, dataset, subsample or sub, shots, metric,
+                mean, std, seeds)  # fmt: skip
+
+
+def _average_cell(
+    base: Group, metric: str, means: list[float], per_seed_avg: SeedValues, n: int
+) -> Cell:
+    """A row averaged over `n` data sets: the mean of their means; ± over the common seeds."""
+    backbone, protocol, method, source, _, sub, shots = base
+    seeds = tuple(sorted(per_seed_avg))
+    std = mean_std([per_seed_avg[s] for s in seeds])[1] if seeds else math.nan
+    return Cell(backbone, protocol, method, source, AVERAGE, sub, shots, metric,
+                float(np.mean(means)), std, seeds, n)  # fmt: skip
+
+
+def _common_seeds(series: Sequence[SeedValues]) -> list[int]:
+    common = set(series[0])
+    for values in series[1:]:
+        common &= set(values)
+    return sorted(common)
+
+
+def _base2new_cells(groups: dict[Group, SeedValues]) -> list[Cell]:
+    cells: list[Cell] = []
+    pairs: dict[tuple, dict[str, tuple[SeedValues, SeedValues]]] = defaultdict(dict)
+    for group, base in groups.items():
+        backbone, protocol, method, source, dataset, sub, shots = group
+        if protocol != "base2new" or sub != "base" or dataset != source:
+            continue
+        new = groups.get((backbone, protocol, method, source, dataset, "new", shots))
+        cells.append(_cell(group, "base", base))
+        if new is None:
+            continue
+        cells.append(_cell(group[:5] + ("new", shots), "new", new))
+        common = sorted(set(base) & set(new))
+        h_cell = _cell(group, "H", {s: harmonic_mean(base[s], new[s]) for s in common}, "base+new")
+        h = harmonic_mean(mean_std(list(base.values()))[0], mean_std(list(new.values()))[0])
+        cells.append(replace(h_cell, mean=h))
+        pairs[(backbone, method, shots)][dataset] = (base, new)
+
+    for (backbone, method, shots), by_data in sorted(pairs.items()):
+        data = sorted(by_data)
+        bases = [by_data[d][0] for d in data]
+        news = [by_data[d][1] for d in data]
+        base_means = [mean_std(list(b.values()))[0] for b in bases]
+        new_means = [mean_std(list(n.values()))[0] for n in news]
+        h_means = [harmonic_mean(b, n) for b, n in zip(base_means, new_means)]
+        seeds = _common_seeds(bases + news)
+        seed_base = {s: float(np.mean([b[s] for b in bases])) for s in seeds}
+        seed_new = {s: float(np.mean([n[s] for n in news])) for s in seeds}
+        seed_h_of_avg = {s: harmonic_mean(seed_base[s], seed_new[s]) for s in seeds}
+        seed_avg_h = {
+            s: float(np.mean([harmonic_mean(b[s], n[s]) for b, n in zip(bases, news)]))
+            for s in seeds
+        }
+        group = (backbone, "base2new", method, AVERAGE, AVERAGE, "base", shots)
+        n = len(data)
+        # H of the averages: `_average_cell` of the one value gives it with the per-seed ±
+        h_of_avg = harmonic_mean(float(np.mean(base_means)), float(np.mean(new_means)))
+        both = group[:5] + ("base+new", shots)
+        cells += [
+            _average_cell(group, "base", base_means, seed_base, n),
+            _average_cell(group[:5] + ("new", shots), "new", new_means, seed_new, n),
+            _average_cell(both, "H_of_avg", [h_of_avg], seed_h_of_avg, n),
+            _average_cell(both, "avg_of_H", h_means, seed_avg_h, n),
+        ]
+    return cells
+
+
+def _accuracy_cells(groups: dict[Group, SeedValues]) -> list[Cell]:
+    """fewshot, xd and dg: one accuracy per (method, source, target, shots) and averages:
+    over data sets for fewshot, over the targets (source excluded) for xd and dg."""
+    cells: list[Cell] = []
+    to_average: dict[tuple, list[SeedValues]] = defaultdict(list)
+    for group, values in groups.items():
+        backbone, protocol, method, source, dataset, sub, shots = group
+        if protocol not in ("fewshot", "xd", "dg"):
+            continue
+        cells.append(_cell(group, "accuracy", values))
+        if protocol == "fewshot":
+            to_average[(backbone, protocol, method, AVERAGE, shots)].append(values)
+        elif dataset != source:
+            to_average[(backbone, protocol, method, source, shots)].append(values)
+    for (backbone, protocol, method, source, shots), series in sorted(to_average.items()):
+        if protocol == "fewshot" and len(series) < 2:
+            continue  # the average of one data set is that data set
+        seeds = _common_seeds(series)
+        seed_avg = {s: float(np.mean([v[s] for v in series])) for s in seeds}
+        means = [mean_std(list(v.values()))[0] for v in series]
+        group = (backbone, protocol, method, source, AVERAGE, "all", shots)
+        cells.append(_average_cell(group, "accuracy", means, seed_avg, len(series)))
+    return cells
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> list[Cell]:
+    """All aggregated numbers of a sweep (what summary.csv holds)."""
+    groups = per_seed(records)
+    return _base2new_cells(groups) + _accuracy_cells(groups)
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def render_csv(cells: Sequence[Cell]) -> str:
+    """Long-format CSV, full precision, one row per number (empty std with one seed)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for c in cells:
+        writer.writerow([
+            c.backbone, c.protocol, c.method, c.source, c.dataset, c.subsample, c.shots,
+            c.metric, repr(c.mean), "" if math.isnan(c.std) else repr(c.std), len(c.seeds),
+            ";".join(map(str, c.seeds)), c.n_datasets,
+        ])  # fmt: skip
+    return buffer.getvalue()
+
+
+def _ordered(items: Iterable[str]) -> list[str]:
+    """Distinct items in order of first appearance (data sets in the order the sweep ran)."""
+    return list(dict.fromkeys(items))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _index(cells: Sequence[Cell]) -> dict[tuple, Cell]:
+    return {
+        (c.backbone, c.protocol, c.method, c.source, c.dataset, c.shots, c.metric): c for c in cells
+    }
+
+
+def _get(index: dict[tuple, Cell], *key: Any) -> str:
+    cell = index.get(tuple(key))
+    return cell.text() if cell is not None else ""
+
+
+def _seeds_text(cells: Sequence[Cell]) -> str:
+    seeds = sorted({s for c in cells for s in c.seeds})
+    return ",".join(map(str, seeds)) or "-"
+
+
+def _base2new_md(cells: list[Cell], backbone: str, shots: int) -> list[str]:
+    index = _index(cells)
+    mine = [c for c in cells if c.backbone == backbone and c.shots == shots]
+    methods = sorted({c.method for c in mine})
+    datasets = _ordered(c.dataset for c in mine if c.dataset != AVERAGE)
+    out = [f"## {PROTOCOL_TITLES['base2new']} — {backbone}, {shots} shots", ""]
+    averages = [c for c in mine if c.dataset == AVERAGE]
+    if averages:
+        out += [
+            "Average over data sets. **H (of avg)**: H of the averaged base and new accuracies "
+            "(CoCoOp's convention, DESIGN §8). **H (avg of H)**: the average of the per-data-set "
+            "H. ± over seeds of the per-seed averages.",
+            "",
+        ]
+        rows = []
+        for m in methods:
+            a = index.get((backbone, "base2new", m, AVERAGE, AVERAGE, shots, "base"))
+            if a is None:
+                continue
+            rows.append([m, str(a.n_datasets)] + [
+                _get(index, backbone, "base2new", m, AVERAGE, AVERAGE, shots, metric)
+                for metric in ("base", "new", "H_of_avg", "avg_of_H")
+            ])  # fmt: skip
+        out += _table(["method", "data sets", "base", "new", "H (of avg)", "H (avg of H)"], rows)
+    if len(datasets) > 1:
+        out += ["H per data set:", ""]
+        rows = [
+            [m] + [_get(index, backbone, "base2new", m, d, d, shots, "H") for d in datasets]
+            for m in methods
+        ]
+        out += _table(["method", *datasets], rows)
+    for d in datasets:
+        seeds = _seeds_text([c for c in mine if c.dataset == d])
+        out += [f"### {d} (seeds {seeds})", ""]
+        rows = [
+            [m]
+            + [_get(index, backbone, "base2new", m, d, d, shots, k) for k in ("base", "new", "H")]
+            for m in methods
+            if (backbone, "base2new", m, d, d, shots, "base") in index
+        ]
+        out += _table(["method", "base", "new", "H"], rows)
+    return out
+
+
+def _fewshot_md(cells: list[Cell], backbone: str) -> list[str]:
+    index = _index(cells)
+    mine = [c for c in cells if c.backbone == backbone]
+    methods = sorted({c.method for c in mine})
+    shots = sorted({c.shots for c in mine})
+    datasets = _ordered(c.dataset for c in mine if c.dataset != AVERAGE)
+    out = [f"## {PROTOCOL_TITLES['fewshot']} — {backbone}", "", "Accuracy by shots per class.", ""]
+    for d in [*datasets, AVERAGE] if len(datasets) > 1 else datasets:
+        source = AVERAGE if d == AVERAGE else d
+        title = f"average over {len(datasets)} data sets" if d == AVERAGE else d
+        seeds = _seeds_text([c for c in mine if c.dataset == d])
+        out += [f"### {title} (seeds {seeds})", ""]
+        rows = [
+            [m] + [_get(index, backbone, "fewshot", m, source, d, k, "accuracy") for k in shots]
+            for m in methods
+        ]
+        out += _table(["method", *[f"{k} shots" for k in shots]], rows)
+    return out
+
+
+def _transfer_md(cells: list[Cell], backbone: str, protocol: str) -> list[str]:
+    index = _index(cells)
+    mine = [c for c in cells if c.backbone == backbone]
+    out = [f"## {PROTOCOL_TITLES[protocol]} — {backbone}", ""]
+    for source, shots in sorted({(c.source, c.shots) for c in mine}):
+        here = [c for c in mine if c.source == source and c.shots == shots]
+        methods = sorted({c.method for c in here})
+        targets = _ordered(c.dataset for c in here if c.dataset not in (source, AVERAGE))
+        seeds = _seeds_text(here)
+        out += [f"### source {source}, {shots} shots (seeds {seeds})", ""]
+        columns = [source, *targets, AVERAGE]
+        rows = [
+            [m]
+            + [_get(index, backbone, protocol, m, source, d, shots, "accuracy") for d in columns]
+            for m in methods
+        ]
+        header = ["method", f"{source} (source)", *targets, "target average"]
+        out += _table(header, rows)
+    return out
+
+
+def render_markdown(cells: Sequence[Cell], n_records: int | None = None) -> str:
+    cells = list(cells)
+    out = ["# Benchmark summary", ""]
+    source = f" from {n_records} evaluations in `{RESULTS_FILE}`" if n_records is not None else ""
+    out += [
+        f"Generated{source}. Accuracy (%) on the test split of the last epoch: mean ± sample "
+        "standard deviation (ddof=1) over seeds; '-' where one seed only. Per-data-set H is the "
+        "harmonic mean of the mean base and new accuracies; its ± is over per-seed H.",
+        "",
+    ]
+    if not cells:
+        out += ["No results yet.", ""]
+    for backbone in sorted({c.backbone for c in cells}):
+        for protocol in ("base2new", "fewshot", "xd", "dg"):
+            mine = [c for c in cells if c.backbone == backbone and c.protocol == protocol]
+            if not mine:
+                continue
+            if protocol == "base2new":
+                for shots in sorted({c.shots for c in mine}):
+                    out += _base2new_md(mine, backbone, shots)
+            elif protocol == "fewshot":
+                out += _fewshot_md(mine, backbone)
+            else:
+                out += _transfer_md(mine, backbone, protocol)
+    return "\n".join(out).rstrip() + "\n"
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _figure(width: float, height: float) -> Any:
+    """A figure on the Agg canvas, without pyplot (no global backend change, no GUI)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=90, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    """PNG via a temp file in the same folder and a rename (atomic like vlprompt.io)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _slug(*parts: Any) -> str:
+    text = "_".join(str(p) for p in parts if p not in (None, ""))
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-") or "plot"
+
+
+def _err(cell: Cell | None) -> float:
+    return 0.0 if cell is None or math.isnan(cell.std) else cell.std
+
+
+def _fewshot_plots(cells: list[Cell], prefix: str, plots_dir: Path) -> list[Path]:
+    paths = []
+    for dataset in _ordered(c.dataset for c in cells):
+        fig = _figure(5, 3.6)
+        ax = fig.add_subplot()
+        here = [c for c in cells if c.dataset == dataset]
+        for method in sorted({c.method for c in here}):
+            line = sorted((c for c in here if c.method == method), key=lambda c: c.shots)
+            ax.errorbar(
+                [c.shots for c in line],
+                [c.mean for c in line],
+                yerr=[_err(c) for c in line],
+                marker="o",
+                capsize=3,
+                label=method,
+            )
+        shots = sorted({c.shots for c in here})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(shots, [str(k) for k in shots])
+        ax.set_xlabel("shots per class")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"few-shot: {dataset}" if dataset != AVERAGE else "few-shot: average")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        paths.append(_save_figure(fig, plots_dir / f"{_slug(prefix, 'fewshot', dataset)}.png"))
+    return paths
+
+
+def _base2new_plot(cells: list[Cell], prefix: str, plots_dir: Path) -> Path:
+    index = _index(cells)
+    backbone, shots = cells[0].backbone, cells[0].shots
+    methods = sorted({c.method for c in cells})
+    datasets = _ordered(c.dataset for c in cells if c.dataset != AVERAGE)
+    panels = ([AVERAGE] if any(c.dataset == AVERAGE for c in cells) else []) + datasets
+    columns = min(4, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    fig = _figure(max(4.0, 3.2 * columns), 2.8 * rows)
+    metrics = (("base", "base"), ("new", "new"), ("H", "H"))
+    for i, panel in enumerate(panels):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        width = 0.8 / len(metrics)
+        x = np.arange(len(methods))
+        for j, (metric, label) in enumerate(metrics):
+            name = "H_of_avg" if panel == AVERAGE and metric == "H" else metric
+            found = [
+                index.get((backbone, "base2new", m, panel, panel, shots, name)) for m in methods
+            ]
+            ax.bar(
+                x + (j - 1) * width,
+                [c.mean if c else 0.0 for c in found],
+                width,
+                yerr=[_err(c) for c in found],
+                capsize=2,
+                label=label,
+            )
+        ax.set_xticks(x, methods, rotation=30, ha="right", fontsize=8)
+        ax.set_title("average (H of avg)" if panel == AVERAGE else panel, fontsize=9)
+        ax.set_ylabel("accuracy (%)", fontsize=8)
+        if i == 0:
+            ax.legend(fontsize=7)
+    return _save_figure(fig, plots_dir / f"{_slug(prefix, 'base2new', f'shots{shots}')}.png")
+
+
+def _spread_plot(
+    groups: dict[Group, SeedValues], protocol: str, prefix: str, backbone: str, plots_dir: Path
+) -> Path | None:
+    """Per-seed values (points) and their mean (bar) per data set and method: base2new's H,
+    few-shot accuracy at the largest shots, xd/dg accuracy per target."""
+    series: dict[tuple[str, str], SeedValues] = {}
+    mine = {g: v for g, v in groups.items() if g[0] == backbone and g[1] == protocol}
+    if protocol == "base2new":
+        for g, base in mine.items():
+            new = mine.get(g[:5] + ("new", g[6]))
+            if g[5] == "base" and new:
+                label = g[4] if len({x[6] for x in mine}) == 1 else f"{g[4]} ({g[6]} shots)"
+                series[(label, g[2])] = {
+                    s: harmonic_mean(base[s], new[s]) for s in sorted(set(base) & set(new))
+                }
+        ylabel = "H per seed"
+    elif protocol == "fewshot":
+        top = max(g[6] for g in mine)
+        for g, values in mine.items():
+            if g[6] == top:
+                series[(g[4], g[2])] = values
+        ylabel = f"accuracy per seed, {top} shots"
+    else:
+        for g, values in mine.items():
+            series[(g[4] if g[4] != g[3] else f"{g[4]} (source)", g[2])] = values
+        ylabel = "accuracy per seed"
+    if not series:
+        return None
+    labels = _ordered(k[0] for k in series)
+    methods = sorted({k[1] for k in series})
+    fig = _figure(max(4.5, 1.1 * len(labels) * max(1, len(methods)) ** 0.5 + 2), 3.6)
+    ax = fig.add_subplot()
+    width = 0.8 / len(methods)
+    colors = [f"C{i % 10}" for i in range(len(methods))]
+    for j, method in enumerate(methods):
+        for i, label in enumerate(labels):
+            values = series.get((label, method))
+            if not values:
+                continue
+            x = i + (j - (len(methods) - 1) / 2) * width
+            points = [values[s] for s in sorted(values)]
+            jitter = np.linspace(-0.25, 0.25, len(points)) * width if len(points) > 1 else [0.0]
+            ax.scatter(x + np.asarray(jitter), points, s=14, color=colors[j], zorder=3)
+            ax.hlines(np.mean(points), x - width / 2.5, x + width / 2.5, color=colors[j])
+        ax.scatter([], [], color=colors[j], label=method)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{protocol}: per-seed spread (points: seeds, line: mean)", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save_figure(fig, plots_dir / f"{_slug(prefix, 'seeds', protocol)}.png")
+
+
+def write_plots(
+    cells: Sequence[Cell], groups: dict[Group, SeedValues], plots_dir: str | Path
+) -> list[Path]:
+    """few-shot curves per data set, base/new/H bars per method, per-seed spread per protocol."""
+    plots_dir = Path(plots_dir)
+    cells = list(cells)
+    backbones = sorted({c.backbone for c in cells})
+    paths: list[Path] = []
+    for backbone in backbones:
+        prefix = _slug(backbone) if len(backbones) > 1 else ""
+        mine = [c for c in cells if c.backbone == backbone]
+        fewshot = [c for c in mine if c.protocol == "fewshot"]
+        if fewshot:
+            paths += _fewshot_plots(fewshot, prefix, plots_dir)
+        base2new = [c for c in mine if c.protocol == "base2new"]
+        for shots in sorted({c.shots for c in base2new}):
+            paths.append(
+                _base2new_plot([c for c in base2new if c.shots == shots], prefix, plots_dir)
+            )
+        for protocol in ("base2new", "fewshot", "xd", "dg"):
+            if any(c.protocol == protocol for c in mine):
+                path = _spread_plot(groups, protocol, prefix, backbone, plots_dir)
+                if path is not None:
+                    paths.append(path)
+    return paths
+
+
+def write_summary(
+    output_dir: str | Path, results: str | Path | None = None, plots: bool = True
+) -> SummaryFiles:
+    """Read `<output_dir>/results.jsonl` (or `results`) and write summary.md, summary.csv and
+    plots/*.png into `output_dir`, each atomically."""
+    output_dir = Path(output_dir)
+    records = load_results(results or output_dir / RESULTS_FILE)
+    cells = summarize(records)
+    files = SummaryFiles(output_dir / SUMMARY_MD, output_dir / SUMMARY_CSV, cells=cells)
+    atomic_write_text(files.csv, render_csv(cells))
+    atomic_write_text(files.markdown, render_markdown(cells, n_records=len(records)))
+    if plots:
+        files.plots = write_plots(cells, per_seed(records), output_dir / PLOTS_DIR)
+    return files
