@@ -1,0 +1,23 @@
+"""The benchmark's memory measure counts live torch CPU tensor bytes exactly."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from run import peak_bytes  # noqa: E402
+
+
+def test_peak_bytes_is_the_live_tensor_peak():
+    def step():
+        a = torch.ones(1000, 1000)  # 4 MB
+        b = a * 2  # 4 MB more: 8 MB live
+        del a  # back to 4 MB
+        c = torch.ones(500, 1000)  # 2 MB: 6 MB live, below the peak
+        return float(b.sum() + c.sum())
+
+    peak = peak_bytes(step)
+    assert 8_000_000 <= peak < 8_000_000 + 4096  # + scalar temporaries
