@@ -20,6 +20,7 @@ from vlprompt.data.splits import (
     SPLIT_NAMES,
     SPLIT_SEED,
     check_items_exist,
+    check_ratios,
     class_folder_items,
     folder_classes,
     group_by_label,
@@ -89,6 +90,7 @@ def load_imagefolder(
     classnames_file: str | Path | None = None,
     **_,
 ) -> DatasetSplits:
+    split = check_ratios(split)
     root = require_dir(_need_root(root, "imagefolder"), "image folder", "")
     split_dirs = {s: root / s for s in SPLIT_NAMES if (root / s).is_dir()}
     if split_dirs:
@@ -139,6 +141,7 @@ def load_csv(
     classnames_file: str | Path | None = None,
     **_,
 ) -> DatasetSplits:
+    split = check_ratios(split)
     path = require_file(_need_root(root, "csv"), "CSV file", "")
     rows = _read_rows(path)
     base = path.parent
