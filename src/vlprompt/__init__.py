@@ -1,5 +1,6 @@
 """vlprompt: few-shot adaptation of CLIP-style models by prompt learning (RPO, ProGrad, ...)."""
 
+from vlprompt.api import Run, evaluate, load_run, train
 from vlprompt.backbone import ClipBackbone, list_models, load_clip, register_model_config
 from vlprompt.errors import CheckpointError, DownloadError, ModelNameError, VlpromptError
 from vlprompt.methods import create_method, list_methods
@@ -11,11 +12,15 @@ __all__ = [
     "ClipBackbone",
     "DownloadError",
     "ModelNameError",
+    "Run",
     "VlpromptError",
     "__version__",
     "create_method",
+    "evaluate",
     "list_methods",
     "list_models",
     "load_clip",
+    "load_run",
     "register_model_config",
+    "train",
 ]

@@ -426,7 +426,7 @@ def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say):
 
 
 def _feature_cache(config: RunConfig) -> Any:
-    from vlprompt.evaluate import default_feature_cache_dir
+    from vlprompt.evaluation import default_feature_cache_dir
     from vlprompt.feature_cache import FeatureCache
 
     return FeatureCache(default_feature_cache_dir())
@@ -494,7 +494,7 @@ def evaluate(
 
 def _evaluate_run(run: Run, splits: Any, *, split: str, ctx: Dist, say: Callable[[str], None],
                   record: bool = True, digest: str | None = None) -> dict[str, Any]:  # fmt: skip
-    from vlprompt.evaluate import evaluate_items
+    from vlprompt.evaluation import evaluate_items
 
     config = run.config
     method = run.method

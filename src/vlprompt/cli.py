@@ -1,31 +1,550 @@
-"""The `vlprompt` command: a thin layer over the library."""
+"""The `vlprompt` command: a thin layer over the library (`vlprompt.train`, `vlprompt.evaluate`,
+`vlprompt.load_run`, `vlprompt.protocols.run_bench`). `main(argv)` returns the exit code.
+
+Errors from bad input (VlpromptError and its subclasses) print as one line
+`vlprompt: error: ...` with exit code 2; set VLPROMPT_DEBUG=1 to see the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
 
 from vlprompt.errors import VlpromptError
 
+RAW = argparse.RawDescriptionHelpFormatter
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlprompt", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("methods", help="list the methods")
+TRAIN_EXAMPLE = """examples:
+  vlprompt train --method rpo --dataset oxford_pets --root ~/data --shots 16 --seed 1 \\
+      --output-dir runs/rpo_pets
+  vlprompt train --method rpo --dataset imagefolder --root ~/my_photos --lr 0.005 -o runs/mine
+  vlprompt train --config my_run.yaml            # settings from YAML/JSON (flags still win)
+  vlprompt train --resume -o runs/rpo_pets       # continue an interrupted run
+  vlprompt train --method rpo --help             # list RPO's settings and their defaults
+"""
+EVAL_EXAMPLE = """examples:
+  vlprompt eval runs/rpo_pets                          # test split, the run's own classes
+  vlprompt eval runs/rpo_b2n --subsample new           # base-to-new: the new classes
+  vlprompt eval runs/rpo_imagenet --dataset imagenet_sketch --root ~/data --json
+"""
+PREDICT_EXAMPLE = """examples:
+  vlprompt predict runs/rpo_pets cat.jpg dog.png --topk 3
+  vlprompt predict runs/mine ~/new_photos/ --json > predictions.json
+"""
+BENCH_EXAMPLE = """examples:
+  vlprompt bench base2new --methods rpo,prograd --datasets oxford_pets,dtd --seeds 1,2,3 \\
+      --root ~/data --output-dir bench/b2n
+  vlprompt bench fewshot --methods coop,rpo --datasets caltech101 --shots 1,2,4,8,16 -o bench/fs
+  vlprompt bench xd --methods rpo --datasets imagenet --targets caltech101,oxford_pets -o bench/xd
+  vlprompt bench dg --methods rpo --datasets imagenet --set lr=0.005 -o bench/dg
+"""
+METHODS_EXAMPLE = """examples:
+  vlprompt methods
+  vlprompt methods --verbose     # every setting and its default
+"""
+DATASETS_EXAMPLE = """examples:
+  vlprompt datasets                  # the registered data sets
+  vlprompt datasets --root ~/data    # which are found under ~/data, with their sizes
+"""
+QUICKSTART_EXAMPLE = """examples:
+  vlprompt quickstart                     # the mini world: train, evaluate, predict in minutes
+  vlprompt quickstart --output-dir qs
+"""
+MINI_EXAMPLE = """examples:
+  vlprompt mini pretrain --output-dir mini_clip
+"""
+
+# train settings that are not method settings, with their api.train keyword names
+RUN_KEYS = ("method", "dataset", "root", "backbone", "pretrained", "shots", "seed", "subsample")
+ENGINE_KEYS = (
+    "device", "precision", "deterministic", "num_workers", "eval_batch_size", "keep_checkpoints",
+)  # fmt: skip
+OTHER_KEYS = ("output_dir", "resume", "overwrite", "evaluate", "progress")
+
+
+# ---- parser -------------------------------------------------------------------------------------
+def _scan_option(argv: list[str], name: str) -> str | None:
+    """The value of `--name X` / `--name=X` in argv, read before parsing (or None)."""
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _method_for_flags(argv: list[str]) -> str | None:
+    """Which method's settings become flags: --method, else the --config file's method."""
+    name = _scan_option(argv, "--method")
+    if name is None:
+        path = _scan_option(argv, "--config")
+        if path:
+            try:
+                from vlprompt.config import load_config_file
+
+                name = load_config_file(path).get("method")
+            except VlpromptError:
+                return None  # reported properly when the command runs
+    return name if isinstance(name, str) else None
+
+
+def _parse_value(text: str) -> Any:
+    """A flag value for a setting without a typed default: JSON if it parses, else the text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _add_method_flags(parser: argparse.ArgumentParser, method: str | None) -> None:
+    from vlprompt.methods import MethodConfig, get_method_class
+
+    config_class = MethodConfig
+    title = "recipe settings (add --method NAME to see that method's own settings)"
+    if method:
+        try:
+            config_class = get_method_class(method).config_class
+            title = f"settings of method {method!r} (defaults: its paper recipe)"
+        except (ValueError, VlpromptError):
+            pass  # unknown method: the command reports it with the choices
+    group = parser.add_argument_group(title)
+    for f in fields(config_class):
+        default = f.default if f.default is not MISSING else None
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"default: {default!r}"
+        if isinstance(default, bool):
+            group.add_argument(
+                flag, dest=f"m_{f.name}", action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS, help=help_text,
+            )  # fmt: skip
+        else:
+            kind = type(default) if isinstance(default, (int, float, str)) else _parse_value
+            group.add_argument(
+                flag, dest=f"m_{f.name}", type=kind, default=argparse.SUPPRESS,
+                metavar=f.name.upper(), help=help_text,
+            )  # fmt: skip
+
+
+def _set_pair(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip().replace("-", "_"), _parse_value(value)
+
+
+def _add_train_parser(sub: Any, argv: list[str]) -> None:
+    from vlprompt.config import DEFAULT_BACKBONE, DEFAULT_PRETRAINED, PRECISION_CHOICES
+
+    S = argparse.SUPPRESS
+    p = sub.add_parser(
+        "train", help="train a method on a data set into a run folder", epilog=TRAIN_EXAMPLE,
+        formatter_class=RAW, description="Train a method, save its prompts, evaluate the last epoch.",
+    )  # fmt: skip
+    p.add_argument("--method", default=S, help="method name (`vlprompt methods` lists them)")
+    p.add_argument("--dataset", default=S, help="data-set name (`vlprompt datasets` lists them)")
+    p.add_argument("--root", default=S, help="data root (benchmarks) or your folder/CSV")
+    p.add_argument(
+        "--backbone", default=S, help=f"open_clip model name (default {DEFAULT_BACKBONE})"
+    )
+    p.add_argument(
+        "--pretrained", default=S,
+        help=f"pretrained tag or local checkpoint (default {DEFAULT_PRETRAINED})",
+    )  # fmt: skip
+    p.add_argument("--shots", type=int, default=S, help="training images per class (default 16)")
+    p.add_argument(
+        "--seed", type=int, default=S, help="few-shot sampling/training seed (default 1)"
+    )
+    p.add_argument("--subsample", choices=("all", "base", "new"), default=S,
+                   help="classes to train on (default all)")  # fmt: skip
+    p.add_argument("-o", "--output-dir", dest="output_dir", default=S, help="run folder")
+    p.add_argument(
+        "--resume", action="store_true", default=S, help="continue from the last checkpoint"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", default=S, help="replace a run in the folder"
+    )
+    p.add_argument("--device", default=S, help="cpu, cuda, cuda:1 (default cpu)")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default=S,
+                   help="autocast on CUDA (auto = fp16); CPU runs fp32")  # fmt: skip
+    p.add_argument("--deterministic", action="store_true", default=S,
+                   help="deterministic algorithms and seeded loader workers")  # fmt: skip
+    p.add_argument("--num-workers", dest="num_workers", type=int, default=S,
+                   help="DataLoader workers (default 0 on CPU, 4 on CUDA)")  # fmt: skip
+    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=S)
+    p.add_argument("--keep-checkpoints", dest="keep_checkpoints", type=int, default=S)
+    p.add_argument("--no-eval", dest="evaluate", action="store_false", default=S,
+                   help="do not evaluate the last epoch on the test split")  # fmt: skip
+    p.add_argument("--config", default=None, help="YAML or JSON file of settings")
+    p.add_argument("--set", dest="set_pairs", action="append", type=_set_pair, default=[],
+                   metavar="KEY=VALUE", help="a method setting (repeatable)")  # fmt: skip
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
+    _add_method_flags(p, _method_for_flags(argv))
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    argv = list(argv or [])
+    parser = argparse.ArgumentParser(
+        prog="vlprompt",
+        description="Few-shot prompt learning for CLIP (RPO, ProGrad and baselines).",
+        epilog="Run `vlprompt COMMAND --help` for a command's options and examples.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train_parser(sub, argv)
+
+    p = sub.add_parser("eval", help="evaluate a run", epilog=EVAL_EXAMPLE, formatter_class=RAW,
+                       description="Evaluate a finished run; the result is appended to its results.jsonl.")  # fmt: skip
+    p.add_argument("run_dir", help="a run folder written by `vlprompt train`")
+    p.add_argument("--dataset", help="data set to test on (default: the run's own)")
+    p.add_argument(
+        "--subsample", choices=("all", "base", "new"), help="classes (default: the run's)"
+    )
+    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("--root", help="data root of --dataset (default: the run's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--no-record", dest="record", action="store_false", help="do not append to results.jsonl"
+    )
+    p.add_argument("--json", action="store_true", help="print the result record as JSON")
+
+    p = sub.add_parser("predict", help="classify images with a run", epilog=PREDICT_EXAMPLE,
+                       formatter_class=RAW, description="Top-k class names with probabilities.")  # fmt: skip
+    p.add_argument("run_dir", help="a run folder written by `vlprompt train`")
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    p = sub.add_parser("bench", help="run a protocol sweep (base2new, fewshot, xd, dg)",
+                       epilog=BENCH_EXAMPLE, formatter_class=RAW,
+                       description="Train and evaluate over methods x data sets x shots x seeds; "
+                       "finished runs are skipped, so an interrupted sweep resumes.")  # fmt: skip
+    p.add_argument("protocol", choices=("base2new", "fewshot", "xd", "dg"))
+    p.add_argument("--methods", required=True, help="comma-separated method names")
+    p.add_argument("--datasets", required=True, help="comma-separated (source) data sets")
+    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
+    p.add_argument("--shots", help="comma-separated shots (default: the protocol's)")
+    p.add_argument("--targets", help="comma-separated target data sets (xd, dg)")
+    p.add_argument("--root", help="data root")
+    p.add_argument("--backbone")
+    p.add_argument("--pretrained")
+    p.add_argument("-o", "--output-dir", dest="output_dir", required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--set", dest="set_pairs", action="append", type=_set_pair, default=[],
+                   metavar="KEY=VALUE", help="a method setting for every method (repeatable)")  # fmt: skip
+    p.add_argument("--keep-going", action="store_true", help="record a failed run and go on")
+    p.add_argument(
+        "--no-report", dest="report", action="store_false", help="no summary tables/plots"
+    )
+    p.add_argument("-q", "--quiet", action="store_true")
+
+    p = sub.add_parser(
+        "methods", help="list the methods", epilog=METHODS_EXAMPLE, formatter_class=RAW
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="show every setting")
+    p = sub.add_parser(
+        "datasets", help="list the data sets", epilog=DATASETS_EXAMPLE, formatter_class=RAW
+    )
+    p.add_argument("--root", help="data root to look in")
+
+    p = sub.add_parser("quickstart", help="the mini world end to end, in minutes on a CPU",
+                       epilog=QUICKSTART_EXAMPLE, formatter_class=RAW)  # fmt: skip
+    p.add_argument("-o", "--output-dir", dest="output_dir", default="vlprompt-quickstart")
+    p.add_argument("--device", default="cpu")
+    p = sub.add_parser(
+        "mini", help="the mini world's tools", epilog=MINI_EXAMPLE, formatter_class=RAW
+    )
+    mini = p.add_subparsers(dest="mini_command", required=True, metavar="MINI_COMMAND")
+    q = mini.add_parser("pretrain", help="pre-train the mini world's tiny CLIP",
+                        epilog=MINI_EXAMPLE, formatter_class=RAW)  # fmt: skip
+    q.add_argument("-o", "--output-dir", dest="output_dir", default="mini_clip")
+    q.add_argument("--device", default="cpu")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "methods":
-            from vlprompt.methods import list_methods
+# ---- commands -----------------------------------------------------------------------------------
+class CliError(VlpromptError, ValueError):
+    """A command-line usage problem (missing setting, no readable image, ...)."""
 
-            print("\n".join(list_methods()))
+
+def _train_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(run/engine/other settings, method settings): flags > --set > --config file."""
+    from vlprompt.config import load_config_file
+
+    settings: dict[str, Any] = {}
+    method_settings: dict[str, Any] = {}
+    if args.config:
+        data = dict(load_config_file(args.config))
+        method_settings.update(data.pop("method_config", None) or {})
+        settings.update(data.pop("engine", None) or {})
+        data.pop("vlprompt_version", None)
+        known = set(RUN_KEYS) | set(ENGINE_KEYS) | set(OTHER_KEYS)
+        for key, value in data.items():
+            key = key.replace("-", "_")
+            (settings if key in known else method_settings)[key] = value
+    method_settings.update(dict(args.set_pairs))
+    for key, value in vars(args).items():
+        if key.startswith("m_"):
+            method_settings[key[2:]] = value
+        elif key in RUN_KEYS or key in ENGINE_KEYS or key in OTHER_KEYS:
+            settings[key] = value
+    if args.quiet:
+        settings["progress"] = False
+    return settings, method_settings
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vlprompt import api
+    from vlprompt.config import read_run_config
+
+    settings, method_settings = _train_settings(args)
+    output_dir = settings.pop("output_dir", None)
+    if not output_dir:
+        raise CliError("train needs --output-dir (the run folder to write)")
+    resume = bool(settings.get("resume"))
+    if resume and ("method" not in settings or "dataset" not in settings):
+        if not (Path(output_dir) / "config.json").is_file():
+            raise CliError(
+                f"--resume without --method/--dataset needs a run in {output_dir}, "
+                "but it holds no config.json"
+            )
+        saved = read_run_config(output_dir)
+        for key in ENGINE_KEYS:
+            if key in settings:
+                setattr(saved.engine, key, settings[key])
+        run = api.train_config(
+            saved, output_dir, resume=True, evaluate=settings.get("evaluate", True),
+            progress=settings.get("progress"),
+        )  # fmt: skip
+    else:
+        for key in ("method", "dataset"):
+            if key not in settings:
+                raise CliError(f"train needs --{key} (or a --config file that sets it)")
+        method = settings.pop("method")
+        dataset = settings.pop("dataset")
+        run = api.train(method, dataset, output_dir=output_dir, **settings, **method_settings)
+    _print_run_summary(run)
+    return 0
+
+
+def _print_run_summary(run: Any) -> None:
+    records = [r for r in run.results() if r.get("split") == "test"]
+    if records:
+        r = records[-1]
+        print(
+            f"{r['method']} on {r['dataset']} ({r['subsample']} classes): test accuracy "
+            f"{r['accuracy']:.2f}% on {r['n_images']} images; run folder {run.run_dir}"
+        )
+    else:
+        print(f"run folder {run.run_dir}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vlprompt import api
+
+    record = api.evaluate(
+        args.run_dir, args.dataset, subsample=args.subsample, split=args.split, root=args.root,
+        device=args.device, record=args.record,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(record, indent=2, sort_keys=True))
+    else:
+        print(
+            f"{record['method']} on {record['dataset']} ({record['subsample']} classes, "
+            f"{record['split']} split, {record['n_images']} images): accuracy "
+            f"{record['accuracy']:.2f}% (macro {record['macro_accuracy']:.2f}%)"
+        )
+    return 0
+
+
+def _image_files(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for text in paths:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            files += sorted(
+                p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
+            )
+        elif path.is_file():
+            files.append(path)
+        else:
+            print(f"vlprompt: skipping {path}: no such file or folder", file=sys.stderr)
+    return files
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from vlprompt import api
+    from vlprompt.data import open_image
+
+    if args.topk < 1:
+        raise CliError(f"--topk must be >= 1, got {args.topk}")
+    run = api.load_run(args.run_dir, device=args.device)
+    readable, images, skipped = [], [], []
+    for path in _image_files(args.images):
+        try:
+            images.append(open_image(str(path)))
+            readable.append(path)
+        except VlpromptError as exc:
+            skipped.append((path, str(exc)))
+            print(f"vlprompt: skipping {path}: not a readable image", file=sys.stderr)
+    if not images:
+        raise CliError(f"no readable image among {', '.join(args.images)}")
+    predictions = run.predict(images, topk=args.topk)
+    if args.json:
+        out = [
+            {"image": str(p), "predictions": [{"class": c, "probability": v} for c, v in preds]}
+            for p, preds in zip(readable, predictions)
+        ]
+        out += [{"image": str(p), "error": why} for p, why in skipped]
+        print(json.dumps(out, indent=2))
+    else:
+        for path, preds in zip(readable, predictions):
+            print(path)
+            for name, prob in preds:
+                print(f"  {prob:6.3f}  {name}")
+    return 0
+
+
+def _csv(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from vlprompt.protocols import run_bench
+
+    result = run_bench(
+        args.protocol,
+        _csv(args.methods),
+        _csv(args.datasets),
+        seeds=_csv(args.seeds),
+        shots=_csv(args.shots),
+        targets=_csv(args.targets),
+        root=args.root,
+        backbone=args.backbone,
+        pretrained=args.pretrained,
+        output_dir=args.output_dir,
+        config_overrides=dict(args.set_pairs) or None,
+        device=args.device,
+        keep_going=args.keep_going,
+        report=args.report,
+    )
+    print(
+        f"{len(result.trained)} run(s) trained or evaluated, {len(result.skipped)} already done, "
+        f"{len(result.failed)} failed; results in {Path(args.output_dir) / 'results.jsonl'}"
+    )
+    for key, why in result.failed.items():
+        print(f"  failed: {key}: {why}", file=sys.stderr)
+    summary = getattr(result, "summary", None)
+    markdown = getattr(summary, "markdown", None)
+    if markdown:
+        print(f"summary: {markdown}")
+    return 0 if result.ok else 1
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from vlprompt.methods import get_method_class, list_methods
+
+    for name in list_methods():
+        cls = get_method_class(name)
+        config = cls.config_class()
+        doc = (cls.__doc__ or "").strip().splitlines()
+        trains = (
+            f"{config.optimizer} lr {config.lr:g}, {config.epochs} epochs, batch {config.batch_size}"
+            if cls.needs_training
+            else "no gradient training"
+        )
+        print(f"{name:14s} {doc[0] if doc else ''}  [{trains}]")
+        if args.verbose:
+            for key, value in config.to_dict().items():
+                print(f"    {key} = {value!r}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from vlprompt.data import (
+        describe_datasets,
+        format_datasets_table,
+        get_dataset_info,
+        list_datasets,
+    )
+
+    if args.root:
+        print(format_datasets_table(describe_datasets(args.root)))
         return 0
-    except (VlpromptError, FileNotFoundError, ValueError) as exc:
-        print(f"vlprompt: error: {exc}", file=sys.stderr)
+    for name in list_datasets():
+        info = get_dataset_info(name)
+        print(f"{name:22s} {info.description or info.hint}".rstrip())
+    return 0
+
+
+def _mini_function(name: str) -> Any:
+    try:
+        import vlprompt.mini as mini
+    except ImportError:
+        mini = None
+    function = getattr(mini, name, None)
+    if function is None:
+        raise CliError(
+            f"the mini world's `{name}` is not available in this installation yet "
+            "(vlprompt.mini has no such function)"
+        )
+    return function
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    _mini_function("quickstart")(args.output_dir, device=args.device)
+    return 0
+
+
+def cmd_mini(args: argparse.Namespace) -> int:
+    _mini_function("pretrain")(output_dir=args.output_dir, device=args.device)
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "bench": cmd_bench,
+    "methods": cmd_methods,
+    "datasets": cmd_datasets,
+    "quickstart": cmd_quickstart,
+    "mini": cmd_mini,
+}
+
+
+def _setup_logging(quiet: bool) -> None:
+    logger = logging.getLogger("vlprompt")
+    if not any(getattr(h, "_vlprompt_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._vlprompt_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    _setup_logging(getattr(args, "quiet", False))
+    try:
+        return COMMANDS[args.command](args)
+    except (VlpromptError, FileNotFoundError) as exc:
+        if os.environ.get("VLPROMPT_DEBUG"):
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"vlprompt: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("vlprompt: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Accuracy, per-class accuracy, the harmonic mean, and evaluating a method on a list of images.
 
+(Named `evaluation`, not `evaluate`, so that the module never shadows `vlprompt.evaluate()`.)
+
 Methods whose image encoder is frozen (`frozen_image_encoder = True`: zero-shot CLIP, CoOp,
 KgCoOp, ProGrad, linear probe) are evaluated from image features: encoded once through
 `vlprompt.feature_cache` and read back on later evaluations, so a warm cache means no image-encoder
