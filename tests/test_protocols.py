@@ -57,7 +57,7 @@ class FakeEngine:
         self.completed[str(out)] += 1
         return config
 
-    def load_run(self, run_dir):
+    def load_run(self, run_dir, device="cpu"):
         self.loaded.append(Path(run_dir))
         return json.loads((Path(run_dir) / "config.json").read_text())
 

@@ -90,15 +90,19 @@ class Backend:
 
     `train(method, dataset, *, output_dir, resume, ...) -> run`, `evaluate(run, dataset=...,
     subsample=..., split=...) -> dict`, `load_run(run_dir) -> run`, `is_finished(run_dir) -> bool`.
-    `check(methods, datasets)` may raise for unknown names before any training starts.
+    `load_run(run_dir, device=...) -> run`, `is_finished(run_dir) -> bool`.
+    Optional: `check(methods, datasets)` raises for unknown names before any training starts;
+    `check_run(run_dir, method, dataset, train_kwargs)` raises when a run folder holds a run of
+    another config than the sweep would train; `variants_of(source)` lists dg targets.
     """
 
     train: Callable[..., Any]
     evaluate: Callable[..., dict[str, Any]]
-    load_run: Callable[[Path], Any]
+    load_run: Callable[..., Any]
     is_finished: Callable[[Path], bool]
     check: Callable[[Sequence[str], Sequence[str]], None] | None = None
-    variants_of: Callable[[str], list[str]] | None = None  # dg targets of a source data set
+    check_run: Callable[[Path, str, str, dict[str, Any]], None] | None = None
+    variants_of: Callable[[str], list[str]] | None = None
 
 
 def default_backend() -> Backend:
@@ -111,6 +115,7 @@ def default_backend() -> Backend:
         load_run=api.load_run,
         is_finished=engine.is_run_finished,
         check=_check_names,
+        check_run=_check_saved_config,
         variants_of=registered_variants,
     )
 
@@ -130,15 +135,45 @@ def _check_names(methods: Sequence[str], datasets: Sequence[str]) -> None:
         raise BenchError(str(exc).strip("'\"")) from exc
 
 
+# train() keywords that are not part of a run's identity (see vlprompt.api.train)
+_NOT_CONFIG = ("output_dir", "resume", "overwrite", "evaluate", "progress", "on_epoch_end")
+_RUN_FIELDS = ("root", "backbone", "pretrained", "shots", "seed", "subsample")
+
+
+def _check_saved_config(run_dir: Path, method: str, dataset: str, kwargs: dict[str, Any]) -> None:
+    """Refuse to reuse a run folder trained with another config than this sweep asks for
+    (otherwise a sweep re-run with new settings would silently report the old runs)."""
+    from vlprompt import api
+    from vlprompt.config import CONFIG_FILE, EngineSettings, config_differences, read_run_config
+
+    if not (run_dir / CONFIG_FILE).is_file():
+        return
+    rest = {k: v for k, v in kwargs.items() if k not in _NOT_CONFIG}
+    engine = {k: rest.pop(k) for k in api.ENGINE_KEYS if k in rest}
+    named = {k: rest.pop(k) for k in _RUN_FIELDS if k in rest}
+    wanted = api.resolve_config(
+        method, dataset, engine=EngineSettings(**engine), overrides=rest, **named
+    )
+    diffs = config_differences(read_run_config(run_dir), wanted)
+    if diffs:
+        raise BenchError(
+            f"{run_dir} holds a run with another config than this sweep's ({'; '.join(diffs)}); "
+            "use another output folder for the new settings, or delete that run folder and its "
+            "lines in results.jsonl to train it again"
+        )
+
+
+# the papers' column order of the ImageNet variants; other variants follow, sorted
+_VARIANT_ORDER = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+
+
 def registered_variants(source: str) -> list[str]:
     """Registered data sets whose `variant_of` is `source` (e.g. the ImageNet variants)."""
     from vlprompt.data import get_dataset_info, list_datasets
 
-    return sorted(
-        name
-        for name in list_datasets()
-        if getattr(get_dataset_info(name), "variant_of", None) == source
-    )
+    names = [n for n in list_datasets() if get_dataset_info(n).variant_of == source]
+    rank = {name: i for i, name in enumerate(_VARIANT_ORDER)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
 
 
 @dataclass
@@ -317,7 +352,7 @@ def _train_or_load(
 ) -> Any:
     if backend.is_finished(run_dir):
         log.info("%s: finished earlier, loading it", spec.key)
-        return backend.load_run(run_dir)
+        return backend.load_run(run_dir, device=train_kwargs.get("device", "cpu"))
     resume = run_dir.is_dir() and any(run_dir.iterdir())
     log.info("%s: %s", spec.key, "resuming" if resume else "training")
     return backend.train(
@@ -386,6 +421,19 @@ def run_bench(
         if value is not None:
             common[name] = value
 
+    def kwargs_of(spec: RunSpec) -> dict[str, Any]:
+        return {
+            **common,
+            **(config_overrides or {}),
+            **(method_overrides or {}).get(spec.method, {}),
+        }
+
+    if backend.check_run is not None:  # before any work: a run folder of other settings stops it
+        for spec in specs:
+            identity = dict(shots=spec.shots, seed=spec.seed, subsample=spec.subsample)
+            kwargs = {**kwargs_of(spec), **identity}
+            backend.check_run(spec.run_dir(output_dir), spec.method, spec.dataset, kwargs)
+
     outcome = BenchResult(output_dir=output_dir, planned=[s.key for s in specs])
     for index, spec in enumerate(specs, start=1):
         missing = [e for e in spec.evaluations if spec.eval_key(e) not in recorded]
@@ -393,10 +441,9 @@ def run_bench(
             outcome.skipped.append(spec.key)
             continue
         log.info("[%d/%d] %s", index, len(specs), spec.key)
-        overrides = {**(config_overrides or {}), **(method_overrides or {}).get(spec.method, {})}
         run_dir = spec.run_dir(output_dir)
         try:
-            run = _train_or_load(spec, run_dir, backend, {**common, **overrides})
+            run = _train_or_load(spec, run_dir, backend, kwargs_of(spec))
             for evaluation in missing:
                 result = backend.evaluate(
                     run,
