@@ -1,0 +1,148 @@
+"""The `vlprompt` command end to end through `main(argv)`: train -> eval -> predict on a tiny CLIP
+and a tiny generated image folder, and the one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from test_engine_helpers import TINY_VIT, make_imagefolder, save_tiny_checkpoint
+from vlprompt.cli import main
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    return {
+        "data": make_imagefolder(root / "data"),
+        "ckpt": save_tiny_checkpoint(root / "tiny.safetensors"),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+def _train_argv(world, out, *extra):
+    return [
+        "train", "--method", "test_tiny", "--dataset", "imagefolder",
+        "--root", str(world["data"]), "--backbone", TINY_VIT, "--pretrained", str(world["ckpt"]),
+        "--shots", "4", "--deterministic", "-q", "-o", str(out), *extra,
+    ]  # fmt: skip
+
+
+def _one_line_error(capsys, *needles):
+    """The error is one line `vlprompt: error: ...` (after any skip notices), no traceback."""
+    err = capsys.readouterr().err.strip()
+    errors = [line for line in err.splitlines() if line.startswith("vlprompt: error: ")]
+    assert len(errors) == 1 and err.splitlines()[-1] == errors[0], err
+    assert "Traceback" not in err
+    err = errors[0]
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_train_eval_predict_end_to_end(world, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_train_argv(world, run, "--epochs", "2", "--lr", "0.3")) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and str(run) in out
+    for name in ("config.json", "prompts.safetensors", "method.json", "results.jsonl", "log.txt"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["method_config"]["epochs"] == 2 and config["method_config"]["lr"] == 0.3
+    assert config["method_config"]["batch_size"] == 4  # the method's own default
+
+    assert main(["eval", str(run), "--json", "--no-record"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["n_images"] == 12 and record["split"] == "test"
+    (trained,) = [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines()]
+    assert record["accuracy"] == trained["accuracy"]
+
+    # predict on the test folder plus one file that is not an image
+    (tmp_path / "notes.txt").write_text("not an image")
+    argv = ["predict", str(run), str(world["data"] / "test"), str(tmp_path / "notes.txt")]
+    assert main([*argv, "--json", "--topk", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "skipping" in captured.err and "notes.txt" in captured.err
+    predictions = json.loads(captured.out)
+    good = [p for p in predictions if "predictions" in p]
+    assert len(good) == 12 and all(len(p["predictions"]) == 2 for p in good)
+    assert [p for p in predictions if "error" in p][0]["image"].endswith("notes.txt")
+    for p in good:
+        probs = [q["probability"] for q in p["predictions"]]
+        assert probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
+    # results.jsonl's accuracy equals the one recomputed from the predictions
+    hits = [
+        p["predictions"][0]["class"] == p["image"].split("/")[-2].replace("_", " ") for p in good
+    ]
+    assert trained["accuracy"] == pytest.approx(100.0 * sum(hits) / len(hits), abs=1e-9)
+
+    assert main(["predict", str(run), str(world["data"] / "test" / "red_thing" / "0.png")]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0].endswith("0.png") and len(text) == 1 + 3  # top-5 capped at 3 classes
+
+
+def test_config_file_and_flags(world, tmp_path, capsys):
+    settings = tmp_path / "run.yaml"
+    settings.write_text(
+        f"method: test_tiny\ndataset: imagefolder\nroot: {world['data']}\nbackbone: {TINY_VIT}\n"
+        f"pretrained: {world['ckpt']}\nshots: 4\nepochs: 1\nlr: 0.2\n"
+    )
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(settings), "--lr", "0.1", "-q", "-o", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["method_config"]["epochs"] == 1  # from the file
+    assert config["method_config"]["lr"] == 0.1  # the flag wins over the file
+    # the saved config.json is itself a valid --config: same run, so it is reused
+    capsys.readouterr()
+    assert main(["train", "--config", str(run / "config.json"), "-q", "-o", str(run)]) == 0
+
+
+def test_bad_input_is_one_line_with_exit_code_2(world, tmp_path, capsys):
+    assert main(_train_argv(world, tmp_path / "a", "--method", "nope")) == 2
+    _one_line_error(capsys, "unknown method 'nope'", "test_tiny")
+    argv = _train_argv(world, tmp_path / "a")
+    argv[argv.index("imagefolder")] = "nope_data"
+    assert main(argv) == 2
+    _one_line_error(capsys, "unknown data set 'nope_data'", "imagefolder")
+
+    run = tmp_path / "run"
+    assert main(_train_argv(world, run, "--epochs", "1")) == 0
+    capsys.readouterr()
+    assert main(_train_argv(world, run, "--epochs", "2")) == 2
+    _one_line_error(capsys, "another config", "method_config.epochs: 1 -> 2", "--overwrite")
+
+    assert main(["eval", str(tmp_path)]) == 2
+    _one_line_error(capsys, "not a run folder")
+    (tmp_path / "junk.txt").write_text("x")
+    assert main(["predict", str(run), str(tmp_path / "junk.txt")]) == 2
+    _one_line_error(capsys, "no readable image")
+
+
+@pytest.mark.parametrize(
+    "verb", ["train", "eval", "predict", "bench", "methods", "datasets", "quickstart", "mini"]
+)
+def test_every_verb_has_help_with_an_example(verb, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([verb, "--help"])
+    assert exit_info.value.code == 0
+    assert "examples:" in capsys.readouterr().out
+
+
+def test_train_help_lists_the_methods_own_settings(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--method", "rpo", "--help"])
+    out = capsys.readouterr().out
+    assert "--K K" in out and "default: 24" in out and "default: 0.01" in out
+
+
+def test_methods_and_datasets_are_listed(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "test_tiny" in out and "rpo" in out
+    assert main(["datasets"]) == 0
+    assert "imagefolder" in capsys.readouterr().out
