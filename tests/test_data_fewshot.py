@@ -83,18 +83,18 @@ def test_shots_zero_keeps_everything_and_bad_shots_are_rejected(tmp_path):
 
 def test_fewshot_cache_is_json_next_to_the_data_and_read_back(tmp_path, monkeypatch):
     root = make_oxford_pets(tmp_path)
-    first = build_dataset("oxford_pets", root, shots=2, seed=5)
-    cache = tmp_path / "oxford_pets" / "split_fewshot" / "shot_2-seed_5.json"
+    first = build_dataset("oxford_pets", root, shots=1, seed=5)
+    cache = tmp_path / "oxford_pets" / "split_fewshot" / "shot_1-seed_5.json"
     assert cache.is_file() and first.extra["fewshot_cache"] == str(cache)
     data = json.loads(cache.read_text())
-    assert data["shots"] == 2 and data["seed"] == 5 and len(data["train"]) == 6
+    assert data["shots"] == 1 and data["seed"] == 5 and len(data["train"]) == 3
     assert not Path(data["train"][0][0]).is_absolute()  # portable: relative to the data set
 
     def boom(*args, **kwargs):
         raise AssertionError("the sampler must not run when the cache exists")
 
     monkeypatch.setattr(fewshot_module, "sample_splits", boom)
-    second = build_dataset("oxford_pets", root, shots=2, seed=5)
+    second = build_dataset("oxford_pets", root, shots=1, seed=5)
     assert second.train == first.train and second.val == first.val
 
 
@@ -177,3 +177,18 @@ def test_no_warning_when_enough_items():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(few_shot_sample(_items(2, 5), 5, 1)) == 10
+
+
+def test_user_data_cache_goes_to_home_cache_keyed_by_source_and_options(tmp_path, monkeypatch):
+    from test_data_trees import class_folders
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    root = tmp_path / "mine"
+    class_folders(root, ["a", "b"], 10)
+    build_dataset("imagefolder", root, shots=2, seed=1)
+    build_dataset("imagefolder", root, shots=2, seed=1, split=(0.6, 0.2, 0.2))
+    assert sorted(p.name for p in root.iterdir()) == ["a", "b"]  # nothing written into it
+    caches = list(
+        (tmp_path / "xdg" / "vlprompt" / "fewshot").glob("imagefolder-*/shot_2-seed_1.json")
+    )
+    assert len(caches) == 2  # other split ratios -> another cache

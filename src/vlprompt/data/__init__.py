@@ -17,10 +17,12 @@ from vlprompt.data.registry import DatasetInfo, get_dataset_info, list_datasets,
 from vlprompt.data.templates import IMAGENET_TEMPLATES, TEMPLATES
 from vlprompt.data.transforms import build_transform, transform_for
 from vlprompt.data.types import DatasetSplits, Datum
+from vlprompt.errors import DataError
 
 __all__ = [
     "IMAGENET_TEMPLATES",
     "TEMPLATES",
+    "DataError",
     "DatasetInfo",
     "DatasetSplits",
     "Datum",

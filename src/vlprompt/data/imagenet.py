@@ -15,6 +15,7 @@ from pathlib import Path
 from vlprompt.data.benchmarks import dataset_root
 from vlprompt.data.registry import COOP_DATASETS_MD, register_dataset
 from vlprompt.data.splits import (
+    class_folder_items,
     folder_classes,
     human_classname,
     items_from_class_folders,
@@ -91,10 +92,7 @@ def load_imagenet(root: Path | None, **_) -> DatasetSplits:
     for wnid in folder_classes(val_dir):
         if wnid not in label_of:
             raise DataError(f"{val_dir / wnid} is a class with no folder in {train_dir}")
-        y = label_of[wnid]
-        test += [
-            Datum(str(val_dir / wnid / f), y, named[wnid]) for f in list_images(val_dir / wnid)
-        ]
+        test += class_folder_items(val_dir / wnid, label_of[wnid], named[wnid])
     return make_splits(
         "imagenet",
         {"train": [d for items in train.values() for d in items], "val": test, "test": test},

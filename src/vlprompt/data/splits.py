@@ -249,9 +249,13 @@ def make_splits(
                     f"{source or name}: label {d.label} is named both {by_label[d.label]!r} and "
                     f"{d.classname!r}; each label needs one class name"
                 )
+        if min(by_label, default=0) < 0:
+            raise DataError(
+                f"{source or name}: label {min(by_label)} is negative; labels start at 0"
+            )
         n = max(by_label, default=-1) + 1
         gaps = [y for y in range(n) if y not in by_label]
-        if gaps or min(by_label, default=0) < 0:
+        if gaps:
             raise DataError(
                 f"{source or name}: labels must run 0..{n - 1} without gaps, but label(s) "
                 f"{gaps[:5]} have no item; renumber the labels"
