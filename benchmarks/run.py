@@ -65,7 +65,9 @@ class Result:
 
 
 def peak_bytes(fn: Callable[[], object]) -> int:
-    """Peak live torch CPU tensor bytes during `fn()`, above the level when it starts."""
+    """Peak live torch CPU tensor bytes during `fn()`, above the level when it starts. The
+    profiler cannot size frees of tensors allocated before it started (it warns "Memory block of
+    unknown size"), so those are not subtracted: the number can overstate, never understate."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:

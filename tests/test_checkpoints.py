@@ -299,12 +299,13 @@ def test_checkpoint_for_another_architecture_names_first_mismatching_key(tmp_pat
 
 
 def test_checkpoint_missing_or_extra_key_is_named(tmp_path):
-    sd = _state_dict(_source(quick_gelu=False))
+    full = _state_dict(_source(quick_gelu=False))
+    sd = dict(full)
     del sd["ln_final.bias"]
     save_file(sd, str(tmp_path / "missing.safetensors"))
     with pytest.raises(CheckpointError, match=r"key 'ln_final\.bias' is missing"):
         load_clip(TINY_VIT, pretrained=tmp_path / "missing.safetensors")
-    sd = _state_dict(_source(quick_gelu=False))
+    sd = dict(full)
     sd["extra.weight"] = torch.zeros(1)
     save_file(sd, str(tmp_path / "extra.safetensors"))
     with pytest.raises(CheckpointError, match=r"unexpected key 'extra\.weight'"):

@@ -308,8 +308,15 @@ def load_clip(
       `.safetensors`;
     - a Hugging Face CLIP folder (`config.json` + `model.safetensors`).
 
-    `quick_gelu=None` decides from the weights: OpenAI weights (the `openai` tag, TorchScript
-    archives, OpenAI-layout state dicts, HF configs with `quick_gelu`) need QuickGELU.
+    `quick_gelu=None` decides from the weights: OpenAI weights (tags whose open_clip config says
+    so, e.g. `openai`; TorchScript archives; OpenAI-layout state dicts, recognised by their
+    `input_resolution`/`context_length`/`vocab_size` entries; HF configs with `quick_gelu`) need
+    QuickGELU. A plain state dict of OpenAI weights without those entries cannot be told apart
+    from an open_clip one: pass `quick_gelu=True` for it.
+
+    With `HF_HUB_OFFLINE=1` (or `TRANSFORMERS_OFFLINE=1`) a tag loads only from the local cache
+    (`cache_dir`, or the Hugging Face / `~/.cache/clip` defaults) and otherwise fails at once with
+    a `DownloadError`; `name` may be spelled the OpenAI way (`"ViT-B/16"`).
     """
     from vlprompt.checkpoints import is_local_source, read_checkpoint
 
