@@ -12,9 +12,9 @@ Two implementations give the same numbers (tested to fp32 tolerance, logits and 
 
 - `"reference"`: the paper's formulation. Full sequences (tokens + prompts) go through open_clip's
   blocks with the full additive mask, all under autograd. The text sequence is laid out like the
-  official code: prompt i of class c at position eos_c + 1 + i (the slots after EOS), each row
-  seeing only columns 0..eos_c (causally); the sequence stops after the last prompt, since nothing
-  after it is ever attended to.
+  official code: all context slots, prompt i of class c overwriting slot eos_c + 1 + i (the
+  padding after EOS), each row seeing only columns 0..eos_c (causally). Where a long text leaves
+  no room for K prompts, the sequence grows past the context (the official code fails there).
 - `"fast"` (default): the frozen tokens are plain frozen CLIP, computed without autograd; at each
   layer only the K prompt rows go through the block, attending to that layer's cached frozen
   keys/values (`vlprompt.attention`). The text keys/values of every class are computed once per
@@ -208,12 +208,13 @@ class RPO(PromptMethod):
         tokens = clip.tokenize(self._texts())
         n_classes, context = tokens.shape
         eos = tokens.argmax(dim=-1)
-        length = int(eos.max()) + 1 + k  # may exceed the context: prompts have no position
-        kept = min(length, context)
+        # all context slots as in the official code; more only where the prompts of a long text
+        # would not fit (the official code fails there; prompts have no position, so it is fine)
+        length = max(context, int(eos.max()) + 1 + k)
         x = torch.zeros(n_classes, length, clip.text_width, dtype=clip.dtype, device=clip.device)
-        x[:, :kept] = clip.token_embedding(tokens[:, :kept]) + clip.text_positional_embedding[
-            :kept
-        ].to(clip.dtype)
+        x[:, :context] = clip.token_embedding(tokens) + clip.text_positional_embedding.to(
+            clip.dtype
+        )
         classes = torch.arange(n_classes, device=clip.device)[:, None]
         slots = eos[:, None] + 1 + torch.arange(k, device=clip.device)[None, :]  # [C, K]
         x = x.index_put((classes, slots), self.text_prompt.to(clip.dtype).expand(n_classes, k, -1))
