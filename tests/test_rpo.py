@@ -154,6 +154,22 @@ def test_fast_path_equals_reference_in_logits_and_prompt_gradients(name):
         torch.testing.assert_close(fast(images), logits_r, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("rule", ["none", "prograd"])
+def test_class_chunked_text_path_gives_the_same_gradients(rule):
+    """text_chunk_size recomputes class chunks in backward (checkpointing): same numbers, also
+    under ProGrad's two backward passes; uneven chunks (4 classes, chunks of 3)."""
+    clip = _clip("vlprompt-test-rpo-d")
+    whole, _ = _pair(clip, gradient_rule=rule)
+    chunked = create_method("rpo", clip, CLASSES, K=K, gradient_rule=rule, text_chunk_size=3)
+    chunked.load_state_dict(whole.state_dict())
+    images, labels = _images(clip, 3), torch.tensor([0, 2, 1])
+    steps = [m.backward_step(images, labels) for m in (whole, chunked)]
+    torch.testing.assert_close(steps[0].logits, steps[1].logits, atol=1e-5, rtol=0)
+    for name in ("text_prompt", "vision_prompt"):
+        g_whole, g_chunked = (getattr(m, name).grad for m in (whole, chunked))
+        torch.testing.assert_close(g_chunked, g_whole, atol=1e-5, rtol=1e-5)
+
+
 def test_init_is_special_tokens_plus_noise_of_norm_exactly_0_1_per_prompt_vector():
     """Official ST-init: `noise / noise.norm(dim=-1, keepdim=True)` — each of the K prompt
     vectors (not the K x d tensor as a whole) moves by 0.1 times its own unit direction, from
@@ -282,6 +298,8 @@ def test_bad_settings_and_backbones_raise_clear_errors(tiny_rn_clip):
     clip = _clip()
     with pytest.raises(RPOError, match=r"K >= 1.*K=0"):
         create_method("rpo", clip, CLASSES, K=0)
+    with pytest.raises(RPOError, match="text_chunk_size must be an integer >= 0"):
+        create_method("rpo", clip, CLASSES, text_chunk_size=-1)
     with pytest.raises(RPOError, match="implementation must be one of"):
         create_method("rpo", clip, CLASSES, implementation="turbo")
     with pytest.raises(RPOError, match="RPO needs a ViT image tower.*ModifiedResNet"):

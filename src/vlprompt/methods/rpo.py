@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from vlprompt.attention import KeyValues, block_forward_with_kv, check_block, readonly_rows_forward
 from vlprompt.backbone import ClipBackbone
@@ -53,6 +54,10 @@ class RPOConfig(MethodConfig):
     # "fast": frozen tokens without autograd, only the K prompt rows differentiated (same numbers);
     # "reference": the paper's full masked forward (benchmarks and tests compare against it)
     implementation: str = "fast"
+    # fast path, training only: classes per chunk of the text forward, each chunk recomputed in
+    # backward (activation checkpointing) so peak memory stays bounded at 1000 classes; costs one
+    # extra text forward per step, same numbers. 0 = all classes at once (fastest)
+    text_chunk_size: int = 0
     lr: float = 0.01  # SGD; 0.005 for domain generalisation (ImageNet source)
     epochs: int = 15
     batch_size: int = 4
@@ -61,6 +66,11 @@ class RPOConfig(MethodConfig):
         super().__post_init__()
         if not isinstance(self.K, int) or self.K < 1:
             raise RPOError(f"RPO needs K >= 1 prompt pairs, got K={self.K!r} (the paper uses 24)")
+        if not isinstance(self.text_chunk_size, int) or self.text_chunk_size < 0:
+            raise RPOError(
+                f"text_chunk_size must be an integer >= 0 (0 = no chunking), "
+                f"got {self.text_chunk_size!r}"
+            )
         if self.implementation not in IMPLEMENTATIONS:
             raise RPOError(
                 f"RPO implementation must be one of {IMPLEMENTATIONS}, got {self.implementation!r}"
@@ -195,9 +205,25 @@ class RPO(PromptMethod):
         cache = self._frozen_text()
         n_classes = cache.key_mask.shape[0]
         prompt = self.text_prompt.to(self.clip.dtype)
-        rows = prompt.unsqueeze(0).expand(n_classes, -1, -1)  # no positional embedding
+        chunk = self.config.text_chunk_size
+        if chunk == 0 or chunk >= n_classes or not torch.is_grad_enabled():
+            return self._text_rows(prompt, cache, 0, n_classes)
+        return torch.cat(
+            [
+                checkpoint(self._text_rows, prompt, cache, s, s + chunk, use_reentrant=False)
+                for s in range(0, n_classes, chunk)
+            ]
+        )
+
+    def _text_rows(
+        self, prompt: torch.Tensor, cache: _TextCache, start: int, stop: int
+    ) -> torch.Tensor:
+        """Prompt outputs of classes start..stop-1 (the prompts have no positional embedding)."""
+        mask = cache.key_mask[start:stop]
+        rows = prompt.unsqueeze(0).expand(mask.shape[0], -1, -1)
         for block, kv in zip(self.clip.text_blocks, cache.kv):
-            rows = readonly_rows_forward(block, rows, kv, cache.key_mask)
+            part = KeyValues(kv.k[start:stop], kv.v[start:stop])
+            rows = readonly_rows_forward(block, rows, part, mask)
         return self.clip.text_head(rows)
 
     def _reference_text(self) -> tuple[torch.Tensor, torch.Tensor]:
