@@ -146,3 +146,19 @@ def test_methods_and_datasets_are_listed(capsys):
     assert "test_tiny" in out and "rpo" in out
     assert main(["datasets"]) == 0
     assert "imagefolder" in capsys.readouterr().out
+
+
+def test_bench_verb_runs_a_base2new_sweep_on_the_engine(world, tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = [
+        "bench", "base2new", "--methods", "test_tiny", "--datasets", "imagefolder",
+        "--seeds", "1", "--shots", "4", "--root", str(world["data"]), "--backbone", TINY_VIT,
+        "--pretrained", str(world["ckpt"]), "--set", "epochs=1", "--no-report", "-q",
+        "-o", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    assert "1 run(s) trained" in capsys.readouterr().out
+    records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["subsample"] for r in records) == ["base", "new"]
+    assert main(argv) == 0  # everything recorded: nothing runs again
+    assert "0 run(s) trained or evaluated, 1 already done" in capsys.readouterr().out

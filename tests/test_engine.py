@@ -55,6 +55,7 @@ def test_lr_schedule_matches_dassl_constant_warmup_then_cosine(warmup, epochs):
     for e in range(epochs):
         expected.append(cons if e < warmup else cosine.get_last_lr()[0])
         if e >= warmup:
+            opt.step()  # (no gradients: a no-op that keeps torch's call-order check quiet)
             cosine.step()
     ours = [
         engine.lr_at_epoch(e, lr=base, warmup_lr=cons, warmup_epochs=warmup, epochs=epochs)
@@ -243,3 +244,27 @@ def test_vlprompt_evaluate_is_the_function_even_after_the_evaluation_module_load
     import vlprompt.evaluation  # noqa: F401
 
     assert vlprompt.evaluate is api.evaluate and vlprompt.train is api.train
+
+
+def test_warm_feature_cache_means_no_image_encoder_pass(world, tmp_path, monkeypatch):
+    """Frozen-image-encoder methods evaluate from cached features: once the cache is warm
+    (training's own evaluation filled it), evaluating again never runs the image encoder."""
+    run = _train(world, tmp_path / "run", epochs=1)
+    first = run.results()[0]
+    assert first["from_features"] is True
+
+    def no_image_pass(*args, **kwargs):
+        raise AssertionError("the image encoder ran although the feature cache is warm")
+
+    monkeypatch.setattr(run.method.clip, "encode_image", no_image_pass)
+    again = vlprompt.evaluate(run, reuse=False, record=False)
+    assert again["accuracy"] == first["accuracy"] and again["n_images"] == first["n_images"]
+
+
+def test_a_run_on_random_weights_reloads_the_same_backbone(world, tmp_path):
+    run = vlprompt.train(
+        "test_tiny", "imagefolder", root=world["data"], backbone=TINY_VIT, pretrained=None,
+        shots=4, epochs=1, output_dir=tmp_path / "run", progress=False, evaluate=False,
+    )  # fmt: skip
+    image = sorted((world["data"] / "test").rglob("*.png"))[0]
+    assert vlprompt.load_run(tmp_path / "run").predict([image]) == run.predict([image])

@@ -156,7 +156,9 @@ def load_run(run_dir: str | Path | Run, device: str = "cpu") -> Run:
             f"{run_dir} holds a run that has not finished training ({where}); continue it with "
             f"`vlprompt train --resume --output-dir {run_dir}`"
         )
-    clip = load_clip(config.backbone, config.pretrained, device=device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # a run on random weights gets the same random backbone
+        clip = load_clip(config.backbone, config.pretrained, device=device)
     method = load_learned(run_dir, clip)
     method.eval()
     return Run(run_dir, config, method, _read_status(run_dir))
@@ -412,6 +414,8 @@ def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say):
         f"{config.backbone} ({config.pretrained or 'random weights'}) on {device}; "
         f"{method.num_trainable_parameters()} trainable parameters"
     )
+    if config.pretrained is None:
+        say("note: random backbone weights (no pretrained tag or checkpoint given)")
     started = time.perf_counter()
     if not method.needs_training:
         if hasattr(method, "fit_features"):
