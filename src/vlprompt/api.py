@@ -278,8 +278,8 @@ class _RunLog:
         self.ctx = ctx
 
     def __call__(self, message: str) -> None:
-        log.info(message)
         if self.ctx.is_main:
+            log.info(message)
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(f"{stamp}  {message}\n")

@@ -27,6 +27,8 @@ TRAIN_EXAMPLE = """examples:
   vlprompt train --config my_run.yaml            # settings from YAML/JSON (flags still win)
   vlprompt train --resume -o runs/rpo_pets       # continue an interrupted run
   vlprompt train --method rpo --help             # list RPO's settings and their defaults
+  torchrun --nproc_per_node 4 -m vlprompt.cli train --method rpo --dataset imagenet \\
+      --root ~/data --device cuda -o runs/rpo_in  # DDP: --batch-size is the global batch
 """
 EVAL_EXAMPLE = """examples:
   vlprompt eval runs/rpo_pets                          # test split, the run's own classes
@@ -57,7 +59,9 @@ QUICKSTART_EXAMPLE = """examples:
   vlprompt quickstart --output-dir qs
 """
 MINI_EXAMPLE = """examples:
-  vlprompt mini pretrain --output-dir mini_clip
+  vlprompt mini pretrain --output my-mini-clip.safetensors --steps 1000
+  vlprompt train --method rpo --dataset mini_shapes --backbone vlprompt-mini-vit \\
+      --pretrained my-mini-clip.safetensors -o runs/mini
 """
 
 # train settings that are not method settings, with their api.train keyword names
@@ -262,8 +266,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     mini = p.add_subparsers(dest="mini_command", required=True, metavar="MINI_COMMAND")
     q = mini.add_parser("pretrain", help="pre-train the mini world's tiny CLIP",
                         epilog=MINI_EXAMPLE, formatter_class=RAW)  # fmt: skip
-    q.add_argument("-o", "--output-dir", dest="output_dir", default="mini_clip")
-    q.add_argument("--device", default="cpu")
+    q.add_argument("-o", "--output", default="vlprompt-mini-vit.safetensors",
+                   help="the .safetensors file to write (a JSON record goes next to it)")  # fmt: skip
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--steps", type=int, default=1000)
+    q.add_argument("--batch-size", dest="batch_size", type=int, default=128)
+    q.add_argument("--pool-size", dest="pool_size", type=int, default=12288)
+    q.add_argument("--lr", type=float, default=2e-3)
     return parser
 
 
@@ -333,6 +342,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_run_summary(run: Any) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks
+        return
     records = [r for r in run.results() if r.get("split") == "test"]
     if records:
         r = records[-1]
@@ -484,27 +495,45 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mini_function(name: str) -> Any:
+def _mini_function(module: str, name: str) -> Any:
+    import importlib
+
     try:
-        import vlprompt.mini as mini
+        function = getattr(importlib.import_module(module), name, None)
     except ImportError:
-        mini = None
-    function = getattr(mini, name, None)
+        function = None
     if function is None:
         raise CliError(
             f"the mini world's `{name}` is not available in this installation yet "
-            "(vlprompt.mini has no such function)"
+            f"({module}.{name} is missing)"
         )
     return function
 
 
+def _call_with_known(function: Any, **kwargs: Any) -> Any:
+    """Call `function` with those of `kwargs` its signature names."""
+    import inspect
+
+    names = inspect.signature(function).parameters
+    return function(**{k: v for k, v in kwargs.items() if k in names})
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    _mini_function("quickstart")(args.output_dir, device=args.device)
+    quickstart = _mini_function("vlprompt.mini", "quickstart")
+    _call_with_known(quickstart, output_dir=args.output_dir, device=args.device)
     return 0
 
 
 def cmd_mini(args: argparse.Namespace) -> int:
-    _mini_function("pretrain")(output_dir=args.output_dir, device=args.device)
+    pretrain = _mini_function("vlprompt.mini.pretrain", "pretrain")
+    try:
+        pretrain(
+            args.output, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
+            pool_size=args.pool_size, lr=args.lr,
+        )  # fmt: skip
+    except ValueError as exc:  # the pre-training config's checks
+        raise CliError(f"mini pretrain: {exc}") from None
+    print(f"wrote {args.output} (and {args.output}.json)")
     return 0
 
 
