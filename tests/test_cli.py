@@ -162,3 +162,23 @@ def test_bench_verb_runs_a_base2new_sweep_on_the_engine(world, tmp_path, capsys)
     assert sorted(r["subsample"] for r in records) == ["base", "new"]
     assert main(argv) == 0  # everything recorded: nothing runs again
     assert "0 run(s) trained or evaluated, 1 already done" in capsys.readouterr().out
+
+
+def test_resume_needs_only_the_run_folder(world, tmp_path, capsys):
+    import vlprompt
+
+    def kill(stats):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        vlprompt.train(
+            "test_tiny", "imagefolder", root=world["data"], backbone=TINY_VIT,
+            pretrained=world["ckpt"], shots=4, epochs=2, output_dir=tmp_path / "run",
+            progress=False, on_epoch_end=kill,
+        )  # fmt: skip
+    assert main(["train", "--resume", "-q", "-o", str(tmp_path / "run")]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "resumed from" in log and "epoch 2/2" in log
+    assert main(["train", "--resume", "-q", "-o", str(tmp_path / "empty")]) == 2
+    _one_line_error(capsys, "needs a run in")

@@ -557,6 +557,7 @@ def _setup_logging(quiet: bool) -> None:
         handler._vlprompt_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False  # printed once, by our handler, even if the root logger has one
 
 
 def main(argv: list[str] | None = None) -> int:
