@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vlprompt.errors import MethodError, VlpromptError
 from vlprompt.methods import create_method, get_method_class, list_methods
 
 FROZEN_IMAGE_METHODS = [
@@ -105,7 +106,7 @@ def test_forward_features_equals_forward_and_train_returns_the_features(name, ba
 @pytest.mark.parametrize("name", FROZEN_IMAGE_METHODS)
 @pytest.mark.parametrize("classnames", [[], ["dog", "cat", "dog"]], ids=["empty", "duplicates"])
 def test_bad_class_lists_are_refused(name, classnames, tiny_clip):
-    with pytest.raises(ValueError, match="empty|duplicate"):
+    with pytest.raises(VlpromptError, match="empty|duplicate"):
         create_method(name, tiny_clip, classnames)
 
 
@@ -133,10 +134,10 @@ def test_zeroshot_template_and_ensemble_match_clip(tiny_clip):
 
 def test_linear_probe_refuses_classes_it_has_not_seen(tiny_clip, tmp_path):
     method = _ready("linear_probe", tiny_clip)
-    with pytest.raises(ValueError, match="only the classes it was fitted on"):
+    with pytest.raises(MethodError, match="only the classes it was fitted on"):
         method.set_classnames(["zebra", "lion"])
     method.save(tmp_path)
-    with pytest.raises(ValueError, match="cannot classify the given class list"):
+    with pytest.raises(MethodError, match="cannot classify the given class list"):
         get_method_class("linear_probe").load(tmp_path, tiny_clip, ["zebra", "lion"])
     unfitted = create_method("linear_probe", tiny_clip, CLASSNAMES)
     with pytest.raises(ValueError, match="not fitted"):

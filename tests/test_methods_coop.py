@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from conftest import tiny_vit_config
 from vlprompt.backbone import load_clip, register_model_config
+from vlprompt.errors import MethodError
 from vlprompt.methods import create_method
 from vlprompt.methods.kgcoop import knowledge_guided_score
 
@@ -148,36 +149,36 @@ def test_cached_text_features_follow_optimizer_steps_and_class_lists(tiny_clip):
 # ---- bad settings ------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["coop", "cocoop", "kgcoop", "prograd"])
 def test_n_ctx_below_one_is_refused(name, tiny_clip):
-    with pytest.raises(ValueError, match="n_ctx must be >= 1, got 0"):
+    with pytest.raises(MethodError, match="n_ctx must be >= 1, got 0"):
         create_method(name, tiny_clip, NAMES, n_ctx=0)
 
 
 @pytest.mark.parametrize("name", ["coop", "cocoop", "kgcoop"])
 def test_init_text_longer_than_the_context_is_refused(name, tiny_clip):
-    with pytest.raises(ValueError, match="needs more than the text encoder's 77 token positions"):
+    with pytest.raises(MethodError, match="needs more than the text encoder's 77 token positions"):
         create_method(name, tiny_clip, NAMES, ctx_init=" ".join(["photo"] * 80))
 
 
 def test_context_plus_class_name_longer_than_the_context_is_refused(tiny_clip):
-    with pytest.raises(ValueError, match="class prompt .*a rather long class name here"):
+    with pytest.raises(MethodError, match="class prompt .*a rather long class name here"):
         create_method("coop", tiny_clip, NAMES, n_ctx=70)
 
 
 def test_prograd_init_longer_than_n_ctx_is_refused(tiny_clip):
-    with pytest.raises(ValueError, match="has 4 tokens but n_ctx is 2"):
+    with pytest.raises(MethodError, match="has 4 tokens but n_ctx is 2"):
         create_method("prograd", tiny_clip, NAMES, n_ctx=2)
 
 
 def test_bad_class_token_position_and_implementation_are_refused(tiny_clip):
-    with pytest.raises(ValueError, match="class_token_position"):
+    with pytest.raises(MethodError, match="class_token_position"):
         create_method("coop", tiny_clip, NAMES, class_token_position="start")
-    with pytest.raises(ValueError, match="implementation"):
+    with pytest.raises(MethodError, match="implementation"):
         create_method("coop", tiny_clip, NAMES, implementation="quick")
 
 
 def test_class_specific_context_cannot_switch_classes(tiny_clip):
     m = create_method("coop", tiny_clip, NAMES, n_ctx=2, csc=True)
-    with pytest.raises(ValueError, match="class-specific context"):
+    with pytest.raises(MethodError, match="class-specific context"):
         m.set_classnames(["zebra", "lion"])
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbone import ClipBackbone
+from vlprompt.errors import MethodError
 
 
 @dataclass
@@ -187,11 +188,11 @@ class PromptMethod(nn.Module):
 def validate_classnames(classnames: list[str]) -> list[str]:
     names = list(classnames)
     if not names:
-        raise ValueError("the class list is empty: a method needs at least one class name")
+        raise MethodError("the class list is empty: a method needs at least one class name")
     seen: set[str] = set()
     dupes = [n for n in names if n in seen or seen.add(n)]  # type: ignore[func-returns-value]
     if dupes:
-        raise ValueError(f"the class list has duplicate names: {sorted(set(dupes))}")
+        raise MethodError(f"the class list has duplicate names: {sorted(set(dupes))}")
     return names
 
 
