@@ -1,0 +1,176 @@
+"""The downstream few-shot data sets of the mini world (pure specs; files live in vlprompt.data.mini).
+
+Each data set fixes one or two attributes per class (e.g. colour and shape for "red circle") and
+draws the rest from the world's distribution. Class names are word combinations that the tiny
+CLIP met in its pre-training captions but was never trained to classify. Class lists are ordered
+so that the base half (first ceil(n/2) labels, DESIGN §5) and the new half both contain every
+attribute word: new classes are new *combinations* of known words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from vlprompt.mini import world
+
+SPLITS = ("train", "val", "test")
+_SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class MiniDatasetSpec:
+    """One mini data set: its classes (names + the attributes that define them) and sizes."""
+
+    name: str
+    classnames: tuple[str, ...]
+    class_attributes: tuple[dict, ...]  # attributes fixed by each class, same order as classnames
+    seed: int  # distinct per data set, so no two data sets share images
+    description: str
+    template: str = "a photo of a {}."
+    fixed: dict = field(default_factory=lambda: {"style": "photo"})  # fixed for every image
+    per_class: dict = field(default_factory=lambda: {"train": 24, "val": 8, "test": 30})
+    variants: tuple[str, ...] = ()  # styles of the domain-shifted test sets (dg protocol)
+
+    def item(self, split: str, label: int, index: int, style: str | None = None) -> Image.Image:
+        """Image `index` of class `label` in `split`, optionally re-drawn in another style
+        (same objects, same layout, same background)."""
+        attrs, rng = self.attributes(split, label, index)
+        if style is not None:
+            attrs = world.restyle(attrs, style)
+        return world.render(attrs, rng)
+
+    def attributes(
+        self, split: str, label: int, index: int
+    ) -> tuple[world.Attributes, np.random.Generator]:
+        """The attributes of one item and the generator (in the state `render` must start from)."""
+        rng = np.random.default_rng([self.seed, _SPLIT_IDS[split], label, index])
+        fixed = {**self.fixed, **self.class_attributes[label]}
+        return world.sample_attributes(rng, **fixed), rng
+
+
+def _combos(pairs: list[tuple[str, str]], keys: tuple[str, str], fmt: str) -> tuple:
+    names = tuple(fmt.format(a, b) for a, b in pairs)
+    attrs = tuple({keys[0]: a, keys[1]: b} for a, b in pairs)
+    return names, attrs
+
+
+def _build_specs() -> dict[str, MiniDatasetSpec]:
+    specs: list[MiniDatasetSpec] = []
+    single = {"style": "photo", "count": 1}
+
+    specs.append(
+        MiniDatasetSpec(
+            name="mini_shapes",
+            classnames=world.SHAPES,
+            class_attributes=tuple({"shape": s} for s in world.SHAPES),
+            seed=101,
+            description="10 shapes (any colour, pattern, size, position, background)",
+            fixed=single,
+            variants=("sketch", "cartoon", "inverted", "noisy"),
+        )
+    )
+    colors = tuple(world.COLORS)
+    specs.append(
+        MiniDatasetSpec(
+            name="mini_colors",
+            classnames=tuple(f"{c} shape" for c in colors),
+            class_attributes=tuple({"color": c} for c in colors),
+            seed=102,
+            description="10 colours of any shape",
+            fixed=single,
+        )
+    )
+    objects = [
+        ("red", "circle"), ("blue", "star"), ("green", "square"), ("yellow", "heart"),
+        ("purple", "triangle"), ("orange", "cross"), ("pink", "diamond"), ("brown", "hexagon"),
+        ("red", "star"), ("blue", "circle"), ("green", "heart"), ("yellow", "square"),
+        ("purple", "cross"), ("orange", "triangle"), ("pink", "hexagon"), ("brown", "diamond"),
+    ]  # fmt: skip
+    names, attrs = _combos(objects, ("color", "shape"), "{} {}")
+    specs.append(
+        MiniDatasetSpec(
+            name="mini_objects",
+            classnames=names,
+            class_attributes=attrs,
+            seed=103,
+            description="16 colour+shape combinations; new classes recombine base words",
+            fixed=single,
+            variants=("cartoon", "noisy", "blurry", "pixelated"),
+        )
+    )
+    patterns = [
+        ("striped", "circle"), ("dotted", "square"), ("checkered", "star"),
+        ("outlined", "circle"), ("striped", "square"), ("dotted", "star"),
+        ("checkered", "circle"), ("outlined", "square"), ("striped", "star"),
+        ("dotted", "circle"), ("checkered", "square"), ("outlined", "star"),
+    ]  # fmt: skip
+    names, attrs = _combos(patterns, ("pattern", "shape"), "{} {}")
+    specs.append(
+        MiniDatasetSpec(
+            name="mini_patterns",
+            classnames=names,
+            class_attributes=attrs,
+            seed=104,
+            description="12 pattern+shape combinations",
+            fixed=single,
+        )
+    )
+    counts = [
+        (1, "circle"), (2, "square"), (3, "triangle"), (4, "circle"), (1, "square"), (2, "triangle"),
+        (3, "circle"), (4, "square"), (1, "triangle"), (2, "circle"), (3, "square"), (4, "triangle"),
+    ]  # fmt: skip
+    specs.append(
+        MiniDatasetSpec(
+            name="mini_counts",
+            classnames=tuple(
+                f"{world.NUMBER_WORDS[n]} {world.PLURALS[s] if n > 1 else s}" for n, s in counts
+            ),
+            class_attributes=tuple({"count": n, "shape": s} for n, s in counts),
+            seed=105,
+            description="12 count+shape combinations (one to four objects)",
+            template="a photo of {}.",
+            fixed={"style": "photo"},
+        )
+    )
+    sizes = [
+        ("small", "circle"), ("large", "square"), ("small", "triangle"), ("large", "star"),
+        ("small", "heart"), ("large", "hexagon"), ("large", "circle"), ("small", "square"),
+        ("large", "triangle"), ("small", "star"), ("large", "heart"), ("small", "hexagon"),
+    ]  # fmt: skip
+    names, attrs = _combos(sizes, ("size", "shape"), "{} {}")
+    specs.append(
+        MiniDatasetSpec(
+            name="mini_sizes",
+            classnames=names,
+            class_attributes=attrs,
+            seed=106,
+            description="12 size+shape combinations",
+            fixed=single,
+        )
+    )
+    specs.append(
+        MiniDatasetSpec(
+            name="mini_scenes",
+            classnames=tuple(f"{s} background" for s in world.SCENES),
+            class_attributes=tuple({"background": s} for s in world.SCENES),
+            seed=107,
+            description="8 background scenes behind any objects",
+            fixed={"style": "photo"},
+        )
+    )
+    return {s.name: s for s in specs}
+
+
+MINI_DATASETS: dict[str, MiniDatasetSpec] = _build_specs()
+
+
+def get_spec(name: str) -> MiniDatasetSpec:
+    try:
+        return MINI_DATASETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown mini data set {name!r}; known: {', '.join(MINI_DATASETS)}"
+        ) from None
