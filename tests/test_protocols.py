@@ -269,6 +269,9 @@ def test_dg_and_xd_record_each_target_with_the_source(tmp_path):
         for p, ds in (("dg", ["inet", "v2", "sk"]), ("xd", ["inet", "pets", "cars"]))
         for d in ds
     )
+    # xd and dg share the source-trained run (transfer/...): trained once per method
+    assert sorted(engine.completed.values()) == [1, 1] and len(engine.loaded) == 2
+    assert {r["run"] for r in records} == {f"transfer/inet/{m}/shots16_seed1" for m in METHODS}
     # targets are evaluated with the target's name; the source with the run's own data set
     assert ("alpha", "v2", "all", 1) in engine.eval_calls
     assert ("alpha", None, "all", 1) in engine.eval_calls

@@ -15,7 +15,8 @@ Protocols (DESIGN §5; CoOp / CoCoOp / RPO evaluation scripts):
 - ``dg`` (domain generalisation): train on a source, test on the source and on its registered
   variants (e.g. ImageNet -> ImageNet-V2/Sketch/A/R).
 
-Run folders are ``<output_dir>/<protocol>/<data set>/<method>/shots<k>_seed<s>/``. Resuming: an
+Run folders are ``<output_dir>/<protocol>/<data set>/<method>/shots<k>_seed<s>/`` (xd and dg share
+``transfer/...``: both test the same source-trained run, as in CoCoOp). Resuming: an
 evaluation whose key is already in the sweep's `results.jsonl` is never repeated; a finished run
 that lacks some evaluations is loaded and evaluated; an unfinished run is resumed by the engine
 from its last checkpoint.
@@ -73,15 +74,22 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        """The run's identity within a sweep; also its folder relative to the output folder."""
+        """The run's identity within a sweep's results (protocol included)."""
         return f"{self.protocol}/{self.dataset}/{self.method}/shots{self.shots}_seed{self.seed}"
+
+    @property
+    def folder(self) -> str:
+        """The run folder relative to the output folder. xd and dg train the same run (all
+        classes of the source, e.g. ImageNet 16 shots), so they share it: `transfer/...`."""
+        group = "transfer" if self.protocol in ("xd", "dg") else self.protocol
+        return f"{group}/{self.dataset}/{self.method}/shots{self.shots}_seed{self.seed}"
 
     def eval_key(self, evaluation: Evaluation) -> str:
         e = evaluation
         return f"{self.key}|{e.dataset}:{e.subsample}:{e.split}"
 
     def run_dir(self, output_dir: str | Path) -> Path:
-        return Path(output_dir) / self.key
+        return Path(output_dir) / self.folder
 
 
 @dataclass
@@ -341,7 +349,7 @@ def _record(spec: RunSpec, evaluation: Evaluation, result: dict[str, Any]) -> di
         shots=spec.shots,
         seed=spec.seed,
         accuracy=accuracy,
-        run=spec.key,
+        run=spec.folder,
         key=spec.eval_key(evaluation),
     )
     return record
