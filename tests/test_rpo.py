@@ -137,6 +137,9 @@ def test_fast_path_frozen_features_equal_open_clip():
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_fast_path_equals_reference_in_logits_and_prompt_gradients(name):
+    """The reference lays the text out like the official code (all context slots, prompt i of
+    class c in slot eos_c + 1 + i); the fast path runs the prompt rows alone against SOS..EOS
+    keys/values. Same logits and gradients: the layout cannot matter for read-only prompts."""
     clip = _clip(name)
     fast, ref = _pair(clip)
     images, labels = _images(clip, 3), torch.tensor([0, 2, 3])
