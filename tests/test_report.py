@@ -119,7 +119,7 @@ def test_fewshot_xd_dg_cells_and_tables(tmp_path):
     assert dg_avg.mean == pytest.approx((61.0 + 41.0) / 2)  # targets only, not the source
     assert cells_by(cells, protocol="xd", dataset=AVERAGE).mean == pytest.approx(91.0)
     table = render_markdown(cells)
-    assert "| method | 1 shots | 4 shots |" in table
+    assert "| method | 1 shot | 4 shots |" in table
     # targets in the order the sweep ran them (the papers' V2, Sketch, A, R order)
     assert "| method | inet (source) | v2 | sketch | target average |" in table
     assert "| rpo | 71.00 ± 1.41 | 61.00 ± 1.41 | 41.00 ± 1.41 | 51.00 ± 1.41 |" in table

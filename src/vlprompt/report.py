@@ -319,8 +319,8 @@ def _base2new_md(cells: list[Cell], backbone: str, shots: int) -> list[str]:
     if averages:
         out += [
             "Average over data sets. **H (of avg)**: H of the averaged base and new accuracies "
-            "(CoCoOp's convention, DESIGN §8). **H (avg of H)**: the average of the per-data-set "
-            "H. ± over seeds of the per-seed averages.",
+            "(the convention of CoCoOp, KgCoOp, MaPLe, PromptSRC). **H (avg of H)**: the average of "
+            "the per-data-set H (RPO's). ± over seeds of the per-seed averages.",
             "",
         ]
         rows = []
@@ -369,7 +369,7 @@ def _fewshot_md(cells: list[Cell], backbone: str) -> list[str]:
             [m] + [_get(index, backbone, "fewshot", m, source, d, k, "accuracy") for k in shots]
             for m in methods
         ]
-        out += _table(["method", *[f"{k} shots" for k in shots]], rows)
+        out += _table(["method", *[f"{k} shot{'s' if k > 1 else ''}" for k in shots]], rows)
     return out
 
 
@@ -478,7 +478,9 @@ def _fewshot_plots(cells: list[Cell], prefix: str, plots_dir: Path) -> list[Path
         ax.set_xticks(shots, [str(k) for k in shots])
         ax.set_xlabel("shots per class")
         ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"few-shot: {dataset}" if dataset != AVERAGE else "few-shot: average")
+        ax.set_title(
+            f"few-shot: {dataset}" if dataset != AVERAGE else "few-shot: average over data sets"
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         paths.append(_save_figure(fig, plots_dir / f"{_slug(prefix, 'fewshot', dataset)}.png"))
