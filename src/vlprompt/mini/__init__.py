@@ -2,7 +2,8 @@
 
 Everything the real pipeline does (few-shot prompt learning, base-to-new, domain shift) runs on it
 in minutes on a laptop CPU. `load_mini_clip()` gives the shipped pre-trained tiny CLIP;
-`pretrain(...)` rebuilds it; the `mini_*` data sets are registered in `vlprompt.data`.
+`pretrain(...)` rebuilds it; the `mini_*` data sets are registered in `vlprompt.data`;
+`quickstart()` runs base-to-new for every method and prints the table.
 """
 
 from __future__ import annotations
@@ -37,11 +38,15 @@ def load_mini_clip(device: str = "cpu", pretrained: str | Path | None = None) ->
     return load_clip(MODEL_NAME, pretrained=path, device=device)
 
 
-def pretrain(output, seed: int = 0, steps: int = 1000, **kwargs) -> dict:
-    """Rebuild the tiny CLIP (see `vlprompt.mini.pretrain.pretrain`)."""
-    from vlprompt.mini.pretrain import pretrain as _pretrain
+# After the definitions above: these modules import MODEL_NAME / checkpoint_path from here.
+from vlprompt.mini.pretrain import pretrain  # noqa: E402
+from vlprompt.mini.quickstart import mini_bench, quickstart  # noqa: E402
 
-    return _pretrain(output, seed=seed, steps=steps, **kwargs)
-
-
-__all__ = ["MODEL_NAME", "checkpoint_path", "load_mini_clip", "pretrain"]
+__all__ = [
+    "MODEL_NAME",
+    "checkpoint_path",
+    "load_mini_clip",
+    "mini_bench",
+    "pretrain",
+    "quickstart",
+]

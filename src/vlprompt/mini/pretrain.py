@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -122,7 +123,12 @@ def pretrain(
     output = Path(output)
     if output.suffix != ".safetensors":
         raise ValueError(f"output must be a .safetensors path, got {output}")
-    say = log or (lambda _msg: None)
+
+    def say(msg: str) -> None:
+        if log is not None:
+            log(msg)
+            sys.stdout.flush()
+
     start = time.time()
 
     torch.manual_seed(cfg.seed)

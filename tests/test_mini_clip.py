@@ -1,0 +1,67 @@
+"""The tiny CLIP: its config, its pre-training loop, and the shipped checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+from safetensors import safe_open
+
+import vlprompt
+from vlprompt.mini import MODEL_NAME, checkpoint_path, load_mini_clip
+from vlprompt.mini.pretrain import PretrainConfig, encode_text_truncated, pretrain
+from vlprompt.mini.probe import zeroshot_accuracy
+
+
+def test_model_config_is_registered_with_the_real_tokenizer():
+    assert MODEL_NAME in vlprompt.list_models()
+    clip = vlprompt.load_clip(MODEL_NAME)
+    assert clip.context_length == 77 and clip.is_vit
+    assert clip.model.token_embedding.weight.shape[0] == 49408
+    reference = open_clip.get_tokenizer("ViT-B-16")(["a red striped circle"])
+    assert torch.equal(clip.tokenize(["a red striped circle"]).cpu(), reference)
+
+
+def test_truncated_text_encoder_equals_open_clip(tiny_clip):
+    """The pre-training text path (only up to the longest EOT) equals open_clip's encode_text."""
+    model = tiny_clip.model
+    tokens = tiny_clip.tokenize(["a red circle", "there are two small blue striped stars on grass"])
+    torch.testing.assert_close(
+        encode_text_truncated(model, tokens), model.encode_text(tokens), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_pretrain_writes_a_loadable_checkpoint_and_a_record(tmp_path):
+    out = tmp_path / "mini.safetensors"
+    record = pretrain(out, seed=3, steps=2, batch_size=4, pool_size=4, log=None)
+    assert record["config"]["steps"] == 2 and record["config"]["seed"] == 3
+    assert json.loads((tmp_path / "mini.safetensors.json").read_text())["final_loss"] > 0
+    clip = load_mini_clip(pretrained=out)
+    assert clip.model.token_embedding.weight.dtype == torch.float32  # fp16 storage, fp32 model
+    with safe_open(str(out), "pt") as f:
+        assert f.get_tensor("logit_scale").dtype == torch.float16
+
+
+def test_pretrain_config_refuses_bad_values(tmp_path):
+    with pytest.raises(ValueError, match="pool_size >= batch_size"):
+        PretrainConfig(batch_size=64, pool_size=8)
+    with pytest.raises(ValueError, match="must be a .safetensors path"):
+        pretrain(tmp_path / "mini.pt", steps=1, batch_size=2, pool_size=2, log=None)
+
+
+def test_shipped_checkpoint_is_small_and_loads_through_load_clip():
+    path = checkpoint_path()
+    assert path.is_file() and path.stat().st_size <= 25 * 2**20
+    clip = vlprompt.load_clip(MODEL_NAME, pretrained=path)
+    assert clip.pretrained == str(path)
+    record = json.loads(path.with_name(path.name + ".json").read_text())
+    assert record["config"]["model"] == MODEL_NAME
+
+
+def test_shipped_checkpoint_zero_shot_beats_three_times_chance():
+    """A few dozen images of mini_colors' 5 new classes: chance is 20%."""
+    clip = load_mini_clip()
+    accuracy = zeroshot_accuracy(clip, "mini_colors", classes="new", per_class=8)
+    assert accuracy > 3 * 20.0

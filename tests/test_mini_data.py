@@ -1,0 +1,116 @@
+"""The mini data sets: registered like the benchmarks, rendered once to files, right sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from vlprompt.data import build_dataset, get_dataset_info, list_datasets
+from vlprompt.data import mini as data_mini
+from vlprompt.mini import world
+from vlprompt.mini.datasets import MINI_DATASETS
+
+EXPECTED_CLASSES = {
+    "mini_shapes": 10,
+    "mini_colors": 10,
+    "mini_objects": 16,
+    "mini_patterns": 12,
+    "mini_counts": 12,
+    "mini_sizes": 12,
+    "mini_scenes": 8,
+}
+TINY = {"train": 3, "val": 2, "test": 2}
+
+
+@pytest.fixture
+def tiny_sizes(monkeypatch):
+    """Every mini data set with 3/2/2 images per class, so rendering takes milliseconds."""
+    for name, spec in list(MINI_DATASETS.items()):
+        monkeypatch.setitem(MINI_DATASETS, name, dataclasses.replace(spec, per_class=TINY))
+
+
+def test_every_mini_data_set_and_variant_is_registered():
+    names = set(list_datasets())
+    assert set(EXPECTED_CLASSES) <= names
+    assert len(EXPECTED_CLASSES) >= 6
+    for name, spec in MINI_DATASETS.items():
+        assert len(spec.classnames) == EXPECTED_CLASSES[name]
+        assert len(set(spec.classnames)) == len(spec.classnames)
+        assert get_dataset_info(name).template == spec.template
+        for style in spec.variants:
+            info = get_dataset_info(f"{name}_{style}")
+            assert info.variant_of == name
+    assert get_dataset_info("mini_shapes_sketch").variant_of == "mini_shapes"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_CLASSES))
+def test_class_names_are_phrases_of_the_pretraining_captions(name):
+    """Zero-shot can work: each class name occurs verbatim in captions of its own images."""
+    spec = MINI_DATASETS[name]
+    rng = np.random.default_rng(0)
+    for label, classname in enumerate(spec.classnames):
+        attrs = world.sample_attributes(rng, **spec.class_attributes[label])
+        captions = [world.caption(attrs, rng) for _ in range(300)]
+        assert any(classname in c for c in captions), classname
+
+
+def test_loader_renders_files_once_with_the_right_splits(tiny_sizes, tmp_path):
+    full = get_dataset_info("mini_patterns").load(tmp_path)
+    n = EXPECTED_CLASSES["mini_patterns"]
+    assert full.classnames == list(MINI_DATASETS["mini_patterns"].classnames)
+    assert (len(full.train), len(full.val), len(full.test)) == (3 * n, 2 * n, 2 * n)
+    assert {d.label for d in full.test} == set(range(n))
+    first = full.test[0]
+    assert first.path.startswith(str(tmp_path / "mini" / f"v{world.WORLD_VERSION}"))
+    stamp = (tmp_path / "mini" / f"v{world.WORLD_VERSION}" / "mini_patterns").stat().st_mtime_ns
+    again = get_dataset_info("mini_patterns").load(tmp_path)
+    assert again.test == full.test
+    folder = tmp_path / "mini" / f"v{world.WORLD_VERSION}" / "mini_patterns"
+    assert folder.stat().st_mtime_ns == stamp  # not rendered a second time
+
+
+def test_rendered_files_equal_the_world(tiny_sizes, tmp_path):
+    from PIL import Image
+
+    full = get_dataset_info("mini_shapes").load(tmp_path)
+    item = full.train[4]  # class 1, image 1
+    on_disk = np.asarray(Image.open(item.path).convert("RGB"))
+    fresh = np.asarray(MINI_DATASETS["mini_shapes"].item("train", 1, 1))
+    assert item.label == 1 and item.classname == "square"
+    assert np.array_equal(on_disk, fresh)
+
+
+def test_base_new_and_few_shot_through_build_dataset(tiny_sizes, tmp_path):
+    n = EXPECTED_CLASSES["mini_objects"]
+    base = build_dataset("mini_objects", tmp_path, shots=2, seed=1, subsample="base")
+    new = build_dataset("mini_objects", tmp_path, shots=2, seed=1, subsample="new")
+    m = math.ceil(n / 2)
+    assert base.classnames == list(MINI_DATASETS["mini_objects"].classnames[:m])
+    assert new.classnames == list(MINI_DATASETS["mini_objects"].classnames[m:])
+    assert len(base.train) == 2 * m and len(new.test) == 2 * (n - m)
+
+
+def test_style_variant_is_the_test_split_redrawn(tiny_sizes, tmp_path):
+    from PIL import Image
+
+    source = get_dataset_info("mini_shapes").load(tmp_path)
+    sketch = get_dataset_info("mini_shapes_sketch").load(tmp_path)
+    assert sketch.train == [] and sketch.val == [] and sketch.extra["test_only"]
+    assert [(d.label, d.classname) for d in sketch.test] == [
+        (d.label, d.classname) for d in source.test
+    ]
+    a = np.asarray(Image.open(source.test[0].path), dtype=np.float32)
+    b = np.asarray(Image.open(sketch.test[0].path), dtype=np.float32)
+    assert np.abs(a - b).mean() > 5.0
+
+
+def test_root_resolution(monkeypatch, tmp_path):
+    version = f"v{world.WORLD_VERSION}"
+    assert data_mini.mini_root(tmp_path) == tmp_path / "mini" / version
+    monkeypatch.setenv(data_mini.ENV_ROOT, str(tmp_path / "env"))
+    assert data_mini.mini_root(None) == tmp_path / "env" / version
+    monkeypatch.delenv(data_mini.ENV_ROOT)
+    assert data_mini.mini_root(None).parts[-3:] == ("vlprompt", "mini", version)
