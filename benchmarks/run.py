@@ -198,6 +198,8 @@ def render(results: list[Result], diffs: dict[str, float], skipped: dict[str, st
             f"{fmt(fast.text_peak_mb)} | {fmt(ref.text_peak_mb)} | "
             f"{ratio(fast.text_peak_mb, ref.text_peak_mb)} | {diffs[method]:.1e} |"
         )
+    if args.note:
+        lines += ["", f"Note: {args.note}"]
     if skipped:
         lines += ["", "Not measured:", ""]
         lines += [f"- {m}: {why}" for m, why in skipped.items()]
@@ -211,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(BATCH), help="comma-separated")
     parser.add_argument("--out", default="BENCHMARKS.md", help="Markdown report to write")
     parser.add_argument("--model", default="ViT-B-16", help="open_clip architecture")
+    parser.add_argument("--note", default="", help="a line about the run, added to the report")
     args = parser.parse_args(argv)
     args.classes, args.text_classes, args.repeats = (10, 50, 2) if args.quick else (100, 1000, 5)
     args.quick_batch = 8
