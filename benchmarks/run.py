@@ -23,8 +23,8 @@ identical initial prompts:
 Batches: RPO 4 (its official batch size), CoOp/KgCoOp/ProGrad 32, CoCoOp 1 (its official batch
 size: its prompts depend on each image, so a batch of 32 is 32 text passes); 100 classes; text
 side at 1000 classes. `--quick` shrinks everything so the script runs in a few minutes on a laptop
-(the numbers then only say that the tool works). The full run needs ~20 GB of memory (linear in classes: ~1 GB per 50) for the
-reference text side at 1000 classes.
+(the numbers then only say that the tool works). The full run needs ~20 GB of memory for the
+reference text side at 1000 classes (it grows linearly: about 1 GB per 50 classes).
 """
 
 from __future__ import annotations
