@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from conftest import TINY_VIT, tiny_vit_config
 from vlprompt import create_method, load_clip, register_model_config
+from vlprompt.errors import MethodError, VlpromptError
 from vlprompt.methods.rpo import INIT_NOISE_NORM, RPO, RPOConfig, RPOError
 
 # widths, heads (head dims 16, 16, 6/12, 8), patch sizes, resolutions and context lengths vary;
@@ -299,6 +300,7 @@ def test_save_load_gives_identical_logits_and_rejects_another_width(tmp_path):
 
 def test_bad_settings_and_backbones_raise_clear_errors(tiny_rn_clip):
     clip = _clip()
+    assert issubclass(RPOError, MethodError) and issubclass(RPOError, VlpromptError)
     with pytest.raises(RPOError, match=r"K >= 1.*K=0"):
         create_method("rpo", clip, CLASSES, K=0)
     with pytest.raises(RPOError, match="text_chunk_size must be an integer >= 0"):
@@ -307,9 +309,9 @@ def test_bad_settings_and_backbones_raise_clear_errors(tiny_rn_clip):
         create_method("rpo", clip, CLASSES, implementation="turbo")
     with pytest.raises(RPOError, match="RPO needs a ViT image tower.*ModifiedResNet"):
         create_method("rpo", tiny_rn_clip, CLASSES)
-    with pytest.raises(ValueError, match="class list is empty"):
+    with pytest.raises(MethodError, match="class list is empty"):
         create_method("rpo", clip, [])
-    with pytest.raises(ValueError, match=r"duplicate names: \['cat'\]"):
+    with pytest.raises(MethodError, match=r"duplicate names: \['cat'\]"):
         create_method("rpo", clip, ["cat", "dog", "cat"])
 
 

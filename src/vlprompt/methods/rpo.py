@@ -24,6 +24,7 @@ Two implementations give the same numbers (tested to fp32 tolerance, logits and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vlprompt.attention import KeyValues, block_forward_with_kv, check_block, readonly_rows_forward
 from vlprompt.backbone import ClipBackbone
-from vlprompt.errors import VlpromptError
+from vlprompt.errors import MethodError
 from vlprompt.methods.base import MethodConfig, PromptMethod, TrainOutput
 from vlprompt.methods.registry import register_method
 
@@ -42,7 +43,7 @@ INIT_NOISE_NORM = 0.1
 _CACHE_CHUNK = 128  # classes per chunk when caching the frozen text keys/values (bounds memory)
 
 
-class RPOError(VlpromptError, ValueError):
+class RPOError(MethodError):
     """RPO cannot be set up as asked (K < 1, a backbone without a ViT image tower, ...)."""
 
 
@@ -93,6 +94,8 @@ class RPO(PromptMethod):
 
     name = "rpo"
     config_class = RPOConfig
+    # the official configs use "a photo of a {}." for every data set, not CoOp's per-data-set ones
+    uses_dataset_template: ClassVar[bool] = False
 
     def __init__(self, clip: ClipBackbone, classnames: list[str], config: RPOConfig) -> None:
         super().__init__(clip, classnames, config)
