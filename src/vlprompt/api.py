@@ -305,6 +305,7 @@ def train(
     num_workers: int | None = None,
     eval_batch_size: int = 100,
     keep_checkpoints: int = 1,
+    view_pool: int = 0,
     evaluate: bool = True,
     progress: bool | None = None,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
@@ -314,7 +315,8 @@ def train(
     `output_dir`, evaluate the last epoch on the test split (`evaluate=True`) and return the run.
 
     `config_overrides` set the method's config (e.g. ``lr=0.005, epochs=5, n_prompts=4``); the
-    rest defaults to the method's paper recipe. An `output_dir` holding a finished run of the
+    rest defaults to the method's paper recipe. `view_pool=N` (N > 0) trains on N augmented views
+    per image pre-computed once (faster, not the papers' augmentation; see vlprompt.view_pool). An `output_dir` holding a finished run of the
     same config returns that run at once; one holding another config is refused unless `resume`
     (continue the saved run with its saved config) or `overwrite` (start again).
     Under `torchrun`, every process calls this; rank 0 writes.
@@ -326,6 +328,7 @@ def train(
         num_workers=num_workers,
         eval_batch_size=eval_batch_size,
         keep_checkpoints=keep_checkpoints,
+        view_pool=view_pool,
     )
     wanted = resolve_config(
         method, dataset, root=root, backbone=backbone, pretrained=pretrained, shots=shots,

@@ -68,6 +68,7 @@ MINI_EXAMPLE = """examples:
 RUN_KEYS = ("method", "dataset", "root", "backbone", "pretrained", "shots", "seed", "subsample")
 ENGINE_KEYS = (
     "device", "precision", "deterministic", "num_workers", "eval_batch_size", "keep_checkpoints",
+    "view_pool",
 )  # fmt: skip
 OTHER_KEYS = ("output_dir", "resume", "overwrite", "evaluate", "progress")
 
@@ -182,6 +183,9 @@ def _add_train_parser(sub: Any, argv: list[str]) -> None:
                    help="DataLoader workers (default 0 on CPU, 4 on CUDA)")  # fmt: skip
     p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=S)
     p.add_argument("--keep-checkpoints", dest="keep_checkpoints", type=int, default=S)
+    p.add_argument("--view-pool", dest="view_pool", type=int, default=S, metavar="N",
+                   help="pre-compute N augmented views per training image once and reuse them "
+                   "(faster; changes the augmentation, so accuracy may change; default 0 = off)")  # fmt: skip
     p.add_argument("--no-eval", dest="evaluate", action="store_false", default=S,
                    help="do not evaluate the last epoch on the test split")  # fmt: skip
     p.add_argument("--config", default=None, help="YAML or JSON file of settings")

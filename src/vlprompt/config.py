@@ -49,7 +49,8 @@ class TrainingDivergedError(VlpromptError, RuntimeError):
 
 @dataclass
 class EngineSettings:
-    """How the engine runs. Only `precision` and `deterministic` can change the numbers."""
+    """How the engine runs. Only `precision`, `deterministic` and `view_pool` can change the
+    numbers."""
 
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... (DDP picks cuda:LOCAL_RANK itself)
     precision: str = "auto"  # autocast dtype on CUDA: auto = fp16 (the papers); CPU is always fp32
@@ -57,6 +58,9 @@ class EngineSettings:
     num_workers: int | None = None  # DataLoader workers; None = 0 on CPU, 4 on CUDA
     eval_batch_size: int = 100  # images per evaluation batch (Dassl's test batch size)
     keep_checkpoints: int = 1  # per-epoch checkpoints kept (the latest ones)
+    # augmented views per training image pre-computed once and reused across epochs
+    # (vlprompt.view_pool): faster, but NOT the papers' fresh augmentations; 0 = off (default)
+    view_pool: int = 0
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISION_CHOICES:
@@ -69,6 +73,10 @@ class EngineSettings:
             raise ConfigError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if isinstance(self.view_pool, bool) or not isinstance(self.view_pool, int):
+            raise ConfigError(f"view_pool must be a whole number >= 0, got {self.view_pool!r}")
+        if self.view_pool < 0:
+            raise ConfigError(f"view_pool must be >= 0 (0 = off), got {self.view_pool}")
 
     def workers(self) -> int:
         if self.num_workers is not None:

@@ -446,6 +446,16 @@ def fit(
     optimizer = build_optimizer(params, cfg)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     scale = scaler.scale if scaler is not None else (lambda t: t)
+    pool = None
+    if settings.view_pool:  # opt-in: N stored views per image, not fresh augmentations
+        from vlprompt.view_pool import build_view_pool
+
+        pool = build_view_pool(
+            method, dataset, settings.view_pool, seed=seed,
+            batch_size=settings.eval_batch_size, num_workers=settings.workers(),
+            autocast=lambda: _autocast(device, precision), say=say,
+        )  # fmt: skip
+        dataset = pool.index_dataset()  # same length, so the loader walks the same order
     loader, sampler, generator = train_loader(
         dataset, batch_size=cfg.batch_size, seed=seed, settings=settings, ctx=ctx, device=device
     )
@@ -482,7 +492,7 @@ def fit(
         generator.manual_seed(seed * 100_003 + epoch * 1009 + ctx.rank)  # worker seeds
         stats = _run_epoch(
             method, loader, optimizer, scaler, scale, params, ctx, device, precision, epoch, show,
-            lr, run_dir,
+            lr, run_dir, pool,
         )  # fmt: skip
         history.append(stats)
         say(
@@ -504,7 +514,7 @@ def fit(
 
 def _run_epoch(
     method, loader, optimizer, scaler, scale, params, ctx, device, precision, epoch, show, lr,
-    run_dir,
+    run_dir, pool=None,
 ) -> EpochStats:  # fmt: skip
     from tqdm.auto import tqdm
 
@@ -513,11 +523,14 @@ def _run_epoch(
     started = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not show, leave=False)
     for step, (images, labels) in enumerate(bar):
-        images = images.to(device, non_blocking=True)
+        if pool is not None:  # the loader gives image indices; the pool gives their views
+            feed = pool.feed(method, pool.rows(images, epoch))
+        else:
+            feed = contextlib.nullcontext(images.to(device, non_blocking=True))
         labels = labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, precision):
-            out = method.backward_step(images, labels, scale)
+        with _autocast(device, precision), feed as inputs:
+            out = method.backward_step(inputs, labels, scale)
         if not all_finite(out.loss, ctx):
             where = latest_checkpoint(Path(run_dir)) if run_dir is not None else None
             kept = f"the last good checkpoint {where} is kept" if where else "no epoch had finished"

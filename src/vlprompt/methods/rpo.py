@@ -260,7 +260,10 @@ class RPO(PromptMethod):
         return prompts, eos_out
 
     # ---- image ----------------------------------------------------------------------------
-    def _fast_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def frozen_image_state(self, images: torch.Tensor) -> tuple[list[KeyValues], torch.Tensor]:
+        """What the fast path needs of the frozen image tower, without autograd: each layer's
+        keys/values of the CLS + patch tokens and the frozen CLS features [B, E] (not
+        normalised). It never depends on the prompts (`vlprompt.view_pool` stores it)."""
         clip = self.clip
         kvs = []
         with torch.no_grad():
@@ -269,8 +272,13 @@ class RPO(PromptMethod):
                 x, kv = block_forward_with_kv(block, x)
                 kvs.append(kv)
             cls = clip.vision_head(x[:, 0])
+        return kvs, cls
+
+    def _fast_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        clip = self.clip
+        kvs, cls = self.frozen_image_state(images)
         prompt = clip.vision_ln_pre(self.vision_prompt.to(clip.dtype))  # no positional embedding
-        rows = prompt.unsqueeze(0).expand(images.shape[0], -1, -1)
+        rows = prompt.unsqueeze(0).expand(cls.shape[0], -1, -1)
         for block, kv in zip(clip.vision_blocks, kvs):
             rows = readonly_rows_forward(block, rows, kv)
         return clip.vision_head(rows), cls
