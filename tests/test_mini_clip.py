@@ -65,3 +65,16 @@ def test_shipped_checkpoint_zero_shot_beats_three_times_chance():
     clip = load_mini_clip()
     accuracy = zeroshot_accuracy(clip, "mini_colors", classes="new", per_class=8)
     assert accuracy > 3 * 20.0
+
+
+def test_pretraining_pairs_differ_in_exactly_the_named_attribute():
+    from vlprompt.mini.pretrain import render_pool
+
+    images, attrs, differs = render_pool(seed=0, size=16)
+    assert images.shape == (16, 64, 64, 3) and len(differs) == 8
+    for k, vary in enumerate(differs):
+        a, b = attrs[2 * k].to_dict(), attrs[2 * k + 1].to_dict()
+        changed = {n for n in a if a[n] != b[n]} - {"position"}
+        assert changed == {vary}
+    with pytest.raises(ValueError, match="must be even"):
+        render_pool(seed=0, size=3)

@@ -83,3 +83,15 @@ def test_unknown_style_is_refused():
     attrs = world.sample_attributes(np.random.default_rng(0))
     with pytest.raises(ValueError, match="unknown style 'oil'"):
         world.restyle(attrs, "oil")
+
+
+@pytest.mark.parametrize(
+    "attribute,word",
+    [("shape", "stars"), ("color", "red"), ("pattern", "striped"), ("size", "small")]
+    + [("count", "two"), ("background", "grass")],
+)
+def test_required_attributes_are_always_mentioned(attribute, word):
+    rng = np.random.default_rng(0)
+    attrs = world.Attributes("star", "red", "striped", "small", 2, None, "grass", "photo")
+    for _ in range(50):
+        assert word in world.caption(attrs, rng, require=(attribute,)).replace(",", " ").split()

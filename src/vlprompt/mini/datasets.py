@@ -83,12 +83,14 @@ def _build_specs() -> dict[str, MiniDatasetSpec]:
             fixed=single,
         )
     )
-    objects = [
-        ("red", "circle"), ("blue", "star"), ("green", "square"), ("yellow", "heart"),
-        ("purple", "triangle"), ("orange", "cross"), ("pink", "diamond"), ("brown", "hexagon"),
-        ("red", "star"), ("blue", "circle"), ("green", "heart"), ("yellow", "square"),
-        ("purple", "cross"), ("orange", "triangle"), ("pink", "hexagon"), ("brown", "diamond"),
-    ]  # fmt: skip
+    # 4 colours x 4 shapes; base = (colour + shape) even. In each half every colour and every
+    # shape occurs twice, so neither the colour nor the shape alone names the class.
+    colors4, shapes4 = ("red", "blue", "green", "yellow"), ("circle", "square", "star", "heart")
+    grid = [
+        (c, s) for i, c in enumerate(colors4) for j, s in enumerate(shapes4) if (i + j) % 2 == 0
+    ]
+    grid += [(c, s) for i, c in enumerate(colors4) for j, s in enumerate(shapes4) if (i + j) % 2]
+    objects = grid
     names, attrs = _combos(objects, ("color", "shape"), "{} {}")
     specs.append(
         MiniDatasetSpec(

@@ -32,9 +32,9 @@ class PretrainConfig:
     """Everything that decides the pre-trained weights (with the world's own code)."""
 
     seed: int = 0  # seeds the pool, the captions, the batches and the initial weights
-    steps: int = 1000  # optimizer steps
+    steps: int = 900  # optimizer steps
     batch_size: int = 128  # image-caption pairs per step (the contrastive negatives)
-    pool_size: int = 12288  # images drawn once; captions are re-drawn every time
+    pool_size: int = 8192  # images drawn once (in pairs); captions are re-drawn every time
     lr: float = 2e-3  # AdamW peak learning rate
     warmup: int = 50  # linear warm-up steps, then cosine decay to 0
     weight_decay: float = 0.1  # on matrices only (not gains, biases, embeddings, logit scale)
@@ -46,6 +46,8 @@ class PretrainConfig:
             raise ValueError(
                 f"need steps >= 1, batch_size >= 2, pool_size >= batch_size; got {self}"
             )
+        if self.batch_size % 2 or self.pool_size % 2:
+            raise ValueError(f"batch_size and pool_size must be even (pairs); got {self}")
         if self.storage not in ("fp16", "fp32"):
             raise ValueError(f"storage must be 'fp16' or 'fp32', got {self.storage!r}")
 
@@ -63,16 +65,35 @@ def encode_text_truncated(model: nn.Module, tokens: torch.Tensor) -> torch.Tenso
     return x @ model.text_projection
 
 
-def render_pool(seed: int, size: int) -> tuple[np.ndarray, list[world.Attributes]]:
-    """`size` images [size, H, W, 3] uint8 and their attributes, image i from rng([seed, i])."""
+# Pre-training images come in pairs that differ in exactly one of these attributes (weights):
+# in-batch hard negatives that make the model look at shape, pattern, size and count, not only at
+# the (easy) colour and background. Both captions of a pair mention the differing attribute.
+PAIR_ATTRIBUTES = ("shape", "pattern", "size", "count")
+PAIR_WEIGHTS = (0.4, 0.2, 0.2, 0.2)
+
+
+def render_pool(seed: int, size: int) -> tuple[np.ndarray, list[world.Attributes], list[str]]:
+    """`size` images [size, H, W, 3] uint8, their attributes and, per pair (2k, 2k+1), the one
+    attribute in which the pair differs. Pair k comes from rng([seed, k])."""
+    if size % 2:
+        raise ValueError(f"pool_size must be even (images come in pairs), got {size}")
     images = np.empty((size, world.IMAGE_SIZE, world.IMAGE_SIZE, 3), np.uint8)
-    attrs = []
-    for i in range(size):
-        rng = np.random.default_rng([seed, i])
-        a = world.sample_attributes(rng)
-        images[i] = np.asarray(world.render(a, rng))
-        attrs.append(a)
-    return images, attrs
+    attrs: list[world.Attributes] = []
+    differs: list[str] = []
+    for k in range(size // 2):
+        rng = np.random.default_rng([seed, k])
+        first = world.sample_attributes(rng)
+        vary = world._pick(rng, PAIR_ATTRIBUTES, PAIR_WEIGHTS)
+        keep = {n: v for n, v in first.to_dict().items() if n not in (vary, "position")}
+        for _ in range(100):
+            second = world.sample_attributes(rng, **keep)
+            if getattr(second, vary) != getattr(first, vary):
+                break
+        for j, a in enumerate((first, second)):
+            images[2 * k + j] = np.asarray(world.render(a, rng))
+            attrs.append(a)
+        differs.append(vary)
+    return images, attrs, differs
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -96,9 +117,9 @@ def _lr_at(step: int, cfg: PretrainConfig) -> float:
 def pretrain(
     output: str | Path,
     seed: int = 0,
-    steps: int = 1000,
+    steps: int = 900,
     batch_size: int = 128,
-    pool_size: int = 12288,
+    pool_size: int = 8192,
     lr: float = 2e-3,
     storage: str = "fp16",
     log: Callable[[str], None] | None = print,
@@ -139,7 +160,7 @@ def pretrain(
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
 
     say(f"rendering a pool of {cfg.pool_size} images (seed {cfg.seed}) ...")
-    pool, pool_attrs = render_pool(cfg.seed, cfg.pool_size)
+    pool, pool_attrs, pool_differs = render_pool(cfg.seed, cfg.pool_size)
     say(f"  done in {time.time() - start:.0f}s")
 
     optimizer = torch.optim.AdamW(
@@ -151,10 +172,11 @@ def pretrain(
     for step in range(cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        idx = rng.choice(cfg.pool_size, size=cfg.batch_size, replace=False)
+        pairs = rng.choice(cfg.pool_size // 2, size=cfg.batch_size // 2, replace=False)
+        idx = np.stack([2 * pairs, 2 * pairs + 1], 1).reshape(-1)
         images = torch.from_numpy(pool[idx]).permute(0, 3, 1, 2).float().div_(255)
         images = (images - mean) / std
-        texts = [world.caption(pool_attrs[i], rng) for i in idx]
+        texts = [world.caption(pool_attrs[i], rng, require=(pool_differs[i // 2],)) for i in idx]
         tokens = tokenizer(texts)
 
         img_f = F.normalize(model.encode_image(images), dim=-1)

@@ -44,3 +44,31 @@ def zeroshot_accuracy(
         correct += int(((feats @ text.T).argmax(1) == j).sum())
         total += count
     return 100.0 * correct / total
+
+
+def zeroshot_report(clip: ClipBackbone, per_class: int | None = None) -> str:
+    """A Markdown table: zero-shot accuracy (%) on every mini data set's base, new and all test
+    classes (chance in brackets), then on every style variant (all classes)."""
+    from vlprompt.mini.datasets import MINI_DATASETS
+
+    lines = [
+        "| data set | classes | base (chance) | new (chance) | all |",
+        "|---|---|---|---|---|",
+    ]
+    for name, spec in MINI_DATASETS.items():
+        n = len(spec.classnames)
+        m = math.ceil(n / 2)
+        base = zeroshot_accuracy(clip, name, "base", per_class=per_class)
+        new = zeroshot_accuracy(clip, name, "new", per_class=per_class)
+        everything = (base * m + new * (n - m)) / n
+        lines.append(
+            f"| {name} | {n} | {base:.1f} ({100 / m:.0f}) | {new:.1f} ({100 / (n - m):.0f}) "
+            f"| {everything:.1f} |"
+        )
+    lines += ["", "| style variant | all classes | source, same images |", "|---|---|---|"]
+    for name, spec in MINI_DATASETS.items():
+        source = zeroshot_accuracy(clip, name, "all", per_class=per_class)
+        for style in spec.variants:
+            shifted = zeroshot_accuracy(clip, name, "all", per_class=per_class, style=style)
+            lines.append(f"| {name}_{style} | {shifted:.1f} | {source:.1f} |")
+    return "\n".join(lines)

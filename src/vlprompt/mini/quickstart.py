@@ -34,11 +34,11 @@ ALL_MINI_DATASETS = (
 # are scaled down from the papers' (CoOp 200, KgCoOp 100, ProGrad 200, CoCoOp 10, RPO 15): a
 # mini data set's base half has only 80-128 training images.
 MINI_SETTINGS: dict[str, dict[str, Any]] = {
-    "coop": {"epochs": 25, "batch_size": 32},
-    "cocoop": {"epochs": 4, "batch_size": 4},
-    "kgcoop": {"epochs": 25, "batch_size": 32},
-    "prograd": {"epochs": 25, "batch_size": 32},
-    "rpo": {"epochs": 8, "batch_size": 16},
+    "coop": {"epochs": 40, "batch_size": 32},
+    "cocoop": {"epochs": 5, "batch_size": 1},  # batch 1 as the paper, half its 10 epochs
+    "kgcoop": {"epochs": 40, "batch_size": 32},
+    "prograd": {"epochs": 40, "batch_size": 32},
+    "rpo": {"epochs": 10, "batch_size": 4},  # batch 4 as the paper, 10 of its 15 epochs
     "linear_probe": {},
     "zsclip": {},
 }

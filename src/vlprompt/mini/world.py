@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-WORLD_VERSION = "1"  # bump whenever drawing or captions change (names the data-set cache)
+WORLD_VERSION = "2"  # bump whenever drawing or captions change (names the data-set cache)
 IMAGE_SIZE = 64  # pixels; the tiny CLIP's input size
 SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down (anti-aliased edges)
 
@@ -172,25 +172,31 @@ def _article(phrase: str) -> str:
     return "an" if phrase[0] in "aeiou" else "a"
 
 
-def caption(attrs: Attributes, rng: np.random.Generator) -> str:
+def caption(
+    attrs: Attributes, rng: np.random.Generator, require: tuple[str, ...] | frozenset = ()
+) -> str:
     """A caption of `attrs` in one of several phrasings; each attribute is mentioned with some
     probability, so the text encoder learns every attribute word on its own and in combination
-    (e.g. "a photo of two small red striped circles on grass", "red circles, striped")."""
+    (e.g. "a photo of two small red striped circles on grass", "red circles, striped").
+    `require` names attributes that must be mentioned ("shape", "color", "pattern", "size",
+    "count", "background"): pre-training uses it for pairs of images that differ in one of them.
+    """
     a = attrs
     plural = a.count > 1
-    generic = rng.random() < 0.15  # "a red shape": lets colour words stand without a shape word
+    # "a red shape": lets colour words stand without a shape word
+    generic = "shape" not in require and rng.random() < 0.15
     noun = (
         ("shapes" if plural else "shape") if generic else (PLURALS[a.shape] if plural else a.shape)
     )
-    size = a.size if rng.random() < 0.5 else None
-    color = a.color if generic or rng.random() < 0.8 else None
+    size = a.size if "size" in require or rng.random() < 0.5 else None
+    color = a.color if generic or "color" in require or rng.random() < 0.8 else None
     pattern_p = 0.3 if a.pattern == "plain" else 0.65
-    pattern = a.pattern if rng.random() < pattern_p else None
+    pattern = a.pattern if "pattern" in require or rng.random() < pattern_p else None
     if a.count == 1:
-        det = "one" if rng.random() < 0.25 else None
+        det = "one" if ("count" in require or rng.random() < 0.25) else None
     else:
-        det = NUMBER_WORDS[a.count] if rng.random() < 0.9 else "some"
-    scene = a.background if rng.random() < 0.6 else None
+        det = NUMBER_WORDS[a.count] if "count" in require or rng.random() < 0.9 else "some"
+    scene = a.background if "background" in require or rng.random() < 0.6 else None
     position = POSITION_PHRASES[a.position] if a.position and rng.random() < 0.4 else None
     style = a.style if (a.style != "photo" and rng.random() < 0.85) else None
 
