@@ -21,3 +21,14 @@ def test_peak_bytes_is_the_live_tensor_peak():
 
     peak = peak_bytes(step)
     assert 8_000_000 <= peak < 8_000_000 + 4096  # + scalar temporaries
+
+
+def test_linear_extrapolation_and_the_kept_analysis(tmp_path):
+    from run import ANALYSIS, linear_fit, with_analysis
+
+    assert abs(linear_fit([(50, 1000.0), (100, 1950.0)], 1000) - 19050.0) < 1e-6
+    old = tmp_path / "B.md"
+    old.write_text(f"# B\n\n{ANALYSIS[0]}\nwhy it is so\n{ANALYSIS[1]}\n\nold numbers\n")
+    new = with_analysis("# B\n\nnew numbers\n", old)
+    assert new == f"# B\n\n{ANALYSIS[0]}\nwhy it is so\n{ANALYSIS[1]}\n\nnew numbers\n"
+    assert with_analysis("# B\n\nx\n", tmp_path / "missing.md") == "# B\n\nx\n"

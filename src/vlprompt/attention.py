@@ -100,3 +100,22 @@ def readonly_rows_forward(
     mask = key_mask.to(q.dtype) if key_mask is not None else None
     attended = F.scaled_dot_product_attention(q, kv.k, kv.v, attn_mask=mask)
     return _finish(block, rows, attended)
+
+
+def prefixed_rows_forward(
+    block: nn.Module, rows: torch.Tensor, prefix_kv: KeyValues, attn_mask: torch.Tensor
+) -> torch.Tensor:
+    """Rows [B, S, D] through `block` as positions after a shared prefix: each row attends to the
+    prefix's keys/values `prefix_kv` ([1 or B, H, P, head_dim], computed once for all rows) and to
+    the rows' own keys/values as `attn_mask` ([S, P + S] additive, e.g. causal) allows. Equal to
+    those rows' outputs in a full-sequence forward of `prefix + rows` with that mask (the prefix
+    positions' outputs do not depend on the rows when the mask is causal)."""
+    attn = block.attn
+    heads = attn.num_heads
+    q, k, v = F.linear(block.ln_1(rows), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = _heads(q, heads), _heads(k, heads), _heads(v, heads)
+    batch = rows.shape[0]
+    keys = torch.cat([prefix_kv.k.expand(batch, -1, -1, -1), k], dim=2)
+    values = torch.cat([prefix_kv.v.expand(batch, -1, -1, -1), v], dim=2)
+    attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask.to(q.dtype))
+    return _finish(block, rows, attended)

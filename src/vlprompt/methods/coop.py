@@ -209,7 +209,18 @@ class CoOp(FrozenImageMixin, PromptMethod):
         if self.config.implementation == "reference":
             return te.encode_reference(self.clip, prompts, eot)
         cfg = self.config
-        return te.encode_fast(self.clip, prompts, eot, cfg.text_chunk_size, cfg.text_checkpoint)
+        return te.encode_fast(
+            self.clip, prompts, eot, cfg.text_chunk_size, cfg.text_checkpoint,
+            shared_prefix=self.shared_prefix_length(),
+        )  # fmt: skip
+
+    def shared_prefix_length(self) -> int:
+        """Leading prompt positions equal for every class: SOS and, with a shared context, the
+        context before the class name (all of it at "end", the first half at "middle")."""
+        if self.ctx.dim() == 3:  # class-specific contexts
+            return 1
+        position = self.config.class_token_position
+        return 1 + {"end": self.n_ctx, "middle": self.n_ctx // 2}.get(position, 0)
 
     def text_features(self) -> torch.Tensor:
         """Normalised text features of the learned prompts [C, E]. Without autograd (evaluation)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from vlprompt.attention import block_forward_with_kv, check_block, prefixed_rows_forward
 from vlprompt.backbone import ClipBackbone
 from vlprompt.errors import MethodError
 
@@ -184,11 +185,14 @@ def encode_fast(
     eot_index: torch.Tensor,
     chunk_size: int = 256,
     use_checkpoint: str = "auto",
+    shared_prefix: int = 0,
 ) -> torch.Tensor:
     """prompts [N, L', D] (L' >= max EOS + 1) -> features [N, E], `chunk_size` sequences at a time.
 
     With `use_checkpoint` "auto", chunks are checkpointed only when autograd records and there is
-    more than one chunk (many classes); "always"/"never" force it."""
+    more than one chunk (many classes); "always"/"never" force it. `shared_prefix` = P > 1 says
+    that the first P positions of every sequence are equal (SOS + a shared context): they are
+    then encoded once per chunk (`encode_shared_prefix`), when the text blocks allow it."""
     length = int(eot_index.max()) + 1
     prompts = prompts[:, :length]
     n = prompts.shape[0]
@@ -196,14 +200,48 @@ def encode_fast(
     records = torch.is_grad_enabled() and prompts.requires_grad
     ckpt = records and (use_checkpoint == "always" or (use_checkpoint == "auto" and n > chunk))
     mask = clip.text_causal_mask(length)
+    encode = clip.encode_text_embeddings
+    if can_share_prefix(clip, shared_prefix, eot_index):
+
+        def encode(x, e, _mask):
+            return encode_shared_prefix(clip, x, e, shared_prefix)
+
     outs = []
     for start in range(0, n, chunk):
         x, e = prompts[start : start + chunk], eot_index[start : start + chunk]
         if ckpt:
-            outs.append(checkpoint(clip.encode_text_embeddings, x, e, mask, use_reentrant=False))
+            outs.append(checkpoint(encode, x, e, mask, use_reentrant=False))
         else:
-            outs.append(clip.encode_text_embeddings(x, e, mask))
+            outs.append(encode(x, e, mask))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+
+
+def can_share_prefix(clip: ClipBackbone, prefix_len: int, eot_index: torch.Tensor) -> bool:
+    """Whether `encode_shared_prefix` applies: a prefix of 2+ positions before every EOS, plain
+    open_clip text blocks (`vlprompt.attention.check_block`)."""
+    if prefix_len < 2 or int(eot_index.min()) < prefix_len:
+        return False
+    return all(check_block(block) is None for block in clip.text_blocks)
+
+
+def encode_shared_prefix(
+    clip: ClipBackbone, prompts: torch.Tensor, eot_index: torch.Tensor, prefix_len: int
+) -> torch.Tensor:
+    """`clip.encode_text_embeddings(prompts, eot_index)` for prompts whose first `prefix_len`
+    positions are the same in every sequence. The causal mask makes those positions' states the
+    same in every sequence too, so they go through the encoder once (as one sequence) and every
+    sequence's remaining positions attend to the shared prefix keys/values plus their own.
+    Same numbers (float rounding aside); the work on the prefix is done once instead of N times."""
+    n = prompts.shape[1]
+    x = prompts + clip.text_positional_embedding[:n].to(prompts.dtype)
+    causal = clip.text_causal_mask(n)
+    prefix, rows = x[:1, :prefix_len], x[:, prefix_len:]
+    prefix_mask, rows_mask = causal[:prefix_len, :prefix_len], causal[prefix_len:]
+    for block in clip.text_blocks:
+        prefix, kv = block_forward_with_kv(block, prefix, prefix_mask)
+        rows = prefixed_rows_forward(block, rows, kv, rows_mask)
+    pooled = rows[torch.arange(rows.shape[0], device=rows.device), eot_index - prefix_len]
+    return clip.text_head(pooled)
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
