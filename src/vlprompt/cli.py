@@ -273,9 +273,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     q.add_argument("-o", "--output", default="vlprompt-mini-vit.safetensors",
                    help="the .safetensors file to write (a JSON record goes next to it)")  # fmt: skip
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--steps", type=int, default=1000)
+    q.add_argument("--steps", type=int, default=2400)
     q.add_argument("--batch-size", dest="batch_size", type=int, default=128)
-    q.add_argument("--pool-size", dest="pool_size", type=int, default=12288)
+    q.add_argument("--pool-size", dest="pool_size", type=int, default=8192)
     q.add_argument("--lr", type=float, default=2e-3)
     return parser
 
