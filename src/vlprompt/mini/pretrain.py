@@ -32,7 +32,7 @@ class PretrainConfig:
     """Everything that decides the pre-trained weights (with the world's own code)."""
 
     seed: int = 0  # seeds the pool, the captions, the batches and the initial weights
-    steps: int = 900  # optimizer steps
+    steps: int = 2400  # optimizer steps
     batch_size: int = 128  # image-caption pairs per step (the contrastive negatives)
     pool_size: int = 8192  # images drawn once (in pairs); captions are re-drawn every time
     lr: float = 2e-3  # AdamW peak learning rate
@@ -117,7 +117,7 @@ def _lr_at(step: int, cfg: PretrainConfig) -> float:
 def pretrain(
     output: str | Path,
     seed: int = 0,
-    steps: int = 900,
+    steps: int = 2400,
     batch_size: int = 128,
     pool_size: int = 8192,
     lr: float = 2e-3,

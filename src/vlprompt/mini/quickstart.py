@@ -19,7 +19,7 @@ from typing import Any
 from vlprompt.mini import MODEL_NAME, checkpoint_path
 
 QUICKSTART_METHODS = ("zsclip", "coop", "cocoop", "kgcoop", "prograd", "rpo")
-QUICKSTART_DATASETS = ("mini_shapes", "mini_objects", "mini_patterns")
+QUICKSTART_DATASETS = ("mini_objects", "mini_patterns", "mini_sizes")
 ALL_MINI_DATASETS = (
     "mini_shapes",
     "mini_colors",
