@@ -114,3 +114,19 @@ def test_root_resolution(monkeypatch, tmp_path):
     assert data_mini.mini_root(None) == tmp_path / "env" / version
     monkeypatch.delenv(data_mini.ENV_ROOT)
     assert data_mini.mini_root(None).parts[-3:] == ("vlprompt", "mini", version)
+
+
+def test_a_copy_finished_by_another_process_is_kept(tiny_sizes, tmp_path, monkeypatch):
+    """Two processes rendering the same data set: the second never deletes the first's copy."""
+    folder = data_mini.mini_root(tmp_path) / "mini_scenes"
+    real_render = data_mini._render
+
+    def render_while_another_finishes(spec, tmp, style):
+        folder.mkdir(parents=True)
+        (folder / data_mini.SPLIT_FILE).write_text('{"train": [], "val": [], "test": []}')
+        return real_render(spec, tmp, style)
+
+    monkeypatch.setattr(data_mini, "_render", render_while_another_finishes)
+    assert data_mini.materialize("mini_scenes", tmp_path) == folder
+    assert (folder / data_mini.SPLIT_FILE).read_text().startswith('{"train": []')
+    assert [p.name for p in folder.parent.iterdir()] == ["mini_scenes"]  # temp folder removed

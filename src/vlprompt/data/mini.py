@@ -79,6 +79,8 @@ def materialize(name: str, root: str | Path | None = None, style: str | None = N
     try:
         table = _render(spec, tmp, style)
         atomic_write_json(tmp / SPLIT_FILE, table)
+        if (folder / SPLIT_FILE).is_file():  # another process finished first: use its copy
+            return folder
         if folder.exists():  # an incomplete earlier attempt
             shutil.rmtree(folder)
         try:
