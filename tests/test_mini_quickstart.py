@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 from types import SimpleNamespace
 
 import vlprompt.protocols
 from vlprompt.mini import MODEL_NAME, checkpoint_path
-from vlprompt.mini import quickstart as qs
+
+qs = importlib.import_module(
+    "vlprompt.mini.quickstart"
+)  # the module (the package exports the function)
 
 
 def test_quickstart_runs_base2new_with_the_tiny_clip_and_prints_the_table(
