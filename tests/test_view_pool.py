@@ -145,3 +145,23 @@ def test_fit_with_a_view_pool_trains_from_the_pool(tiny_clip):
     assert len(result.history) == 2 and result.history[-1].images == 8
     with pytest.raises(ConfigError, match="view_pool must be >= 0"):
         EngineSettings(view_pool=-1)
+
+
+def test_train_records_the_view_pool_as_part_of_the_run(tmp_path, monkeypatch):
+    import json
+
+    import vlprompt
+    from test_engine_helpers import TINY_VIT, make_imagefolder, save_tiny_checkpoint
+    from vlprompt.config import RunError
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    data = make_imagefolder(tmp_path / "data")
+    ckpt = save_tiny_checkpoint(tmp_path / "tiny.safetensors")
+    common = dict(root=data, backbone=TINY_VIT, pretrained=ckpt, shots=4, progress=False,
+                  epochs=1, batch_size=4, n_ctx=2, evaluate=False)  # fmt: skip
+    out = tmp_path / "run"
+    vlprompt.train("coop", "imagefolder", output_dir=out, view_pool=2, **common)
+    assert json.loads((out / "config.json").read_text())["engine"]["view_pool"] == 2
+    assert "view pool: 2 views x 12 images of 'features'" in (out / "log.txt").read_text()
+    with pytest.raises(RunError, match="engine.view_pool: 2 -> 0"):
+        vlprompt.train("coop", "imagefolder", output_dir=out, **common)  # not the same run
