@@ -207,3 +207,16 @@ def test_duplicate_keys_count_once_and_bad_files_are_clear_errors(tmp_path):
     write(tmp_path / "bad.jsonl", [{"method": "coop", "accuracy": 1.0}])
     with pytest.raises(ReportError, match=r"bad.jsonl, record 1: lacks protocol, source"):
         load_results(tmp_path / "bad.jsonl")
+
+
+def test_atomic_writes_give_files_the_usual_permissions(tmp_path):
+    """mkstemp makes 0o600 files; results and prompts must be readable like any other file."""
+    from vlprompt import io as vio
+    from vlprompt.io import atomic_save_tensors, atomic_write_text
+
+    expected = 0o666 & ~vio._UMASK
+    atomic_write_text(tmp_path / "a.json", "{}")
+    atomic_save_tensors(tmp_path / "b.safetensors", {"x": __import__("torch").zeros(2)})
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == expected
+    assert (tmp_path / "b.safetensors").stat().st_mode & 0o777 == expected
+    assert expected != 0o600  # the usual umasks (0o022, 0o002) give group/other read

@@ -19,6 +19,23 @@ PROMPTS_FILE = "prompts.safetensors"
 METHOD_FILE = "method.json"
 
 
+def _current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+# read once at import (single-threaded): os.umask can only be read by setting it
+_UMASK = _current_umask()
+
+
+def publish_temp_file(tmp: str | Path, path: str | Path) -> None:
+    """Give a finished temp file the mode a plain open() would (mkstemp makes 0o600) and
+    rename it over `path` (atomic)."""
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.replace(tmp, path)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same folder and a rename."""
     path = Path(path)
@@ -29,7 +46,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish_temp_file(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -52,7 +69,7 @@ def atomic_save_tensors(
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        publish_temp_file(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

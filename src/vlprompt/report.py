@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from vlprompt.errors import VlpromptError
-from vlprompt.io import atomic_write_text
+from vlprompt.io import atomic_write_text, publish_temp_file
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_MD = "summary.md"
@@ -441,7 +441,7 @@ def _save_figure(fig: Any, path: Path) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        publish_temp_file(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
