@@ -6,37 +6,8 @@ import pytest
 import torch
 from open_clip.transformer import QuickGELU
 
-from conftest import TINY_RN, tiny_vit_config
-from vlprompt import ModelNameError, list_models, load_clip, register_model_config
-
-# (name, config overrides): widths, heads, patch size, image size and context length all vary
-VIT_SHAPES = {
-    "vlprompt-test-vit-a": {},
-    "vlprompt-test-vit-b": dict(
-        width=48,
-        heads=3,
-        patch_size=4,
-        image_size=16,
-        text_width=32,
-        text_heads=2,
-        embed_dim=24,
-        context_length=16,
-    ),
-    "vlprompt-test-vit-c": dict(
-        width=32,
-        layers=1,
-        heads=2,
-        patch_size=16,
-        image_size=48,
-        text_width=48,
-        text_heads=4,
-        text_layers=1,
-        embed_dim=16,
-        context_length=32,
-    ),
-}
-for _name, _overrides in VIT_SHAPES.items():
-    register_model_config(_name, tiny_vit_config(**_overrides))
+from conftest import TINY_RN, VIT_SHAPES
+from vlprompt import ModelNameError, list_models, load_clip
 
 TEXTS = ["a photo of a cat.", "x", "a much longer caption about a small red dog on a green lawn"]
 
@@ -154,7 +125,7 @@ def test_describe_reports_geometry():
     d = clip.describe()
     assert d["image_size"] == 48
     assert d["context_length"] == 32
-    assert (d["text_width"], d["vision_width"], d["embed_dim"]) == (48, 32, 16)
+    assert (d["text_width"], d["vision_width"], d["embed_dim"]) == (48, 36, 16)
     assert d["is_vit"] and d["quick_gelu"] is False and d["pretrained"] is None
 
 

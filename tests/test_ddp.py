@@ -23,13 +23,13 @@ def _no_augmentation(monkeypatch=None):
     """Random crops cannot match across process counts; the test transform is deterministic."""
     original = vlprompt.data.transform_for
 
-    def test_transform(clip, train):
+    def eval_transform(clip, train):
         return original(clip, train=False)
 
     if monkeypatch is not None:
-        monkeypatch.setattr(vlprompt.data, "transform_for", test_transform)
+        monkeypatch.setattr(vlprompt.data, "transform_for", eval_transform)
     else:
-        vlprompt.data.transform_for = test_transform
+        vlprompt.data.transform_for = eval_transform
 
 
 def _train(data, ckpt, out):

@@ -7,51 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_VIT, tiny_vit_config
-from vlprompt import create_method, load_clip, register_model_config
+from conftest import TINY_VIT, VIT_SHAPES
+from vlprompt import create_method, load_clip
 from vlprompt.errors import MethodError, VlpromptError
 from vlprompt.methods.rpo import INIT_NOISE_NORM, RPO, RPOConfig, RPOError
-
-# widths, heads (head dims 16, 16, 6/12, 8), patch sizes, resolutions and context lengths vary;
-# "b" has a context of 16, so long class names push the prompts past the context
-SHAPES = {
-    "vlprompt-test-rpo-a": {},
-    "vlprompt-test-rpo-b": dict(
-        width=48,
-        heads=3,
-        patch_size=4,
-        image_size=16,
-        text_width=32,
-        text_heads=2,
-        embed_dim=24,
-        context_length=16,
-    ),
-    "vlprompt-test-rpo-c": dict(
-        width=36,
-        layers=1,
-        heads=6,
-        patch_size=16,
-        image_size=48,
-        text_width=48,
-        text_heads=4,
-        text_layers=1,
-        embed_dim=16,
-        context_length=32,
-    ),
-    "vlprompt-test-rpo-d": dict(
-        width=40,
-        heads=5,
-        patch_size=6,
-        image_size=30,
-        text_width=40,
-        text_heads=5,
-        text_layers=3,
-        embed_dim=20,
-        context_length=20,
-    ),
-}
-for _name, _overrides in SHAPES.items():
-    register_model_config(_name, tiny_vit_config(**_overrides))
 
 CLASSES = ["cat", "sea_lion", "a rather long class name with several words in it", "x"]
 K = 3
@@ -87,7 +46,7 @@ def _capture_block_outputs(blocks) -> tuple[list[torch.Tensor], list]:
     return outputs, hooks
 
 
-@pytest.mark.parametrize("name", sorted(SHAPES))
+@pytest.mark.parametrize("name", sorted(VIT_SHAPES))
 def test_original_tokens_are_frozen_clip_at_every_layer_whatever_the_prompts(name):
     """Reference (paper) forward: every original token's state at every layer, and the CLS/EOS
     outputs, equal frozen open_clip's; prompts change nothing but their own rows."""
@@ -136,7 +95,7 @@ def test_fast_path_frozen_features_equal_open_clip():
     )
 
 
-@pytest.mark.parametrize("name", sorted(SHAPES))
+@pytest.mark.parametrize("name", sorted(VIT_SHAPES))
 def test_fast_path_equals_reference_in_logits_and_prompt_gradients(name):
     """The reference lays the text out like the official code (all context slots, prompt i of
     class c in slot eos_c + 1 + i); the fast path runs the prompt rows alone against SOS..EOS
@@ -162,7 +121,7 @@ def test_fast_path_equals_reference_in_logits_and_prompt_gradients(name):
 def test_class_chunked_text_path_gives_the_same_gradients(rule):
     """text_chunk_size recomputes class chunks in backward (checkpointing): same numbers, also
     under ProGrad's two backward passes; uneven chunks (4 classes, chunks of 3)."""
-    clip = _clip("vlprompt-test-rpo-d")
+    clip = _clip("vlprompt-test-vit-d")
     whole, _ = _pair(clip, gradient_rule=rule)
     chunked = create_method("rpo", clip, CLASSES, K=K, gradient_rule=rule, text_chunk_size=3)
     chunked.load_state_dict(whole.state_dict())
@@ -293,7 +252,7 @@ def test_save_load_gives_identical_logits_and_rejects_another_width(tmp_path):
     assert isinstance(loaded, RPO) and loaded.config.K == K
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), method(images), atol=0, rtol=0)
-    other = _clip("vlprompt-test-rpo-b")
+    other = _clip("vlprompt-test-vit-b")
     with pytest.raises(ValueError, match="text_prompt.*shape.*saved for"):
         RPO.load(tmp_path / "rpo", other)
 
