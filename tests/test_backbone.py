@@ -156,3 +156,18 @@ def test_unknown_model_name_lists_closest_names():
 def test_unknown_precision_is_rejected():
     with pytest.raises(ValueError, match="precision must be one of"):
         load_clip("vlprompt-test-tiny-vit", precision="fp8")
+
+
+def test_shipped_architectures_are_known_without_importing_the_mini_world():
+    """A run saved on the mini world's tiny CLIP must reload (e.g. `vlprompt eval`) in a process
+    that never imported vlprompt.mini."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, open_clip, vlprompt.backbone\n"
+        "assert 'vlprompt.mini' not in sys.modules\n"
+        "sys.exit(0 if 'vlprompt-mini-vit' in open_clip.list_models() else 3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -40,6 +40,18 @@ def register_model_config(name: str, config: dict[str, Any]) -> None:
     open_clip.add_model_config(_CONFIG_DIR / f"{name}.json")
 
 
+def _register_shipped_configs() -> None:
+    """Architectures shipped with vlprompt (the mini world's tiny CLIP) are known to open_clip as
+    soon as vlprompt is imported, so a saved run on them reloads anywhere."""
+    for path in sorted((Path(__file__).parent / "assets").glob("*.json")):
+        config = json.loads(path.read_text())
+        if isinstance(config, dict) and {"embed_dim", "vision_cfg", "text_cfg"} <= set(config):
+            open_clip.add_model_config(path)
+
+
+_register_shipped_configs()
+
+
 def list_models() -> list[str]:
     """Architectures open_clip (and vlprompt's own configs) know."""
     return open_clip.list_models()

@@ -8,22 +8,14 @@ in minutes on a laptop CPU. `load_mini_clip()` gives the shipped pre-trained tin
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
-from vlprompt.backbone import ClipBackbone, load_clip, register_model_config
+from vlprompt.backbone import ClipBackbone, load_clip
 
 MODEL_NAME = "vlprompt-mini-vit"
 _ASSETS = resources.files("vlprompt") / "assets"
-
-
-def _register() -> None:
-    config = json.loads((_ASSETS / f"{MODEL_NAME}.json").read_text())
-    register_model_config(MODEL_NAME, config)
-
-
-_register()
+# the architecture itself is registered by vlprompt.backbone (assets/vlprompt-mini-vit.json)
 
 
 def checkpoint_path() -> Path:
