@@ -115,3 +115,32 @@ def tiny_clip():
 def tiny_rn_clip():
     torch.manual_seed(0)
     return load_clip(TINY_RN)
+
+
+def sgd_losses(method, images, labels, steps: int = 8, lr: float = 2e-3) -> list[float]:
+    """Training losses of `steps` SGD steps (momentum 0.9) through `method.backward_step`."""
+    opt = torch.optim.SGD(method.trainable_parameters(), lr=lr, momentum=0.9)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        losses.append(method.backward_step(images, labels).loss.item())
+        opt.step()
+    return losses
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny image folder and a tiny CLIP checkpoint for engine, CLI and protocol tests."""
+    from test_engine_helpers import make_imagefolder, save_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("world")
+    return {
+        "data": make_imagefolder(root / "data"),
+        "ckpt": save_tiny_checkpoint(root / "tiny.safetensors"),
+    }
+
+
+@pytest.fixture
+def isolated_home(tmp_path, monkeypatch):
+    """Few-shot and feature caches go under a per-test HOME."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))

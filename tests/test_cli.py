@@ -7,22 +7,10 @@ import json
 
 import pytest
 
-from test_engine_helpers import TINY_VIT, make_imagefolder, save_tiny_checkpoint
+from test_engine_helpers import TINY_VIT
 from vlprompt.cli import main
 
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    return {
-        "data": make_imagefolder(root / "data"),
-        "ckpt": save_tiny_checkpoint(root / "tiny.safetensors"),
-    }
-
-
-@pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+pytestmark = pytest.mark.usefixtures("isolated_home")
 
 
 def _train_argv(world, out, *extra):

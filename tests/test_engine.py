@@ -12,25 +12,15 @@ import torch
 from safetensors.torch import load_file
 
 import vlprompt
-from test_engine_helpers import TINY_VIT, TinyMethod, make_imagefolder, save_tiny_checkpoint
+from test_engine_helpers import (
+    TINY_VIT,
+    TinyMethod,
+)
 from vlprompt import api, engine
 from vlprompt.config import RunError, TrainingDivergedError
 from vlprompt.evaluation import accuracy, harmonic_mean, macro_accuracy, per_class_accuracy
 
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    return {
-        "data": make_imagefolder(root / "data"),
-        "ckpt": save_tiny_checkpoint(root / "tiny.safetensors"),
-    }
-
-
-@pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    """Few-shot and feature caches go under a per-test HOME."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+pytestmark = pytest.mark.usefixtures("isolated_home")
 
 
 def _train(world, out, **kw):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import sgd_losses
 from vlprompt.errors import MethodError, VlpromptError
 from vlprompt.methods import create_method, get_method_class, list_methods
 
@@ -55,12 +56,7 @@ def test_a_few_steps_lower_the_training_loss(name, backbone, request):
     clip = request.getfixturevalue(backbone)
     method = create_method(name, clip, CLASSNAMES, **FAST.get(name, {}))
     images, labels = _batch()
-    opt = torch.optim.SGD(method.trainable_parameters(), lr=2e-3, momentum=0.9)
-    losses = []
-    for _ in range(8):
-        opt.zero_grad()
-        losses.append(method.backward_step(images, labels).loss.item())
-        opt.step()
+    losses = sgd_losses(method, images, labels)
     assert losses[-1] < losses[0], losses
 
 

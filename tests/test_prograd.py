@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import sgd_losses
 from vlprompt.methods import create_method
 from vlprompt.methods.gradient_rules import prograd_backward, prograd_kl, project_conflicting
 
@@ -149,10 +150,5 @@ def test_the_rule_composes_and_trains(name, tiny_clip):
     method = create_method(name, tiny_clip, NAMES, n_ctx=4, ctx_init="", gradient_rule="prograd")
     torch.manual_seed(1)
     images, labels = torch.randn(6, 3, 32, 32), torch.arange(6) % 3
-    opt = torch.optim.SGD(method.trainable_parameters(), lr=2e-3, momentum=0.9)
-    losses = []
-    for _ in range(8):
-        opt.zero_grad()
-        losses.append(method.backward_step(images, labels).loss.item())
-        opt.step()
+    losses = sgd_losses(method, images, labels)
     assert losses[-1] < losses[0], losses

@@ -8,25 +8,13 @@ import numpy as np
 import pytest
 
 import vlprompt
-from test_engine_helpers import TINY_VIT, make_imagefolder, save_tiny_checkpoint
+from test_engine_helpers import TINY_VIT
 from vlprompt.protocols import BenchError, default_backend, read_records, run_bench
 from vlprompt.report import harmonic_mean
 
+pytestmark = pytest.mark.usefixtures("isolated_home")
+
 METHODS = ["test_tiny", "zsclip"]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    return {
-        "data": make_imagefolder(root / "data"),
-        "ckpt": save_tiny_checkpoint(root / "tiny.safetensors"),
-    }
-
-
-@pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # few-shot / feature caches
 
 
 def bench(world, out, backend=None, **kw):
