@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 
 import vlprompt
 import vlprompt.data
+from vlprompt.config import RunError
 from test_engine_helpers import TINY_VIT, make_imagefolder, save_tiny_checkpoint
 
 EPOCHS, BATCH = 2, 4
@@ -39,12 +41,24 @@ def _train(data, ckpt, out):
     )  # fmt: skip
 
 
+def _forbid_reading_the_run_folder():
+    """Ranks other than 0 must not inspect the run folder: rank 0 may be writing it."""
+    import vlprompt.api
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a rank other than 0 inspected the run folder")
+
+    vlprompt.api._prepare_run_dir = refuse
+
+
 def _worker(rank: int, world: int, init_file: str, data: str, ckpt: str, out: str, home: str):
     os.environ["HOME"] = home
     torch.set_num_threads(1)
     import conftest  # noqa: F401  (registers the tiny CLIP config in this process)
 
     _no_augmentation()
+    if rank != 0:
+        _forbid_reading_the_run_folder()
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         _train(data, ckpt, out)
@@ -76,3 +90,42 @@ def test_two_processes_learn_the_same_prompts_as_one(tmp_path, monkeypatch):
     assert two["n_images"] == one["n_images"] == 12
     assert two["accuracy"] == one["accuracy"]  # the sharded evaluation, gathered
     assert (tmp_path / "two/log.txt").read_text().count(f"epoch {EPOCHS}/{EPOCHS}") == 1
+
+
+def _worker_expecting_error(rank, world, init_file, data, ckpt, out, home, report_dir):
+    os.environ["HOME"] = home
+    torch.set_num_threads(1)
+    import conftest  # noqa: F401
+
+    if rank != 0:
+        _forbid_reading_the_run_folder()
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        _train(data, ckpt, out)
+        message = "no error"
+    except RunError as e:
+        message = str(e)
+    finally:
+        dist.destroy_process_group()
+    (Path(report_dir) / f"rank{rank}.txt").write_text(message)
+
+
+@pytest.mark.slow
+def test_every_rank_gets_rank_zeros_verdict_on_the_output_folder(tmp_path):
+    """Only rank 0 inspects and prepares the run folder (others would race with its writes);
+    when it refuses the folder, every rank raises the same error instead of hanging."""
+    data = make_imagefolder(tmp_path / "data")
+    ckpt = save_tiny_checkpoint(tmp_path / "tiny.safetensors")
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("a user's file")
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    args = (2, str(tmp_path / "pg"), str(data), str(ckpt), str(out), str(tmp_path / "home"),
+            str(reports))  # fmt: skip
+    mp.spawn(_worker_expecting_error, args=args, nprocs=2, join=True)
+
+    messages = [(reports / f"rank{r}.txt").read_text() for r in range(2)]
+    assert messages[0] == messages[1]
+    assert "is not empty and holds no run" in messages[0] and "notes.txt" in messages[0]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

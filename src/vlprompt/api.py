@@ -218,8 +218,28 @@ def resolve_config(
     )
 
 
-def _prepare_run_dir(
+def _prepare_run_dir_on_main(
     run_dir: Path, wanted: RunConfig, *, resume: bool, overwrite: bool, ctx: Dist
+) -> tuple[RunConfig, bool]:
+    """`_prepare_run_dir` decided by rank 0 alone and shared with every rank (with its error,
+    if any): the others reading the folder while rank 0 writes it would race."""
+    outcome: tuple[RunConfig, bool] | RunError | None = None
+    if ctx.is_main:
+        try:
+            outcome = _prepare_run_dir(run_dir, wanted, resume=resume, overwrite=overwrite)
+            if not outcome[1]:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(run_dir / CONFIG_FILE, outcome[0].to_dict())
+        except RunError as e:
+            outcome = e
+    outcome = ctx.from_main(outcome)
+    if isinstance(outcome, RunError):
+        raise RunError(str(outcome))
+    return outcome
+
+
+def _prepare_run_dir(
+    run_dir: Path, wanted: RunConfig, *, resume: bool, overwrite: bool
 ) -> tuple[RunConfig, bool]:
     """Check the output folder against the wanted config. Returns the config to use and
     whether the folder holds that run, finished."""
@@ -227,9 +247,7 @@ def _prepare_run_dir(
         raise RunError(f"output folder {run_dir} is a file; choose a folder")
     saved_path = run_dir / CONFIG_FILE
     if run_dir.is_dir() and overwrite:
-        if ctx.is_main:
-            _clear_run(run_dir)
-        ctx.barrier()
+        _clear_run(run_dir)
     if run_dir.is_dir() and not saved_path.is_file():
         foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES)
         foreign = [n for n in foreign if n != CHECKPOINT_DIR]
@@ -355,16 +373,12 @@ def train_config(
 
     run_dir = Path(output_dir).expanduser()
     ctx = init_distributed(wanted.engine.device)
-    config, finished = _prepare_run_dir(
+    config, finished = _prepare_run_dir_on_main(
         run_dir, wanted, resume=resume, overwrite=overwrite, ctx=ctx
     )
     if finished:
         log.info("%s: finished earlier with the same config; loading it", run_dir)
         return load_run(run_dir, device=str(resolve_device(config.engine.device, ctx)))
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / CONFIG_FILE, config.to_dict())
-    ctx.barrier()
     say = _RunLog(run_dir, ctx)
     with deterministic_mode(config.engine.deterministic):
         method, splits, wall_s = _train(config, run_dir, resume, progress, on_epoch_end, ctx, say)

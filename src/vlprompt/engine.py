@@ -141,6 +141,14 @@ class Dist:
         if self.enabled:
             dist.barrier()
 
+    def from_main(self, value: object) -> object:
+        """Rank 0's `value` on every rank (the others pass anything, e.g. None)."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
 
 def init_distributed(device: str) -> Dist:
     """This process's place in a process group: an existing one (e.g. set up by the caller), or
