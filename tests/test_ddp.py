@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 import vlprompt
 import vlprompt.data
-from vlprompt.config import RunError
 from test_engine_helpers import TINY_VIT, make_imagefolder, save_tiny_checkpoint
+from vlprompt.config import RunError
 
 EPOCHS, BATCH = 2, 4
 
