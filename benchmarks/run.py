@@ -69,8 +69,8 @@ POOLED = ("rpo", "coop")  # methods also measured with the view pool
 SPLIT = ("rpo",)  # methods whose fast step is split into image and text parts
 # text-side layouts (prograd's is coop's): label -> (method, settings of ours)
 TEXT_SIDE = {
-    "rpo": ("rpo", {}),
-    "rpo, text_chunk_size=100": ("rpo", {"text_chunk_size": 100}),
+    "rpo (default: chunks of 256 classes above 256)": ("rpo", {}),
+    "rpo, text_chunk_size=0 (never chunked)": ("rpo", {"text_chunk_size": 0}),
     "coop (16 ctx; prograd's is the same)": ("coop", {}),
     "kgcoop (4 ctx)": ("kgcoop", {}),
 }

@@ -133,6 +133,30 @@ def test_class_chunked_text_path_gives_the_same_gradients(rule):
         torch.testing.assert_close(g_chunked, g_whole, atol=1e-5, rtol=1e-5)
 
 
+def test_default_chunks_the_text_side_only_above_256_classes(monkeypatch):
+    """Default text_chunk_size=256: memory stays bounded at ImageNet's 1000 classes, while up to
+    256 classes (the benchmarks' 100, every mini data set) run unchunked, at full speed."""
+    import vlprompt.methods.rpo as rpo_module
+
+    assert RPOConfig().text_chunk_size == 256
+    calls = []
+    original = rpo_module.checkpoint
+
+    def counting_checkpoint(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rpo_module, "checkpoint", counting_checkpoint)
+    clip = _clip("vlprompt-test-vit-d")
+    images = _images(clip, 2)
+    for n_classes, chunks in ((256, 0), (300, 2)):
+        calls.clear()
+        names = [f"class {i}" for i in range(n_classes)]
+        method = create_method("rpo", clip, names, K=2)
+        method.forward_train(images).logits.sum().backward()
+        assert len(calls) == chunks, n_classes
+
+
 def test_init_is_special_tokens_plus_noise_of_norm_exactly_0_1_per_prompt_vector():
     """Official ST-init: `noise / noise.norm(dim=-1, keepdim=True)` — each of the K prompt
     vectors (not the K x d tensor as a whole) moves by 0.1 times its own unit direction, from
