@@ -78,3 +78,15 @@ def test_pretraining_pairs_differ_in_exactly_the_named_attribute():
         assert changed == {vary}
     with pytest.raises(ValueError, match="must be even"):
         render_pool(seed=0, size=3)
+
+
+def test_pretrain_command_defaults_rebuild_the_shipped_checkpoint():
+    """`vlprompt mini pretrain` with no flags uses the shipped checkpoint's recipe."""
+    from vlprompt.cli import build_parser
+
+    args = build_parser(["mini", "pretrain"]).parse_args(["mini", "pretrain"])
+    path = checkpoint_path()
+    shipped = json.loads(path.with_name(path.name + ".json").read_text())["config"]
+    for key in ("seed", "steps", "batch_size", "pool_size", "lr"):
+        assert getattr(args, key) == shipped[key], key
+    assert PretrainConfig().model == shipped["model"] == MODEL_NAME

@@ -272,11 +272,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         epilog=MINI_EXAMPLE, formatter_class=RAW)  # fmt: skip
     q.add_argument("-o", "--output", default="vlprompt-mini-vit.safetensors",
                    help="the .safetensors file to write (a JSON record goes next to it)")  # fmt: skip
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--steps", type=int, default=2400)
-    q.add_argument("--batch-size", dest="batch_size", type=int, default=128)
-    q.add_argument("--pool-size", dest="pool_size", type=int, default=8192)
-    q.add_argument("--lr", type=float, default=2e-3)
+    from vlprompt.mini.pretrain import PretrainConfig
+
+    recipe = PretrainConfig()  # the shipped checkpoint's recipe
+    q.add_argument("--seed", type=int, default=recipe.seed, help="default: %(default)s")
+    q.add_argument("--steps", type=int, default=recipe.steps, help="default: %(default)s")
+    q.add_argument("--batch-size", dest="batch_size", type=int, default=recipe.batch_size,
+                   help="image-caption pairs per step (default: %(default)s)")  # fmt: skip
+    q.add_argument("--pool-size", dest="pool_size", type=int, default=recipe.pool_size,
+                   help="images rendered once (default: %(default)s)")  # fmt: skip
+    q.add_argument("--lr", type=float, default=recipe.lr, help="AdamW peak (default: %(default)s)")
     return parser
 
 

@@ -116,12 +116,12 @@ def _lr_at(step: int, cfg: PretrainConfig) -> float:
 
 def pretrain(
     output: str | Path,
-    seed: int = 0,
-    steps: int = 2400,
-    batch_size: int = 128,
-    pool_size: int = 8192,
-    lr: float = 2e-3,
-    storage: str = "fp16",
+    seed: int = PretrainConfig.seed,
+    steps: int = PretrainConfig.steps,
+    batch_size: int = PretrainConfig.batch_size,
+    pool_size: int = PretrainConfig.pool_size,
+    lr: float = PretrainConfig.lr,
+    storage: str = PretrainConfig.storage,
     log: Callable[[str], None] | None = print,
 ) -> dict:
     """Pre-train the tiny CLIP on the mini world and save it to `output` (a .safetensors file,
