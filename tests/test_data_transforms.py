@@ -67,6 +67,36 @@ def test_image_list_dataset_returns_rgb_tensor_and_label(tmp_path):
     assert x.shape == (4, 3, 8, 8) and y.tolist() == [d.label for d in splits.test[:4]]
 
 
+def test_kept_decoded_images_give_the_same_tensors_without_rereading_files(tmp_path, monkeypatch):
+    """With keep_decoded_bytes, a second epoch reads no file and yields the same transformed
+    tensors (same random crops under the same seed); the byte budget bounds what is kept."""
+    import vlprompt.data.dataset as dataset_module
+
+    splits = build_dataset("dtd", make_dtd(tmp_path), cache_dir=False)
+    items = splits.train[:4]
+    transform = build_transform(8, MEAN, STD, train=True)
+    opened = []
+    original = dataset_module.open_image
+    monkeypatch.setattr(dataset_module, "open_image", lambda p: opened.append(p) or original(p))
+
+    def epoch(ds):
+        torch.manual_seed(0)
+        return torch.stack([ds[i][0] for i in range(len(ds))])
+
+    plain = epoch(ImageListDataset(items, transform))
+    one_image = Image.open(items[0].path)
+    budget = 2 * one_image.width * one_image.height * 3  # room for two of them
+    kept = ImageListDataset(items, transform, keep_decoded_bytes=budget)
+    opened.clear()
+    first = epoch(kept)
+    assert len(opened) == 4
+    opened.clear()
+    second = epoch(kept)
+    assert len(opened) == 2  # the two that fit the budget were not read again
+    torch.testing.assert_close(first, plain, atol=0, rtol=0)
+    torch.testing.assert_close(second, plain, atol=0, rtol=0)
+
+
 def test_describe_datasets_reports_found_counts_and_hints_without_writing(tmp_path):
     make_dtd(tmp_path)
     make_imagenet_a(tmp_path)

@@ -51,6 +51,8 @@ from vlprompt.engine import (
 from vlprompt.io import METHOD_FILE, PROMPTS_FILE, append_jsonl, atomic_write_json
 
 log = logging.getLogger("vlprompt")
+# decoded training images kept in memory across epochs (per data-loader process)
+KEEP_DECODED_TRAIN_BYTES = 256 * 2**20
 
 RESULTS_FILE = "results.jsonl"
 LOG_FILE = "log.txt"
@@ -438,7 +440,9 @@ def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say):
         if hasattr(method, "fit_features"):
             _fit_linear_probe(method, splits, config, say)
         return method, splits, time.perf_counter() - started
-    dataset = ImageListDataset(splits.train, transform_for(clip, train=True))
+    dataset = ImageListDataset(
+        splits.train, transform_for(clip, train=True), keep_decoded_bytes=KEEP_DECODED_TRAIN_BYTES
+    )
     result = fit(
         method, dataset, settings=config.engine, seed=config.seed, run_dir=run_dir,
         resume=resume, progress=progress, ctx=ctx, on_epoch_end=on_epoch_end, logger=say,

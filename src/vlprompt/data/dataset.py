@@ -27,21 +27,41 @@ def open_image(path: str):
 
 
 class ImageListDataset(Dataset):
-    """`(transform(image), label)` for each `Datum`; images are opened with PIL as RGB."""
+    """`(transform(image), label)` for each `Datum`; images are opened with PIL as RGB.
 
-    def __init__(self, items: list[Datum], transform: Callable | None = None):
+    `keep_decoded_bytes` > 0 keeps decoded images in memory, up to that many bytes of pixels,
+    so that later epochs skip reading and decoding the files (few-shot training sets are small
+    and read many times). Same pixels either way; the transform still runs on every access.
+    """
+
+    def __init__(
+        self, items: list[Datum], transform: Callable | None = None, keep_decoded_bytes: int = 0
+    ):
         self.items = list(items)
         self.transform = transform
+        self.keep_decoded_bytes = keep_decoded_bytes
+        self._decoded: dict[int, Image.Image] = {}
+        self._decoded_bytes = 0
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def _image(self, index: int) -> Image.Image:
+        image = self._decoded.get(index)
+        if image is not None:
+            return image
+        image = open_image(self.items[index].path)
+        size = image.width * image.height * len(image.getbands())
+        if self._decoded_bytes + size <= self.keep_decoded_bytes:
+            self._decoded[index] = image
+            self._decoded_bytes += size
+        return image
+
     def __getitem__(self, index: int):
-        item = self.items[index]
-        image = open_image(item.path)
+        image = self._image(index)
         if self.transform is not None:
             image = self.transform(image)
-        return image, item.label
+        return image, self.items[index].label
 
 
 def is_readable(path: str) -> bool:
