@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from vlprompt.data import build_dataset, get_dataset_info, list_datasets
 from vlprompt.data import mini as data_mini
@@ -72,6 +74,27 @@ def test_loader_renders_files_once_with_the_right_splits(tiny_sizes, tmp_path):
     assert folder.stat().st_mtime_ns == stamp  # not rendered a second time
 
 
+def test_a_changed_data_set_definition_is_rendered_again(tiny_sizes, tmp_path, monkeypatch):
+    """The rendered folder records what it was drawn from; a folder from an older definition of
+    the data set (e.g. another seed) is replaced, never silently reused."""
+    old = get_dataset_info("mini_patterns").load(tmp_path)
+    changed = dataclasses.replace(MINI_DATASETS["mini_patterns"], seed=999)
+    monkeypatch.setitem(MINI_DATASETS, "mini_patterns", changed)
+    new = get_dataset_info("mini_patterns").load(tmp_path)
+    assert [d.path for d in new.test] == [d.path for d in old.test]
+    pixels = [np.asarray(Image.open(d.path)) for d in new.test[:1]]
+    assert np.array_equal(pixels[0], np.asarray(changed.item("test", 0, 0)))
+    assert not np.array_equal(
+        pixels[0], np.asarray(dataclasses.replace(changed, seed=104).item("test", 0, 0))
+    )
+
+
+def test_scenes_cycle_through_every_style():
+    spec = MINI_DATASETS["mini_scenes"]
+    styles = [spec.attributes("train", 0, i)[0].style for i in range(len(world.STYLES))]
+    assert styles == list(world.STYLES)
+
+
 def test_rendered_files_equal_the_world(tiny_sizes, tmp_path):
     from PIL import Image
 
@@ -123,6 +146,8 @@ def test_a_copy_finished_by_another_process_is_kept(tiny_sizes, tmp_path, monkey
 
     def render_while_another_finishes(spec, tmp, style):
         folder.mkdir(parents=True)
+        record = data_mini.spec_record(spec, style)
+        (folder / data_mini.SPEC_FILE).write_text(json.dumps(record))
         (folder / data_mini.SPLIT_FILE).write_text('{"train": [], "val": [], "test": []}')
         return real_render(spec, tmp, style)
 

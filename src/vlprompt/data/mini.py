@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 from vlprompt.data.registry import register_dataset
@@ -26,6 +27,7 @@ from vlprompt.mini.datasets import MINI_DATASETS, SPLITS, MiniDatasetSpec
 from vlprompt.mini.world import WORLD_VERSION
 
 SPLIT_FILE = "split_mini.json"
+SPEC_FILE = "spec_mini.json"  # what the images were drawn from; a change re-renders them
 ENV_ROOT = "VLPROMPT_MINI_ROOT"
 
 
@@ -61,12 +63,29 @@ def _render(spec: MiniDatasetSpec, folder: Path, style: str | None) -> dict:
     return table
 
 
+def spec_record(spec: MiniDatasetSpec, style: str | None) -> dict:
+    """Everything a data set's images are drawn from, besides the world's code (whose changes
+    bump WORLD_VERSION): a folder rendered from another record is re-rendered."""
+    return json.loads(json.dumps({"spec": asdict(spec), "style": style}))
+
+
+def _is_current(folder: Path, record: dict) -> bool:
+    if not (folder / SPLIT_FILE).is_file():
+        return False
+    try:
+        return json.loads((folder / SPEC_FILE).read_text()) == record
+    except (OSError, ValueError):
+        return False
+
+
 def materialize(name: str, root: str | Path | None = None, style: str | None = None) -> Path:
-    """Render data set `name` (or its `style` variant) once; return its folder."""
+    """Render data set `name` (or its `style` variant) once; return its folder. A folder
+    rendered from an older definition of the data set is rendered again."""
     spec = MINI_DATASETS[name]
+    record = spec_record(spec, style)
     base = mini_root(root)
     folder = base / (f"{name}_{style}" if style else name)
-    if (folder / SPLIT_FILE).is_file():
+    if _is_current(folder, record):
         return folder
     try:
         base.mkdir(parents=True, exist_ok=True)
@@ -78,15 +97,16 @@ def materialize(name: str, root: str | Path | None = None, style: str | None = N
         ) from exc
     try:
         table = _render(spec, tmp, style)
+        atomic_write_json(tmp / SPEC_FILE, record)
         atomic_write_json(tmp / SPLIT_FILE, table)
-        if (folder / SPLIT_FILE).is_file():  # another process finished first: use its copy
+        if _is_current(folder, record):  # another process finished first: use its copy
             return folder
-        if folder.exists():  # an incomplete earlier attempt
+        if folder.exists():  # an incomplete earlier attempt, or an older definition
             shutil.rmtree(folder)
         try:
             os.replace(tmp, folder)
         except OSError:  # another process finished first: keep its copy
-            if not (folder / SPLIT_FILE).is_file():
+            if not _is_current(folder, record):
                 raise
     finally:
         if tmp.exists():

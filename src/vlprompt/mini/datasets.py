@@ -33,6 +33,8 @@ class MiniDatasetSpec:
     fixed: dict = field(default_factory=lambda: {"style": "photo"})  # fixed for every image
     per_class: dict = field(default_factory=lambda: {"train": 24, "val": 8, "test": 30})
     variants: tuple[str, ...] = ()  # styles of the domain-shifted test sets (dg protocol)
+    # when set, item i of every class and split is drawn in styles[i % len(styles)] (balanced)
+    styles: tuple[str, ...] = ()
 
     def item(self, split: str, label: int, index: int, style: str | None = None) -> Image.Image:
         """Image `index` of class `label` in `split`, optionally re-drawn in another style
@@ -48,6 +50,8 @@ class MiniDatasetSpec:
         """The attributes of one item and the generator (in the state `render` must start from)."""
         rng = np.random.default_rng([self.seed, _SPLIT_IDS[split], label, index])
         fixed = {**self.fixed, **self.class_attributes[label]}
+        if self.styles:
+            fixed["style"] = self.styles[index % len(self.styles)]
         return world.sample_attributes(rng, **fixed), rng
 
 
@@ -159,8 +163,9 @@ def _build_specs() -> dict[str, MiniDatasetSpec]:
             classnames=tuple(f"{s} background" for s in world.SCENES),
             class_attributes=tuple({"background": s} for s in world.SCENES),
             seed=107,
-            description="8 background scenes behind any objects",
-            fixed={"style": "photo"},
+            description="8 background scenes behind any objects, in each of the 7 styles",
+            fixed={},
+            styles=world.STYLES,
         )
     )
     return {s.name: s for s in specs}
