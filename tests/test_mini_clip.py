@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import open_clip
 import pytest
@@ -11,6 +12,7 @@ from safetensors import safe_open
 
 import vlprompt
 from vlprompt.mini import MODEL_NAME, checkpoint_path, load_mini_clip
+from vlprompt.mini.datasets import MINI_DATASETS
 from vlprompt.mini.pretrain import PretrainConfig, encode_text_truncated, pretrain
 from vlprompt.mini.probe import zeroshot_accuracy
 
@@ -60,11 +62,38 @@ def test_shipped_checkpoint_is_small_and_loads_through_load_clip():
     assert record["config"]["model"] == MODEL_NAME
 
 
-def test_shipped_checkpoint_zero_shot_beats_three_times_chance():
-    """A few dozen images of mini_colors' 5 new classes: chance is 20%."""
-    clip = load_mini_clip()
-    accuracy = zeroshot_accuracy(clip, "mini_colors", classes="new", per_class=8)
-    assert accuracy > 3 * 20.0
+@pytest.fixture(scope="module")
+def shipped_clip():
+    return load_mini_clip()
+
+
+# Not reached by the shipped checkpoint (docs/mini-world.md: 49.3% and 49.4% where 60% and 50%
+# are needed). Strict: when a stronger checkpoint passes, these marks must go.
+BELOW_THREE_TIMES_CHANCE = {"mini_shapes", "mini_counts"}
+
+
+@pytest.mark.parametrize(
+    "dataset",
+    [
+        pytest.param(
+            name,
+            marks=pytest.mark.xfail(
+                strict=True, reason="shipped tiny CLIP below 3x chance here (see docs)"
+            ),
+        )
+        if name in BELOW_THREE_TIMES_CHANCE
+        else name
+        for name in sorted(MINI_DATASETS)
+    ],
+)
+def test_shipped_checkpoint_new_class_zero_shot_is_at_least_three_times_chance(
+    shipped_clip, dataset
+):
+    """The mini world's acceptance bar: on every data set's new classes (the second half of
+    its labels, all 30 test images per class), zero-shot accuracy >= 3x chance."""
+    n = len(MINI_DATASETS[dataset].classnames)
+    chance = 100.0 / (n - math.ceil(n / 2))
+    assert zeroshot_accuracy(shipped_clip, dataset, classes="new") >= 3 * chance
 
 
 def test_pretraining_pairs_differ_in_exactly_the_named_attribute():
