@@ -79,6 +79,26 @@ POOL_VIEWS = 2
 MB = 1024 * 1024
 
 
+def batch_size(method: str, args: argparse.Namespace) -> int:
+    """The method's batch: `--batch METHOD=N` if given, else BATCH (at most 4 with --quick)."""
+    if method in args.batch:
+        return args.batch[method]
+    return BATCH[method] if not args.quick else min(BATCH[method], 4)
+
+
+def parse_batches(text: str) -> dict[str, int]:
+    """ "rpo=32,coop=8" -> {"rpo": 32, "coop": 8}."""
+    out = {}
+    for pair in filter(None, text.split(",")):
+        method, _, n = pair.partition("=")
+        if method not in BATCH or not n.isdigit() or int(n) < 1:
+            raise SystemExit(
+                f"--batch: expected METHOD=N with METHOD in {sorted(BATCH)}, got {pair!r}"
+            )
+        out[method] = int(n)
+    return out
+
+
 # ---- measuring ----------------------------------------------------------------------------------
 def peak_bytes(fn: Callable[[], object]) -> int:
     """Peak live torch CPU tensor bytes during `fn()`, above the level when it starts. The
@@ -197,7 +217,7 @@ def measure_steps(methods: list[str], clip, args) -> list[Variant]:
     """Profile every variant once (memory, warm-up), then interleave `args.repeats` rounds."""
     out = []
     for method in methods:
-        batch = BATCH[method] if not args.quick else min(BATCH[method], 4)
+        batch = batch_size(method, args)
         variants = step_variants(method, clip, args.classes, batch)
         for v in variants:
             if v.label.startswith("fast:"):  # a part of the step: warm-up only
@@ -395,7 +415,7 @@ def render(steps, texts, evals, info, args) -> str:
             if label != "reference" and v.logits is not None and ref.logits is not None:
                 diff = f"{float((v.logits - ref.logits).abs().max()):.1e}"
             lines.append(
-                f"| {method} | {BATCH[method] if not args.quick else min(BATCH[method], 4)} | "
+                f"| {method} | {batch_size(method, args)} | "
                 f"{label} | {v.median_s:.2f} | {fmt(ratio(v.median_s, ref.median_s))}x | "
                 f"{fmt(v.peak_mb)} | {fmt(ratio(v.peak_mb, ref.peak_mb))}x | {diff} |"
             )
@@ -517,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="BENCHMARKS.md", help="Markdown report to write")
     parser.add_argument("--model", default="ViT-B-16", help="open_clip architecture")
     parser.add_argument("--note", default="", help="a line about the run, added to the report")
+    parser.add_argument("--batch", default="", type=parse_batches,
+                        help="batch per method instead of the official ones, e.g. rpo=32")  # fmt: skip
     args = parser.parse_args(argv)
     args.classes = 100
     args.ref_text_classes = [int(n) for n in args.ref_text_classes.split(",") if n]

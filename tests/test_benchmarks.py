@@ -32,3 +32,17 @@ def test_linear_extrapolation_and_the_kept_analysis(tmp_path):
     new = with_analysis("# B\n\nnew numbers\n", old)
     assert new == f"# B\n\n{ANALYSIS[0]}\nwhy it is so\n{ANALYSIS[1]}\n\nnew numbers\n"
     assert with_analysis("# B\n\nx\n", tmp_path / "missing.md") == "# B\n\nx\n"
+
+
+def test_batch_override_per_method():
+    import argparse
+
+    import pytest
+    from run import BATCH, batch_size, parse_batches
+
+    args = argparse.Namespace(batch=parse_batches("rpo=32"), quick=False)
+    assert batch_size("rpo", args) == 32 and batch_size("coop", args) == BATCH["coop"]
+    assert batch_size("coop", argparse.Namespace(batch={}, quick=True)) == 4
+    for bad in ("rpo", "rpo=0", "nosuch=4"):
+        with pytest.raises(SystemExit, match="--batch: expected METHOD=N"):
+            parse_batches(bad)
