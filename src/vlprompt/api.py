@@ -224,20 +224,24 @@ def _prepare_run_dir_on_main(
     run_dir: Path, wanted: RunConfig, *, resume: bool, overwrite: bool, ctx: Dist
 ) -> tuple[RunConfig, bool]:
     """`_prepare_run_dir` decided by rank 0 alone and shared with every rank (with its error,
-    if any): the others reading the folder while rank 0 writes it would race."""
-    outcome: tuple[RunConfig, bool] | RunError | None = None
+    if any, so that no rank waits forever): the others reading the folder while rank 0 writes
+    it would race."""
+    outcome: tuple[RunConfig, bool] | None = None
+    error: Exception | None = None
     if ctx.is_main:
         try:
             outcome = _prepare_run_dir(run_dir, wanted, resume=resume, overwrite=overwrite)
             if not outcome[1]:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 atomic_write_json(run_dir / CONFIG_FILE, outcome[0].to_dict())
-        except RunError as e:
-            outcome = e
-    outcome = ctx.from_main(outcome)
-    if isinstance(outcome, RunError):
-        raise RunError(str(outcome))
-    return outcome
+        except Exception as e:  # noqa: BLE001  (re-raised below, on every rank)
+            error = e
+    shared = ctx.from_main(outcome if error is None else str(error))
+    if error is not None:
+        raise error
+    if isinstance(shared, str):
+        raise RunError(shared)
+    return shared
 
 
 def _prepare_run_dir(
