@@ -67,9 +67,11 @@ def shipped_clip():
     return load_mini_clip()
 
 
-# Not reached by the shipped checkpoint (docs/mini-world.md: 49.3% and 49.4% where 60% and 50%
-# are needed). Strict: when a stronger checkpoint passes, these marks must go.
-BELOW_THREE_TIMES_CHANCE = {"mini_shapes", "mini_counts"}
+# Not reached by the shipped checkpoint (docs/mini-world.md): mini_shapes 49.3% where 60% is
+# needed, strict (a checkpoint that passes turns it red until the mark goes); mini_counts 49.4%
+# where 50% is needed, 89 of 180 images where 90 pass: one prediction from the bar, which another
+# CPU's float rounding may tip, so not strict.
+BELOW_THREE_TIMES_CHANCE = {"mini_shapes": True, "mini_counts": False}
 
 
 @pytest.mark.parametrize(
@@ -78,7 +80,8 @@ BELOW_THREE_TIMES_CHANCE = {"mini_shapes", "mini_counts"}
         pytest.param(
             name,
             marks=pytest.mark.xfail(
-                strict=True, reason="shipped tiny CLIP below 3x chance here (see docs)"
+                strict=BELOW_THREE_TIMES_CHANCE[name],
+                reason="shipped tiny CLIP below 3x chance here (see docs)",
             ),
         )
         if name in BELOW_THREE_TIMES_CHANCE
@@ -94,6 +97,13 @@ def test_shipped_checkpoint_new_class_zero_shot_is_at_least_three_times_chance(
     n = len(MINI_DATASETS[dataset].classnames)
     chance = 100.0 / (n - math.ceil(n / 2))
     assert zeroshot_accuracy(shipped_clip, dataset, classes="new") >= 3 * chance
+
+
+@pytest.mark.parametrize("dataset", sorted(BELOW_THREE_TIMES_CHANCE))
+def test_shipped_checkpoint_keeps_its_accuracy_where_below_the_bar(shipped_clip, dataset):
+    """Where 3x chance is not reached yet, the shipped numbers (49.3%, 49.4% on new classes;
+    chance 20% and 16.7%) must not slip: at least 45%."""
+    assert zeroshot_accuracy(shipped_clip, dataset, classes="new") >= 45.0
 
 
 def test_pretraining_pairs_differ_in_exactly_the_named_attribute():
