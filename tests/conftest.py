@@ -60,42 +60,16 @@ register_model_config(
 
 # Tiny ViTs whose widths, heads (head dims 16, 16, 6/12, 8), patch sizes, resolutions and context
 # lengths all vary; "b" has a context of 16, so long class names push RPO's prompts past it.
-VIT_SHAPES = {
+VIT_SHAPES = {  # overrides of tiny_vit_config's defaults (= shape "a")
     "vlprompt-test-vit-a": {},
-    "vlprompt-test-vit-b": dict(
-        width=48,
-        heads=3,
-        patch_size=4,
-        image_size=16,
-        text_width=32,
-        text_heads=2,
-        embed_dim=24,
-        context_length=16,
-    ),
-    "vlprompt-test-vit-c": dict(
-        width=36,
-        layers=1,
-        heads=6,
-        patch_size=16,
-        image_size=48,
-        text_width=48,
-        text_heads=4,
-        text_layers=1,
-        embed_dim=16,
-        context_length=32,
-    ),
-    "vlprompt-test-vit-d": dict(
-        width=40,
-        heads=5,
-        patch_size=6,
-        image_size=30,
-        text_width=40,
-        text_heads=5,
-        text_layers=3,
-        embed_dim=20,
-        context_length=20,
-    ),
-}
+    "vlprompt-test-vit-b": dict(width=48, heads=3, patch_size=4, image_size=16, text_width=32,
+                                text_heads=2, embed_dim=24, context_length=16),
+    "vlprompt-test-vit-c": dict(width=36, layers=1, heads=6, patch_size=16, image_size=48,
+                                text_width=48, text_heads=4, text_layers=1, embed_dim=16,
+                                context_length=32),
+    "vlprompt-test-vit-d": dict(width=40, heads=5, patch_size=6, image_size=30, text_width=40,
+                                text_heads=5, text_layers=3, embed_dim=20, context_length=20),
+}  # fmt: skip
 for _name, _overrides in VIT_SHAPES.items():
     register_model_config(_name, tiny_vit_config(**_overrides))
 
