@@ -170,3 +170,9 @@ def test_resume_needs_only_the_run_folder(world, tmp_path, capsys):
     assert "resumed from" in log and "epoch 2/2" in log
     assert main(["train", "--resume", "-q", "-o", str(tmp_path / "empty")]) == 2
     _one_line_error(capsys, "needs a run in")
+
+
+def test_crop_min_scale_flag_reaches_the_run_config(world, tmp_path):
+    run = tmp_path / "run"
+    assert main(_train_argv(world, run, "--crop-min-scale", "1")) == 0
+    assert json.loads((run / "config.json").read_text())["engine"]["crop_min_scale"] == 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 from torchvision.transforms import functional as F
@@ -16,6 +17,9 @@ from vlprompt.data import (
     list_datasets,
     transform_for,
 )
+
+from vlprompt.config import ConfigError, EngineSettings
+from vlprompt.errors import DataError
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
@@ -112,3 +116,33 @@ def test_describe_datasets_reports_found_counts_and_hints_without_writing(tmp_pa
     dtd_line = next(line for line in table.splitlines() if line.startswith("dtd "))
     assert dtd_line.split()[:6] == ["dtd", "yes", "3", "15", "6", "9"]
     assert "sun397: Download" in table
+
+
+def test_a_raised_crop_min_scale_narrows_the_random_crop():
+    t = build_transform(16, MEAN, STD, train=True, crop_min_scale=0.5)
+    assert type(t.transforms[0]).__name__ == "RandomResizedCrop"
+    assert t.transforms[0].scale == (0.5, 1.0)
+
+
+def test_crop_min_scale_one_is_the_test_view_or_its_mirror(tmp_path):
+    """No crop: every training view is the test transform's image, flipped or not."""
+    img = Image.open(write_image(tmp_path / "r.png", size=8).parent / "r.png").resize((40, 40))
+    expect = build_transform(16, MEAN, STD, train=False)(img)
+    t = build_transform(16, MEAN, STD, train=True, crop_min_scale=1)
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(12):
+        out = t(img)
+        flipped = not torch.equal(out, expect)
+        if flipped:
+            torch.testing.assert_close(out, expect.flip(-1), atol=0, rtol=0)
+        seen.add(flipped)
+    assert seen == {False, True}  # the flip stays random
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, 1.5, "0.5", True, None])
+def test_a_crop_min_scale_outside_0_1_is_a_clear_error(bad):
+    with pytest.raises(DataError, match=r"crop_min_scale=.*expected a number in \(0, 1\]"):
+        build_transform(16, MEAN, STD, train=True, crop_min_scale=bad)
+    with pytest.raises(ConfigError, match=r"crop_min_scale must be a number in \(0, 1\]"):
+        EngineSettings(crop_min_scale=bad)

@@ -165,3 +165,31 @@ def test_train_records_the_view_pool_as_part_of_the_run(tmp_path, monkeypatch):
     assert "view pool: 2 views x 12 images of 'features'" in (out / "log.txt").read_text()
     with pytest.raises(RunError, match="engine.view_pool: 2 -> 0"):
         vlprompt.train("coop", "imagefolder", output_dir=out, **common)  # not the same run
+
+
+def test_train_records_the_crop_and_trains_on_it(tmp_path, monkeypatch):
+    """`crop_min_scale` reaches the training transform and is part of the run's identity."""
+    import json
+
+    import vlprompt
+    import vlprompt.data.transforms as transforms
+    from test_engine_helpers import TINY_VIT, make_imagefolder, save_tiny_checkpoint
+    from vlprompt.config import RunError
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    asked = []
+    original = transforms.build_transform
+    monkeypatch.setattr(
+        transforms, "build_transform",
+        lambda *a, **k: asked.append((a[3], a[4] if len(a) > 4 else None)) or original(*a, **k),
+    )  # fmt: skip
+    data = make_imagefolder(tmp_path / "data")
+    ckpt = save_tiny_checkpoint(tmp_path / "tiny.safetensors")
+    common = dict(root=data, backbone=TINY_VIT, pretrained=ckpt, shots=4, progress=False,
+                  epochs=1, batch_size=4, n_ctx=2, evaluate=False)  # fmt: skip
+    out = tmp_path / "run"
+    vlprompt.train("coop", "imagefolder", output_dir=out, crop_min_scale=0.5, **common)
+    assert (True, 0.5) in asked
+    assert json.loads((out / "config.json").read_text())["engine"]["crop_min_scale"] == 0.5
+    with pytest.raises(RunError, match="engine.crop_min_scale: 0.5 -> 0.08"):
+        vlprompt.train("coop", "imagefolder", output_dir=out, **common)

@@ -330,6 +330,7 @@ def train(
     eval_batch_size: int = 100,
     keep_checkpoints: int = 1,
     view_pool: int = 0,
+    crop_min_scale: float = 0.08,
     evaluate: bool = True,
     progress: bool | None = None,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
@@ -340,8 +341,9 @@ def train(
 
     `config_overrides` set the method's config (e.g. ``lr=0.005, epochs=5, n_prompts=4``); the
     rest defaults to the method's paper recipe. `view_pool=N` (N > 0) trains on N augmented views
-    per image pre-computed once (faster, not the papers' augmentation; see vlprompt.view_pool). An `output_dir` holding a finished run of the
-    same config returns that run at once; one holding another config is refused unless `resume`
+    per image pre-computed once (faster, not the papers' augmentation; see vlprompt.view_pool).
+    `crop_min_scale`: the smallest area fraction of a training crop (0.08 = the papers; 1 = no
+    crop). An `output_dir` holding a finished run of the same config returns that run at once; one holding another config is refused unless `resume`
     (continue the saved run with its saved config) or `overwrite` (start again).
     Under `torchrun`, every process calls this; rank 0 writes.
     """
@@ -353,6 +355,7 @@ def train(
         eval_batch_size=eval_batch_size,
         keep_checkpoints=keep_checkpoints,
         view_pool=view_pool,
+        crop_min_scale=crop_min_scale,
     )
     wanted = resolve_config(
         method, dataset, root=root, backbone=backbone, pretrained=pretrained, shots=shots,
@@ -445,7 +448,9 @@ def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say):
             _fit_linear_probe(method, splits, config, say)
         return method, splits, time.perf_counter() - started
     dataset = ImageListDataset(
-        splits.train, transform_for(clip, train=True), keep_decoded_bytes=KEEP_DECODED_TRAIN_BYTES
+        splits.train,
+        transform_for(clip, train=True, crop_min_scale=config.engine.crop_min_scale),
+        keep_decoded_bytes=KEEP_DECODED_TRAIN_BYTES,
     )
     result = fit(
         method, dataset, settings=config.engine, seed=config.seed, run_dir=run_dir,

@@ -68,7 +68,7 @@ MINI_EXAMPLE = """examples:
 RUN_KEYS = ("method", "dataset", "root", "backbone", "pretrained", "shots", "seed", "subsample")
 ENGINE_KEYS = (
     "device", "precision", "deterministic", "num_workers", "eval_batch_size", "keep_checkpoints",
-    "view_pool",
+    "view_pool", "crop_min_scale",
 )  # fmt: skip
 OTHER_KEYS = ("output_dir", "resume", "overwrite", "evaluate", "progress")
 
@@ -186,6 +186,9 @@ def _add_train_parser(sub: Any, argv: list[str]) -> None:
     p.add_argument("--view-pool", dest="view_pool", type=int, default=S, metavar="N",
                    help="pre-compute N augmented views per training image once and reuse them "
                    "(faster; changes the augmentation, so accuracy may change; default 0 = off)")  # fmt: skip
+    p.add_argument("--crop-min-scale", dest="crop_min_scale", type=float, default=S, metavar="F",
+                   help="smallest area fraction of a training crop (default 0.08 as the papers; "
+                   "raise it for small objects in the frame; 1 = no crop, flips only)")  # fmt: skip
     p.add_argument("--no-eval", dest="evaluate", action="store_false", default=S,
                    help="do not evaluate the last epoch on the test split")  # fmt: skip
     p.add_argument("--config", default=None, help="YAML or JSON file of settings")

@@ -49,8 +49,8 @@ class TrainingDivergedError(VlpromptError, RuntimeError):
 
 @dataclass
 class EngineSettings:
-    """How the engine runs. Only `precision`, `deterministic` and `view_pool` can change the
-    numbers."""
+    """How the engine runs. Only `precision`, `deterministic`, `view_pool` and `crop_min_scale`
+    can change the numbers."""
 
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... (DDP picks cuda:LOCAL_RANK itself)
     precision: str = "auto"  # autocast dtype on CUDA: auto = fp16 (the papers); CPU is always fp32
@@ -61,6 +61,9 @@ class EngineSettings:
     # augmented views per training image pre-computed once and reused across epochs
     # (vlprompt.view_pool): faster, but NOT the papers' fresh augmentations; 0 = off (default)
     view_pool: int = 0
+    # smallest area fraction of the training crop: 0.08 = the papers (CoOp / Dassl); raise it for
+    # images whose object is small in the frame; 1 = no crop (flips only)
+    crop_min_scale: float = 0.08
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISION_CHOICES:
@@ -77,6 +80,13 @@ class EngineSettings:
             raise ConfigError(f"view_pool must be a whole number >= 0, got {self.view_pool!r}")
         if self.view_pool < 0:
             raise ConfigError(f"view_pool must be >= 0 (0 = off), got {self.view_pool}")
+        if isinstance(self.crop_min_scale, bool) or not (
+            isinstance(self.crop_min_scale, (int, float)) and 0 < self.crop_min_scale <= 1
+        ):
+            raise ConfigError(
+                f"crop_min_scale must be a number in (0, 1] (0.08 = the papers, 1 = no crop), "
+                f"got {self.crop_min_scale!r}"
+            )
 
     def workers(self) -> int:
         if self.num_workers is not None:
