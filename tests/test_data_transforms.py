@@ -8,6 +8,7 @@ from PIL import Image
 from torchvision.transforms import functional as F
 
 from test_data_trees import make_dtd, make_imagenet_a, write_image
+from vlprompt.config import ConfigError, EngineSettings
 from vlprompt.data import (
     ImageListDataset,
     build_dataset,
@@ -17,8 +18,6 @@ from vlprompt.data import (
     list_datasets,
     transform_for,
 )
-
-from vlprompt.config import ConfigError, EngineSettings
 from vlprompt.errors import DataError
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
