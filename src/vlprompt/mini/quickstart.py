@@ -57,9 +57,11 @@ def mini_bench(
     pretrained: str | Path | None = None,
     device: str = "cpu",
     plots: bool = True,
+    crop_min_scale: float | None = None,
 ) -> Any:
     """`vlprompt.protocols.run_bench` on the mini world with the tiny CLIP and `MINI_SETTINGS`
-    (override per method with `settings`). Resumable: finished evaluations are not repeated."""
+    (override per method with `settings`). `crop_min_scale`: the training crop (None = the
+    papers' 0.08). Resumable: finished evaluations are not repeated."""
     from vlprompt.protocols import run_bench
 
     overrides = {m: dict(MINI_SETTINGS.get(m, {})) for m in methods}
@@ -78,6 +80,7 @@ def mini_bench(
         method_overrides=overrides,
         device=device,
         plots=plots,
+        train_kwargs=None if crop_min_scale is None else {"crop_min_scale": crop_min_scale},
     )
 
 
