@@ -32,7 +32,7 @@ class PretrainConfig:
     """Everything that decides the pre-trained weights (with the world's own code)."""
 
     seed: int = 0  # seeds the pool, the captions, the batches and the initial weights
-    steps: int = 6000  # optimizer steps
+    steps: int = 15000  # optimizer steps
     batch_size: int = 128  # image-caption pairs per step (the contrastive negatives)
     pool_size: int = 16384  # images drawn once (in pairs); captions are re-drawn every time
     lr: float = 2e-3  # AdamW peak learning rate
