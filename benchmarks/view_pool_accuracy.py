@@ -22,7 +22,7 @@ from vlprompt.protocols import read_records, run_bench
 
 def sweep(views: int, args) -> Path:
     from vlprompt.mini import MODEL_NAME, checkpoint_path
-    from vlprompt.mini.quickstart import MINI_SETTINGS
+    from vlprompt.mini.quickstart import MINI_CROP_MIN_SCALE, MINI_SETTINGS
 
     out = Path(args.output_dir) / (f"pool{views}" if views else "no_pool")
     run_bench(
@@ -34,7 +34,7 @@ def sweep(views: int, args) -> Path:
         pretrained=str(args.pretrained or checkpoint_path()),
         output_dir=out,
         method_overrides={m: dict(MINI_SETTINGS.get(m, {})) for m in args.methods},
-        train_kwargs={"view_pool": views, "progress": False},
+        train_kwargs={"view_pool": views, "progress": False, "crop_min_scale": MINI_CROP_MIN_SCALE},
         plots=False,
     )
     return out

@@ -35,6 +35,11 @@ def test_quickstart_runs_base2new_with_the_tiny_clip_and_prints_the_table(
     assert datasets == [qs.QUICKSTART_DATASETS[0]] and kwargs["seeds"] == [1]
     assert kwargs["backbone"] == MODEL_NAME and kwargs["pretrained"] == str(checkpoint_path())
     assert kwargs["method_overrides"]["coop"] == qs.MINI_SETTINGS["coop"]
+    assert (
+        kwargs["train_kwargs"]
+        == {"crop_min_scale": qs.MINI_CROP_MIN_SCALE}
+        == {"crop_min_scale": 1.0}
+    )  # the mini world's one departure from the papers: no random crop
     out = capsys.readouterr().out
     assert "| method | base | new |" in out and "plot: " in out
 
@@ -51,3 +56,5 @@ def test_mini_bench_settings_override_one_method_only(monkeypatch, tmp_path):
     assert seen["method_overrides"]["rpo"] == {**qs.MINI_SETTINGS["rpo"], "epochs": 2}
     assert seen["method_overrides"]["coop"] == qs.MINI_SETTINGS["coop"]
     assert qs.MINI_SETTINGS["rpo"]["epochs"] != 2  # the module's settings are not mutated
+    qs.mini_bench("fewshot", tmp_path, methods=["coop"], crop_min_scale=0.08)
+    assert seen["train_kwargs"] == {"crop_min_scale": 0.08}  # the papers' crop, when asked
