@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args.seeds = [int(s) for s in args.seeds.split(",")]
     folders = {}
     for views in (0, args.views):
-        label = f"view pool, {views} views" if views else "fresh (papers')"
+        label = f"view pool, {views} views" if views else "fresh every epoch"
         folders[label] = sweep(views, args)
     print(summarise(folders, args))
     return 0
