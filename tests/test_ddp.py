@@ -25,7 +25,7 @@ def _no_augmentation(monkeypatch=None):
     """Random crops cannot match across process counts; the test transform is deterministic."""
     original = vlprompt.data.transform_for
 
-    def eval_transform(clip, train):
+    def eval_transform(clip, train, **_):
         return original(clip, train=False)
 
     if monkeypatch is not None:
