@@ -147,18 +147,24 @@ def test_fit_with_a_view_pool_trains_from_the_pool(tiny_clip):
         EngineSettings(view_pool=-1)
 
 
-def test_train_records_the_view_pool_as_part_of_the_run(tmp_path, monkeypatch):
-    import json
-
-    import vlprompt
+def _tiny_coop_settings(tmp_path, monkeypatch) -> dict:
+    """`vlprompt.train` keyword arguments for a one-epoch CoOp run on a tiny image folder."""
     from test_engine_helpers import TINY_VIT, make_imagefolder, save_tiny_checkpoint
-    from vlprompt.config import RunError
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     data = make_imagefolder(tmp_path / "data")
     ckpt = save_tiny_checkpoint(tmp_path / "tiny.safetensors")
-    common = dict(root=data, backbone=TINY_VIT, pretrained=ckpt, shots=4, progress=False,
-                  epochs=1, batch_size=4, n_ctx=2, evaluate=False)  # fmt: skip
+    return dict(root=data, backbone=TINY_VIT, pretrained=ckpt, shots=4, progress=False,
+                epochs=1, batch_size=4, n_ctx=2, evaluate=False)  # fmt: skip
+
+
+def test_train_records_the_view_pool_as_part_of_the_run(tmp_path, monkeypatch):
+    import json
+
+    import vlprompt
+    from vlprompt.config import RunError
+
+    common = _tiny_coop_settings(tmp_path, monkeypatch)
     out = tmp_path / "run"
     vlprompt.train("coop", "imagefolder", output_dir=out, view_pool=2, **common)
     assert json.loads((out / "config.json").read_text())["engine"]["view_pool"] == 2
@@ -173,20 +179,15 @@ def test_train_records_the_crop_and_trains_on_it(tmp_path, monkeypatch):
 
     import vlprompt
     import vlprompt.data.transforms as transforms
-    from test_engine_helpers import TINY_VIT, make_imagefolder, save_tiny_checkpoint
     from vlprompt.config import RunError
 
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     asked = []
     original = transforms.build_transform
     monkeypatch.setattr(
         transforms, "build_transform",
         lambda *a, **k: asked.append((a[3], a[4] if len(a) > 4 else None)) or original(*a, **k),
     )  # fmt: skip
-    data = make_imagefolder(tmp_path / "data")
-    ckpt = save_tiny_checkpoint(tmp_path / "tiny.safetensors")
-    common = dict(root=data, backbone=TINY_VIT, pretrained=ckpt, shots=4, progress=False,
-                  epochs=1, batch_size=4, n_ctx=2, evaluate=False)  # fmt: skip
+    common = _tiny_coop_settings(tmp_path, monkeypatch)
     out = tmp_path / "run"
     vlprompt.train("coop", "imagefolder", output_dir=out, crop_min_scale=0.5, **common)
     assert (True, 0.5) in asked
