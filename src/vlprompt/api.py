@@ -343,8 +343,9 @@ def train(
     rest defaults to the method's paper recipe. `view_pool=N` (N > 0) trains on N augmented views
     per image pre-computed once (faster, not the papers' augmentation; see vlprompt.view_pool).
     `crop_min_scale`: the smallest area fraction of a training crop (0.08 = the papers; 1 = no
-    crop). An `output_dir` holding a finished run of the same config returns that run at once; one holding another config is refused unless `resume`
-    (continue the saved run with its saved config) or `overwrite` (start again).
+    crop). An `output_dir` holding a finished run of the same config returns that run at once;
+    one holding another config is refused unless `resume` (continue the saved run with its saved
+    config) or `overwrite` (start again).
     Under `torchrun`, every process calls this; rank 0 writes.
     """
     engine = EngineSettings(
