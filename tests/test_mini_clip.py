@@ -46,6 +46,41 @@ def test_pretrain_writes_a_loadable_checkpoint_and_a_record(tmp_path):
         assert f.get_tensor("logit_scale").dtype == torch.float16
 
 
+def test_pretrain_builds_another_registered_architecture(tmp_path):
+    """`model=` pre-trains any registered open_clip config (here a 1-layer text tower)."""
+    from vlprompt.backbone import register_model_config
+
+    config = json.loads((checkpoint_path().parent / f"{MODEL_NAME}.json").read_text())
+    config["text_cfg"]["layers"] = 1
+    register_model_config("mini-text1-test", config)
+    out = tmp_path / "text1.safetensors"
+    record = pretrain(out, steps=1, batch_size=2, pool_size=2, model="mini-text1-test", log=None)
+    assert record["config"]["model"] == "mini-text1-test"
+    clip = vlprompt.load_clip("mini-text1-test", pretrained=out)
+    assert len(clip.model.transformer.resblocks) == 1
+    with pytest.raises(ValueError, match="unknown model config 'no-such-model'"):
+        pretrain(tmp_path / "x.safetensors", steps=1, batch_size=2, pool_size=2,
+                 model="no-such-model", log=None)  # fmt: skip
+
+
+def test_pretrain_command_registers_a_model_config_file(tmp_path, capsys):
+    from vlprompt.cli import main
+
+    config = json.loads((checkpoint_path().parent / f"{MODEL_NAME}.json").read_text())
+    config["text_cfg"]["layers"] = 1
+    (tmp_path / "mini-text1-cli.json").write_text(json.dumps(config))
+    out = tmp_path / "cli.safetensors"
+    argv = ["mini", "pretrain", "-o", str(out), "--steps", "1", "--batch-size", "2",
+            "--pool-size", "2", "--model-config", str(tmp_path / "mini-text1-cli.json")]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "cli.safetensors.json").read_text())["config"]["model"] == (
+        "mini-text1-cli"
+    )
+    (tmp_path / "bad.json").write_text('{"embed_dim": 8}')
+    assert main([*argv[:-1], str(tmp_path / "bad.json")]) != 0
+    assert "bad.json: an open_clip model config needs the keys" in capsys.readouterr().err
+
+
 def test_pretrain_config_refuses_bad_values(tmp_path):
     with pytest.raises(ValueError, match="pool_size >= batch_size"):
         PretrainConfig(batch_size=64, pool_size=8)

@@ -285,6 +285,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     q.add_argument("--pool-size", dest="pool_size", type=int, default=recipe.pool_size,
                    help="images rendered once (default: %(default)s)")  # fmt: skip
     q.add_argument("--lr", type=float, default=recipe.lr, help="AdamW peak (default: %(default)s)")
+    q.add_argument("--model-config", dest="model_config", metavar="JSON",
+                   help="pre-train this open_clip model config (a JSON file, registered under "
+                   "its file name) instead of the shipped architecture")  # fmt: skip
     return parser
 
 
@@ -536,12 +539,31 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register_model_config(path: str) -> str:
+    """Register the open_clip model config in JSON file `path` under its file name; return it."""
+    from vlprompt.backbone import register_model_config
+
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise CliError(f"--model-config {path}: not a readable JSON file ({exc})") from None
+    needed = {"embed_dim", "vision_cfg", "text_cfg"}
+    if not isinstance(config, dict) or not needed <= set(config):
+        raise CliError(
+            f"--model-config {path}: an open_clip model config needs the keys "
+            f"{sorted(needed)} (see src/vlprompt/assets/vlprompt-mini-vit.json)"
+        )
+    register_model_config(Path(path).stem, config)
+    return Path(path).stem
+
+
 def cmd_mini(args: argparse.Namespace) -> int:
     pretrain = _mini_function("vlprompt.mini.pretrain", "pretrain")
+    model = {"model": _register_model_config(args.model_config)} if args.model_config else {}
     try:
         pretrain(
             args.output, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
-            pool_size=args.pool_size, lr=args.lr,
+            pool_size=args.pool_size, lr=args.lr, **model,
         )  # fmt: skip
     except ValueError as exc:  # the pre-training config's checks
         raise CliError(f"mini pretrain: {exc}") from None

@@ -122,11 +122,14 @@ def pretrain(
     pool_size: int = PretrainConfig.pool_size,
     lr: float = PretrainConfig.lr,
     storage: str = PretrainConfig.storage,
+    model: str = PretrainConfig.model,
     log: Callable[[str], None] | None = print,
 ) -> dict:
     """Pre-train the tiny CLIP on the mini world and save it to `output` (a .safetensors file,
     loadable by `vlprompt.load_clip("vlprompt-mini-vit", pretrained=output)`). A JSON record of
     the run (config, losses, wall time) is written next to it as `<output>.json` and returned.
+    `model`: the architecture, any open_clip config name (default: the shipped tiny CLIP's;
+    register another with `vlprompt.backbone.register_model_config`).
 
     Deterministic for a given seed and thread count on one machine; different BLAS builds may
     differ in the last bits.
@@ -140,7 +143,13 @@ def pretrain(
         pool_size=pool_size,
         lr=lr,
         storage=storage,
+        model=model,
     )
+    if cfg.model not in open_clip.list_models():
+        raise ValueError(
+            f"unknown model config {cfg.model!r}; register it first "
+            f"(vlprompt.backbone.register_model_config) or use {PretrainConfig.model!r}"
+        )
     output = Path(output)
     if output.suffix != ".safetensors":
         raise ValueError(f"output must be a .safetensors path, got {output}")
