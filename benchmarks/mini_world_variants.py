@@ -1,13 +1,15 @@
 """Measure a variant of the mini world before adopting it: zero-shot vs CoOp on a replica.
 
-    python benchmarks/mini_world_variants.py [--style cartoon] [--coop lr=0.01,epochs=40]
+    python benchmarks/mini_world_variants.py [--style cartoon | --styles photo,cartoon,...]
+        [--coop lr=0.01,epochs=40]
         [--model NAME --model-config JSON --pretrained CKPT] [--datasets mini_shapes,...]
         [--seeds 1,2,3] [--output-dir runs/variants/NAME]
 
 Every data set is redrawn as a *replica*: the same classes and distribution with its image seed
 moved by 1000, so no image of the real train/val/test splits is used and the test split stays
 unseen by design choices. `--style` draws every image in one fixed style (default: each data
-set's own). `--coop` overrides CoOp's mini-world settings (e.g. the official base-to-new init:
+set's own); `--styles` draws item i of every class in the i-th style of the list, cycling (as
+mini_scenes is drawn). `--coop` overrides CoOp's mini-world settings (e.g. the official base-to-new init:
 `"ctx_init=a photo of a"`). `--model-config` registers another open_clip config (e.g. a deeper
 text tower) for `--model` / `--pretrained` weights from `vlprompt mini pretrain`.
 
@@ -41,7 +43,7 @@ def _settings(text: str) -> dict:
     return values
 
 
-def use_replicas(datasets: list[str], style: str | None) -> None:
+def use_replicas(datasets: list[str], style: str | None, styles: tuple[str, ...] = ()) -> None:
     """Swap each data set's spec for its replica (the registry reads MINI_DATASETS at load time)."""
     from vlprompt.mini import datasets as mini_datasets
 
@@ -49,7 +51,11 @@ def use_replicas(datasets: list[str], style: str | None) -> None:
         spec = mini_datasets.MINI_DATASETS[name]
         fixed = {**spec.fixed, "style": style} if style else spec.fixed
         mini_datasets.MINI_DATASETS[name] = dataclasses.replace(
-            spec, seed=spec.seed + REPLICA_SEED_OFFSET, fixed=fixed, variants=()
+            spec,
+            seed=spec.seed + REPLICA_SEED_OFFSET,
+            fixed=fixed,
+            variants=(),
+            styles=() if style else (styles or spec.styles),
         )
 
 
@@ -69,6 +75,7 @@ def bare_name_accuracy(clip, name: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--style", default=None)
+    parser.add_argument("--styles", default="")
     parser.add_argument("--coop", type=_settings, default={})
     parser.add_argument("--model", default=None)
     parser.add_argument("--model-config", default=None)
@@ -98,7 +105,10 @@ def main() -> None:
     datasets = args.datasets.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
 
-    use_replicas(datasets, args.style)
+    if args.style and args.styles:
+        parser.error("give --style (one style) or --styles (a cycle), not both")
+    styles = tuple(filter(None, args.styles.split(",")))
+    use_replicas(datasets, args.style, styles)
     clip = load_clip(model, pretrained=pretrained)
     bare = {name: bare_name_accuracy(clip, name) for name in datasets}
     overrides = {"zsclip": {}, "coop": {**MINI_SETTINGS["coop"], **args.coop}}
@@ -116,7 +126,7 @@ def main() -> None:
             if r["dataset"] == name and r["method"] == method and r["subsample"] == classes
         )
 
-    print(f"\nreplica data sets (seed +{REPLICA_SEED_OFFSET}), style {args.style or 'own'}, "
+    print(f"\nreplica data sets (seed +{REPLICA_SEED_OFFSET}), style {args.style or args.styles or 'own'}, "
           f"model {model}, CoOp {overrides['coop']}, seeds {args.seeds}\n")  # fmt: skip
     print("| data set | ZS base, bare name | ZS base | CoOp base | CoOp - ZS | ZS new | CoOp new |")
     print("|---|---|---|---|---|---|---|")

@@ -46,3 +46,43 @@ def test_batch_override_per_method():
     for bad in ("rpo", "rpo=0", "nosuch=4"):
         with pytest.raises(SystemExit, match="--batch: expected METHOD=N"):
             parse_batches(bad)
+
+
+def test_mini_world_replicas_never_reuse_the_real_images_and_cycle_the_given_styles(monkeypatch):
+    """`benchmarks/mini_world_variants.py` measures world variants on replicas: the image seed is
+    moved (so design choices never see the real splits) and `--styles` cycles item by item."""
+    from mini_world_variants import REPLICA_SEED_OFFSET, use_replicas
+
+    from vlprompt.mini import datasets as mini_datasets
+
+    monkeypatch.setattr(mini_datasets, "MINI_DATASETS", dict(mini_datasets.MINI_DATASETS))
+    real = mini_datasets.MINI_DATASETS["mini_objects"]
+    use_replicas(["mini_objects"], None, ("photo", "cartoon", "noisy"))
+    replica = mini_datasets.MINI_DATASETS["mini_objects"]
+    assert replica.seed == real.seed + REPLICA_SEED_OFFSET and replica.variants == ()
+    assert replica.classnames == real.classnames
+    styles = [replica.attributes("train", 0, i)[0].style for i in range(6)]
+    assert styles == ["photo", "cartoon", "noisy"] * 2
+    assert replica.attributes("train", 0, 0)[0] != real.attributes("train", 0, 0)[0]
+
+    use_replicas(["mini_shapes"], "sketch")  # one fixed style replaces the data set's own
+    shapes = mini_datasets.MINI_DATASETS["mini_shapes"]
+    assert {shapes.attributes("test", 1, i)[0].style for i in range(4)} == {"sketch"}
+
+
+def test_two_way_shares_split_additive_and_interacting_text_features():
+    """`benchmarks/mini_text_additivity.py`: row + column + interaction shares add up to 1; an
+    additive grid (feature = row vector + column vector) has no interaction, a grid with no
+    main effects is all interaction."""
+    from mini_text_additivity import two_way_shares
+
+    gen = torch.Generator().manual_seed(0)
+    rows, cols = torch.randn(4, 1, 8, generator=gen), torch.randn(1, 5, 8, generator=gen)
+    r, c, inter = two_way_shares(rows + cols)
+    assert abs(r + c + inter - 1) < 1e-6 and inter < 1e-10 and r > 0.1 and c > 0.1
+
+    noise = torch.randn(4, 5, 8, generator=gen)
+    noise = noise - noise.mean(0, keepdim=True) - noise.mean(1, keepdim=True)
+    noise = noise + noise.mean((0, 1), keepdim=True)  # remove both main effects exactly
+    r, c, inter = two_way_shares(noise)
+    assert abs(inter - 1) < 1e-5 and r < 1e-10 and c < 1e-10
