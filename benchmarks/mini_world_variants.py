@@ -46,7 +46,11 @@ def _settings(text: str) -> dict:
 def use_replicas(datasets: list[str], style: str | None, styles: tuple[str, ...] = ()) -> None:
     """Swap each data set's spec for its replica (the registry reads MINI_DATASETS at load time)."""
     from vlprompt.mini import datasets as mini_datasets
+    from vlprompt.mini.world import STYLES
 
+    unknown = [s for s in (style, *styles) if s is not None and s not in STYLES]
+    if unknown:
+        raise ValueError(f"unknown style(s) {', '.join(unknown)}; known: {', '.join(STYLES)}")
     for name in datasets:
         spec = mini_datasets.MINI_DATASETS[name]
         fixed = {**spec.fixed, "style": style} if style else spec.fixed
@@ -108,7 +112,10 @@ def main() -> None:
     if args.style and args.styles:
         parser.error("give --style (one style) or --styles (a cycle), not both")
     styles = tuple(filter(None, args.styles.split(",")))
-    use_replicas(datasets, args.style, styles)
+    try:
+        use_replicas(datasets, args.style, styles)
+    except ValueError as error:
+        parser.error(str(error))
     clip = load_clip(model, pretrained=pretrained)
     bare = {name: bare_name_accuracy(clip, name) for name in datasets}
     overrides = {"zsclip": {}, "coop": {**MINI_SETTINGS["coop"], **args.coop}}

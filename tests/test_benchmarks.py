@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -68,6 +69,9 @@ def test_mini_world_replicas_never_reuse_the_real_images_and_cycle_the_given_sty
     use_replicas(["mini_shapes"], "sketch")  # one fixed style replaces the data set's own
     shapes = mini_datasets.MINI_DATASETS["mini_shapes"]
     assert {shapes.attributes("test", 1, i)[0].style for i in range(4)} == {"sketch"}
+
+    with pytest.raises(ValueError, match="unknown style.*bogus.*known: photo"):
+        use_replicas(["mini_colors"], None, ("photo", "bogus"))
 
 
 def test_two_way_shares_split_additive_and_interacting_text_features():
