@@ -90,3 +90,33 @@ def test_two_way_shares_split_additive_and_interacting_text_features():
     noise = noise + noise.mean((0, 1), keepdim=True)  # remove both main effects exactly
     r, c, inter = two_way_shares(noise)
     assert abs(inter - 1) < 1e-5 and r < 1e-10 and c < 1e-10
+
+
+def test_headroom_head_starts_at_zero_shot_and_fits_what_the_features_separate():
+    """`benchmarks/mini_headroom.py`: the fitted class features start exactly at the zero-shot
+    ones (so the validation-chosen head can only be zero-shot or better on validation), and on
+    features the zero-shot classes get wrong, fitting learns the right classes."""
+    import torch.nn.functional as F
+    from mini_headroom import accuracy, best_snapshot, fit_class_features
+
+    gen = torch.Generator().manual_seed(0)
+    centres = F.normalize(torch.randn(3, 16, generator=gen), dim=-1)
+    labels = torch.arange(3).repeat_interleave(20)
+    features = F.normalize(centres[labels] + 0.2 * torch.randn(60, 16, generator=gen), dim=-1)
+    wrong = centres[[1, 2, 0]]  # zero-shot features that name every class as the next one
+    assert accuracy(wrong, features, labels) == 0.0
+
+    snapshots = fit_class_features(wrong, features, labels, scale=50.0, lr=0.05, steps=100)
+    assert len(snapshots) == 11 and torch.equal(snapshots[0], wrong)
+    assert accuracy(snapshots[-1], features, labels) == 100.0
+    good = snapshots[-1]
+    assert best_snapshot([wrong, good, good.clone()], features, labels) is good  # earliest best
+    assert best_snapshot([wrong, wrong.clone()], features, labels) is wrong  # ties: the initial
+
+
+def test_headroom_shots_are_distinct_per_class_and_seeded():
+    from mini_headroom import SHOTS, shot_indices
+
+    a, b = shot_indices(24, 5, seed=1), shot_indices(24, 5, seed=2)
+    assert a == shot_indices(24, 5, seed=1) and a != b
+    assert all(len(set(s)) == SHOTS and max(s) < 24 for s in a)

@@ -1,0 +1,171 @@
+"""How much can 16 shots add to zero-shot CLIP on a mini data set's base classes, at most?
+
+    python benchmarks/mini_headroom.py [--style cartoon | --styles photo,cartoon,...] [--lr 1e-4]
+        [--steps 300] [--model NAME --model-config JSON --pretrained CKPT]
+        [--datasets mini_shapes,...] [--seeds 1,2,3]
+
+CoOp, KgCoOp and ProGrad classify frozen image features with one text feature per class; all a
+prompt can do is move those class features. Here the class features themselves are the
+parameters: initialised at the zero-shot text features, fitted by cross-entropy on CLIP's logits
+(logit scale x cosine) on 16 training images per base class. That is more freedom than any
+prompt gives, so the head bounds what prompt learning can gain over zero-shot with these shots.
+
+Columns (base classes of a replica, see `mini_world_variants.py`; mean over seeds):
+- **ZS**: zero-shot with the data set's template;
+- **head, validation-chosen**: the snapshot (every 10 steps, the initial one included) that is
+  best on the 4 validation images per class, the earliest on ties: an honest few-shot method;
+- **head, best step on test**: the snapshot best on the test images themselves, an upper bound
+  for any stopping rule;
+- **head fitted on test**: the head trained on the test images (1000 steps), what the frozen
+  image features can separate at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mini_world_variants import use_replicas
+
+SHOTS, VAL_PER_CLASS, SNAPSHOT_EVERY = 16, 4, 10
+
+
+def accuracy(class_features: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy (%) of normalised image `features` against `class_features` [C, D]."""
+    predictions = (features @ F.normalize(class_features, dim=-1).T).argmax(1)
+    return 100.0 * float((predictions == labels).float().mean())
+
+
+def fit_class_features(
+    init: torch.Tensor,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    scale: float,
+    lr: float,
+    steps: int,
+    every: int = SNAPSHOT_EVERY,
+) -> list[torch.Tensor]:
+    """Adam on the class features [C, D] with cross-entropy on `scale * cos`; returns snapshots
+    every `every` steps, the first being `init` itself."""
+    weights = init.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([weights], lr=lr)
+    snapshots = [init.clone()]
+    for step in range(1, steps + 1):
+        logits = scale * features @ F.normalize(weights, dim=-1).T
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % every == 0:
+            snapshots.append(weights.detach().clone())
+    return snapshots
+
+
+def best_snapshot(
+    snapshots: list[torch.Tensor], features: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """The snapshot with the highest accuracy on (features, labels); the earliest on ties."""
+    scores = [accuracy(s, features, labels) for s in snapshots]
+    return snapshots[scores.index(max(scores))]
+
+
+def shot_indices(n_train: int, n_classes: int, seed: int) -> list[list[int]]:
+    """SHOTS distinct training images per class, drawn with numpy's generator for `seed`."""
+    rng = np.random.default_rng(seed)
+    return [sorted(rng.choice(n_train, SHOTS, replace=False).tolist()) for _ in range(n_classes)]
+
+
+def _image_features(clip, spec, split: str, per_class: list) -> tuple[torch.Tensor, torch.Tensor]:
+    from vlprompt.mini.probe import _to_tensor
+
+    feats, labels = [], []
+    with torch.no_grad():
+        for label, indices in enumerate(per_class):
+            images = [spec.item(split, label, i) for i in indices]
+            feats.append(clip.encode_image(_to_tensor(images, clip), normalize=True))
+            labels += [label] * len(indices)
+    return torch.cat(feats), torch.tensor(labels)
+
+
+def measure(clip, name: str, seeds: list[int], lr: float, steps: int) -> dict[str, float]:
+    """The four columns for one data set (accuracy in %, base classes, test split)."""
+    from vlprompt.mini.datasets import get_spec
+
+    spec = get_spec(name)
+    n_base = math.ceil(len(spec.classnames) / 2)
+    prompts = [spec.template.format(c) for c in spec.classnames[:n_base]]
+    with torch.no_grad():
+        zeroshot = clip.encode_text(clip.tokenize(prompts), normalize=True)
+    scale = float(clip.logit_scale)
+    test = [range(spec.per_class["test"])] * n_base
+    x_test, y_test = _image_features(clip, spec, "test", test)
+    x_val, y_val = _image_features(clip, spec, "val", [range(VAL_PER_CLASS)] * n_base)
+    chosen, best = [], []
+    for seed in seeds:
+        shots = shot_indices(spec.per_class["train"], n_base, seed)
+        x_train, y_train = _image_features(clip, spec, "train", shots)
+        torch.manual_seed(seed)
+        snapshots = fit_class_features(zeroshot, x_train, y_train, scale, lr, steps)
+        chosen.append(accuracy(best_snapshot(snapshots, x_val, y_val), x_test, y_test))
+        best.append(accuracy(best_snapshot(snapshots, x_test, y_test), x_test, y_test))
+    fitted_on_test = fit_class_features(zeroshot, x_test, y_test, scale, lr=1e-3, steps=1000)[-1]
+    return {
+        "ZS": accuracy(zeroshot, x_test, y_test),
+        "head, validation-chosen": statistics.mean(chosen),
+        "head, best step on test": statistics.mean(best),
+        "head fitted on test": accuracy(fitted_on_test, x_test, y_test),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--style", default=None)
+    parser.add_argument("--styles", default="")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--model-config", default=None)
+    parser.add_argument("--pretrained", default=None)
+    parser.add_argument(
+        "--datasets",
+        default="mini_shapes,mini_colors,mini_objects,mini_patterns,mini_counts,mini_sizes",
+    )
+    parser.add_argument("--seeds", default="1,2,3")
+    args = parser.parse_args()
+
+    import open_clip
+
+    from vlprompt.backbone import load_clip
+    from vlprompt.mini import MODEL_NAME, checkpoint_path
+
+    if args.style and args.styles:
+        parser.error("give --style (one style) or --styles (a cycle), not both")
+    if args.model_config:
+        open_clip.add_model_config(args.model_config)
+    datasets = args.datasets.split(",")
+    try:
+        use_replicas(datasets, args.style, tuple(filter(None, args.styles.split(","))))
+    except ValueError as error:
+        parser.error(str(error))
+    model = args.model or MODEL_NAME
+    clip = load_clip(model, pretrained=str(args.pretrained or checkpoint_path()))
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    print(f"replicas, base classes, style {args.style or args.styles or 'own'}, model {model}, "
+          f"{SHOTS} shots, lr {args.lr}, {args.steps} steps, seeds {args.seeds}\n")  # fmt: skip
+    rows = {name: measure(clip, name, seeds, args.lr, args.steps) for name in datasets}
+    columns = list(next(iter(rows.values())))
+    print("| data set | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for name, row in rows.items():
+        print(f"| {name} | " + " | ".join(f"{row[c]:.1f}" for c in columns) + " |")
+    means = [statistics.mean(row[c] for row in rows.values()) for c in columns]
+    print("| mean | " + " | ".join(f"{m:.1f}" for m in means) + " |")
+
+
+if __name__ == "__main__":
+    main()
