@@ -155,3 +155,30 @@ def test_a_copy_finished_by_another_process_is_kept(tiny_sizes, tmp_path, monkey
     assert data_mini.materialize("mini_scenes", tmp_path) == folder
     assert (folder / data_mini.SPLIT_FILE).read_text().startswith('{"train": []')
     assert [p.name for p in folder.parent.iterdir()] == ["mini_scenes"]  # temp folder removed
+
+
+LOOKS = {
+    "mini_shapes": {"color": "white", "pattern": "plain", "size": "large", "background": "night"},
+    "mini_objects": {"pattern": "outlined", "size": "large", "background": "night"},
+    "mini_patterns": {"color": "white", "size": "large", "background": "night"},
+    "mini_counts": {"color": "white", "pattern": "plain", "size": "large", "background": "night"},
+    "mini_sizes": {"color": "yellow", "pattern": "plain", "background": "night"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOOKS))
+def test_a_data_set_look_fixes_every_attribute_but_the_class_and_position(name):
+    """Each shape data set is one narrow look (docs/mini-world.md): across its images only the
+    class attributes and the position vary, in every split."""
+    spec = MINI_DATASETS[name]
+    class_keys = set(spec.class_attributes[0])
+    seen = {key: set() for key in ("shape", "color", "pattern", "size", "count", "background")}
+    for split in ("train", "val", "test"):
+        for label in range(len(spec.classnames)):
+            for index in range(3):
+                attrs = spec.attributes(split, label, index)[0].to_dict()
+                assert {k: attrs[k] for k in LOOKS[name]} == LOOKS[name]
+                assert attrs["style"] == "photo"
+                for key in seen:
+                    seen[key].add(attrs[key])
+    assert {key for key, values in seen.items() if len(values) > 1} == class_keys
