@@ -75,7 +75,6 @@ def _build_specs() -> dict[str, MiniDatasetSpec]:
     def look(*class_keys: str) -> dict:
         return {k: v for k, v in white_on_night.items() if k not in class_keys}
 
-
     specs.append(
         MiniDatasetSpec(
             name="mini_shapes",
