@@ -108,7 +108,7 @@ def test_shipped_checkpoint_new_class_zero_shot_is_at_least_three_times_chance(
 ):
     """The mini world's acceptance bar: on every data set's new classes (the second half of
     its labels, all 30 test images per class), zero-shot accuracy >= 3x chance. The closest is
-    mini_shapes: 91 of 150 images where 90 pass (docs/mini-world.md)."""
+    mini_patterns: 103 of 180 images where 90 pass (docs/mini-world.md)."""
     n = len(MINI_DATASETS[dataset].classnames)
     chance = 100.0 / (n - math.ceil(n / 2))
     assert zeroshot_accuracy(shipped_clip, dataset, classes="new") >= 3 * chance
