@@ -1,7 +1,7 @@
 """How much can 16 shots add to zero-shot CLIP on a mini data set's base classes, at most?
 
     python benchmarks/mini_headroom.py [--style cartoon | --styles photo,cartoon,...] [--lr 1e-4]
-        [--steps 300] [--model NAME --model-config JSON --pretrained CKPT]
+        [--steps 300] [--look JSON] [--seed-offset 1000] [--model NAME --model-config JSON --pretrained CKPT]
         [--datasets mini_shapes,...] [--seeds 1,2,3]
 
 CoOp, KgCoOp and ProGrad classify frozen image features with one text feature per class; all a
@@ -10,7 +10,8 @@ parameters: initialised at the zero-shot text features, fitted by cross-entropy 
 (logit scale x cosine) on 16 training images per base class. That is more freedom than any
 prompt gives, so the head bounds what prompt learning can gain over zero-shot with these shots.
 
-Columns (base classes of a replica, see `mini_world_variants.py`; mean over seeds):
+Columns (base classes of a replica, see `mini_world_variants.py` for the replica options; mean
+over seeds):
 - **ZS**: zero-shot with the data set's template;
 - **head, validation-chosen**: the snapshot (every 10 steps, the initial one included) that is
   best on the 4 validation images per class, the earliest on ties: an honest few-shot method;
@@ -23,13 +24,14 @@ Columns (base classes of a replica, see `mini_world_variants.py`; mean over seed
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mini_world_variants import use_replicas
+from mini_world_variants import REPLICA_SEED_OFFSET, look_arg, use_replicas
 
 SHOTS, VAL_PER_CLASS, SNAPSHOT_EVERY = 16, 4, 10
 
@@ -134,6 +136,8 @@ def main() -> None:
         "--datasets",
         default="mini_shapes,mini_colors,mini_objects,mini_patterns,mini_counts,mini_sizes",
     )
+    parser.add_argument("--look", type=look_arg, default=None)
+    parser.add_argument("--seed-offset", type=int, default=REPLICA_SEED_OFFSET)
     parser.add_argument("--seeds", default="1,2,3")
     args = parser.parse_args()
 
@@ -148,14 +152,17 @@ def main() -> None:
         open_clip.add_model_config(args.model_config)
     datasets = args.datasets.split(",")
     try:
-        use_replicas(datasets, args.style, tuple(filter(None, args.styles.split(","))))
+        styles = tuple(filter(None, args.styles.split(",")))
+        use_replicas(datasets, args.style, styles, args.look, args.seed_offset)
     except ValueError as error:
         parser.error(str(error))
     model = args.model or MODEL_NAME
     clip = load_clip(model, pretrained=str(args.pretrained or checkpoint_path()))
     seeds = [int(s) for s in args.seeds.split(",")]
 
-    print(f"replicas, base classes, style {args.style or args.styles or 'own'}, model {model}, "
+    look = "own" if args.look is None else json.dumps(args.look)
+    print(f"replicas (seed +{args.seed_offset}), base classes, style {args.style or args.styles or 'own'}, "
+          f"look {look}, model {model}, "
           f"{SHOTS} shots, lr {args.lr}, {args.steps} steps, seeds {args.seeds}\n")  # fmt: skip
     rows = {name: measure(clip, name, seeds, args.lr, args.steps) for name in datasets}
     columns = list(next(iter(rows.values())))

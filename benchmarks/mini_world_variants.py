@@ -2,6 +2,7 @@
 
     python benchmarks/mini_world_variants.py [--style cartoon | --styles photo,cartoon,...]
         [--coop lr=0.01,epochs=40]
+        [--look '{"color": "white", "background": "night"}'] [--seed-offset 1000]
         [--model NAME --model-config JSON --pretrained CKPT] [--datasets mini_shapes,...]
         [--seeds 1,2,3] [--output-dir runs/variants/NAME]
 
@@ -9,7 +10,10 @@ Every data set is redrawn as a *replica*: the same classes and distribution with
 moved by 1000, so no image of the real train/val/test splits is used and the test split stays
 unseen by design choices. `--style` draws every image in one fixed style (default: each data
 set's own); `--styles` draws item i of every class in the i-th style of the list, cycling (as
-mini_scenes is drawn). `--coop` overrides CoOp's mini-world settings (e.g. the official base-to-new init:
+mini_scenes is drawn). `--look` replaces each data set's look (the shape, colour, pattern, size
+and background fixed for all its images, except those that define its classes); `--look '{}'`
+draws them from the whole world. `--seed-offset` moves the image seed by another amount (a
+fresh replica). `--coop` overrides CoOp's mini-world settings (e.g. the official base-to-new init:
 `"ctx_init=a photo of a"`). `--model-config` registers another open_clip config (e.g. a deeper
 text tower) for `--model` / `--pretrained` weights from `vlprompt mini pretrain`.
 
@@ -31,6 +35,19 @@ from pathlib import Path
 REPLICA_SEED_OFFSET = 1000
 
 
+def look_arg(text: str) -> dict:
+    """Parse `--look`: a JSON object of attribute -> value."""
+    try:
+        look = json.loads(text)
+    except ValueError:
+        look = None
+    if not isinstance(look, dict):
+        raise argparse.ArgumentTypeError(
+            f'expected a JSON object such as \'{{"color": "white"}}\', got {text!r}'
+        )
+    return look
+
+
 def _settings(text: str) -> dict:
     """Parse `lr=0.01,epochs=40` into {"lr": 0.01, "epochs": 40} (numbers as numbers, else text)."""
     values = {}
@@ -43,20 +60,61 @@ def _settings(text: str) -> dict:
     return values
 
 
-def use_replicas(datasets: list[str], style: str | None, styles: tuple[str, ...] = ()) -> None:
-    """Swap each data set's spec for its replica (the registry reads MINI_DATASETS at load time)."""
+LOOK_ATTRIBUTES = ("shape", "color", "pattern", "size", "background")
+
+
+def _look_values() -> dict[str, tuple]:
+    from vlprompt.mini import world
+
+    return {"shape": world.SHAPES, "color": tuple(world.COLORS), "pattern": world.PATTERNS,
+            "size": world.SIZES, "background": world.SCENES}  # fmt: skip
+
+
+def check_look(look: dict) -> dict:
+    """`look` as given, or ValueError naming the attribute or value that is not the world's."""
+    known = _look_values()
+    for key, value in look.items():
+        if key not in known:
+            raise ValueError(f"look attribute {key!r} unknown; a look fixes {', '.join(known)}")
+        if value not in known[key]:
+            raise ValueError(
+                f"look {key} {value!r} unknown; known: {', '.join(map(str, known[key]))}"
+            )
+    return look
+
+
+def use_replicas(
+    datasets: list[str],
+    style: str | None,
+    styles: tuple[str, ...] = (),
+    look: dict | None = None,
+    seed_offset: int = REPLICA_SEED_OFFSET,
+) -> None:
+    """Swap each data set's spec for its replica (the registry reads MINI_DATASETS at load time).
+
+    `look`, when given, replaces the data set's look: its fixed shape, colour, pattern, size and
+    background become these (attributes that define its classes are skipped); `{}` draws them
+    from the whole world, as the data sets were drawn before they had looks."""
     from vlprompt.mini import datasets as mini_datasets
     from vlprompt.mini.world import STYLES
 
     unknown = [s for s in (style, *styles) if s is not None and s not in STYLES]
     if unknown:
         raise ValueError(f"unknown style(s) {', '.join(unknown)}; known: {', '.join(STYLES)}")
+    if look is not None:
+        check_look(look)
     for name in datasets:
         spec = mini_datasets.MINI_DATASETS[name]
-        fixed = {**spec.fixed, "style": style} if style else spec.fixed
+        fixed = dict(spec.fixed)
+        if look is not None:
+            class_keys = {key for attrs in spec.class_attributes for key in attrs}
+            fixed = {k: v for k, v in fixed.items() if k not in LOOK_ATTRIBUTES}
+            fixed.update({k: v for k, v in look.items() if k not in class_keys})
+        if style:
+            fixed["style"] = style
         mini_datasets.MINI_DATASETS[name] = dataclasses.replace(
             spec,
-            seed=spec.seed + REPLICA_SEED_OFFSET,
+            seed=spec.seed + seed_offset,
             fixed=fixed,
             variants=(),
             styles=() if style else (styles or spec.styles),
@@ -88,6 +146,8 @@ def main() -> None:
         "--datasets",
         default="mini_shapes,mini_colors,mini_objects,mini_patterns,mini_counts,mini_sizes",
     )
+    parser.add_argument("--look", type=look_arg, default=None)
+    parser.add_argument("--seed-offset", type=int, default=REPLICA_SEED_OFFSET)
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--output-dir", default="runs/variants/default")
     args = parser.parse_args()
@@ -113,7 +173,7 @@ def main() -> None:
         parser.error("give --style (one style) or --styles (a cycle), not both")
     styles = tuple(filter(None, args.styles.split(",")))
     try:
-        use_replicas(datasets, args.style, styles)
+        use_replicas(datasets, args.style, styles, args.look, args.seed_offset)
     except ValueError as error:
         parser.error(str(error))
     clip = load_clip(model, pretrained=pretrained)
@@ -133,7 +193,8 @@ def main() -> None:
             if r["dataset"] == name and r["method"] == method and r["subsample"] == classes
         )
 
-    print(f"\nreplica data sets (seed +{REPLICA_SEED_OFFSET}), style {args.style or args.styles or 'own'}, "
+    look = "own" if args.look is None else json.dumps(args.look)
+    print(f"\nreplica data sets (seed +{args.seed_offset}), style {args.style or args.styles or 'own'}, look {look}, "
           f"model {model}, CoOp {overrides['coop']}, seeds {args.seeds}\n")  # fmt: skip
     print("| data set | ZS base, bare name | ZS base | CoOp base | CoOp - ZS | ZS new | CoOp new |")
     print("|---|---|---|---|---|---|---|")

@@ -120,3 +120,37 @@ def test_headroom_shots_are_distinct_per_class_and_seeded():
     a, b = shot_indices(24, 5, seed=1), shot_indices(24, 5, seed=2)
     assert a == shot_indices(24, 5, seed=1) and a != b
     assert all(len(set(s)) == SHOTS and max(s) < 24 for s in a)
+
+
+def test_replica_look_replaces_the_data_set_look_but_never_a_class_attribute(monkeypatch):
+    """`--look` on the replica scripts: the given attributes replace the data set's own look,
+    those that define its classes are skipped, `{}` draws the look from the whole world (the
+    data sets before they had looks), and a wrong attribute or value is a clear error."""
+    from mini_world_variants import use_replicas
+
+    from vlprompt.mini import datasets as mini_datasets
+
+    monkeypatch.setattr(mini_datasets, "MINI_DATASETS", dict(mini_datasets.MINI_DATASETS))
+    real_sizes = mini_datasets.MINI_DATASETS["mini_sizes"]
+    assert real_sizes.fixed["color"] == "yellow" and real_sizes.fixed["background"] == "night"
+    use_replicas(
+        ["mini_sizes", "mini_objects"], None, (), {"color": "white", "size": "small"}, 2000
+    )
+    sizes = mini_datasets.MINI_DATASETS["mini_sizes"]
+    assert sizes.seed == real_sizes.seed + 2000
+    assert sizes.fixed == {"style": "photo", "count": 1, "color": "white"}  # size is its class
+    objects = mini_datasets.MINI_DATASETS["mini_objects"]  # colour defines its classes
+    assert objects.fixed == {"style": "photo", "count": 1, "size": "small"}
+    assert {objects.attributes("train", 0, i)[0].color for i in range(4)} == {"red"}
+
+    use_replicas(["mini_shapes"], None, (), {})
+    backgrounds = {
+        mini_datasets.MINI_DATASETS["mini_shapes"].attributes("train", 0, i)[0].background
+        for i in range(40)
+    }
+    assert len(backgrounds) > 3  # drawn from the whole world again
+
+    with pytest.raises(ValueError, match="look attribute 'colour' unknown"):
+        use_replicas(["mini_shapes"], None, (), {"colour": "red"})
+    with pytest.raises(ValueError, match="look color 'teal' unknown; known: red"):
+        use_replicas(["mini_shapes"], None, (), {"color": "teal"})
