@@ -31,7 +31,7 @@ import statistics
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mini_world_variants import REPLICA_SEED_OFFSET, look_arg, use_replicas
+from mini_world_variants import add_replica_arguments, use_replicas
 
 SHOTS, VAL_PER_CLASS, SNAPSHOT_EVERY = 16, 4, 10
 
@@ -125,20 +125,9 @@ def measure(clip, name: str, seeds: list[int], lr: float, steps: int) -> dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--style", default=None)
-    parser.add_argument("--styles", default="")
+    add_replica_arguments(parser)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--model-config", default=None)
-    parser.add_argument("--pretrained", default=None)
-    parser.add_argument(
-        "--datasets",
-        default="mini_shapes,mini_colors,mini_objects,mini_patterns,mini_counts,mini_sizes",
-    )
-    parser.add_argument("--look", type=look_arg, default=None)
-    parser.add_argument("--seed-offset", type=int, default=REPLICA_SEED_OFFSET)
-    parser.add_argument("--seeds", default="1,2,3")
     args = parser.parse_args()
 
     import open_clip

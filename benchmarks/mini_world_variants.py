@@ -134,11 +134,12 @@ def bare_name_accuracy(clip, name: str) -> float:
         mini_datasets.MINI_DATASETS[name] = spec
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_replica_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options shared by the replica scripts: which replicas, which model, which seeds."""
     parser.add_argument("--style", default=None)
     parser.add_argument("--styles", default="")
-    parser.add_argument("--coop", type=_settings, default={})
+    parser.add_argument("--look", type=look_arg, default=None)
+    parser.add_argument("--seed-offset", type=int, default=REPLICA_SEED_OFFSET)
     parser.add_argument("--model", default=None)
     parser.add_argument("--model-config", default=None)
     parser.add_argument("--pretrained", default=None)
@@ -146,9 +147,13 @@ def main() -> None:
         "--datasets",
         default="mini_shapes,mini_colors,mini_objects,mini_patterns,mini_counts,mini_sizes",
     )
-    parser.add_argument("--look", type=look_arg, default=None)
-    parser.add_argument("--seed-offset", type=int, default=REPLICA_SEED_OFFSET)
     parser.add_argument("--seeds", default="1,2,3")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_replica_arguments(parser)
+    parser.add_argument("--coop", type=_settings, default={})
     parser.add_argument("--output-dir", default="runs/variants/default")
     args = parser.parse_args()
     out = Path(args.output_dir)
