@@ -14,6 +14,7 @@ A run folder holds (DESIGN §7): `config.json` (the resolved `RunConfig`), the l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -49,6 +50,7 @@ from vlprompt.engine import (
     seed_everything,
 )
 from vlprompt.io import METHOD_FILE, PROMPTS_FILE, append_jsonl, atomic_write_json
+from vlprompt.run_folder import claim_folder, folder_lock, require_ours
 
 log = logging.getLogger("vlprompt")
 # decoded training images kept in memory across epochs (per data-loader process)
@@ -141,9 +143,11 @@ def _read_status(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def load_run(run_dir: str | Path | Run, device: str = "cpu") -> Run:
+def load_run(
+    run_dir: str | Path | Run, device: str = "cpu", *, trust_torchscript: bool = False
+) -> Run:
     """Load a finished run: its backbone (from the config's name + pretrained tag/path) and the
-    learned prompts. A folder that is not a finished run raises RunError."""
+    learned prompts. A folder that is not a finished run raises RunError. Loading only reads."""
     if isinstance(run_dir, Run):
         return run_dir
     from vlprompt.backbone import load_clip
@@ -160,7 +164,9 @@ def load_run(run_dir: str | Path | Run, device: str = "cpu") -> Run:
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # a run on random weights gets the same random backbone
-        clip = load_clip(config.backbone, config.pretrained, device=device)
+        clip = load_clip(
+            config.backbone, config.pretrained, device=device, trust_torchscript=trust_torchscript
+        )
     method = load_learned(run_dir, clip)
     method.eval()
     return Run(run_dir, config, method, _read_status(run_dir))
@@ -173,12 +179,27 @@ def _uses_dataset_template(method_cls: type) -> bool:
     return bool(getattr(method_cls, "uses_dataset_template", method_cls.name != "rpo"))
 
 
+def _default_backbone(
+    dataset: str, backbone: str | None, pretrained: str | Path | None
+) -> tuple[str, str | Path | None]:
+    """No backbone named: the papers' ViT-B/16, or the shipped tiny CLIP for a mini-world data
+    set (ViT-B/16 would be a download that has never seen that world). The tiny CLIP with the
+    default tag (`openai`, which it has no weights for) loads its shipped weights."""
+    from vlprompt.mini import MODEL_NAME, checkpoint_path
+
+    if backbone is None:
+        backbone = MODEL_NAME if dataset.startswith("mini_") else DEFAULT_BACKBONE
+    if backbone == MODEL_NAME and pretrained == DEFAULT_PRETRAINED:
+        pretrained = checkpoint_path()
+    return backbone, pretrained
+
+
 def resolve_config(
     method: str,
     dataset: str,
     *,
     root: str | Path | None = None,
-    backbone: str = DEFAULT_BACKBONE,
+    backbone: str | None = None,
     pretrained: str | Path | None = DEFAULT_PRETRAINED,
     shots: int = 16,
     seed: int = 1,
@@ -196,6 +217,7 @@ def resolve_config(
     except ValueError as exc:
         raise RunError(str(exc)) from None
     info = get_dataset_info(dataset)  # DataError listing the choices
+    backbone, pretrained = _default_backbone(dataset, backbone, pretrained)
     overrides = dict(overrides or {})
     if "template" not in overrides and _uses_dataset_template(cls):
         overrides["template"] = info.template
@@ -221,19 +243,28 @@ def resolve_config(
 
 
 def _prepare_run_dir_on_main(
-    run_dir: Path, wanted: RunConfig, *, resume: bool, overwrite: bool, ctx: Dist
+    run_dir: Path,
+    wanted: RunConfig,
+    *,
+    resume: bool,
+    overwrite: bool,
+    ctx: Dist,
+    stack: contextlib.ExitStack,
 ) -> tuple[RunConfig, bool]:
     """`_prepare_run_dir` decided by rank 0 alone and shared with every rank (with its error,
     if any, so that no rank waits forever): the others reading the folder while rank 0 writes
-    it would race."""
+    it would race. Rank 0 claims the folder (vlprompt.run_folder: a user's folder is refused
+    untouched) and holds its lock until `stack` closes."""
     outcome: tuple[RunConfig, bool] | None = None
     error: Exception | None = None
     if ctx.is_main:
         try:
+            claim_folder(run_dir, "run")
+            stack.enter_context(folder_lock(run_dir))
             outcome = _prepare_run_dir(run_dir, wanted, resume=resume, overwrite=overwrite)
             if not outcome[1]:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(run_dir / CONFIG_FILE, outcome[0].to_dict())
+                _write_or_refuse(run_dir, lambda: atomic_write_json(
+                    run_dir / CONFIG_FILE, outcome[0].to_dict()))  # fmt: skip
         except Exception as e:  # noqa: BLE001  (re-raised below, on every rank)
             error = e
     shared = ctx.from_main(outcome if error is None else str(error))
@@ -244,24 +275,25 @@ def _prepare_run_dir_on_main(
     return shared
 
 
+def _write_or_refuse(run_dir: Path, write: Callable[[], None]) -> None:
+    """Run `write`; an OSError (read-only folder, full disk) becomes one clear RunError."""
+    try:
+        write()
+    except OSError as exc:
+        raise RunError(
+            f"cannot write to run folder {run_dir} ({exc.strerror or exc}); choose a folder you "
+            "can write to, on a disk with free space"
+        ) from None
+
+
 def _prepare_run_dir(
     run_dir: Path, wanted: RunConfig, *, resume: bool, overwrite: bool
 ) -> tuple[RunConfig, bool]:
-    """Check the output folder against the wanted config. Returns the config to use and
-    whether the folder holds that run, finished."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunError(f"output folder {run_dir} is a file; choose a folder")
+    """Check a claimed and locked run folder against the wanted config. Returns the config to
+    use and whether the folder holds that run, finished."""
     saved_path = run_dir / CONFIG_FILE
-    if run_dir.is_dir() and overwrite:
-        _clear_run(run_dir)
-    if run_dir.is_dir() and not saved_path.is_file():
-        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES)
-        foreign = [n for n in foreign if n != CHECKPOINT_DIR]
-        if foreign:
-            raise RunError(
-                f"output folder {run_dir} is not empty and holds no run (found {', '.join(foreign[:5])}); "
-                "choose a new or empty folder"
-            )
+    if overwrite:
+        _write_or_refuse(run_dir, lambda: _clear_run(run_dir))
     if not saved_path.is_file():
         return wanted, False
     saved = read_run_config(run_dir)
@@ -288,25 +320,32 @@ def _prepare_run_dir(
 
 
 def _clear_run(run_dir: Path) -> None:
-    """Remove what a run writes (never other files)."""
+    """Remove what a run writes in its (marked) folder; other files in it stay."""
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
 
 
 class _RunLog:
-    """Lines to `log.txt` (rank 0) and to the `vlprompt` logger."""
+    """Lines to `log.txt` (rank 0, `to_file`) and to the `vlprompt` logger."""
 
-    def __init__(self, run_dir: Path, ctx: Dist) -> None:
+    def __init__(self, run_dir: Path, ctx: Dist, to_file: bool = True) -> None:
         self.path = run_dir / LOG_FILE
         self.ctx = ctx
+        self.to_file = to_file
 
     def __call__(self, message: str) -> None:
         if self.ctx.is_main:
             log.info(message)
+            if not self.to_file:
+                return
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(f"{stamp}  {message}\n")
+
+            def write() -> None:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(f"{stamp}  {message}\n")
+
+            _write_or_refuse(self.path.parent, write)
 
 
 # ---- training ---------------------------------------------------------------------------------
@@ -316,7 +355,7 @@ def train(
     *,
     output_dir: str | Path,
     root: str | Path | None = None,
-    backbone: str = DEFAULT_BACKBONE,
+    backbone: str | None = None,
     pretrained: str | Path | None = DEFAULT_PRETRAINED,
     shots: int = 16,
     seed: int = 1,
@@ -334,6 +373,7 @@ def train(
     evaluate: bool = True,
     progress: bool | None = None,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
+    trust_torchscript: bool = False,
     **config_overrides: Any,
 ) -> Run:
     """Train `method` on `dataset` (few-shot: `shots` per class, sampled with `seed`) into
@@ -343,10 +383,13 @@ def train(
     rest defaults to the method's paper recipe. `view_pool=N` (N > 0) trains on N augmented views
     per image pre-computed once (faster, not the papers' augmentation; see vlprompt.view_pool).
     `crop_min_scale`: the smallest area fraction of a training crop (0.08 = the papers; 1 = no
-    crop). An `output_dir` holding a finished run of the same config returns that run at once;
-    one holding another config is refused unless `resume` (continue the saved run with its saved
-    config) or `overwrite` (start again).
-    Under `torchrun`, every process calls this; rank 0 writes.
+    crop). `backbone=None` is the papers' ViT-B/16, or the shipped tiny CLIP for a mini-world
+    data set. `trust_torchscript`: allow a TorchScript archive as `pretrained` (it can run code).
+    An `output_dir` holding a finished run of the same config returns that run at once; one
+    holding another config is refused unless `resume` (continue the saved run with its saved
+    config) or `overwrite` (start again; only the run's own files are removed). vlprompt writes
+    only into a new or empty folder or one it created (see vlprompt.run_folder), and one process
+    at a time. Under `torchrun`, every process calls this; rank 0 writes.
     """
     engine = EngineSettings(
         device=device,
@@ -364,7 +407,7 @@ def train(
     )  # fmt: skip
     return train_config(
         wanted, output_dir, resume=resume, overwrite=overwrite, evaluate=evaluate,
-        progress=progress, on_epoch_end=on_epoch_end,
+        progress=progress, on_epoch_end=on_epoch_end, trust_torchscript=trust_torchscript,
     )  # fmt: skip
 
 
@@ -377,21 +420,34 @@ def train_config(
     evaluate: bool = True,
     progress: bool | None = None,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
+    trust_torchscript: bool = False,
 ) -> Run:
     """`train` from a resolved `RunConfig` (e.g. a saved run's)."""
-    from vlprompt.engine import deterministic_mode
-
     run_dir = Path(output_dir).expanduser()
     ctx = init_distributed(wanted.engine.device)
-    config, finished = _prepare_run_dir_on_main(
-        run_dir, wanted, resume=resume, overwrite=overwrite, ctx=ctx
-    )
+    with contextlib.ExitStack() as stack:  # rank 0 holds the run folder's lock throughout
+        config, finished = _prepare_run_dir_on_main(
+            run_dir, wanted, resume=resume, overwrite=overwrite, ctx=ctx, stack=stack
+        )
+        return _train_locked(
+            config, run_dir, finished, resume=resume, evaluate=evaluate, progress=progress,
+            on_epoch_end=on_epoch_end, ctx=ctx, trust_torchscript=trust_torchscript,
+        )  # fmt: skip
+
+
+def _train_locked(config, run_dir, finished, *, resume, evaluate, progress, on_epoch_end, ctx,
+                  trust_torchscript) -> Run:  # fmt: skip
+    from vlprompt.engine import deterministic_mode
+
     if finished:
         log.info("%s: finished earlier with the same config; loading it", run_dir)
-        return load_run(run_dir, device=str(resolve_device(config.engine.device, ctx)))
+        device = str(resolve_device(config.engine.device, ctx))
+        return load_run(run_dir, device=device, trust_torchscript=trust_torchscript)
     say = _RunLog(run_dir, ctx)
     with deterministic_mode(config.engine.deterministic):
-        method, splits, wall_s = _train(config, run_dir, resume, progress, on_epoch_end, ctx, say)
+        method, splits, wall_s = _train(
+            config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torchscript
+        )
     if ctx.is_main:
         method.save(run_dir)
         status = {
@@ -424,14 +480,16 @@ def _build_splits(config: RunConfig, dataset: str | None = None, subsample: str 
     )
 
 
-def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say):
+def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torchscript=False):
     from vlprompt.backbone import load_clip
     from vlprompt.data import ImageListDataset, transform_for
     from vlprompt.methods import create_method
 
     device = resolve_device(config.engine.device, ctx)
     seed_everything(config.seed)
-    clip = load_clip(config.backbone, config.pretrained, device=device)
+    clip = load_clip(
+        config.backbone, config.pretrained, device=device, trust_torchscript=trust_torchscript
+    )
     splits = _build_splits(config)
     method = create_method(config.method, clip, splits.classnames, **config.method_config)
     method.to(device)
@@ -498,15 +556,22 @@ def evaluate(
     device: str = "cpu",
     record: bool = True,
     reuse: bool = True,
+    trust_torchscript: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a finished run on `split` of `dataset` (default: the run's own data set) with
     the `subsample` classes (default: the run's own for its data set, else "all"). Returns the
     result record (accuracy in percent) and, with `record=True`, appends it to the run's
     `results.jsonl`. With `reuse=True` an identical evaluation already recorded for the same
-    learned prompts is returned without recomputing."""
-    run = load_run(run, device=device) if not isinstance(run, Run) else run
-    ctx = init_distributed(run.config.engine.device if isinstance(run, Run) else device)
-    say = _RunLog(run.run_dir, ctx)
+    learned prompts is returned without recomputing. Recording needs a run folder vlprompt
+    created (`record=False` evaluates any run read-only)."""
+    if record:  # checked before anything is loaded
+        run_dir = run.run_dir if isinstance(run, Run) else Path(run)
+        read_run_config(run_dir)  # a folder that is no run at all says so first
+        require_ours(run_dir, "run", action="record results (evaluate without recording: "
+                     "--no-record, or record=False)")  # fmt: skip
+    run = load_run(run, device=device, trust_torchscript=trust_torchscript)
+    ctx = init_distributed(run.config.engine.device)
+    say = _RunLog(run.run_dir, ctx, to_file=record)
     own = dataset is None or dataset == run.config.dataset
     dataset = dataset or run.config.dataset
     subsample = subsample or (run.config.subsample if own else "all")
@@ -581,5 +646,6 @@ def _evaluate_run(run: Run, splits: Any, *, split: str, ctx: Dist, say: Callable
         f"{result.accuracy:.2f}% (macro {result.macro_accuracy:.2f}%)"
     )
     if record and ctx.is_main:
-        append_jsonl(run.run_dir / RESULTS_FILE, rec)
+        with folder_lock(run.run_dir):
+            _write_or_refuse(run.run_dir, lambda: append_jsonl(run.run_dir / RESULTS_FILE, rec))
     return rec

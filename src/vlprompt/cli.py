@@ -8,6 +8,7 @@ Errors from bad input (VlpromptError and its subclasses) print as one line
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -70,7 +71,11 @@ ENGINE_KEYS = (
     "device", "precision", "deterministic", "num_workers", "eval_batch_size", "keep_checkpoints",
     "view_pool", "crop_min_scale",
 )  # fmt: skip
-OTHER_KEYS = ("output_dir", "resume", "overwrite", "evaluate", "progress")
+OTHER_KEYS = ("output_dir", "resume", "overwrite", "evaluate", "progress", "trust_torchscript")
+TRUST_HELP = (
+    "allow a TorchScript archive (OpenAI's original .pt) as --pretrained; such an archive can run "
+    "code when loaded, so pass this only for a file from a source you trust"
+)
 
 
 # ---- parser -------------------------------------------------------------------------------------
@@ -155,12 +160,17 @@ def _add_train_parser(sub: Any, argv: list[str]) -> None:
     p.add_argument("--dataset", default=S, help="data-set name (`vlprompt datasets` lists them)")
     p.add_argument("--root", default=S, help="data root (benchmarks) or your folder/CSV")
     p.add_argument(
-        "--backbone", default=S, help=f"open_clip model name (default {DEFAULT_BACKBONE})"
-    )
+        "--backbone", default=S,
+        help=f"open_clip model name (default {DEFAULT_BACKBONE}; vlprompt-mini-vit, the shipped "
+        "tiny CLIP, for a mini_* data set)",
+    )  # fmt: skip
     p.add_argument(
         "--pretrained", default=S,
-        help=f"pretrained tag or local checkpoint (default {DEFAULT_PRETRAINED})",
+        help=f"pretrained tag or local checkpoint (default {DEFAULT_PRETRAINED}; the shipped "
+        "weights for the mini world's vlprompt-mini-vit)",
     )  # fmt: skip
+    p.add_argument("--trust-torchscript", dest="trust_torchscript", action="store_true",
+                   default=S, help=TRUST_HELP)  # fmt: skip
     p.add_argument("--shots", type=int, default=S, help="training images per class (default 16)")
     p.add_argument(
         "--seed", type=int, default=S, help="few-shot sampling/training seed (default 1)"
@@ -222,6 +232,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "--no-record", dest="record", action="store_false", help="do not append to results.jsonl"
     )
     p.add_argument("--json", action="store_true", help="print the result record as JSON")
+    p.add_argument("--trust-torchscript", action="store_true", help=TRUST_HELP)
 
     p = sub.add_parser("predict", help="classify images with a run", epilog=PREDICT_EXAMPLE,
                        formatter_class=RAW, description="Top-k class names with probabilities.")  # fmt: skip
@@ -230,6 +241,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--trust-torchscript", action="store_true", help=TRUST_HELP)
 
     p = sub.add_parser("bench", help="run a protocol sweep (base2new, fewshot, xd, dg)",
                        epilog=BENCH_EXAMPLE, formatter_class=RAW,
@@ -244,6 +256,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--root", help="data root")
     p.add_argument("--backbone")
     p.add_argument("--pretrained")
+    p.add_argument("--trust-torchscript", action="store_true", help=TRUST_HELP)
     p.add_argument("-o", "--output-dir", dest="output_dir", required=True)
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", dest="set_pairs", action="append", type=_set_pair, default=[],
@@ -344,6 +357,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = api.train_config(
             saved, output_dir, resume=True, evaluate=settings.get("evaluate", True),
             progress=settings.get("progress"),
+            trust_torchscript=bool(settings.get("trust_torchscript")),
         )  # fmt: skip
     else:
         for key in ("method", "dataset"):
@@ -375,7 +389,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     record = api.evaluate(
         args.run_dir, args.dataset, subsample=args.subsample, split=args.split, root=args.root,
-        device=args.device, record=args.record,
+        device=args.device, record=args.record, trust_torchscript=args.trust_torchscript,
     )  # fmt: skip
     if args.json:
         print(json.dumps(record, indent=2, sort_keys=True))
@@ -409,7 +423,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.topk < 1:
         raise CliError(f"--topk must be >= 1, got {args.topk}")
-    run = api.load_run(args.run_dir, device=args.device)
+    run = api.load_run(args.run_dir, device=args.device, trust_torchscript=args.trust_torchscript)
     readable, images, skipped = [], [], []
     for path in _image_files(args.images):
         try:
@@ -460,6 +474,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device=args.device,
         keep_going=args.keep_going,
         report=args.report,
+        train_kwargs={"trust_torchscript": True} if args.trust_torchscript else None,
     )
     print(
         f"{len(result.trained)} run(s) trained or evaluated, {len(result.skipped)} already done, "
@@ -585,7 +600,10 @@ COMMANDS = {
 
 def _setup_logging(quiet: bool) -> None:
     logger = logging.getLogger("vlprompt")
-    if not any(getattr(h, "_vlprompt_cli", False) for h in logger.handlers):
+    ours = [h for h in logger.handlers if getattr(h, "_vlprompt_cli", False)]
+    if ours:  # main() called again in one process (tests, notebooks): today's stderr
+        ours[0].stream = sys.stderr  # setStream would flush the old one, maybe closed
+    else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._vlprompt_cli = True  # type: ignore[attr-defined]
@@ -594,17 +612,35 @@ def _setup_logging(quiet: bool) -> None:
     logger.propagate = False  # printed once, by our handler, even if the root logger has one
 
 
+def user_message(exc: BaseException) -> str:
+    """One line for the user. An error raised in a DataLoader worker arrives re-raised with the
+    worker's traceback as its text ("Caught DataError in DataLoader worker process 0. Original
+    Traceback ..."): its last line is the original message. An OSError that vlprompt did not
+    word itself names the file and what to check."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        name, sep, rest = last.partition(": ")
+        text = rest if sep and "Error" in name else last
+    elif isinstance(exc, OSError) and not isinstance(exc, VlpromptError):
+        where = f" {exc.filename}" if exc.filename else ""
+        reason = exc.strerror or text or type(exc).__name__
+        text = f"cannot use{where}: {reason}; check that the path exists and that you may read it"
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS):
+            text = f"cannot write{where}: {reason}; choose a folder you can write to"
+    return " ".join(text.split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
     _setup_logging(getattr(args, "quiet", False))
     try:
         return COMMANDS[args.command](args)
-    except (VlpromptError, FileNotFoundError) as exc:
+    except (VlpromptError, OSError) as exc:
         if os.environ.get("VLPROMPT_DEBUG"):
             raise
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"vlprompt: error: {message}", file=sys.stderr)
+        print(f"vlprompt: error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vlprompt: interrupted", file=sys.stderr)

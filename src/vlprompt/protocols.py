@@ -15,6 +15,8 @@ Protocols (DESIGN §5; CoOp / CoCoOp / RPO evaluation scripts):
 - ``dg`` (domain generalisation): train on a source, test on the source and on its registered
   variants (e.g. ImageNet -> ImageNet-V2/Sketch/A/R).
 
+The sweep folder is claimed and locked as vlprompt.run_folder says: a folder of the user's is
+refused untouched, and a second sweep into the same folder stops at once with the holder's PID.
 Run folders are ``<output_dir>/<protocol>/<data set>/<method>/shots<k>_seed<s>/`` (xd and dg share
 ``transfer/...``: both test the same source-trained run, as in CoCoOp). Resuming: an
 evaluation whose key is already in the sweep's `results.jsonl` is never repeated; a finished run
@@ -34,6 +36,7 @@ from typing import Any
 
 from vlprompt.errors import VlpromptError
 from vlprompt.io import append_jsonl, atomic_write_text
+from vlprompt.run_folder import claim_folder, folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +147,9 @@ def _check_names(methods: Sequence[str], datasets: Sequence[str]) -> None:
 
 
 # train() keywords that are not part of a run's identity (see vlprompt.api.train)
-_NOT_CONFIG = ("output_dir", "resume", "overwrite", "evaluate", "progress", "on_epoch_end")
+_NOT_CONFIG = (
+    "output_dir", "resume", "overwrite", "evaluate", "progress", "on_epoch_end", "trust_torchscript",
+)  # fmt: skip
 _RUN_FIELDS = ("root", "backbone", "pretrained", "shots", "seed", "subsample")
 
 
@@ -418,12 +423,6 @@ def run_bench(
     if backend.check is not None:
         evaluated = {e.dataset for s in specs for e in s.evaluations}
         backend.check(sorted({s.method for s in specs}), sorted(evaluated))
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    results_path = output_dir / RESULTS_FILE
-    _repair_tail(results_path)
-    recorded = {r.get("key") for r in read_records(results_path)}
-
     common: dict[str, Any] = {"device": device, **(train_kwargs or {})}
     for name, value in (("root", root), ("backbone", backbone), ("pretrained", pretrained)):
         if value is not None:
@@ -436,12 +435,29 @@ def run_bench(
             **(method_overrides or {}).get(spec.method, {}),
         }
 
-    if backend.check_run is not None:  # before any work: a run folder of other settings stops it
-        for spec in specs:
-            identity = dict(shots=spec.shots, seed=spec.seed, subsample=spec.subsample)
-            kwargs = {**kwargs_of(spec), **identity}
-            backend.check_run(spec.run_dir(output_dir), spec.method, spec.dataset, kwargs)
+    output_dir = claim_folder(output_dir, "sweep", what="sweep folder")
+    with folder_lock(output_dir):  # one sweep per folder: it is the only writer of its results
+        if backend.check_run is not None:  # before any work: a run folder of other settings
+            for spec in specs:
+                identity = dict(shots=spec.shots, seed=spec.seed, subsample=spec.subsample)
+                kwargs = {**kwargs_of(spec), **identity}
+                backend.check_run(spec.run_dir(output_dir), spec.method, spec.dataset, kwargs)
+        return _run_specs(specs, output_dir, backend, kwargs_of, keep_going, report, plots)
 
+
+def _run_specs(
+    specs: list[RunSpec],
+    output_dir: Path,
+    backend: Backend,
+    kwargs_of: Callable[[RunSpec], dict[str, Any]],
+    keep_going: bool,
+    report: bool,
+    plots: bool,
+) -> BenchResult:
+    """Train and evaluate what `results.jsonl` lacks, appending a line per evaluation."""
+    results_path = output_dir / RESULTS_FILE
+    _repair_tail(results_path)
+    recorded = {r.get("key") for r in read_records(results_path)}
     outcome = BenchResult(output_dir=output_dir, planned=[s.key for s in specs])
     for index, spec in enumerate(specs, start=1):
         missing = [e for e in spec.evaluations if spec.eval_key(e) not in recorded]
