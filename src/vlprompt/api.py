@@ -97,7 +97,7 @@ class Run:
         An unreadable image raises DataError naming the file."""
         from PIL import Image
 
-        from vlprompt.data import open_image, transform_for
+        from vlprompt.data import open_image, to_rgb, transform_for
 
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
@@ -109,7 +109,7 @@ class Run:
             batch = []
             for image in images[start : start + batch_size]:
                 if isinstance(image, Image.Image):
-                    image = image.convert("RGB")
+                    image = to_rgb(image)
                 else:
                     image = open_image(str(image))
                 batch.append(transform(image))
@@ -327,16 +327,18 @@ def _clear_run(run_dir: Path) -> None:
 
 
 class _RunLog:
-    """Lines to `log.txt` (rank 0, `to_file`) and to the `vlprompt` logger."""
+    """Lines to `log.txt` (rank 0, `to_file`) and to the `vlprompt` logger (at INFO with
+    `echo`, else DEBUG: a sweep keeps its runs' lines in their log files)."""
 
-    def __init__(self, run_dir: Path, ctx: Dist, to_file: bool = True) -> None:
+    def __init__(self, run_dir: Path, ctx: Dist, to_file: bool = True, echo: bool = True) -> None:
         self.path = run_dir / LOG_FILE
         self.ctx = ctx
         self.to_file = to_file
+        self.echo = echo
 
     def __call__(self, message: str) -> None:
         if self.ctx.is_main:
-            log.info(message)
+            log.log(logging.INFO if self.echo else logging.DEBUG, message)
             if not self.to_file:
                 return
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -374,6 +376,8 @@ def train(
     progress: bool | None = None,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
     trust_torchscript: bool = False,
+    echo: bool = True,
+    tensorboard: bool = False,
     **config_overrides: Any,
 ) -> Run:
     """Train `method` on `dataset` (few-shot: `shots` per class, sampled with `seed`) into
@@ -385,6 +389,9 @@ def train(
     `crop_min_scale`: the smallest area fraction of a training crop (0.08 = the papers; 1 = no
     crop). `backbone=None` is the papers' ViT-B/16, or the shipped tiny CLIP for a mini-world
     data set. `trust_torchscript`: allow a TorchScript archive as `pretrained` (it can run code).
+    `echo=False` keeps the run's lines in its `log.txt` (the logger gets them at DEBUG).
+    `tensorboard=True` writes per-epoch loss, learning rate and accuracy and the final
+    evaluations under `output_dir/tensorboard/` (needs the `tensorboard` package).
     An `output_dir` holding a finished run of the same config returns that run at once; one
     holding another config is refused unless `resume` (continue the saved run with its saved
     config) or `overwrite` (start again; only the run's own files are removed). vlprompt writes
@@ -408,6 +415,7 @@ def train(
     return train_config(
         wanted, output_dir, resume=resume, overwrite=overwrite, evaluate=evaluate,
         progress=progress, on_epoch_end=on_epoch_end, trust_torchscript=trust_torchscript,
+        echo=echo, tensorboard=tensorboard,
     )  # fmt: skip
 
 
@@ -421,6 +429,8 @@ def train_config(
     progress: bool | None = None,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
     trust_torchscript: bool = False,
+    echo: bool = True,
+    tensorboard: bool = False,
 ) -> Run:
     """`train` from a resolved `RunConfig` (e.g. a saved run's)."""
     run_dir = Path(output_dir).expanduser()
@@ -431,19 +441,48 @@ def train_config(
         )
         return _train_locked(
             config, run_dir, finished, resume=resume, evaluate=evaluate, progress=progress,
-            on_epoch_end=on_epoch_end, ctx=ctx, trust_torchscript=trust_torchscript,
+            on_epoch_end=on_epoch_end, ctx=ctx, trust_torchscript=trust_torchscript, echo=echo,
+            tensorboard=tensorboard,
         )  # fmt: skip
 
 
 def _train_locked(config, run_dir, finished, *, resume, evaluate, progress, on_epoch_end, ctx,
-                  trust_torchscript) -> Run:  # fmt: skip
-    from vlprompt.engine import deterministic_mode
-
+                  trust_torchscript, echo, tensorboard) -> Run:  # fmt: skip
     if finished:
         log.info("%s: finished earlier with the same config; loading it", run_dir)
         device = str(resolve_device(config.engine.device, ctx))
         return load_run(run_dir, device=device, trust_torchscript=trust_torchscript)
-    say = _RunLog(run_dir, ctx)
+    say = _RunLog(run_dir, ctx, echo=echo)
+    board = None
+    if tensorboard and ctx.is_main:
+        from vlprompt.tracking import TensorBoardLog
+
+        board = TensorBoardLog(run_dir)
+        on_epoch_end = _also(board.epoch, on_epoch_end)
+    try:
+        return _train_and_evaluate(
+            config, run_dir, resume=resume, evaluate=evaluate, progress=progress,
+            on_epoch_end=on_epoch_end, ctx=ctx, say=say, board=board,
+            trust_torchscript=trust_torchscript,
+        )  # fmt: skip
+    finally:
+        if board is not None:
+            board.close()
+
+
+def _also(first: Callable[[EpochStats], None], then: Callable[[EpochStats], None] | None):
+    def both(stats: EpochStats) -> None:
+        first(stats)
+        if then is not None:
+            then(stats)
+
+    return both
+
+
+def _train_and_evaluate(config, run_dir, *, resume, evaluate, progress, on_epoch_end, ctx, say,
+                        board, trust_torchscript) -> Run:  # fmt: skip
+    from vlprompt.engine import deterministic_mode
+
     with deterministic_mode(config.engine.deterministic):
         method, splits, wall_s = _train(
             config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torchscript
@@ -463,7 +502,9 @@ def _train_locked(config, run_dir, finished, *, resume, evaluate, progress, on_e
     ctx.barrier()
     run = Run(run_dir, config, method, _read_status(run_dir))
     if evaluate:
-        _evaluate_run(run, splits, split="test", ctx=ctx, say=say)
+        record = _evaluate_run(run, splits, split="test", ctx=ctx, say=say)
+        if board is not None:
+            board.evaluation(record)
     return run
 
 
@@ -571,7 +612,7 @@ def evaluate(
                      "--no-record, or record=False)")  # fmt: skip
     run = load_run(run, device=device, trust_torchscript=trust_torchscript)
     ctx = init_distributed(run.config.engine.device)
-    say = _RunLog(run.run_dir, ctx, to_file=record)
+    say = _RunLog(run.run_dir, ctx, to_file=record, echo=False)  # the caller shows the result
     own = dataset is None or dataset == run.config.dataset
     dataset = dataset or run.config.dataset
     subsample = subsample or (run.config.subsample if own else "all")
@@ -611,6 +652,8 @@ def _evaluate_run(run: Run, splits: Any, *, split: str, ctx: Dist, say: Callable
             precision=config.engine.precision,
             ctx=ctx,
             feature_cache=_feature_cache(config),
+            split=split,
+            dataset=splits.name,
         )
     finally:
         if list(method.classnames) != saved_names:

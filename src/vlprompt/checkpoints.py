@@ -63,7 +63,14 @@ def read_checkpoint(path: Path, trust_torchscript: bool = False) -> Checkpoint:
                     "load it only if you trust its source, with trust_torchscript=True "
                     "(CLI: --trust-torchscript)"
                 )
-            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+            try:
+                sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+            except Exception as exc:  # torch raises RuntimeError, ValueError, ... on bad archives
+                raise CheckpointError(
+                    f"{path}: not a readable TorchScript archive ({type(exc).__name__}: "
+                    f"{_first_line(exc)}); it may be truncated: download it again. "
+                    f"Accepted: {ACCEPTED}"
+                ) from None
             ckpt = _from_state_dict(dict(sd), path)
             return Checkpoint(ckpt.state_dict, True, "torchscript")
         return _from_state_dict(_unwrap(_load_pickle_weights(path), path), path)
@@ -77,25 +84,37 @@ def _load_pickle_weights(path: Path) -> object:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
         raise CheckpointError(
-            f"{path}: not a readable checkpoint ({type(exc).__name__}: {first}). Files holding "
-            f"anything but tensors are refused. Accepted: {ACCEPTED}"
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: {_first_line(exc)}). "
+            "Files holding anything but tensors are refused; a truncated download is "
+            f"refused too (download it again). Accepted: {ACCEPTED}"
         ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no detail"
 
 
 def _safe_load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({type(exc).__name__}: "
+            f"{_first_line(exc)}); it may be truncated or damaged: download it again"
+        ) from exc
 
 
 def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
+    """Whether `path` is a TorchScript archive; a damaged zip is not (torch.load names it)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
         return False
-    with zipfile.ZipFile(path) as archive:
-        return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -112,7 +131,7 @@ def _from_state_dict(sd: dict[str, torch.Tensor], path: Path) -> Checkpoint:
         # a lone Hugging Face weights file: its activation is in a config.json beside it, if any
         config_path = path.parent / "config.json"
         quick = _hf_quick_gelu(config_path) if config_path.is_file() else True
-        return Checkpoint(hf_to_open_clip_state_dict(sd), quick, "huggingface")
+        return Checkpoint(_convert_hf(sd, path), quick, "huggingface")
     if "positional_embedding" not in sd and "text.positional_embedding" not in sd:
         raise CheckpointError(
             f"{path}: does not look like a CLIP checkpoint (no positional_embedding). "
@@ -130,7 +149,14 @@ def _hf_quick_gelu(config_path: Path) -> bool:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{config_path}: not a readable JSON config ({exc})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{config_path}: holds {type(config).__name__}, not a Hugging Face CLIP config "
+            "(a JSON object)"
+        )
     text = config.get("text_config") or {}
+    if not isinstance(text, dict):
+        raise CheckpointError(f"{config_path}: 'text_config' is not a JSON object")
     return text.get("hidden_act", config.get("hidden_act", "quick_gelu")) == "quick_gelu"
 
 
@@ -145,9 +171,8 @@ def _read_hf_folder(path: Path) -> Checkpoint:
     if (path / "model.safetensors").is_file():
         sd = _safe_load_safetensors(path / "model.safetensors")
     elif (path / "model.safetensors.index.json").is_file():
-        index = json.loads((path / "model.safetensors.index.json").read_text(encoding="utf-8"))
         sd = {}
-        for shard in sorted(set(index.get("weight_map", {}).values())):
+        for shard in _index_shards(path / "model.safetensors.index.json"):
             sd.update(_safe_load_safetensors(path / shard))
     elif (path / "pytorch_model.bin").is_file():
         sd = _unwrap(_load_pickle_weights(path / "pytorch_model.bin"), path / "pytorch_model.bin")
@@ -158,7 +183,35 @@ def _read_hf_folder(path: Path) -> Checkpoint:
         )
     if not any(k.startswith(("text_model.", "vision_model.")) for k in sd):
         raise CheckpointError(f"{path}: the weights are not a Hugging Face CLIPModel's")
-    return Checkpoint(hf_to_open_clip_state_dict(sd), quick, "huggingface")
+    return Checkpoint(_convert_hf(sd, path), quick, "huggingface")
+
+
+def _convert_hf(sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """`hf_to_open_clip_state_dict`, its errors naming the file or folder `path`."""
+    try:
+        return hf_to_open_clip_state_dict(sd)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def _index_shards(index_path: Path) -> list[str]:
+    """The shard files a Hugging Face `model.safetensors.index.json` names (CheckpointError if
+    it is not such an index)."""
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{index_path}: not a readable JSON index ({exc})") from exc
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if (
+        not isinstance(weight_map, dict)
+        or not weight_map
+        or not all(isinstance(v, str) and v for v in weight_map.values())
+    ):
+        raise CheckpointError(
+            f"{index_path}: not a safetensors index (expected a JSON object whose 'weight_map' "
+            "maps weight names to shard files)"
+        )
+    return sorted(set(weight_map.values()))
 
 
 def hf_to_open_clip_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -193,7 +246,7 @@ def hf_to_open_clip_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.T
             out["text_projection"] = value.t().contiguous()
         elif key == "visual_projection.weight":
             out["visual.proj"] = value.t().contiguous()
-        elif ".encoder.layers." in key:
+        elif ".encoder.layers." in key and "." in key.split(".encoder.layers.", 1)[1]:
             tower, rest = key.split(".encoder.layers.", 1)
             index, sub = rest.split(".", 1)
             prefix = (
@@ -214,6 +267,19 @@ def hf_to_open_clip_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.T
             raise CheckpointError(f"Hugging Face key {key!r} has no open_clip counterpart")
     for prefix, parts in layers.items():
         for kind in ("weight", "bias"):
-            q, k, v = (parts[f"self_attn.{p}_proj.{kind}"] for p in "qkv")
-            out[prefix + f"attn.in_proj_{kind}"] = torch.cat([q, k, v], dim=0)
+            names = [f"self_attn.{p}_proj.{kind}" for p in "qkv"]
+            absent = [n for n in names if n not in parts]
+            if absent:
+                raise CheckpointError(
+                    f"Hugging Face weights lack {absent[0]!r} of layer {prefix!r} (its q, k and v "
+                    "projections go together); the file is incomplete"
+                )
+            try:
+                merged = torch.cat([parts[n] for n in names], dim=0)
+            except RuntimeError as exc:
+                raise CheckpointError(
+                    f"Hugging Face q/k/v projections of layer {prefix!r} do not fit together "
+                    f"({_first_line(exc)})"
+                ) from None
+            out[prefix + f"attn.in_proj_{kind}"] = merged
     return out

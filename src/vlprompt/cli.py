@@ -71,7 +71,9 @@ ENGINE_KEYS = (
     "device", "precision", "deterministic", "num_workers", "eval_batch_size", "keep_checkpoints",
     "view_pool", "crop_min_scale",
 )  # fmt: skip
-OTHER_KEYS = ("output_dir", "resume", "overwrite", "evaluate", "progress", "trust_torchscript")
+OTHER_KEYS = (
+    "output_dir", "resume", "overwrite", "evaluate", "progress", "trust_torchscript", "tensorboard",
+)  # fmt: skip
 TRUST_HELP = (
     "allow a TorchScript archive (OpenAI's original .pt) as --pretrained; such an archive can run "
     "code when loaded, so pass this only for a file from a source you trust"
@@ -205,7 +207,22 @@ def _add_train_parser(sub: Any, argv: list[str]) -> None:
     p.add_argument("--set", dest="set_pairs", action="append", type=_set_pair, default=[],
                    metavar="KEY=VALUE", help="a method setting (repeatable)")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
+    p.add_argument("--tensorboard", action="store_true", default=S,
+                   help="write per-epoch loss, lr and accuracy and the final evaluation under "
+                   "RUN/tensorboard/ (pip install 'vlprompt[tensorboard]')")  # fmt: skip
     _add_method_flags(p, _method_for_flags(argv))
+
+
+EXECUTOR_CHOICES = ("local", "ray")
+
+
+def _add_sweep_view_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show each run's per-epoch lines live (they always go to its log.txt)")  # fmt: skip
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="write each run's per-epoch loss, lr and accuracy and its evaluations "
+                   "under RUN/tensorboard/ (pip install 'vlprompt[tensorboard]')")  # fmt: skip
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -265,7 +282,22 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--no-report", dest="report", action="store_false", help="no summary tables/plots"
     )
-    p.add_argument("-q", "--quiet", action="store_true")
+    _add_sweep_view_flags(p)
+    g = p.add_argument_group("executor (where the runs execute)")
+    g.add_argument("--executor", choices=EXECUTOR_CHOICES, default="local",
+                   help="local: one run after another in this process (default); ray: each run "
+                   "a Ray task over this machine's or a cluster's CPUs and GPUs (pip install "
+                   "'vlprompt[ray]'); a failing run then never stops the others")  # fmt: skip
+    g.add_argument("--ray-address", dest="ray_address", metavar="ADDRESS",
+                   help="join a Ray cluster: auto, or HOST:PORT (default: start a local one)")  # fmt: skip
+    g.add_argument("--cpus-per-run", dest="cpus_per_run", type=float, default=1.0, metavar="N",
+                   help="CPUs per run under Ray, also its torch threads (default 1)")  # fmt: skip
+    g.add_argument("--gpus-per-run", dest="gpus_per_run", type=float, default=0.0, metavar="N",
+                   help="GPUs per run under Ray; fractional packs runs on a GPU, e.g. 0.25 "
+                   "(default 0)")  # fmt: skip
+    g.add_argument("--max-retries", dest="max_retries", type=int, default=2, metavar="N",
+                   help="retries of a run whose Ray worker died; each resumes from the run's "
+                   "last checkpoint (default 2)")  # fmt: skip
 
     p = sub.add_parser(
         "methods", help="list the methods", epilog=METHODS_EXAMPLE, formatter_class=RAW
@@ -280,6 +312,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                        epilog=QUICKSTART_EXAMPLE, formatter_class=RAW)  # fmt: skip
     p.add_argument("-o", "--output-dir", dest="output_dir", default="vlprompt-quickstart")
     p.add_argument("--device", default="cpu")
+    _add_sweep_view_flags(p)
     p = sub.add_parser(
         "mini", help="the mini world's tools", epilog=MINI_EXAMPLE, formatter_class=RAW
     )
@@ -457,8 +490,20 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from vlprompt.executors import RayOptions
     from vlprompt.protocols import run_bench
 
+    train_kwargs = {}
+    if args.trust_torchscript:
+        train_kwargs["trust_torchscript"] = True
+    if args.tensorboard:
+        train_kwargs["tensorboard"] = True
+    ray = None
+    if args.executor == "ray":
+        ray = RayOptions(
+            address=args.ray_address, cpus_per_run=args.cpus_per_run,
+            gpus_per_run=args.gpus_per_run, max_retries=args.max_retries, verbose=args.verbose,
+        )  # fmt: skip
     result = run_bench(
         args.protocol,
         _csv(args.methods),
@@ -474,19 +519,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device=args.device,
         keep_going=args.keep_going,
         report=args.report,
-        train_kwargs={"trust_torchscript": True} if args.trust_torchscript else None,
+        train_kwargs=train_kwargs or None,
+        executor=args.executor,
+        ray=ray,
+        progress=False if args.quiet else None,
+        verbose=args.verbose,
     )
-    print(
-        f"{len(result.trained)} run(s) trained or evaluated, {len(result.skipped)} already done, "
-        f"{len(result.failed)} failed; results in {Path(args.output_dir) / 'results.jsonl'}"
-    )
+    _print_bench_result(result, args.output_dir)
+    return 0 if result.ok else 1
+
+
+def _print_bench_result(result: Any, output_dir: str) -> None:
     for key, why in result.failed.items():
-        print(f"  failed: {key}: {why}", file=sys.stderr)
+        print(f"  failed: {key}: {' '.join(why.split())}", file=sys.stderr)
     summary = getattr(result, "summary", None)
     markdown = getattr(summary, "markdown", None)
     if markdown:
+        print(Path(markdown).read_text().rstrip())
         print(f"summary: {markdown}")
-    return 0 if result.ok else 1
+    failed = f"{len(result.failed)} failed" + (" (exit status 1)" if result.failed else "")
+    print(
+        f"{len(result.trained)} run(s) trained or evaluated, {len(result.skipped)} already done, "
+        f"{failed}; results in {Path(output_dir) / 'results.jsonl'}"
+    )
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -550,7 +605,10 @@ def _call_with_known(function: Any, **kwargs: Any) -> Any:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     quickstart = _mini_function("vlprompt.mini", "quickstart")
-    _call_with_known(quickstart, output_dir=args.output_dir, device=args.device)
+    _call_with_known(
+        quickstart, output_dir=args.output_dir, device=args.device, verbose=args.verbose,
+        progress=False if args.quiet else None, tensorboard=args.tensorboard,
+    )  # fmt: skip
     return 0
 
 

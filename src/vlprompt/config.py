@@ -18,6 +18,8 @@ from vlprompt.errors import VlpromptError
 
 CONFIG_FILE = "config.json"
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
+MAX_SEED = 2**32 - 1  # numpy's limit (np.random.seed)
+DEVICE_EXAMPLES = "cpu, cuda, cuda:1, mps"
 SUBSAMPLE_CHOICES = ("all", "base", "new")
 DEFAULT_BACKBONE = "ViT-B-16"  # the papers' backbone
 DEFAULT_PRETRAINED = "openai"  # OpenAI weights (QuickGELU is chosen by vlprompt.load_clip)
@@ -44,7 +46,8 @@ class ConfigError(VlpromptError, ValueError):
 
 
 class TrainingDivergedError(VlpromptError, RuntimeError):
-    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+    """The training loss or the learned parameters became NaN or infinite; the last good
+    checkpoint is kept."""
 
 
 @dataclass
@@ -66,14 +69,21 @@ class EngineSettings:
     crop_min_scale: float = 0.08
 
     def __post_init__(self) -> None:
+        self.device = check_device(self.device)
         if self.precision not in PRECISION_CHOICES:
             raise ConfigError(
                 f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}"
             )
-        if self.num_workers is not None and self.num_workers < 0:
-            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
+        if not isinstance(self.deterministic, bool):
+            raise ConfigError(f"deterministic must be true or false, got {self.deterministic!r}")
+        if self.num_workers is not None:
+            _check_whole("num_workers", self.num_workers)
+            if self.num_workers < 0:
+                raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
+        _check_whole("eval_batch_size", self.eval_batch_size)
         if self.eval_batch_size < 1:
             raise ConfigError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        _check_whole("keep_checkpoints", self.keep_checkpoints)
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if isinstance(self.view_pool, bool) or not isinstance(self.view_pool, int):
@@ -92,6 +102,30 @@ class EngineSettings:
         if self.num_workers is not None:
             return self.num_workers
         return 4 if str(self.device).startswith("cuda") else 0
+
+
+def _check_whole(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+
+
+def check_device(device: Any) -> str:
+    """`device` as a string torch understands ("cpu", "cuda", "cuda:1", "mps", ...), else
+    ConfigError. Whether that device exists is checked when a run starts."""
+    import torch
+
+    if isinstance(device, torch.device):
+        return str(device)
+    if not isinstance(device, str):
+        raise ConfigError(f"device must be a device name such as {DEVICE_EXAMPLES}, got {device!r}")
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(
+            f"device {device!r} is not a device name torch understands ({exc}); use one such as "
+            f"{DEVICE_EXAMPLES}"
+        ) from None
+    return device
 
 
 @dataclass
@@ -113,6 +147,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if isinstance(self.engine, dict):
             self.engine = engine_settings(self.engine)
+        if not isinstance(self.engine, EngineSettings):
+            raise ConfigError(f"engine must be a mapping of engine settings, got {self.engine!r}")
         if self.subsample not in SUBSAMPLE_CHOICES:
             raise ConfigError(
                 f"subsample must be one of {', '.join(SUBSAMPLE_CHOICES)}, got {self.subsample!r}"
@@ -121,6 +157,15 @@ class RunConfig:
             raise ConfigError(f"shots must be a whole number >= 0, got {self.shots!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be a whole number, got {self.seed!r}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(
+                f"seed must be in 0..{MAX_SEED} (2**32 - 1, numpy's limit), got {self.seed}"
+            )
+        if not isinstance(self.method_config, dict):
+            raise ConfigError(
+                f"method_config must be a mapping of the method's settings, got "
+                f"{self.method_config!r}"
+            )
         if not self.vlprompt_version:
             from vlprompt import __version__
 

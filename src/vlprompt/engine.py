@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -44,7 +45,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from vlprompt.config import EngineSettings, RunError, TrainingDivergedError
-from vlprompt.io import atomic_write_json
+from vlprompt.io import atomic_write_json, non_finite_tensors
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest.json"
 STATUS_FILE = "status.json"  # written last: a run is finished when it says so
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+CHECKPOINT_NAME = re.compile(r"epoch-\d{4,}")  # the folder names save_checkpoint writes
 
 
 # ---- schedule and optimizer -----------------------------------------------------------------
@@ -200,6 +202,25 @@ def all_finite(value: torch.Tensor, ctx: Dist) -> bool:
     return bool(flag.item() == 0)
 
 
+def parameters_finite(params: list[torch.nn.Parameter], ctx: Dist) -> bool:
+    """True when every value of every parameter is finite on every process."""
+    device = params[0].device
+    bad = sum(int(not bool(torch.isfinite(p.detach()).all())) for p in params)
+    flag = torch.tensor([float(bad)], device=device)
+    if ctx.enabled:
+        dist.all_reduce(flag, op=dist.ReduceOp.SUM)
+    return bool(flag.item() == 0)
+
+
+def _kept_checkpoint(run_dir: str | Path | None) -> str:
+    """What a diverged run keeps, for its error message."""
+    try:
+        where = latest_checkpoint(Path(run_dir)) if run_dir is not None else None
+    except RunError:
+        where = None
+    return f"the last good checkpoint {where} is kept" if where else "no epoch had finished"
+
+
 # ---- checkpoints ----------------------------------------------------------------------------
 def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     state = optimizer.state_dict()
@@ -307,27 +328,87 @@ def save_checkpoint(
     return folder / name
 
 
+def _damaged(path: Path, problem: str) -> RunError:
+    """The error for a checkpoint file that cannot be used, with how to get going again."""
+    checkpoints = path.parent if path.name == LATEST_FILE else path.parent.parent
+    return RunError(
+        f"{path}: {problem}; the checkpoint is damaged. Use --overwrite to restart, or delete "
+        f"{checkpoints}/ to start the training again from epoch 0"
+    )
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The folder `checkpoints/latest.json` points at, or None."""
+    """The folder `checkpoints/latest.json` points at, or None. A pointer that is not the JSON
+    `save_checkpoint` writes, or points at a missing or incomplete folder -> RunError."""
     pointer = Path(run_dir) / CHECKPOINT_DIR / LATEST_FILE
     if not pointer.is_file():
         return None
     try:
         info = json.loads(pointer.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise RunError(f"{pointer} is damaged ({exc}); delete it to restart the run") from exc
-    folder = pointer.parent / str(info["path"])
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _damaged(pointer, f"not readable JSON ({exc})") from None
+    name = info.get("path") if isinstance(info, dict) else None
+    if not isinstance(name, str) or not CHECKPOINT_NAME.fullmatch(name):
+        raise _damaged(
+            pointer,
+            f'expected {{"epoch": N, "path": "epoch-NNNN"}}, got {json.dumps(info)[:200]}',
+        )
+    folder = pointer.parent / name
     if not (folder / "state.safetensors").is_file() or not (folder / "state.json").is_file():
-        raise RunError(f"{pointer} points at {folder}, which is incomplete; delete both to restart")
+        raise _damaged(pointer, f"it points at {folder}, which is missing or incomplete")
     return folder
+
+
+def _read_checkpoint_files(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and the JSON of a checkpoint folder, checked for shape (RunError if not)."""
+    state, state_json = folder / "state.safetensors", folder / "state.json"
+    try:
+        tensors = load_file(str(state))
+    except Exception as exc:  # safetensors raises SafetensorError, OSError, ValueError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+        raise _damaged(
+            state, f"not a readable safetensors file ({type(exc).__name__}: {first})"
+        ) from None
+    try:
+        meta = json.loads(state_json.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _damaged(state_json, f"not readable JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise _damaged(state_json, f"holds {type(meta).__name__}, not a JSON object")
+    missing = [k for k in ("epoch", "optimizer", "rng") if k not in meta]
+    if missing:
+        raise _damaged(state_json, f"lacks the key(s) {', '.join(missing)}")
+    epoch = meta["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise _damaged(state_json, f"'epoch' is {epoch!r}, not a whole number >= 1")
+    optimizer, rng = meta["optimizer"], meta["rng"]
+    if not (
+        isinstance(optimizer, dict)
+        and isinstance(optimizer.get("param_groups"), list)
+        and isinstance(optimizer.get("scalars"), dict)
+    ):
+        raise _damaged(state_json, "'optimizer' is not an object with param_groups and scalars")
+    if not (
+        isinstance(rng, dict)
+        and isinstance(rng.get("numpy"), dict)
+        and isinstance(rng.get("python"), dict)
+    ):
+        raise _damaged(state_json, "'rng' is not an object with the numpy and python states")
+    for key in ("rng.torch", "rng.numpy"):
+        if key not in tensors:
+            raise _damaged(state, f"lacks the tensor {key!r}")
+    if meta.get("scaler") is not None and not isinstance(meta["scaler"], dict):
+        raise _damaged(state_json, f"'scaler' is {meta['scaler']!r}, not an object")
+    return tensors, meta
 
 
 def load_checkpoint(
     folder: Path, method: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any
 ) -> dict[str, Any]:
-    """Restore learned tensors, optimizer, grad scaler and RNG states; return the JSON part."""
-    tensors = load_file(str(folder / "state.safetensors"))
-    meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    """Restore learned tensors, optimizer, grad scaler and RNG states; return the JSON part.
+    Files that are damaged, of another method or hold NaN/inf learned tensors -> RunError."""
+    tensors, meta = _read_checkpoint_files(folder)
+    state = folder / "state.safetensors"
     learned = {k[len("learned.") :]: v for k, v in tensors.items() if k.startswith("learned.")}
     own = method.learned_state_dict()
     if set(learned) != set(own):
@@ -335,13 +416,30 @@ def load_checkpoint(
             f"{folder}: checkpoint tensors {sorted(learned)} do not match the method's "
             f"{sorted(own)}; was it written by another method? Use --overwrite to restart"
         )
+    for key, value in learned.items():
+        if value.shape != own[key].shape:
+            raise _damaged(
+                state,
+                f"tensor {key!r} has shape {tuple(value.shape)}, the method needs "
+                f"{tuple(own[key].shape)}",
+            )
+    bad = non_finite_tensors(learned)
+    if bad:
+        raise _damaged(state, f"learned tensor(s) {', '.join(map(repr, bad))} hold NaN or infinity")
     device = next(iter(method.trainable_parameters())).device
-    method.load_state_dict({k: v.to(device) for k, v in learned.items()}, strict=False)
-    opt_tensors = {k: v.to(device) for k, v in tensors.items() if k.startswith("optimizer.")}
-    _load_optimizer_state(optimizer, opt_tensors, meta["optimizer"])
-    if scaler is not None and meta.get("scaler"):
-        scaler.load_state_dict(meta["scaler"])
-    _restore_rng(tensors, meta["rng"])
+    try:
+        method.load_state_dict({k: v.to(device) for k, v in learned.items()}, strict=False)
+        opt_tensors = {k: v.to(device) for k, v in tensors.items() if k.startswith("optimizer.")}
+        _load_optimizer_state(optimizer, opt_tensors, meta["optimizer"])
+        if scaler is not None and meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])
+        _restore_rng(tensors, meta["rng"])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        raise _damaged(
+            folder / "state.json",
+            f"its optimizer, grad-scaler or RNG state cannot be restored "
+            f"({type(exc).__name__}: {exc})",
+        ) from None
     return meta
 
 
@@ -444,7 +542,8 @@ def fit(
     """Train `method` (already on its device) on `dataset` ((image, label) pairs) with the
     recipe in `method.config`. With `run_dir`, a checkpoint is written after every epoch (rank 0)
     and `resume=True` continues from the latest one. Raises TrainingDivergedError on a NaN/inf
-    loss, keeping the last good checkpoint."""
+    loss or, at the end of an epoch (before its checkpoint is written), NaN/inf learned
+    parameters, keeping the last good checkpoint."""
     ctx = ctx or Dist()
     say = logger or log.info
     cfg = method.config
@@ -502,6 +601,14 @@ def fit(
             method, loader, optimizer, scaler, scale, params, ctx, device, precision, epoch, show,
             lr, run_dir, pool,
         )  # fmt: skip
+        if not parameters_finite(params, ctx):
+            raise TrainingDivergedError(
+                f"the learned parameters hold NaN or infinite values after epoch {epoch + 1}/"
+                f"{cfg.epochs} (lr {lr:.3g}) although every training loss was finite: an update "
+                f"overflowed. Training stopped and {_kept_checkpoint(run_dir)}. Lower the "
+                "learning rate or use fp32 (--precision fp32), then restart with --overwrite "
+                "(or --resume to continue from that checkpoint)"
+            )
         history.append(stats)
         say(
             f"epoch {stats.epoch}/{cfg.epochs}  lr {lr:.3g}  loss {stats.loss:.4f}  "
@@ -540,8 +647,7 @@ def _run_epoch(
         with _autocast(device, precision), feed as inputs:
             out = method.backward_step(inputs, labels, scale)
         if not all_finite(out.loss, ctx):
-            where = latest_checkpoint(Path(run_dir)) if run_dir is not None else None
-            kept = f"the last good checkpoint {where} is kept" if where else "no epoch had finished"
+            kept = _kept_checkpoint(run_dir)
             raise TrainingDivergedError(
                 f"training loss is {out.loss.item()} (not finite) at epoch {epoch + 1}/{epochs}, "
                 f"step {step + 1}/{len(loader)} (lr {lr:.3g}); training stopped and {kept}. "

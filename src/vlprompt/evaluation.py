@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from vlprompt.engine import Dist, _autocast, effective_precision
+from vlprompt.errors import DataError
 
 
 def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
@@ -162,10 +163,17 @@ def evaluate_items(
     precision: str = "auto",
     ctx: Dist | None = None,
     feature_cache: Any = None,
+    split: str = "evaluation",
+    dataset: str | None = None,
 ) -> EvalResult:
-    """Accuracy of `method` on `items`, whose labels index `method.classnames`."""
+    """Accuracy of `method` on `items`, whose labels index `method.classnames`. `split` and
+    `dataset` only name the images in errors: an empty list raises DataError."""
     if not items:
-        raise ValueError("nothing to evaluate: the split holds no images")
+        where = f"the {split} split of {dataset}" if dataset else f"the {split} split"
+        raise DataError(
+            f"{where} has no images; nothing to evaluate (check that the data set's {split} "
+            "folder or list holds images of the evaluated classes)"
+        )
     started = time.perf_counter()
     logits, used = compute_logits(
         method,

@@ -35,8 +35,17 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.errors import VlpromptError
+from vlprompt.executors import (
+    EXECUTORS,
+    Job,
+    JobOutcome,
+    RayOptions,
+    import_ray,
+    run_locally,
+    run_on_ray,
+)
 from vlprompt.io import append_jsonl, atomic_write_text
-from vlprompt.run_folder import claim_folder, folder_lock
+from vlprompt.run_folder import claim_folder, folder_lock, holds_lock
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +158,7 @@ def _check_names(methods: Sequence[str], datasets: Sequence[str]) -> None:
 # train() keywords that are not part of a run's identity (see vlprompt.api.train)
 _NOT_CONFIG = (
     "output_dir", "resume", "overwrite", "evaluate", "progress", "on_epoch_end", "trust_torchscript",
+    "echo", "tensorboard",
 )  # fmt: skip
 _RUN_FIELDS = ("root", "backbone", "pretrained", "shots", "seed", "subsample")
 
@@ -364,10 +374,11 @@ def _train_or_load(
     spec: RunSpec, run_dir: Path, backend: Backend, train_kwargs: dict[str, Any]
 ) -> Any:
     if backend.is_finished(run_dir):
-        log.info("%s: finished earlier, loading it", spec.key)
-        return backend.load_run(run_dir, device=train_kwargs.get("device", "cpu"))
+        log.debug("%s: finished earlier, loading it", spec.key)
+        load_kwargs = {k: train_kwargs[k] for k in ("trust_torchscript",) if k in train_kwargs}
+        return backend.load_run(run_dir, device=train_kwargs.get("device", "cpu"), **load_kwargs)
     resume = run_dir.is_dir() and any(run_dir.iterdir())
-    log.info("%s: %s", spec.key, "resuming" if resume else "training")
+    log.debug("%s: %s", spec.key, "resuming" if resume else "training")
     return backend.train(
         spec.method,
         spec.dataset,
@@ -378,6 +389,31 @@ def _train_or_load(
         resume=resume,
         **train_kwargs,
     )
+
+
+def run_job(job: Job, backend: Backend) -> list[dict[str, Any]]:
+    """Train (or resume, or load) one run and evaluate what the sweep lacks; return the sweep's
+    records. Runs in the driver (local executor) or in a worker (Ray); writes only the run's
+    own folder."""
+    spec = job.spec
+    run = _train_or_load(spec, job.run_dir, backend, job.train_kwargs)
+    records = []
+    for evaluation in job.evaluations:
+        result = backend.evaluate(
+            run,
+            dataset=None if evaluation.dataset == spec.dataset else evaluation.dataset,
+            subsample=evaluation.subsample,
+            split=evaluation.split,
+        )
+        records.append(_record(spec, evaluation, result))
+    if job.train_kwargs.get("tensorboard"):  # training logged its own test evaluation
+        from vlprompt.tracking import log_evaluations
+
+        own = (spec.dataset, spec.subsample, "test")
+        log_evaluations(
+            job.run_dir, [r for r in records if (r["dataset"], r["subsample"], r["split"]) != own]
+        )
+    return records
 
 
 def run_bench(
@@ -400,16 +436,33 @@ def run_bench(
     plots: bool = True,
     backend: Backend | None = None,
     train_kwargs: dict[str, Any] | None = None,
+    executor: str = "local",
+    ray: RayOptions | None = None,
+    progress: bool | None = None,
+    verbose: bool = False,
 ) -> BenchResult:
     """Run (or resume) a protocol sweep; return what it did. See the module docstring.
 
     `backbone`/`pretrained`/`root` left as None take the engine's defaults. `config_overrides`
     apply to every method, `method_overrides[name]` to one method only (e.g. ``{"rpo":
-    {"n_prompts": 4}}``). `keep_going`: a run that raises is recorded in the result's `failed`
+    {"K": 4}}``). `keep_going`: a run that raises is recorded in the result's `failed`
     and the sweep goes on (KeyboardInterrupt always stops it). `report`/`plots`: rewrite the
     summary tables / plots after every run. `train_kwargs` pass more
     keyword arguments to the engine's train as is.
+
+    `executor="ray"` runs each run as a Ray task (vlprompt.executors; `ray` sets the address,
+    the resources per run and the retries); a failing run then never stops the others. The
+    view is the same for both: a progress bar over the runs (`progress`, default: when stderr
+    is a terminal), one line per finished run, and the runs' per-epoch lines only in each
+    run's `log.txt` unless `verbose`.
     """
+    if executor not in EXECUTORS:
+        raise BenchError(f"unknown executor {executor!r}; choices: {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        import_ray()  # says how to install it, before anything is planned or written
+        if backend is not None:
+            raise BenchError("executor 'ray' runs the real engine in its workers; no backend")
+        ray = ray or RayOptions(verbose=verbose)
     backend = backend or default_backend()
     specs = plan_bench(
         protocol,
@@ -424,6 +477,9 @@ def run_bench(
         evaluated = {e.dataset for s in specs for e in s.evaluations}
         backend.check(sorted({s.method for s in specs}), sorted(evaluated))
     common: dict[str, Any] = {"device": device, **(train_kwargs or {})}
+    if backend.train is _real_train():
+        common.setdefault("echo", verbose)  # per-epoch lines: the run's log.txt, live with -v
+        common.setdefault("progress", False)  # no per-epoch bars under the sweep's bar
     for name, value in (("root", root), ("backbone", backbone), ("pretrained", pretrained)):
         if value is not None:
             common[name] = value
@@ -442,54 +498,82 @@ def run_bench(
                 identity = dict(shots=spec.shots, seed=spec.seed, subsample=spec.subsample)
                 kwargs = {**kwargs_of(spec), **identity}
                 backend.check_run(spec.run_dir(output_dir), spec.method, spec.dataset, kwargs)
-        return _run_specs(specs, output_dir, backend, kwargs_of, keep_going, report, plots)
-
-
-def _run_specs(
-    specs: list[RunSpec],
-    output_dir: Path,
-    backend: Backend,
-    kwargs_of: Callable[[RunSpec], dict[str, Any]],
-    keep_going: bool,
-    report: bool,
-    plots: bool,
-) -> BenchResult:
-    """Train and evaluate what `results.jsonl` lacks, appending a line per evaluation."""
-    results_path = output_dir / RESULTS_FILE
-    _repair_tail(results_path)
-    recorded = {r.get("key") for r in read_records(results_path)}
-    outcome = BenchResult(output_dir=output_dir, planned=[s.key for s in specs])
-    for index, spec in enumerate(specs, start=1):
-        missing = [e for e in spec.evaluations if spec.eval_key(e) not in recorded]
-        if not missing:
-            outcome.skipped.append(spec.key)
-            continue
-        log.info("[%d/%d] %s", index, len(specs), spec.key)
-        run_dir = spec.run_dir(output_dir)
-        try:
-            run = _train_or_load(spec, run_dir, backend, kwargs_of(spec))
-            for evaluation in missing:
-                result = backend.evaluate(
-                    run,
-                    dataset=None if evaluation.dataset == spec.dataset else evaluation.dataset,
-                    subsample=evaluation.subsample,
-                    split=evaluation.split,
-                )
-                record = _record(spec, evaluation, result)
-                append_jsonl(results_path, record)
-                recorded.add(record["key"])
-        except Exception as exc:
-            if not keep_going:
-                raise
-            log.error("%s failed: %s", spec.key, exc)
-            outcome.failed[spec.key] = f"{type(exc).__name__}: {exc}"
-            continue
-        outcome.trained.append(spec.key)
-        if report:
-            outcome.summary = _write_summary(output_dir, plots)
-    if report and outcome.summary is None and results_path.is_file():
-        outcome.summary = _write_summary(output_dir, plots)
+        results_path = output_dir / RESULTS_FILE
+        _repair_tail(results_path)
+        recorded = {r.get("key") for r in read_records(results_path)}
+        outcome = BenchResult(output_dir=output_dir, planned=[s.key for s in specs])
+        jobs = []
+        for spec in specs:
+            missing = tuple(e for e in spec.evaluations if spec.eval_key(e) not in recorded)
+            if missing:
+                jobs.append(Job(spec, missing, spec.run_dir(output_dir), kwargs_of(spec)))
+            else:
+                outcome.skipped.append(spec.key)
+        if executor == "ray":
+            outcomes = run_on_ray(jobs, ray)
+        else:
+            outcomes = run_locally(jobs, lambda job: run_job(job, backend), keep_going)
+        _collect(outcomes, outcome, len(specs), results_path, report, plots, progress)
     return outcome
+
+
+def _real_train() -> Any:
+    from vlprompt import api
+
+    return api.train
+
+
+def _collect(outcomes, result: BenchResult, n_runs: int, results_path: Path, report: bool,
+             plots: bool, progress: bool | None) -> None:  # fmt: skip
+    """The driver's side: append each finished run's records, say one line for it, keep the
+    summary current, and show one progress bar over the sweep."""
+    import sys
+
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    output_dir = results_path.parent
+    show = sys.stderr.isatty() if progress is None else progress
+    done = len(result.skipped)
+    bar = tqdm(total=n_runs, initial=done, desc="sweep", unit="run", disable=not show,
+               dynamic_ncols=True)  # fmt: skip
+    with bar, logging_redirect_tqdm(loggers=[logging.getLogger("vlprompt")]):
+        for item in outcomes:
+            done += 1
+            key = item.job.spec.key
+            if item.error is not None:
+                log.error("[%d/%d] %s failed: %s", done, n_runs, key, item.error)
+                result.failed[key] = item.error
+            else:
+                for record in item.records:
+                    _append_record(results_path, record)
+                result.trained.append(key)
+                log.info("[%d/%d] %s", done, n_runs, _run_line(key, item))
+                if report:
+                    result.summary = _write_summary(output_dir, plots)
+            bar.update(1)
+    if report and result.summary is None and results_path.is_file():
+        result.summary = _write_summary(output_dir, plots)
+
+
+def _run_line(key: str, item: JobOutcome) -> str:
+    scores = "  ".join(
+        f"{r['subsample'] if r['dataset'] == item.job.spec.dataset else r['dataset']} "
+        f"{r['accuracy']:.2f}"
+        for r in item.records
+    )
+    return f"{key}: {scores}  ({item.wall_s:.0f} s)"
+
+
+def _append_record(results_path: Path, record: dict[str, Any]) -> None:
+    """The sweep's results are written by the process that holds the sweep folder's lock, and
+    by no other (a Ray worker returns its records instead)."""
+    if not holds_lock(results_path.parent):
+        raise BenchError(
+            f"{results_path} is written only by the sweep's driver, which holds the lock of "
+            f"{results_path.parent}; this process does not"
+        )
+    append_jsonl(results_path, record)
 
 
 def _write_summary(output_dir: Path, plots: bool) -> Any:

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from vlprompt.errors import VlpromptError
+from vlprompt.config import RunError
 from vlprompt.io import atomic_write_json
 
 MARKER_FILE = ".vlprompt-folder"
@@ -37,7 +37,7 @@ OUR_FILES = (MARKER_FILE, LOCK_FILE)
 _HELD: dict[str, tuple[object, int]] = {}
 
 
-class FolderError(VlpromptError, ValueError):
+class FolderError(RunError):
     """An output folder vlprompt may not or cannot write into (a user's folder, one in use, ...)."""
 
 
@@ -192,6 +192,11 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
         yield
     finally:
         _release(key)
+
+
+def holds_lock(folder: str | Path) -> bool:
+    """True when this process holds the lock of `folder`."""
+    return str(Path(folder).resolve()) in _HELD
 
 
 def _release(key: str) -> None:

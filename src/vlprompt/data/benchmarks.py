@@ -19,6 +19,7 @@ from vlprompt.data.splits import (
     make_splits,
     read_json_file,
     read_or_make_split,
+    read_text_file,
     require_dir,
     require_file,
     split_per_class,
@@ -52,8 +53,34 @@ def _finish(name, parts, source, **fields) -> DatasetSplits:
 
 def _read_lines(path: Path, hint: str) -> list[str]:
     require_file(path, "list file", hint)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text_file(path, "list file").splitlines()
     return [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
+
+
+def _one_based(path: Path, line: str, text: str) -> int:
+    """A 1-based label of a list file as a 0-based label."""
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise DataError(
+            f"{path}: bad line {line!r}; its label {text!r} should be a whole number from 1"
+        )
+    return int(text) - 1
+
+
+def _load_mat(path: Path, key: str, hint: str):
+    """`scipy.io.loadmat(path)[key]`; an unreadable file or a missing key -> DataError."""
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+
+    try:
+        return loadmat(str(path))[key]
+    except KeyError:
+        raise DataError(
+            f"{path} holds no {key!r} variable; it is not the data set's original file. {hint}"
+        ) from None
+    except (OSError, ValueError, TypeError, NotImplementedError, MatReadError) as e:
+        raise DataError(
+            f"cannot read MATLAB file {path}: {e}; replace it with the original. {hint}"
+        ) from e
 
 
 def _folder_dataset(
@@ -185,7 +212,7 @@ def load_oxford_pets(root: Path | None, *, write_split: bool = True, **_) -> Dat
             fields = line.split()
             if len(fields) < 2:
                 raise DataError(f"{path}: bad line {line!r}; expected 'Name_123 label ...'")
-            stem, label = fields[0], int(fields[1]) - 1  # 1-based in the file
+            stem, label = fields[0], _one_based(path, line, fields[1])
             breed = stem.rsplit("_", 1)[0].lower()
             items.append(Datum(str(image_dir / f"{stem}.jpg"), label, human_classname(breed)))
         return items
@@ -215,12 +242,15 @@ def load_oxford_flowers(root: Path | None, *, write_split: bool = True, **_) -> 
     split_path = ddir / "split_zhou_OxfordFlowers.json"
 
     def make():
-        from scipy.io import loadmat
-
         label_file = require_file(ddir / "imagelabels.mat", "label file", hint)
         names_file = require_file(ddir / "cat_to_name.json", "class-name file", hint)
-        labels = loadmat(str(label_file))["labels"].reshape(-1)
+        labels = _load_mat(label_file, "labels", hint).reshape(-1)
         names = read_json_file(names_file, "class-name file")
+        if not isinstance(names, dict) or not all(isinstance(v, str) for v in names.values()):
+            raise DataError(
+                f"{names_file} must be a JSON object mapping flower label -> name, e.g. "
+                '{"1": "pink primrose"}. ' + hint
+            )
         groups: dict[int, list[Datum]] = defaultdict(list)
         for i, label in enumerate(labels):
             label = int(label)  # 1-based
@@ -256,15 +286,24 @@ def load_stanford_cars(root: Path | None, *, write_split: bool = True, **_) -> D
     split_path = ddir / "split_zhou_StanfordCars.json"
 
     def read(image_subdir: str, anno: Path, meta: Path) -> list[Datum]:
-        from scipy.io import loadmat
-
-        annos = loadmat(str(require_file(anno, "annotation file", hint)))["annotations"][0]
-        names = loadmat(str(require_file(meta, "class-name file", hint)))["class_names"][0]
+        annos = _load_mat(require_file(anno, "annotation file", hint), "annotations", hint)
+        names = _load_mat(require_file(meta, "class-name file", hint), "class_names", hint)
+        try:
+            names = [str(n[0]) for n in names[0]]
+            rows = [(int(a["class"][0, 0]) - 1, str(a["fname"][0])) for a in annos[0]]
+        except (IndexError, KeyError, TypeError, ValueError) as e:
+            raise DataError(
+                f"{anno} or {meta} is not laid out as the Stanford Cars devkit files ({e}). {hint}"
+            ) from e
         items = []
-        for a in annos:
-            label = int(a["class"][0, 0]) - 1
-            path = ddir / image_subdir / str(a["fname"][0])
-            items.append(Datum(str(path), label, human_classname(_car_name(str(names[label][0])))))
+        for label, fname in rows:
+            if not 0 <= label < len(names):
+                raise DataError(
+                    f"{anno}: image {fname} has class {label + 1}, but {meta} names classes "
+                    f"1..{len(names)}. {hint}"
+                )
+            path = ddir / image_subdir / fname
+            items.append(Datum(str(path), label, human_classname(_car_name(names[label]))))
         return items
 
     def make():
@@ -346,7 +385,11 @@ def load_ucf101(root: Path | None, *, write_split: bool = True, **_) -> DatasetS
     def read(list_name: str, cname2lab: dict[str, int]) -> list[Datum]:
         items = []
         for line in _read_lines(lists / list_name, hint):
-            action, filename = line.split()[0].split("/")
+            action, _, filename = line.split()[0].partition("/")
+            if not action or not filename or "/" in filename:
+                raise DataError(
+                    f"{lists / list_name}: bad line {line!r}; expected 'Action/v_Action_g01_c01.avi'"
+                )
             if action not in cname2lab:
                 raise DataError(f"{lists / list_name}: action {action!r} is not in classInd.txt")
             folder = _ucf_folder(action)
@@ -357,8 +400,10 @@ def load_ucf101(root: Path | None, *, write_split: bool = True, **_) -> DatasetS
     def make():
         cname2lab = {}
         for line in _read_lines(lists / "classInd.txt", hint):
-            label, action = line.split()
-            cname2lab[action] = int(label) - 1
+            fields = line.split()
+            if len(fields) != 2:
+                raise DataError(f"{lists / 'classInd.txt'}: bad line {line!r}; expected '1 Action'")
+            cname2lab[fields[1]] = _one_based(lists / "classInd.txt", line, fields[0])
         train, val = split_trainval(read("trainlist01.txt", cname2lab))
         return {"train": train, "val": val, "test": read("testlist01.txt", cname2lab)}
 

@@ -16,17 +16,25 @@ from vlprompt.data.fewshot import (
     subsample_classes,
 )
 from vlprompt.data.registry import DatasetInfo, get_dataset_info
+from vlprompt.data.splits import require_two_classes
 from vlprompt.data.templates import DEFAULT_TEMPLATE, check_template
 from vlprompt.data.types import DatasetSplits
 from vlprompt.errors import DataError
 
 
 def load_full(name: str, root: str | Path | None = None, **loader_kwargs) -> DatasetSplits:
-    """The whole registered data set (all train/val/test items), its template filled in."""
+    """The whole registered data set (all train/val/test items), its template filled in.
+
+    It is returned as its files describe it, even with a single class (e.g. to inspect it);
+    `build_dataset` is where a data set must have the two classes a classifier needs.
+    """
     info = get_dataset_info(name)
     full = info.load(root, **loader_kwargs)
     if not isinstance(full, DatasetSplits):
-        raise TypeError(f"the loader of {name!r} returned {type(full).__name__}, not DatasetSplits")
+        raise DataError(
+            f"the loader of data set {name!r} returned {type(full).__name__}; a loader passed "
+            "to register_dataset must return a DatasetSplits"
+        )
     full.name = name
     if full.template == DEFAULT_TEMPLATE:
         full.template = info.template
@@ -94,6 +102,7 @@ def build_dataset(
         check_template(t)
 
     full = load_full(name, root, **loader_kwargs)
+    require_two_classes(full, full.extra.get("source") or full.extra.get("dataset_dir") or root)
     where = _cache_dir(info, full, root, cache_dir, loader_kwargs)
     splits = cached_sample(full, shots, seed, where)
     splits = subsample_classes(splits, subsample)

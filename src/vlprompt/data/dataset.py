@@ -1,4 +1,5 @@
-"""A torch Dataset over a list of `Datum`s, and an up-front check for unreadable images."""
+"""A torch Dataset over a list of `Datum`s, RGB decoding of every image mode, and an up-front
+check for unreadable images."""
 
 from __future__ import annotations
 
@@ -6,19 +7,129 @@ import warnings
 from collections.abc import Callable
 from dataclasses import replace
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
 from vlprompt.data.types import DatasetSplits, Datum
 from vlprompt.errors import DataError
 
+ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
+PREMULTIPLIED_MODES = frozenset({"RGBa", "La"})
+KEYED_TRANSPARENCY_MODES = frozenset({"1", "L", "P", "RGB"})  # a `transparency` colour/index
+
+
+def _grey_to_rgb(grey: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.ascontiguousarray(grey, dtype=np.uint8)).convert("RGB")
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    """Linear min..max -> 0..255 (float64 in, uint8 out); a constant image becomes black."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(values.shape, np.uint8)
+    return np.floor((values - lo) * (255.0 / (hi - lo)) + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def _int_to_grey(raw: np.ndarray) -> np.ndarray:
+    """Modes I and I;16*: 0..65535 -> 0..255 as round(v / 257), else min..max stretched."""
+    if raw.size and (int(raw.min()) < 0 or int(raw.max()) > 65535):
+        return _stretch(raw.astype(np.float64))
+    return ((raw.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _float_to_grey(raw: np.ndarray) -> np.ndarray:
+    """Mode F: all values in 0..1 -> round(v * 255), any other range stretched min..max.
+    NaN -> 0, +-inf -> as the largest / smallest finite value."""
+    values = raw.astype(np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(values.shape, np.uint8)
+    if not finite.all():
+        lo, hi = values[finite].min(), values[finite].max()
+        values = np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo)
+    if values.min() >= 0.0 and values.max() <= 1.0:
+        grey = np.floor(values * 255.0 + 0.5).astype(np.uint8)
+    else:
+        grey = _stretch(values)
+    grey[np.isnan(raw)] = 0
+    return grey
+
+
+def _over_white(rgba: np.ndarray) -> Image.Image:
+    """Straight (non-premultiplied) RGBA over white: round((c * a + 255 * (255 - a)) / 255)."""
+    c = rgba[..., :3].astype(np.uint32)
+    a = rgba[..., 3:].astype(np.uint32)
+    return Image.fromarray(((c * a + 255 * (255 - a) + 127) // 255).astype(np.uint8))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` as a new 8-bit RGB image, decoded correctly for every PIL mode.
+
+    PIL's `convert("RGB")` clips instead of scaling for the high-bit-depth modes and drops alpha
+    as it is; the rules here:
+
+    - 1, L, P, RGB, RGBX, CMYK, YCbCr, HSV, LAB: PIL's own conversion (CMYK as
+      (255 - c) * (255 - k) / 255, YCbCr with the JPEG (full-range) matrix).
+    - I;16, I;16B, I;16L, I;16N (16-bit): 0..65535 scaled to 0..255 as round(v / 257).
+    - I (32-bit int): when every value lies in 0..65535 the same 16-bit rule (PIL has opened
+      16-bit PNGs as mode I); otherwise min..max is stretched linearly to 0..255.
+    - F (float): values all in 0..1 map to round(v * 255); any other range is stretched min..max
+      to 0..255. NaN becomes 0, +-inf the largest / smallest finite value; a constant image
+      outside 0..1 becomes black.
+    - Modes with alpha (RGBA, LA, PA, premultiplied RGBa / La) and 1 / L / P / RGB / I / I;16
+      images with a `transparency` entry (PNG's tRNS, GIF's transparent index) are composited
+      over a white background: that is how image viewers and browsers show them, and the RGB
+      values under fully transparent pixels are arbitrary (often black or left-over colours),
+      so dropping alpha would show the model noise.
+
+    A value that is not a PIL image, or a mode PIL cannot convert, raises DataError.
+    """
+    if not isinstance(image, Image.Image):
+        raise DataError(
+            f"expected a PIL image, got {type(image).__name__}; open image files with "
+            "PIL.Image.open or pass their paths"
+        )
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image.copy()
+    if mode.startswith("I"):
+        raw = np.asarray(image)
+        grey = _int_to_grey(raw)
+        key = image.info.get("transparency")
+        if isinstance(key, int) and not isinstance(key, bool):
+            return _over_white(np.dstack([grey, grey, grey, np.where(raw == key, 0, 255)]))
+        return _grey_to_rgb(grey)
+    if mode == "F":
+        return _grey_to_rgb(_float_to_grey(np.asarray(image)))
+    if mode in PREMULTIPLIED_MODES:  # c' = c * a / 255, so over white: c' + 255 - a
+        raw = np.asarray(image).astype(np.int32)
+        colour = raw[..., :3] if mode == "RGBa" else np.repeat(raw[..., :1], 3, axis=-1)
+        out = colour + 255 - raw[..., -1:]
+        return Image.fromarray(out.clip(0, 255).astype(np.uint8))
+    palette_alpha = mode == "P" and getattr(image.palette, "mode", "") == "RGBA"
+    if (
+        mode in ALPHA_MODES
+        or palette_alpha
+        or (mode in KEYED_TRANSPARENCY_MODES and "transparency" in image.info)
+    ):
+        return _over_white(np.asarray(image.convert("RGBA")))
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as e:
+        raise DataError(
+            f"cannot convert an image of mode {mode!r} to RGB ({e}); save it as an 8-bit RGB "
+            "or greyscale PNG or JPEG"
+        ) from e
+
 
 def open_image(path: str):
-    """Open an image fully decoded and as RGB; a missing, unreadable or truncated file -> DataError."""
+    """Open an image fully decoded and as RGB (`to_rgb`); a missing, unreadable or truncated
+    file -> DataError."""
     try:
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, not in a worker later
-            return img.convert("RGB")
+            return to_rgb(img)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(
             f"cannot read image {path}: {e}. Replace or delete the file, or build the data set "

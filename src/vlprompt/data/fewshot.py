@@ -17,7 +17,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from vlprompt.data.splits import group_by_label
+from vlprompt.data.splits import group_by_label, short_repr
 from vlprompt.data.types import DatasetSplits, Datum
 from vlprompt.errors import DataError
 from vlprompt.io import atomic_write_json
@@ -114,8 +114,23 @@ def _encode(items: list[Datum], prefix: str) -> list[list]:
     return [[os.path.relpath(d.path, prefix), d.label, d.classname] for d in items]
 
 
-def _decode(rows: list, prefix: str) -> list[Datum]:
-    return [Datum(os.path.normpath(os.path.join(prefix, r)), int(y), c) for r, y, c in rows]
+def _decode(rows: object, prefix: str) -> list[Datum]:
+    """Cache rows back to `Datum`s; a row of the wrong shape or types -> ValueError."""
+    if not isinstance(rows, list):
+        raise ValueError(f"train/val hold {type(rows).__name__}, not lists")
+    out = []
+    for row in rows:
+        if not (
+            isinstance(row, list)
+            and len(row) == 3
+            and isinstance(row[0], str)
+            and type(row[1]) is int  # not bool, not float
+            and isinstance(row[2], str)
+        ):
+            raise ValueError(f"entry {short_repr(row)} is not [relpath, label, classname]")
+        rel, label, classname = row
+        out.append(Datum(os.path.normpath(os.path.join(prefix, rel)), label, classname))
+    return out
 
 
 def save_fewshot(path: Path, splits: DatasetSplits, shots: int, seed: int) -> bool:
@@ -145,10 +160,12 @@ def load_fewshot(path: Path, full: DatasetSplits, shots: int, seed: int) -> Data
     prefix = full.extra.get("dataset_dir") or "/"
     try:
         obj = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(obj, dict):
+            raise ValueError(f"it holds a JSON {type(obj).__name__}, not an object")
         if obj.get("version") != CACHE_VERSION or (obj["shots"], obj["seed"]) != (shots, seed):
             raise ValueError("written for other settings")
         train, val = _decode(obj["train"], prefix), _decode(obj["val"], prefix)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         warnings.warn(f"ignoring few-shot cache {path}: {e}; sampling again", stacklevel=3)
         return None
     if not set(train) <= set(full.train) or not set(val) <= set(full.val):

@@ -21,6 +21,7 @@ from vlprompt.data.splits import (
     items_from_class_folders,
     list_images,
     make_splits,
+    read_text_file,
     require_dir,
     require_file,
 )
@@ -39,7 +40,7 @@ def read_classnames(path: Path, hint: str = "") -> dict[str, str]:
     """wnid -> class name from a CoOp `classnames.txt`, in file order."""
     require_file(path, "class-name file", hint or _hint("imagenet"))
     out: dict[str, str] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text_file(path, "class-name file").splitlines(), 1):
         if not line.strip():
             continue
         wnid, _, name = line.strip().partition(" ")
@@ -97,6 +98,7 @@ def load_imagenet(root: Path | None, **_) -> DatasetSplits:
         "imagenet",
         {"train": [d for items in train.values() for d in items], "val": test, "test": test},
         classnames=[named[w] for w in wnids],
+        source=str(train_dir),
         templates=list(IMAGENET_TEMPLATES),
         extra={"dataset_dir": str(ddir), "val_is_test": True, "wnids": wnids},
     )
@@ -107,6 +109,7 @@ def _test_only(name: str, ddir: Path, items: list[Datum], classnames, indices, *
         name,
         {"train": [], "val": [], "test": items},
         classnames=classnames,
+        source=str(ddir),
         templates=list(IMAGENET_TEMPLATES),
         extra={
             "dataset_dir": str(ddir),
@@ -171,6 +174,11 @@ def load_imagenet_r(root: Path | None, **_) -> DatasetSplits:
     return _wnid_variant("imagenet_r", root, "imagenet-rendition", "imagenet-r", "imagenet-r")
 
 
+def _is_label(folder: str, n: int) -> bool:
+    """`folder` is a plain decimal 0..n-1 (ASCII digits only: '²'.isdigit() is True too)."""
+    return folder.isascii() and folder.isdigit() and len(folder) <= len(str(n)) and int(folder) < n
+
+
 @register_dataset(
     "imagenetv2",
     template=TEMPLATES["imagenetv2"],
@@ -187,7 +195,7 @@ def load_imagenetv2(root: Path | None, **_) -> DatasetSplits:
     names, names_path = _classnames_for(ddir, Path(root), hint)
     classnames = list(names.values())
     folders = folder_classes(image_dir)
-    bad = [f for f in folders if not f.isdigit() or int(f) >= len(classnames)]
+    bad = [f for f in folders if not _is_label(f, len(classnames))]
     if bad:
         raise DataError(
             f"{image_dir / bad[0]}: ImageNetV2 folders must be labels 0..{len(classnames) - 1} "

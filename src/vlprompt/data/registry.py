@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,11 @@ class DatasetInfo:
     user_format: bool = False  # imagefolder/csv: `root` is the user's own folder or file
 
     def load(self, root: str | Path | None, **kwargs) -> DatasetSplits:
+        if root is not None and not isinstance(root, (str, os.PathLike)):
+            raise DataError(
+                f"root={root!r} of data set {self.name!r} must be a path (str or Path), not "
+                f"{type(root).__name__}"
+            )
         return self.loader(Path(root).expanduser() if root is not None else None, **kwargs)
 
 

@@ -58,35 +58,118 @@ def list_images(folder: Path) -> list[str]:
     ]
 
 
-def read_json_file(path: Path, what: str) -> object:
+def read_text_file(path: Path, what: str) -> str:
+    """The text of a UTF-8 file (a byte-order mark, as Windows editors write, is dropped)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"cannot read {what} {path}: {e}; save it as UTF-8 text") from e
+    except OSError as e:
         raise DataError(f"cannot read {what} {path}: {e}") from e
 
 
+def read_json_file(path: Path, what: str) -> object:
+    text = read_text_file(path, what)
+    try:
+        return json.loads(text)
+    except ValueError as e:  # not JSON, or an integer longer than Python converts (4300 digits)
+        too_long = not isinstance(e, json.JSONDecodeError)
+        problem = "it holds an integer too long to convert" if too_long else e
+        raise DataError(f"cannot read {what} {path}: {problem}") from e
+    except RecursionError as e:
+        raise DataError(f"cannot read {what} {path}: it is nested too deeply") from e
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def leaves_folder(relpath: str) -> bool:
+    """True if `relpath` is absolute or climbs out of the folder it is relative to.
+
+    A lexical check (normpath, no file system access): a symlink inside the folder that points
+    elsewhere is part of the user's own layout (e.g. images kept on another disk) and is allowed.
+    """
+    norm = os.path.normpath(relpath)
+    return os.path.isabs(relpath) or norm == os.pardir or norm.startswith(os.pardir + os.sep)
+
+
+def _split_entry(path: Path, image_dir: Path, split: str, i: int, entry: object):
+    """Check one `[relpath, label, classname]` entry; return it as a tuple."""
+
+    def bad(problem: str) -> DataError:
+        return DataError(
+            f"split file {path}: {split} entry {i} {short_repr(entry)} {problem}; expected "
+            "[relpath, label, classname] with a relative path, an integer label and a name"
+        )
+
+    if not isinstance(entry, list) or len(entry) != 3:
+        raise bad("is not a list of three values")
+    rel, label, cname = entry
+    if not isinstance(rel, str) or not rel.strip():
+        raise bad("has a relpath that is not a non-empty string")
+    if isinstance(label, bool) or not isinstance(label, int):
+        raise bad(f"has label {short_repr(label, 40)}, not an integer")
+    if not isinstance(cname, str) or not cname.strip():
+        raise bad("has a classname that is not a non-empty string")
+    if leaves_folder(rel):
+        raise DataError(
+            f"split file {path}: {split} entry {i} path {rel!r} leaves the image folder "
+            f"{image_dir}; split files list paths relative to it"
+        )
+    return rel, label, cname
+
+
 def read_split_file(path: Path, image_dir: Path) -> dict[str, list[Datum]]:
-    """Read a CoOp split file; paths are joined to `image_dir`, `_` in class names -> space."""
+    """Read a CoOp split file; paths are joined to `image_dir`, `_` in class names -> space.
+
+    Every entry is checked before anything is built from it: its types, that its path stays
+    inside `image_dir`, and that labels run 0..(number of class names - 1), one name per label.
+    """
     data = read_json_file(path, "split file")
     if not isinstance(data, dict) or not all(k in data for k in SPLIT_NAMES):
         raise DataError(
             f"split file {path} must be a JSON object with keys 'train', 'val' and 'test' "
             "holding [relpath, label, classname] lists (CoOp's split_zhou_*.json format)"
         )
-    out: dict[str, list[Datum]] = {}
+    entries: dict[str, list[tuple[str, int, str]]] = {}
     for split in SPLIT_NAMES:
-        items = []
-        for entry in data[split]:
-            try:
-                rel, label, cname = entry
-                items.append(Datum(str(image_dir / rel), int(label), human_classname(cname)))
-            except (TypeError, ValueError) as e:
+        part = data[split]
+        if not isinstance(part, list):
+            raise DataError(
+                f"split file {path}: {split!r} holds {type(part).__name__} "
+                f"{short_repr(part, 40)}; expected a list of [relpath, label, classname] entries"
+            )
+        entries[split] = [_split_entry(path, image_dir, split, i, e) for i, e in enumerate(part)]
+    n_names = len({cname for part in entries.values() for _, _, cname in part})
+    name_of: dict[int, str] = {}
+    label_of: dict[str, int] = {}
+    for split, part in entries.items():
+        for i, (_, label, cname) in enumerate(part):
+            where = f"split file {path}: {split} entry {i}"
+            if not 0 <= label < n_names:
                 raise DataError(
-                    f"split file {path}: bad {split} entry {entry!r}; expected "
-                    "[relpath, label, classname]"
-                ) from e
-        out[split] = items
-    return out
+                    f"{where} has label {label}, but the file names {n_names} class(es), so "
+                    f"labels run 0..{n_names - 1}; renumber the labels"
+                )
+            if name_of.setdefault(label, cname) != cname:
+                raise DataError(
+                    f"{where}: label {label} is named {cname!r} here but {name_of[label]!r} "
+                    "before; each label needs one class name"
+                )
+            if label_of.setdefault(cname, label) != label:
+                raise DataError(
+                    f"{where}: class {cname!r} has label {label} here but {label_of[cname]} "
+                    "before; each class name needs one label"
+                )
+    return {
+        split: [
+            Datum(str(image_dir / rel), label, human_classname(cname)) for rel, label, cname in part
+        ]
+        for split, part in entries.items()
+    }
 
 
 def write_split_file(path: Path, splits: dict[str, list[Datum]], prefix: Path) -> bool:
@@ -231,6 +314,18 @@ def check_items_exist(splits: dict[str, list[Datum]], source: Path) -> None:
         )
 
 
+def first_missing(present: set[int], top: int, limit: int = 5) -> list[int]:
+    """The first `limit` integers of 0..top not in `present`; at most len(present) + limit
+    steps, so a huge `top` costs nothing."""
+    out: list[int] = []
+    y = 0
+    while y <= top and len(out) < limit:
+        if y not in present:
+            out.append(y)
+        y += 1
+    return out
+
+
 def make_splits(
     name: str,
     parts: dict[str, list[Datum]],
@@ -239,7 +334,11 @@ def make_splits(
     source: str = "",
     **fields,
 ) -> DatasetSplits:
-    """DatasetSplits from train/val/test items; class names come from the items if not given."""
+    """DatasetSplits from train/val/test items; class names come from the items if not given.
+
+    `source` (the file or folder the classes come from) is kept in `extra["source"]` for
+    messages about the data set.
+    """
     items = [d for s in SPLIT_NAMES for d in parts.get(s, [])]
     if classnames is None:
         by_label: dict[int, str] = {}
@@ -254,13 +353,15 @@ def make_splits(
                 f"{source or name}: label {min(by_label)} is negative; labels start at 0"
             )
         n = max(by_label, default=-1) + 1
-        gaps = [y for y in range(n) if y not in by_label]
-        if gaps:
+        if n > len(by_label):  # some label of 0..n-1 has no item
+            gaps = first_missing(set(by_label), n - 1)
             raise DataError(
                 f"{source or name}: labels must run 0..{n - 1} without gaps, but label(s) "
-                f"{gaps[:5]} have no item; renumber the labels"
+                f"{gaps} have no item; renumber the labels"
             )
         classnames = [by_label[y] for y in range(n)]
+    if source:
+        fields["extra"] = {"source": str(source), **fields.get("extra", {})}
     return DatasetSplits(
         name=name,
         classnames=list(classnames),
@@ -269,3 +370,15 @@ def make_splits(
         test=list(parts.get("test", [])),
         **fields,
     )
+
+
+def require_two_classes(splits: DatasetSplits, source: str | Path) -> DatasetSplits:
+    """A classifier needs at least two classes: fewer is a DataError naming the source."""
+    names = splits.classnames
+    if len(names) < 2:
+        found = f"1: {names[0]!r}" if names else "none"
+        raise DataError(
+            f"data set {splits.name}: a classifier needs at least two classes; found {found} in "
+            f"{source}. Add images of at least one more class"
+        )
+    return splits

@@ -6,6 +6,8 @@ Each template holds one `{}` where the class name goes. Users pass their own thr
 
 from __future__ import annotations
 
+import string
+
 from vlprompt.errors import DataError
 
 DEFAULT_TEMPLATE = "a photo of a {}."
@@ -41,11 +43,39 @@ IMAGENET_TEMPLATES: list[str] = [
 ]
 
 
+NEEDS_ONE_FIELD = (
+    "a template needs exactly one '{}' where the class name goes, e.g. 'a photo of a {}.'"
+)
+
+
+def _field_text(name: str, spec: str, conversion: str | None) -> str:
+    return (
+        "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+    )
+
+
 def check_template(template: str) -> str:
-    """Return `template` if it holds exactly one `{}` placeholder, else raise DataError."""
-    if not isinstance(template, str) or template.count("{}") != 1:
+    """Return `template` if `template.format(classname)` fills exactly one plain `{}` (checked with
+    `string.Formatter().parse`), else raise DataError naming the bad field or brace. Literal
+    braces are written `{{` and `}}`, as for str.format."""
+    if not isinstance(template, str):
         raise DataError(
-            f"template {template!r} must be a string with exactly one '{{}}' where the class name "
-            "goes, e.g. 'a photo of a {}.'"
+            f"template {template!r} is not a string ({type(template).__name__}); {NEEDS_ONE_FIELD}"
         )
+    try:
+        fields = [f[1:] for f in string.Formatter().parse(template) if f[1] is not None]
+    except ValueError as e:  # a single '{' or '}'
+        raise DataError(
+            f"template {template!r}: {e} (write a literal brace as '{{{{' or '}}}}'); "
+            f"{NEEDS_ONE_FIELD}"
+        ) from e
+    for name, spec, conversion in fields:
+        if name or spec or conversion:
+            field = _field_text(name, spec, conversion)
+            raise DataError(
+                f"template {template!r} has the field {field!r}: only a plain '{{}}' is filled "
+                f"in; {NEEDS_ONE_FIELD}"
+            )
+    if len(fields) != 1:
+        raise DataError(f"template {template!r} has {len(fields)} '{{}}' fields; {NEEDS_ONE_FIELD}")
     return template

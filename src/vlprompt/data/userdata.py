@@ -5,8 +5,11 @@ already split. Without train/val/test folders each class is shuffled (seeded) an
 `split=(train, val, test)` ratios. Class names are the folder names with `_` -> space, unless a
 `classnames_file` maps folder -> name (JSON object, or text lines "folder class name").
 
-`csv`: a file with header `path,label[,classname][,split]`; paths relative to the CSV's folder.
-`label` is an integer (0..n-1) or, when not a number, the class name itself.
+`csv`: a UTF-8 file (a byte-order mark, as Excel writes, is fine) with header
+`path,label[,classname][,split]`; paths are absolute or relative to the CSV's folder. `label` is
+an integer (0..n-1) or, when not a number, the class name itself.
+
+Either source must yield at least two classes for `build_dataset` (a classifier needs two).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from vlprompt.data.splits import (
     items_from_class_folders,
     make_splits,
     read_json_file,
+    read_text_file,
     require_dir,
     require_file,
     split_per_class,
@@ -50,11 +54,18 @@ def read_classnames_file(path: str | Path) -> dict[str, str]:
     path = require_file(Path(path).expanduser(), "class-name file", "")
     if path.suffix.lower() == ".json":
         data = read_json_file(path, "class-name file")
-        if not isinstance(data, dict):
-            raise DataError(f"{path} must be a JSON object mapping folder name -> class name")
-        return {str(k): str(v) for k, v in data.items()}
+        bad = (
+            [k for k, v in data.items() if not isinstance(v, str)] if isinstance(data, dict) else []
+        )
+        if not isinstance(data, dict) or bad:
+            where = f" (the name of {bad[0]!r} is not a string)" if bad else ""
+            raise DataError(
+                f"{path} must be a JSON object mapping folder name -> class name{where}, e.g. "
+                '{"golden_retriever": "golden retriever"}'
+            )
+        return {str(k): v for k, v in data.items()}
     out = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text_file(path, "class-name file").splitlines(), 1):
         if line.strip():
             folder, _, name = line.strip().partition(" ")
             if not name.strip():
@@ -102,7 +113,7 @@ def load_imagefolder(
         )
     groups = items_from_class_folders(root, classes, _names_for(classes, classnames_file))
     parts = split_per_class(groups, tuple(split), split_seed, where=f" in {root}")
-    return make_splits("imagefolder", parts, extra={"dataset_dir": str(root)})
+    return make_splits("imagefolder", parts, source=str(root), extra={"dataset_dir": str(root)})
 
 
 def _presplit_folder(root: Path, split_dirs: dict, split_seed: int, classnames_file):
@@ -124,7 +135,7 @@ def _presplit_folder(root: Path, split_dirs: dict, split_seed: int, classnames_f
     if "val" not in parts:
         parts["train"], parts["val"] = split_trainval(parts["train"], 0.2, split_seed)
     return make_splits("imagefolder", parts, classnames=[names[c] for c in classes],
-                       extra={"dataset_dir": str(root)})  # fmt: skip
+                       source=str(root), extra={"dataset_dir": str(root)})  # fmt: skip
 
 
 @register_dataset(
@@ -143,23 +154,26 @@ def load_csv(
 ) -> DatasetSplits:
     split = check_ratios(split)
     path = require_file(_need_root(root, "csv"), "CSV file", "")
-    rows = _read_rows(path)
+    rows, lines = _read_rows(path)
     base = path.parent
     labels = [r["label"].strip() for r in rows]
+    _require_values(path, "label", labels, lines)
     if all(_is_int(y) for y in labels):
-        ints = [int(y) for y in labels]
-        names = _csv_int_names(path, rows, ints, classnames_file)
+        ints = _int_labels(path, labels, lines)
+        names = _csv_int_names(path, rows, lines, ints, classnames_file)
     else:  # labels are class names: number them in sorted order
         classes = sorted(set(labels))
-        ints = [classes.index(y) for y in labels]
+        index = {c: i for i, c in enumerate(classes)}
+        ints = [index[y] for y in labels]
         names = {i: human_classname(c) for i, c in enumerate(classes)}
+    # absolute paths stay as they are (pathlib), relative ones are joined to the CSV's folder
     items = [
         Datum(os.path.normpath(base / r["path"].strip()), y, names[y]) for r, y in zip(rows, ints)
     ]
     if "split" in rows[0]:
         parts: dict[str, list[Datum]] = {s: [] for s in SPLIT_NAMES}
-        for n, (r, d) in enumerate(zip(rows, items), 2):
-            s = (r["split"] or "").strip().lower()
+        for n, r, d in zip(lines, rows, items):
+            s = r["split"].strip().lower()
             if s not in parts:
                 raise DataError(f"{path} line {n}: split {s!r} must be train, val or test")
             parts[s].append(d)
@@ -169,8 +183,14 @@ def load_csv(
         )
     check_items_exist(parts, path)
     n = max(names) + 1
-    return make_splits("csv", parts, classnames=[names[y] for y in range(n)],
+    return make_splits("csv", parts, classnames=[names[y] for y in range(n)], source=str(path),
                        extra={"dataset_dir": str(base)})  # fmt: skip
+
+
+def _require_values(path: Path, column: str, values: list[str], lines: list[int]) -> None:
+    empty = next((line for value, line in zip(values, lines) if not value.strip()), None)
+    if empty is not None:
+        raise DataError(f"CSV file {path} line {empty}: the {column} is empty; fill it in")
 
 
 def _is_int(s: str) -> bool:
@@ -181,14 +201,35 @@ def _is_int(s: str) -> bool:
     return True
 
 
-def _read_rows(path: Path) -> list[dict[str, str]]:
+def _read_rows(path: Path) -> tuple[list[dict[str, str]], list[int]]:
+    """The CSV's rows and the line number of each (where it ends, for a value quoted across
+    lines); a row with fewer or more fields than the header is a DataError naming its line."""
+    rows: list[dict[str, str]] = []
+    lines: list[int] = []
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
             reader = csv.DictReader(f)
             fields = [h.strip() for h in reader.fieldnames or []]
             reader.fieldnames = fields
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+            for row in reader:
+                line = reader.line_num
+                if None in row:  # more fields than the header: DictReader keeps them under None
+                    raise DataError(
+                        f"CSV file {path} line {line}: {len(fields) + len(row[None])} fields but "
+                        f"the header has {len(fields)} ({','.join(fields)}); quote a value that "
+                        'holds a comma ("a,b.jpg") or fix the row'
+                    )
+                if any(v is None for v in row.values()):  # fewer fields: DictReader fills None
+                    given = sum(v is not None for v in row.values())
+                    raise DataError(
+                        f"CSV file {path} line {line}: {given} field(s) but the header has "
+                        f"{len(fields)} ({','.join(fields)}); fill in the missing values"
+                    )
+                rows.append(row)
+                lines.append(line)
+    except UnicodeDecodeError as e:
+        raise DataError(f"cannot read CSV file {path}: {e}; save it as UTF-8") from e
+    except (OSError, csv.Error) as e:
         raise DataError(f"cannot read CSV file {path}: {e}") from e
     if "path" not in fields or "label" not in fields:
         raise DataError(
@@ -197,21 +238,44 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
         )
     if not rows:
         raise DataError(f"CSV file {path} lists no images")
-    return rows
+    return rows, lines
 
 
-def _csv_int_names(path, rows, ints, classnames_file) -> dict[int, str]:
-    n = max(ints) + 1
+def _int_labels(path: Path, labels: list[str], lines: list[int]) -> list[int]:
+    """Integer labels, each checked against the row count before anything is sized by them:
+    N rows hold at most N classes, so a label outside 0..N-1 (or a negative one) is an error
+    naming its line."""
+    n_rows = len(labels)
+    ints: list[int] = []
+    for text, line in zip(labels, lines):
+        y = int(text)
+        if y < 0:
+            raise DataError(
+                f"CSV file {path} line {line}: label {y} is negative; integer labels run "
+                "0..n-1 (or use class names as labels)"
+            )
+        if y >= n_rows:
+            raise DataError(
+                f"CSV file {path}: integer labels must run 0..{y} without gaps, but line "
+                f"{line} has label {y} and {n_rows} row(s) hold at most {n_rows} classes; "
+                "number the classes 0..n-1 (or use class names as labels)"
+            )
+        ints.append(y)
+    return ints
+
+
+def _csv_int_names(path, rows, lines, ints, classnames_file) -> dict[int, str]:
+    n = max(ints) + 1  # <= len(rows): _int_labels checked every label
     gaps = sorted(set(range(n)) - set(ints))
-    if min(ints) < 0 or gaps:
+    if gaps:
         raise DataError(
-            f"CSV file {path}: integer labels must run 0..{n - 1} without gaps; "
-            f"missing {gaps[:5]}" + (" (negative label found)" if min(ints) < 0 else "")
+            f"CSV file {path}: integer labels must run 0..{n - 1} without gaps; missing {gaps[:5]}"
         )
     if "classname" in rows[0]:
+        _require_values(path, "classname", [r["classname"] for r in rows], lines)
         names: dict[int, str] = {}
-        for line, (r, y) in enumerate(zip(rows, ints), 2):
-            cname = human_classname(r["classname"] or "")
+        for line, r, y in zip(lines, rows, ints):
+            cname = human_classname(r["classname"])
             if names.setdefault(y, cname) != cname:
                 raise DataError(
                     f"{path} line {line}: label {y} is named {cname!r} here but {names[y]!r} before"

@@ -7,8 +7,9 @@ The engine calls only what is defined here, so a new method is one file that sub
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbone import ClipBackbone
-from vlprompt.errors import MethodError
+from vlprompt.errors import DataError, MethodError
 
 
 @dataclass
@@ -40,18 +41,44 @@ class MethodConfig:
     prograd_temperature: float = 1.0  # temperature T of ProGrad's KL
 
     def __post_init__(self) -> None:
+        check_setting_types(self)
+        check_templates(self)
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise MethodError(f"lr must be > 0, got {self.lr}")
         if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+            raise MethodError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise MethodError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.warmup_epochs < 0:
+            raise MethodError(
+                f"warmup_epochs must be >= 0 (0 = no warm-up), got {self.warmup_epochs}"
+            )
+        if self.warmup_epochs > 0 and self.warmup_lr <= 0:
+            raise MethodError(
+                f"warmup_lr must be > 0 when warmup_epochs is {self.warmup_epochs}, got "
+                f"{self.warmup_lr}; set warmup_epochs=0 to train without warm-up"
+            )
+        if not 0 <= self.momentum < 1:
+            raise MethodError(
+                f"momentum must be in [0, 1) (SGD's default 0.9), got {self.momentum}"
+            )
+        if self.weight_decay < 0:
+            raise MethodError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.gradient_rule not in ("none", "prograd"):
-            raise ValueError(
+            raise MethodError(
                 f"gradient_rule must be 'none' or 'prograd', got {self.gradient_rule!r}"
             )
+        if self.prograd_lambda < 0:
+            raise MethodError(
+                f"prograd_lambda must be >= 0 (ProGrad uses 1.0 or 0.8), got {self.prograd_lambda}"
+            )
+        if self.prograd_temperature <= 0:
+            raise MethodError(
+                f"prograd_temperature must be > 0 (ProGrad uses 1.0), got "
+                f"{self.prograd_temperature}"
+            )
         if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+            raise MethodError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,8 +163,11 @@ class PromptMethod(nn.Module):
         key = (tuple(self.classnames), self.config.template)
         cached = getattr(self, "_zs_cache", None)
         if cached is None or cached[0] != key:
+            from vlprompt.methods.text_encoding import TEMPLATE_HINT, tokenize_checked
+
             texts = [self.config.template.format(c.replace("_", " ")) for c in self.classnames]
-            feats = self.clip.encode_text(self.clip.tokenize(texts), normalize=True)
+            tokens = tokenize_checked(self.clip, texts, "hand-crafted prompt", TEMPLATE_HINT)
+            feats = self.clip.encode_text(tokens, normalize=True)
             self._zs_cache = (key, feats)
         return self._zs_cache[1]
 
@@ -186,14 +216,130 @@ class PromptMethod(nn.Module):
 
 
 def validate_classnames(classnames: list[str]) -> list[str]:
+    if isinstance(classnames, str):
+        raise MethodError(
+            f"the class list must be a list of class names, got the text {classnames!r}"
+        )
     names = list(classnames)
     if not names:
         raise MethodError("the class list is empty: a method needs at least one class name")
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise MethodError(
+                f"class name #{i + 1} of the class list is {name!r}, not text; class names "
+                "must be strings"
+            )
+        if not name.strip():
+            raise MethodError(
+                f"class name #{i + 1} of the class list is empty; every class needs a name"
+            )
     seen: set[str] = set()
     dupes = [n for n in names if n in seen or seen.add(n)]  # type: ignore[func-returns-value]
     if dupes:
         raise MethodError(f"the class list has duplicate names: {sorted(set(dupes))}")
     return names
+
+
+# ---- settings checks ---------------------------------------------------------------------------
+_SCALAR_KINDS = ("float", "int", "bool", "str")
+
+
+def _setting_kind(annotation: Any) -> tuple[str | None, bool, bool]:
+    """(scalar kind, is a sequence of it, None allowed) of a config field's annotation, read from
+    its text ("float", "int | None", "tuple[float, ...]"); (None, ...) for any other type."""
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    parts = [p for p in text.replace(" ", "").split("|") if p]
+    optional = "None" in parts
+    parts = [p for p in parts if p != "None"]
+    if len(parts) != 1:
+        return None, False, optional
+    part = parts[0]
+    for kind in _SCALAR_KINDS:
+        if part == kind:
+            return kind, False, optional
+        if part in (f"tuple[{kind},...]", f"list[{kind}]"):
+            return kind, True, optional
+    return None, False, optional
+
+
+def _check_scalar(name: str, value: Any, kind: str) -> None:
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MethodError(f"{name} must be a number, got {_describe(value)}")
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an int too large for a float
+            finite = False
+        if not finite:
+            raise MethodError(f"{name} must be a finite number, got {value!r}")
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MethodError(f"{name} must be a whole number, got {_describe(value)}")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise MethodError(f"{name} must be true or false, got {_describe(value)}")
+    elif kind == "str" and not isinstance(value, str):
+        raise MethodError(f"{name} must be text, got {_describe(value)}")
+
+
+def _describe(value: Any) -> str:
+    """A value as an error message shows it, saying what kind of value it is where that helps."""
+    if isinstance(value, bool):
+        return f"{value!r} (a true/false value)"
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return f"the text {value!r}"
+        return (
+            f"the text {value!r}; write the number without quotes (YAML reads forms such as "
+            "2e-3 as text: write 2.0e-3)"
+        )
+    return f"{value!r} ({type(value).__name__})"
+
+
+def check_setting_types(config: MethodConfig) -> None:
+    """Every field of a method config holds a value of its annotated kind: numbers for float
+    fields (finite: no NaN or infinity; bools refused), whole numbers for int fields, true/false
+    for bool fields, text for str fields, lists of them for tuple fields. Raises MethodError
+    naming the setting."""
+    for f in fields(config):
+        kind, is_sequence, optional = _setting_kind(f.type)
+        if kind is None:
+            continue
+        value = getattr(config, f.name)
+        if value is None and optional:
+            continue
+        if not is_sequence:
+            _check_scalar(f.name, value, kind)
+            continue
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise MethodError(f"{f.name} must be a list, got {_describe(value)}")
+        for i, item in enumerate(value):
+            _check_scalar(f"{f.name}[{i}]", item, kind)
+
+
+def _check_template(name: str, template: Any) -> None:
+    from vlprompt.data.templates import check_template
+
+    try:
+        check_template(template)
+    except DataError as exc:  # its message quotes the template; say which setting holds it
+        raise MethodError(str(exc) if name == "template" else f"{name}: {exc}") from None
+
+
+def check_templates(config: MethodConfig) -> None:
+    """`template` and every entry of a template list (`templates`) is a usable template
+    (`vlprompt.data.templates.check_template`). Raises MethodError naming the setting."""
+    for f in fields(config):
+        if "template" not in f.name:
+            continue
+        value = getattr(config, f.name)
+        if isinstance(value, (list, tuple)):
+            for i, template in enumerate(value):
+                _check_template(f"{f.name}[{i}]", template)
+        else:
+            _check_template(f.name, value)
 
 
 def config_to_json(config: MethodConfig) -> str:

@@ -84,8 +84,12 @@ class CoCoOp(FrozenImageMixin, PromptMethod):
         )
 
     def set_classnames(self, classnames: list[str]) -> None:
-        self.classnames = validate_classnames(classnames)
-        self._build_layout()
+        saved, self.classnames = self.classnames, validate_classnames(classnames)
+        try:
+            self._build_layout()
+        except MethodError:  # e.g. a class prompt too long: keep the working class list
+            self.classnames = saved
+            raise
 
     def shifted_context(self, image_features: torch.Tensor) -> torch.Tensor:
         """[B, n, D]: the context plus the meta-net's shift of each normalised image feature."""

@@ -188,8 +188,12 @@ class CoOp(FrozenImageMixin, PromptMethod):
                 "a class-specific context (csc=True) is learned for its own class list and cannot "
                 "classify other classes; use a shared context (csc=False) for base-to-new"
             )
-        self.classnames = names
-        self._build_layout()
+        saved, self.classnames = self.classnames, names
+        try:
+            self._build_layout()
+        except MethodError:  # e.g. a class prompt too long: keep the working class list
+            self.classnames = saved
+            raise
 
     # ---- text side ---------------------------------------------------------------------------
     def context(self) -> torch.Tensor:

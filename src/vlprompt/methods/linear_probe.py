@@ -50,6 +50,12 @@ class LinearProbeConfig(MethodConfig):
             raise MethodError(f"c_grid must hold positive values, got {self.c_grid}")
         if self.search_steps < 0:
             raise MethodError(f"search_steps must be >= 0, got {self.search_steps}")
+        if self.max_iter < 1:
+            raise MethodError(f"max_iter must be >= 1 (L-BFGS iterations), got {self.max_iter}")
+        if self.default_c <= 0:
+            raise MethodError(
+                f"default_c must be > 0 (the inverse regularisation C), got {self.default_c}"
+            )
 
 
 def _as_numpy(x: torch.Tensor) -> np.ndarray:

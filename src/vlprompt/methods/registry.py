@@ -7,6 +7,7 @@ from dataclasses import fields
 from typing import Any
 
 from vlprompt.backbone import ClipBackbone
+from vlprompt.errors import MethodError
 from vlprompt.methods.base import MethodConfig, PromptMethod
 
 _METHODS: dict[str, type[PromptMethod]] = {}
@@ -29,7 +30,7 @@ def get_method_class(name: str) -> type[PromptMethod]:
     if name not in _METHODS:
         close = difflib.get_close_matches(name, list(_METHODS), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown method {name!r}.{hint} Choices: {', '.join(list_methods())}")
+        raise MethodError(f"unknown method {name!r}.{hint} Choices: {', '.join(list_methods())}")
     return _METHODS[name]
 
 
@@ -39,7 +40,7 @@ def make_config(name: str, **overrides: Any) -> MethodConfig:
     known = {f.name for f in fields(config_class)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(
+        raise MethodError(
             f"method {name!r} has no setting {', '.join(map(repr, unknown))}; "
             f"its settings are: {', '.join(sorted(known))}"
         )

@@ -45,7 +45,13 @@ def clean_classname(name: str) -> str:
     return name.replace("_", " ")
 
 
-def tokenize_checked(clip: ClipBackbone, texts: list[str], what: str = "prompt") -> torch.Tensor:
+CONTEXT_HINT = "use fewer context tokens (n_ctx / ctx_init) or shorter class names"
+TEMPLATE_HINT = "use a shorter template or shorter class names"
+
+
+def tokenize_checked(
+    clip: ClipBackbone, texts: list[str], what: str = "prompt", hint: str = CONTEXT_HINT
+) -> torch.Tensor:
     """Tokens [N, context_length]; a clear error if any text (with SOS and EOS) does not fit.
 
     Tokenises at context_length + 1: a text that fits puts its EOS before the last position."""
@@ -57,8 +63,7 @@ def tokenize_checked(clip: ClipBackbone, texts: list[str], what: str = "prompt")
         text = texts[too_long[0]]
         raise MethodError(
             f"the {what} {text!r} needs more than the text encoder's {length} token positions "
-            f"({len(too_long)} of {len(texts)} too long); use fewer context tokens (n_ctx / "
-            "ctx_init) or shorter class names"
+            f"({len(too_long)} of {len(texts)} too long); {hint}"
         )
     return tokens[:, :length]
 

@@ -13,7 +13,6 @@ from typing import ClassVar
 import torch
 
 from vlprompt.backbone import ClipBackbone
-from vlprompt.errors import MethodError
 from vlprompt.methods import text_encoding as te
 from vlprompt.methods.base import MethodConfig, PromptMethod
 from vlprompt.methods.coop import FrozenImageMixin, clip_logits
@@ -27,14 +26,8 @@ class ZeroShotConfig(MethodConfig):
     templates: tuple[str, ...] = ()  # an ensemble of templates; empty = the single `template`
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        super().__post_init__()  # checks `template` and every entry of `templates`
         self.templates = tuple(self.templates)
-        for t in (*self.templates, self.template):
-            if not isinstance(t, str) or t.count("{}") != 1:
-                raise MethodError(
-                    f"template {t!r} must hold exactly one '{{}}' where the class name goes, "
-                    "e.g. 'a photo of a {}.'"
-                )
 
 
 def ensemble_text_features(
@@ -44,7 +37,8 @@ def ensemble_text_features(
     total = None
     for template in templates:
         texts = [template.format(te.clean_classname(c)) for c in classnames]
-        feats = clip.encode_text(te.tokenize_checked(clip, texts), normalize=True).float()
+        tokens = te.tokenize_checked(clip, texts, "prompt", te.TEMPLATE_HINT)
+        feats = clip.encode_text(tokens, normalize=True).float()
         total = feats if total is None else total + feats
     return te.normalize(total / len(templates))
 

@@ -66,10 +66,13 @@ def mini_bench(
     device: str = "cpu",
     plots: bool = True,
     crop_min_scale: float = MINI_CROP_MIN_SCALE,
+    **bench_kwargs: Any,
 ) -> Any:
     """`vlprompt.protocols.run_bench` on the mini world with the tiny CLIP and `MINI_SETTINGS`
     (override per method with `settings`). `crop_min_scale`: the training crop (default
-    `MINI_CROP_MIN_SCALE`: none; 0.08 = the papers'). Resumable: finished evaluations are not repeated."""
+    `MINI_CROP_MIN_SCALE`: none; 0.08 = the papers'). `bench_kwargs` go to `run_bench` as they
+    are (e.g. `executor="ray"`, `verbose=True`). Resumable: finished evaluations are not
+    repeated."""
     from vlprompt.protocols import run_bench
 
     overrides = {m: dict(MINI_SETTINGS.get(m, {})) for m in methods}
@@ -88,8 +91,9 @@ def mini_bench(
         method_overrides=overrides,
         device=device,
         plots=plots,
-        train_kwargs={"crop_min_scale": crop_min_scale},
-    )
+        **{**bench_kwargs, "train_kwargs": {"crop_min_scale": crop_min_scale,
+                                             **bench_kwargs.get("train_kwargs", {})}},
+    )  # fmt: skip
 
 
 def quickstart(
@@ -100,10 +104,15 @@ def quickstart(
     quick: bool = False,
     device: str = "cpu",
     log: Callable[[str], None] = print,
+    verbose: bool = False,
+    progress: bool | None = None,
+    tensorboard: bool = False,
+    executor: str = "local",
 ) -> Any:
     """Base-to-new on the mini world for `methods` over `seeds`; print the Markdown table and
     the plots' paths. `quick=True`: one seed and one data set (a smoke run of about a minute).
-    Returns the sweep's `BenchResult`."""
+    The terminal shows a progress bar and a line per finished run (`verbose`: every run's
+    per-epoch lines too). Returns the sweep's `BenchResult`."""
     if quick:
         seeds, datasets = tuple(seeds)[:1], tuple(datasets)[:1]
     start = time.time()
@@ -120,6 +129,10 @@ def quickstart(
         seeds=seeds,
         shots=16,
         device=device,
+        verbose=verbose,
+        progress=progress,
+        executor=executor,
+        train_kwargs={"tensorboard": True} if tensorboard else {},
     )
     summary = result.summary
     if summary is not None:

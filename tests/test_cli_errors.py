@@ -1,0 +1,190 @@
+"""Every error a user can cause, through the command line: exit code 2, one line
+`vlprompt: error: ...` naming the file or value, never "Traceback", and no file outside the
+command's own output folder changed. One case per kind of bad input (the library-level tests
+of each kind are in test_bad_input_data.py and test_bad_input_values.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from test_data_trees import make_dtd
+from test_engine_helpers import TINY_VIT
+from vlprompt.cli import main
+
+pytestmark = pytest.mark.usefixtures("isolated_home")
+
+
+def _train(world, out, *extra, data=None, dataset="imagefolder", method="test_tiny"):
+    return [
+        "train", "--method", method, "--dataset", dataset,
+        "--root", str(data or world["data"]), "--backbone", TINY_VIT,
+        "--pretrained", str(world["ckpt"]), "--shots", "2", "--epochs", "1", "-q",
+        "-o", str(out), *extra,
+    ]  # fmt: skip
+
+
+# ---- the cases: (tmp, world) -> (argv, words the one line must hold) --------------------------
+def _setting(flag: str, value: str, named: str) -> Callable:
+    return lambda tmp, world: (_train(world, tmp / "out", flag, value), [named, value])
+
+
+def _one_class(tmp, world):
+    data = tmp / "one"
+    for split in ("train", "val", "test"):
+        shutil.copytree(world["data"] / split / "red_thing", data / split / "red_thing")
+    return _train(world, tmp / "out", data=data), ["at least two classes", "red thing"]
+
+
+def _csv(text: str, *words: str) -> Callable:
+    def make(tmp, world):
+        image = world["data"] / "train" / "red_thing" / "0.png"
+        path = tmp / "labels.csv"
+        path.write_text(text.format(image=image), encoding="utf-8")
+        return _train(world, tmp / "out", data=path, dataset="csv"), [str(path), *words]
+
+    return make
+
+
+def _dtd_split(edit: Callable[[dict], None], *words: str) -> Callable:
+    def make(tmp, world):
+        root = make_dtd(tmp / "data")
+        images = root / "dtd" / "images"
+        classes = sorted(p.name for p in images.iterdir())
+        files = {c: sorted(p.name for p in (images / c).iterdir()) for c in classes}
+        split = {
+            part: [[f"{c}/{files[c][i]}", y, c] for y, c in enumerate(classes)]
+            for i, part in enumerate(("train", "val", "test"))
+        }
+        edit(split)
+        path = root / "dtd" / "split_zhou_DescribableTextures.json"
+        path.write_text(json.dumps(split), encoding="utf-8")
+        return _train(world, tmp / "out", data=root, dataset="dtd"), [path.name, *words]
+
+    return make
+
+
+def _trained(world, tmp) -> Path:
+    """A finished run folder (trained once per test, in tmp)."""
+    run = tmp / "run"
+    assert main(_train(world, run)) == 0
+    return run
+
+
+def _edited_run(edit: Callable[[Path], None], command: str, *words: str) -> Callable:
+    def make(tmp, world):
+        run = _trained(world, tmp)
+        edit(run)
+        image = str(world["data"] / "test" / "red_thing" / "0.png")
+        argv = {
+            "eval": ["eval", str(run)],
+            "predict": ["predict", str(run), image],
+            "resume": ["train", "--resume", "--epochs", "2", "-q", "-o", str(run)],
+        }[command]
+        return argv, [str(run), *words]
+
+    return make
+
+
+def _other_method(run: Path) -> None:
+    info = json.loads((run / "method.json").read_text())
+    (run / "method.json").write_text(json.dumps({**info, "method": "coop"}))
+
+
+def _truncate(name: str) -> Callable[[Path], None]:
+    def edit(run: Path) -> None:
+        path = next(run.rglob(name))
+        path.write_bytes(path.read_bytes()[:50])
+
+    return edit
+
+
+def _nan_prompts(run: Path) -> None:
+    tensors = load_file(str(run / "prompts.safetensors"))
+    save_file({k: torch.full_like(v, float("nan")) for k, v in tensors.items()},
+              str(run / "prompts.safetensors"))  # fmt: skip
+
+
+def _unfinished_with_bad_state(run: Path) -> None:
+    (run / "status.json").unlink()
+    (next(run.rglob("state.json"))).write_text('{"epoch": "one"}')
+
+
+def _garbage_weights(tmp, world):
+    path = tmp / "weights.safetensors"
+    path.write_bytes(b"\x00garbage, not a safetensors file")
+    argv = _train(world, tmp / "out")
+    argv[argv.index(str(world["ckpt"]))] = str(path)
+    return argv, [str(path)]
+
+
+CASES: dict[str, Callable] = {
+    "negative momentum": _setting("--momentum", "-0.5", "momentum"),
+    "negative weight decay": _setting("--weight-decay", "-1", "weight_decay"),
+    "nan lr": _setting("--lr", "nan", "lr"),
+    "inf prograd lambda": _setting("--prograd-lambda", "inf", "prograd_lambda"),
+    "negative warm-up": _setting("--warmup-epochs", "-1", "warmup_epochs"),
+    "seed too large": _setting("--seed", "4294967296", "seed"),
+    "unknown device": _setting("--device", "gpu0", "device"),
+    "template without {}": _setting("--template", "a photo", "template"),
+    "template with a field": _setting("--template", "a {name} photo", "template"),
+    "one class": _one_class,
+    "csv short row": _csv("path,label,classname\n{image},0,red\n{image}\n", "line 3"),
+    "csv huge label": _csv(
+        "path,label,classname\n{image},0,red\n{image},1000000000000000000000000000000,blue\n",
+        "line 3",
+    ),
+    "split file path leaves the images": _dtd_split(
+        lambda s: s["train"][0].__setitem__(0, "../../etc/passwd"), "leaves the image folder"
+    ),
+    "split file label of the wrong type": _dtd_split(
+        lambda s: s["val"][0].__setitem__(1, 1.5), "val"
+    ),
+    "split file huge label": _dtd_split(lambda s: s["test"][0].__setitem__(1, 10**30), "test"),
+    "prompts of another method": _edited_run(_other_method, "eval", "coop"),
+    "truncated prompts": _edited_run(_truncate("prompts.safetensors"), "predict"),
+    "nan prompts": _edited_run(_nan_prompts, "predict", "NaN or infinite"),
+    "malformed checkpoint state": _edited_run(_unfinished_with_bad_state, "resume", "state.json"),
+    "truncated checkpoint": _edited_run(
+        lambda run: ((run / "status.json").unlink(), _truncate("state.safetensors")(run)),
+        "resume",
+        "state.safetensors",
+    ),  # fmt: skip
+    "garbage clip weights": _garbage_weights,
+}
+
+
+def _snapshot(root: Path, skip: tuple[Path, ...]) -> dict[str, bytes]:
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not any(path.is_relative_to(s) for s in skip):
+            out[str(path.relative_to(root))] = path.read_bytes()
+    return out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_exit_2_no_traceback_and_nothing_outside_changed(
+    case, world, tmp_path, capsys
+):
+    argv, words = CASES[case](tmp_path, world)
+    capsys.readouterr()
+    # the command's own output folder may change (created, or its log when resuming)
+    own = tmp_path / ("run" if "--resume" in argv else "out")
+    before = _snapshot(tmp_path, (own, tmp_path / "home"))
+    world_before = _snapshot(world["data"].parent, ())
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    lines = captured.err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("vlprompt: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], captured.err
+    for word in words:
+        assert word in errors[0], errors[0]
+    assert _snapshot(tmp_path, (own, tmp_path / "home")) == before
+    assert _snapshot(world["data"].parent, ()) == world_before
