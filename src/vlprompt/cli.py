@@ -312,6 +312,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                        epilog=QUICKSTART_EXAMPLE, formatter_class=RAW)  # fmt: skip
     p.add_argument("-o", "--output-dir", dest="output_dir", default="vlprompt-quickstart")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--executor", choices=EXECUTOR_CHOICES, default="local",
+                   help="local (default) or ray: one Ray task per run over this machine's cores")  # fmt: skip
     _add_sweep_view_flags(p)
     p = sub.add_parser(
         "mini", help="the mini world's tools", epilog=MINI_EXAMPLE, formatter_class=RAW
@@ -608,6 +610,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     _call_with_known(
         quickstart, output_dir=args.output_dir, device=args.device, verbose=args.verbose,
         progress=False if args.quiet else None, tensorboard=args.tensorboard,
+        executor=args.executor,
     )  # fmt: skip
     return 0
 

@@ -135,12 +135,20 @@ def quickstart(
         train_kwargs={"tensorboard": True} if tensorboard else {},
     )
     summary = result.summary
+    log(f"quickstart finished in {time.time() - start:.0f}s")
     if summary is not None:
-        log("")
-        log(Path(summary.markdown).read_text().rstrip())
-        log("")
         for plot in summary.plots:
             log(f"plot: {plot}")
-        log(f"table: {summary.markdown} (CSV: {summary.csv})")
-    log(f"quickstart finished in {time.time() - start:.0f}s")
+        log(f"tables per data set: {summary.markdown} (CSV: {summary.csv})")
+        log("")
+        log(_first_table(Path(summary.markdown).read_text()))
     return result
+
+
+def _first_table(markdown: str) -> str:
+    """The first Markdown table of a summary (the average over data sets) with its heading."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    heading = next((line for line in reversed(lines[:start]) if line.startswith("#")), "")
+    return "\n".join([heading, "", *lines[start:end]]).strip()
