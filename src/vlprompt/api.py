@@ -173,10 +173,15 @@ def load_run(
 
 
 # ---- configuration ----------------------------------------------------------------------------
-def _uses_dataset_template(method_cls: type) -> bool:
-    """Zero-shot CLIP, CoOp's family and ProGrad's teacher use the data set's hand-crafted
-    template (CoOp's CUSTOM_TEMPLATES); RPO's official code always uses "a photo of a {}."."""
-    return bool(getattr(method_cls, "uses_dataset_template", method_cls.name != "rpo"))
+def _template_for(method_cls: type, dataset: str, dataset_template: str) -> str | None:
+    """The method's template for `dataset`: its own table where it has one (ProGrad), else the
+    data set's hand-crafted template (CoOp's CUSTOM_TEMPLATES), or None where the method keeps
+    its own default (RPO's official code always uses "a photo of a {}.")."""
+    own = getattr(method_cls, "template_for", None)
+    if own is not None:
+        return own(dataset, dataset_template)
+    uses = getattr(method_cls, "uses_dataset_template", method_cls.name != "rpo")
+    return dataset_template if uses else None
 
 
 def _default_backbone(
@@ -219,8 +224,9 @@ def resolve_config(
     info = get_dataset_info(dataset)  # DataError listing the choices
     backbone, pretrained = _default_backbone(dataset, backbone, pretrained)
     overrides = dict(overrides or {})
-    if "template" not in overrides and _uses_dataset_template(cls):
-        overrides["template"] = info.template
+    template = _template_for(cls, dataset, info.template)
+    if "template" not in overrides and template is not None:
+        overrides["template"] = template
     try:
         method_config = make_config(method, **overrides).to_dict()
     except (TypeError, ValueError) as exc:

@@ -332,7 +332,7 @@ def check_templates(config: MethodConfig) -> None:
     """`template` and every entry of a template list (`templates`) is a usable template
     (`vlprompt.data.templates.check_template`). Raises MethodError naming the setting."""
     for f in fields(config):
-        if "template" not in f.name:
+        if f.name not in ("template", "templates"):
             continue
         value = getattr(config, f.name)
         if isinstance(value, (list, tuple)):

@@ -158,15 +158,26 @@ class CoOp(FrozenImageMixin, PromptMethod):
         super().__init__(clip, classnames, config)
         self.n_ctx = n_ctx_of(clip, config)
         n_classes = len(self.classnames) if config.csc else None
-        self.ctx = nn.Parameter(initial_context(clip, config, n_classes))
+        self.ctx = nn.Parameter(self.initial_context(n_classes))
         self._text_cache: tuple | None = None
         self._build_layout()
+
+    def initial_context(self, n_classes: int | None) -> torch.Tensor:
+        """The context before training (`initial_context` of the config); subclasses may lay
+        it out otherwise (ProGrad's template init)."""
+        return initial_context(self.clip, self.config, n_classes)
+
+    def fixed_text(self) -> str:
+        """Text that stays fixed between the learned context and each class name ("" here)."""
+        return ""
 
     # ---- class names -------------------------------------------------------------------------
     def _build_layout(self) -> None:
         """Tokenise the class prompts. The fixed embeddings are non-persistent buffers: never
         saved, recomputed from the class names (the official load_model drops them too)."""
-        layout = te.build_layout(self.clip, self.classnames, self.n_ctx)
+        fixed = self.fixed_text()
+        names = [f"{fixed} {name}" for name in self.classnames] if fixed else self.classnames
+        layout = te.build_layout(self.clip, names, self.n_ctx)
         self.name_lens = layout.name_lens
         self.register_buffer("token_prefix", layout.prefix, persistent=False)
         self.register_buffer("token_suffix", layout.suffix, persistent=False)
