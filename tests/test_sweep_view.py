@@ -55,3 +55,13 @@ def test_tensorboard_logs_the_epochs_and_the_evaluations(world, tmp_path, capsys
     record = json.loads((tmp_path / "sweep/results.jsonl").read_text().splitlines()[-1])
     (event,) = board.Scalars("eval/imagefolder/all/test")
     assert event.value == pytest.approx(record["accuracy"], abs=1e-4) and event.step == 2
+
+
+def test_executor_ray_without_ray_says_how_to_install_it(world, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if not installed
+    assert main(_bench(world, tmp_path / "sweep", "--executor", "ray")) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("vlprompt: error: --executor ray needs Ray") and "pip install" in line
+    assert not (tmp_path / "sweep").exists()  # refused before anything was written
