@@ -129,3 +129,51 @@ def test_every_rank_gets_rank_zeros_verdict_on_the_output_folder(tmp_path):
     assert messages[0] == messages[1]
     assert "is not empty and holds no run" in messages[0] and "notes.txt" in messages[0]
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def _train_method(data, ckpt, out, method, settings):
+    return vlprompt.train(
+        method, "imagefolder", root=data, backbone=TINY_VIT, pretrained=ckpt, shots=4,
+        output_dir=out, epochs=EPOCHS, batch_size=BATCH, progress=False, evaluate=False,
+        **settings,
+    )  # fmt: skip
+
+
+def _worker_method(rank, world, init_file, data, ckpt, out, home, method, settings):
+    os.environ["HOME"] = home
+    torch.set_num_threads(1)
+    import conftest  # noqa: F401  (registers the tiny CLIP config in this process)
+
+    _no_augmentation()
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        _train_method(data, ckpt, out, method, json.loads(settings))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("method", "settings"),
+    [("prograd", {}), ("rpo", {"gradient_rule": "prograd", "K": 2, "lr": 0.05})],
+    ids=["prograd", "rpo+prograd"],
+)
+def test_prograds_rule_acts_on_the_global_batch_under_ddp(tmp_path, monkeypatch, method, settings):
+    """The loss and KL gradients are averaged over the processes before the projection, so two
+    processes with half the batch each learn the prompts of one process with the whole batch
+    (projecting per process and averaging would not)."""
+    data = make_imagefolder(tmp_path / "data")
+    ckpt = save_tiny_checkpoint(tmp_path / "tiny.safetensors")
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    _no_augmentation(monkeypatch)
+    _train_method(data, ckpt, tmp_path / "one", method, settings)
+
+    args = (2, str(tmp_path / "pg"), str(data), str(ckpt), str(tmp_path / "two"), str(home),
+            method, json.dumps(settings))  # fmt: skip
+    mp.spawn(_worker_method, args=args, nprocs=2, join=True)
+    a = load_file(str(tmp_path / "one" / "prompts.safetensors"))
+    b = load_file(str(tmp_path / "two" / "prompts.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)

@@ -654,7 +654,8 @@ def _run_epoch(
                 "Lower the learning rate or use fp32 (--precision fp32), then restart with "
                 "--overwrite (or --resume to continue from that checkpoint)"
             )
-        all_reduce_gradients(params, ctx)
+        if not out.gradients_synced:
+            all_reduce_gradients(params, ctx)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()

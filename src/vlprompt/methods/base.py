@@ -99,6 +99,9 @@ class StepOutput:
 
     loss: torch.Tensor  # detached scalar, the loss that was minimised
     logits: torch.Tensor  # detached [batch, classes], for running accuracy
+    # the gradients are already the global batch's (averaged over DDP processes by the step
+    # itself, as the ProGrad rule does), so the engine does not average them again
+    gradients_synced: bool = False
 
 
 GradScale = Callable[[torch.Tensor], torch.Tensor]  # e.g. GradScaler.scale; identity on CPU
@@ -152,8 +155,8 @@ class PromptMethod(nn.Module):
                 temperature=self.config.prograd_temperature,
                 scale=scale,
             )
-        else:
-            scale(loss).backward()
+            return StepOutput(loss.detach(), out.logits.detach(), gradients_synced=True)
+        scale(loss).backward()
         return StepOutput(loss.detach(), out.logits.detach())
 
     # ---- zero-shot CLIP (ProGrad's teacher, KgCoOp's anchor, zsclip) ----------------------

@@ -4,6 +4,11 @@ Official behaviour (ProGrad's `prograd_backward_and_update`): the KL towards the
 prediction is differentiated first, then the method's own loss; for every parameter tensor whose
 two gradients conflict (cosine < 0) the loss gradient loses `lambda` times its component along the
 KL gradient. The KL gradient itself is never added to the update.
+
+Under DDP (a process group of several processes) the rule acts on the global batch, as one
+process on the whole batch would: the loss gradient and the KL gradient are each averaged over
+the processes before the projection, never projected per process and then averaged. Each
+process then holds the same projected gradient, so the engine does not average it again.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 
@@ -33,6 +39,33 @@ def project_conflicting(g_loss: torch.Tensor, g_kl: torch.Tensor, lam: float) ->
     return (g_loss.float() - lam * dot / kl_norm_sq * g_kl.float()).to(g_loss.dtype)
 
 
+def in_process_group() -> bool:
+    """True under DDP with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def mean_over_processes(grads: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """Each gradient averaged over the processes (one flat all-reduce); as is without DDP.
+    `None` entries (unused parameters) are `None` on every process and stay so."""
+    grads = list(grads)
+    if not in_process_group():
+        return grads
+    present = [g for g in grads if g is not None]
+    if not present:
+        return grads
+    flat = torch.cat([g.reshape(-1).float() for g in present])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    out, offset = [], 0
+    for g in grads:
+        if g is None:
+            out.append(None)
+            continue
+        out.append(flat[offset : offset + g.numel()].view_as(g).to(g.dtype))
+        offset += g.numel()
+    return out
+
+
 def prograd_backward(
     params: Sequence[torch.nn.Parameter],
     loss: torch.Tensor,
@@ -47,6 +80,7 @@ def prograd_backward(
     kl = prograd_kl(student_logits, teacher_logits, temperature)
     g_kl = torch.autograd.grad(scale(kl), params, retain_graph=True, allow_unused=True)
     g_loss = torch.autograd.grad(scale(loss), params, allow_unused=True)
+    g_kl, g_loss = mean_over_processes(g_kl), mean_over_processes(g_loss)
     for p, gl, gk in zip(params, g_loss, g_kl):
         if gl is None:
             continue
