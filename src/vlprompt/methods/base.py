@@ -19,6 +19,8 @@ from torch import nn
 from vlprompt.backbone import ClipBackbone
 from vlprompt.errors import DataError, MethodError
 
+GRADIENT_RULES = ("none", "prograd", "kd")
+
 
 @dataclass
 class MethodConfig:
@@ -34,11 +36,15 @@ class MethodConfig:
     batch_size: int = 32  # images per step
     warmup_epochs: int = 1  # epochs at constant `warmup_lr` before the cosine schedule
     warmup_lr: float = 1e-5  # learning rate during warm-up
-    # gradient rule: "none" (plain loss gradient) or "prograd" (project the loss gradient when it
-    # conflicts with the gradient of the KL towards zero-shot CLIP; any method can use it)
+    # gradient rule: "none" (plain loss gradient), "prograd" (project the loss gradient when it
+    # conflicts with the gradient of the KL towards zero-shot CLIP) or "kd" (knowledge
+    # distillation, ProGrad paper's comparison: loss + lambda * that KL, plainly added); any
+    # method can use either
     gradient_rule: str = "none"
-    prograd_lambda: float = 1.0  # ProGrad's lambda (0.8 for 8/16-shot Flowers, DTD, EuroSAT)
-    prograd_temperature: float = 1.0  # temperature T of ProGrad's KL
+    prograd_lambda: float = (
+        1.0  # lambda of the rule (ProGrad: 0.8 for 8/16-shot Flowers, DTD, EuroSAT)
+    )
+    prograd_temperature: float = 1.0  # temperature T of the KL towards zero-shot CLIP
 
     def __post_init__(self) -> None:
         check_setting_types(self)
@@ -64,9 +70,10 @@ class MethodConfig:
             )
         if self.weight_decay < 0:
             raise MethodError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.gradient_rule not in ("none", "prograd"):
+        if self.gradient_rule not in GRADIENT_RULES:
             raise MethodError(
-                f"gradient_rule must be 'none' or 'prograd', got {self.gradient_rule!r}"
+                f"gradient_rule must be one of {', '.join(GRADIENT_RULES)}, got "
+                f"{self.gradient_rule!r}"
             )
         if self.prograd_lambda < 0:
             raise MethodError(
@@ -140,10 +147,14 @@ class PromptMethod(nn.Module):
     ) -> StepOutput:
         """Compute the loss and leave its gradient in `.grad` of the trainable parameters (after
         the gradient rule, if any); the engine then steps the optimizer."""
-        from vlprompt.methods.gradient_rules import prograd_backward
+        from vlprompt.methods.gradient_rules import prograd_backward, prograd_kl
 
         out = self.forward_train(images)
         loss = self.loss(out, labels)
+        if self.config.gradient_rule == "kd":
+            teacher = self.zeroshot_logits(images, out.image_features)
+            kl = prograd_kl(out.logits, teacher, self.config.prograd_temperature)
+            loss = loss + self.config.prograd_lambda * kl
         if self.config.gradient_rule == "prograd":
             teacher = self.zeroshot_logits(images, out.image_features)
             prograd_backward(
