@@ -38,6 +38,8 @@ from vlprompt.methods.base import MethodConfig, PromptMethod, TrainOutput
 from vlprompt.methods.registry import register_method
 
 IMPLEMENTATIONS = ("fast", "reference")
+MASKS = ("readonly", "none")
+INITS = ("special", "random")
 # official ST-init: each prompt vector moves by its own random direction of norm 0.1
 INIT_NOISE_NORM = 0.1
 _CACHE_CHUNK = 128  # classes per chunk when caching the frozen text keys/values (bounds memory)
@@ -60,6 +62,13 @@ class RPOConfig(MethodConfig):
     # extra text forward per step, same numbers. Only used with more classes than this (so the
     # 100-class benchmarks run unchunked); 0 = all classes at once, whatever their number
     text_chunk_size: int = 256
+    # ablations of the paper: "readonly" (default) = the masked attention above; "none" = the
+    # prompts join ordinary attention (text: CLIP's causal mask; image: no mask), so frozen image
+    # tokens read the prompts ("without masked attention"); runs the reference path
+    mask: str = "readonly"
+    # "special" (default) = ST-init (EOT / class embedding + noise of norm 0.1); "random" =
+    # N(0, 0.02^2) per element, CoOp's random init (the paper's random-init ablation)
+    init: str = "special"
     lr: float = 0.01  # SGD; 0.005 for domain generalisation (ImageNet source)
     epochs: int = 15
     batch_size: int = 4
@@ -73,6 +82,10 @@ class RPOConfig(MethodConfig):
                 f"text_chunk_size must be an integer >= 0 (0 = no chunking), "
                 f"got {self.text_chunk_size!r}"
             )
+        if self.mask not in MASKS:
+            raise RPOError(f"RPO mask must be one of {MASKS}, got {self.mask!r}")
+        if self.init not in INITS:
+            raise RPOError(f"RPO init must be one of {INITS}, got {self.init!r}")
         if self.implementation not in IMPLEMENTATIONS:
             raise RPOError(
                 f"RPO implementation must be one of {IMPLEMENTATIONS}, got {self.implementation!r}"
@@ -100,9 +113,12 @@ class RPO(PromptMethod):
 
     def __init__(self, clip: ClipBackbone, classnames: list[str], config: RPOConfig) -> None:
         super().__init__(clip, classnames, config)
-        _check_backbone(clip, config.implementation)
+        _check_backbone(clip, "reference" if config.mask == "none" else config.implementation)
         self.config: RPOConfig = config
-        text_init, vision_init = _special_token_init(clip, config.K)
+        if config.init == "random":
+            text_init, vision_init = _random_init(clip, config.K)
+        else:
+            text_init, vision_init = _special_token_init(clip, config.K)
         self.text_prompt = nn.Parameter(text_init)  # [K, text_width]
         self.vision_prompt = nn.Parameter(vision_init)  # [K, vision_width]
         self._text_cache: _TextCache | None = None
@@ -130,7 +146,7 @@ class RPO(PromptMethod):
         """Normalised vision prompt features [B, K, E] and the frozen CLS features [B, E]
         (ln_post + projection, not normalised)."""
         images = images.to(self.clip.device)
-        if self.config.implementation == "reference":
+        if self._reference_path:
             prompts, cls = self._reference_image(images)
         else:
             prompts, cls = self._fast_image(images)
@@ -139,7 +155,7 @@ class RPO(PromptMethod):
     def text_features(self) -> torch.Tensor:
         """Normalised text prompt features [C, K, E] of the current class names. Without
         autograd (evaluation) they are computed once per prompt value and class list."""
-        if self.config.implementation == "reference":
+        if self._reference_path:
             return F.normalize(self._reference_text()[0], dim=-1)
         if torch.is_grad_enabled() and self.text_prompt.requires_grad:
             self._eval_text = None
@@ -157,6 +173,12 @@ class RPO(PromptMethod):
         super().set_classnames(classnames)
         self._text_cache = None
         self._eval_text = None
+
+    @property
+    def _reference_path(self) -> bool:
+        """The full forward: asked for, or needed by the unmasked ablation (tokens read the
+        prompts, so frozen states cannot be cached)."""
+        return self.config.implementation == "reference" or self.config.mask == "none"
 
     # ---- text -----------------------------------------------------------------------------
     def _texts(self) -> list[str]:
@@ -251,6 +273,8 @@ class RPO(PromptMethod):
         mask = torch.full((length, length), float("-inf"), device=clip.device).triu(1)
         columns = torch.arange(length, device=clip.device)
         hidden = (columns[None, :] > eos[:, None]).to(clip.device)  # [C, length]
+        if self.config.mask == "none":  # CLIP's causal mask alone: prompts see what precedes
+            hidden = torch.zeros_like(hidden)
         mask = mask[None].masked_fill(hidden[:, None, :], float("-inf"))  # [C, L, L]
         heads = clip.text_blocks[0].attn.num_heads
         mask = mask[:, None].expand(-1, heads, -1, -1).reshape(n_classes * heads, length, length)
@@ -293,10 +317,14 @@ class RPO(PromptMethod):
         x = clip.vision_ln_pre(torch.cat([x, prompts], dim=1))
         size = x.shape[1]
         mask = torch.zeros(size, size, dtype=x.dtype, device=x.device)
-        mask[:, n_tokens:] = float("-inf")
+        if self.config.mask == "readonly":
+            mask[:, n_tokens:] = float("-inf")
         for block in clip.vision_blocks:
             x = block(x, attn_mask=mask)
-        return clip.vision_head(x[:, n_tokens:]), clip.vision_head(x[:, 0])
+        cls = clip.vision_head(x[:, 0])
+        if self.config.mask == "none":  # the CLS state now reads the prompts: not frozen CLIP's
+            cls = self.frozen_image_state(images)[1]
+        return clip.vision_head(x[:, n_tokens:]), cls
 
 
 def _check_backbone(clip: ClipBackbone, implementation: str) -> None:
@@ -321,6 +349,13 @@ def _check_backbone(clip: ClipBackbone, implementation: str) -> None:
                 f"RPO's fast path cannot run {clip.name}'s {tower} blocks ({reason}); "
                 "use implementation='reference'"
             )
+
+
+def _random_init(clip: ClipBackbone, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """N(0, 0.02^2) per element (CoOp's random init), text first, on the CPU."""
+    text = torch.randn(k, clip.text_width) * 0.02
+    vision = torch.randn(k, clip.vision_width) * 0.02
+    return text.to(clip.device), vision.to(clip.device)
 
 
 def _unit_rows(n: torch.Tensor) -> torch.Tensor:
