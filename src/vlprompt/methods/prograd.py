@@ -39,16 +39,15 @@ from typing import ClassVar
 import torch
 
 from vlprompt.backbone import ClipBackbone
-from vlprompt.data.templates import TEMPLATES
 from vlprompt.errors import MethodError
 from vlprompt.methods import text_encoding as te
 from vlprompt.methods.base import MethodConfig
 from vlprompt.methods.coop import CoOp, CoOpConfig
 from vlprompt.methods.registry import register_method
 
-# the official trainers/prograd.py CUSTOM_TEMPLATES, under vlprompt's data-set names
+# where the official trainers/prograd.py CUSTOM_TEMPLATES differ from CoOp's (vlprompt's
+# data-set names; the others are CoOp's, i.e. vlprompt.data.templates.TEMPLATES)
 PROGRAD_TEMPLATES: dict[str, str] = {
-    **TEMPLATES,
     "oxford_pets": "a type of pet, a photo of a {}.",
     "oxford_flowers": "a type of flower, a photo of a {}.",
     "fgvc_aircraft": "a type of aircraft, a photo of a {}.",
@@ -125,7 +124,8 @@ class ProGrad(CoOp):
 
     @classmethod
     def template_for(cls, dataset: str, dataset_template: str) -> str:
-        """The official ProGrad template of `dataset` (its own table), else the data set's."""
+        """The official ProGrad template of `dataset`: its own where it differs from CoOp's,
+        else the data set's (CoOp's)."""
         return PROGRAD_TEMPLATES.get(dataset, dataset_template)
 
     def initial_context(self, n_classes: int | None) -> torch.Tensor:
