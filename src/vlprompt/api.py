@@ -35,6 +35,7 @@ from vlprompt.config import (
     RunConfig,
     RunError,
     config_differences,
+    method_runtime_settings,
     read_run_config,
 )
 from vlprompt.engine import (
@@ -315,7 +316,15 @@ def _prepare_run_dir(
     # the saved run's identity, this call's runtime settings (device, workers, ...)
     runtime = {k: getattr(wanted.engine, k) for k in ("device", "num_workers", "eval_batch_size",
                                                       "keep_checkpoints")}  # fmt: skip
-    config = replace(saved, engine=replace(saved.engine, **runtime), root=wanted.root or saved.root)
+    speed_only = {
+        k: wanted.method_config[k]
+        for k in method_runtime_settings(saved.method)
+        if k in wanted.method_config
+    }
+    config = replace(
+        saved, engine=replace(saved.engine, **runtime), root=wanted.root or saved.root,
+        method_config={**saved.method_config, **speed_only},
+    )  # fmt: skip
     finished = is_run_finished(run_dir)
     if not finished and not resume and latest_checkpoint(run_dir) is not None:
         raise RunError(

@@ -213,13 +213,25 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_differences(saved: RunConfig, wanted: RunConfig) -> list[str]:
     """Human-readable `key: saved -> wanted` for every identity key that differs."""
     a, b = flatten(_jsonable(saved.to_dict())), flatten(_jsonable(wanted.to_dict()))
+    runtime = {f"method_config.{k}" for k in method_runtime_settings(saved.method)}
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if key in NON_IDENTITY_KEYS:
+        if key in NON_IDENTITY_KEYS or key in runtime:
             continue
         if a.get(key, "<unset>") != b.get(key, "<unset>"):
             diffs.append(f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}")
     return diffs
+
+
+def method_runtime_settings(method: str) -> frozenset[str]:
+    """The settings of `method` that change only speed or memory (none for an unknown name)."""
+    from vlprompt.methods import get_method_class
+    from vlprompt.methods.base import runtime_settings
+
+    try:
+        return runtime_settings(get_method_class(method).config_class)
+    except VlpromptError:
+        return frozenset()
 
 
 def _jsonable(data: Any) -> Any:

@@ -20,6 +20,14 @@ from vlprompt.backbone import ClipBackbone
 from vlprompt.errors import DataError, MethodError
 
 GRADIENT_RULES = ("none", "prograd", "kd")
+# field metadata of a setting that changes only speed or memory, never a number (e.g. chunk
+# sizes): it is not part of a run's identity, so a resume may change it
+RUNTIME = {"runtime": True}
+
+
+def runtime_settings(config_class: type) -> frozenset[str]:
+    """The settings of a method config marked `RUNTIME`."""
+    return frozenset(f.name for f in fields(config_class) if f.metadata.get("runtime"))
 
 
 @dataclass

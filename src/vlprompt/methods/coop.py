@@ -23,7 +23,7 @@ Departures from the official code, on purpose:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -32,7 +32,13 @@ from torch import nn
 from vlprompt.backbone import ClipBackbone
 from vlprompt.errors import MethodError
 from vlprompt.methods import text_encoding as te
-from vlprompt.methods.base import MethodConfig, PromptMethod, TrainOutput, validate_classnames
+from vlprompt.methods.base import (
+    RUNTIME,
+    MethodConfig,
+    PromptMethod,
+    TrainOutput,
+    validate_classnames,
+)
 from vlprompt.methods.registry import register_method
 
 
@@ -46,10 +52,12 @@ class ContextConfig(MethodConfig):
     # (False = CoOp's: the context is exactly the init words)
     pad_ctx_init: bool = False
     implementation: str = "fast"  # "fast" (truncated, chunked encoder) or "reference" (paper's)
-    text_chunk_size: int = 256  # sequences per text-encoder chunk on the fast path
+    text_chunk_size: int = field(
+        default=256, metadata=RUNTIME
+    )  # sequences per text chunk (fast path)
     # checkpoint text chunks while training: "auto" (only with more than one chunk), "always",
     # "never" — exact either way; trades a recomputed forward for bounded activation memory
-    text_checkpoint: str = "auto"
+    text_checkpoint: str = field(default="auto", metadata=RUNTIME)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -23,7 +23,7 @@ Two implementations give the same numbers (tested to fp32 tolerance, logits and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -34,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from vlprompt.attention import KeyValues, block_forward_with_kv, check_block, readonly_rows_forward
 from vlprompt.backbone import ClipBackbone
 from vlprompt.errors import MethodError
-from vlprompt.methods.base import MethodConfig, PromptMethod, TrainOutput
+from vlprompt.methods.base import RUNTIME, MethodConfig, PromptMethod, TrainOutput
 from vlprompt.methods.registry import register_method
 
 IMPLEMENTATIONS = ("fast", "reference")
@@ -61,7 +61,7 @@ class RPOConfig(MethodConfig):
     # backward (activation checkpointing) so peak memory stays bounded at 1000 classes; costs one
     # extra text forward per step, same numbers. Only used with more classes than this (so the
     # 100-class benchmarks run unchunked); 0 = all classes at once, whatever their number
-    text_chunk_size: int = 256
+    text_chunk_size: int = field(default=256, metadata=RUNTIME)
     # ablations of the paper: "readonly" (default) = the masked attention above; "none" = the
     # prompts join ordinary attention (text: CLIP's causal mask; image: no mask), so frozen image
     # tokens read the prompts ("without masked attention"); runs the reference path
