@@ -51,7 +51,7 @@ from vlprompt.engine import (
     seed_everything,
 )
 from vlprompt.io import METHOD_FILE, PROMPTS_FILE, append_jsonl, atomic_write_json
-from vlprompt.run_folder import claim_folder, folder_lock, require_ours
+from vlprompt.run_folder import claim_folder, folder_lock, not_writable, require_ours
 
 log = logging.getLogger("vlprompt")
 # decoded training images kept in memory across epochs (per data-loader process)
@@ -174,17 +174,6 @@ def load_run(
 
 
 # ---- configuration ----------------------------------------------------------------------------
-def _template_for(method_cls: type, dataset: str, dataset_template: str) -> str | None:
-    """The method's template for `dataset`: its own table where it has one (ProGrad), else the
-    data set's hand-crafted template (CoOp's CUSTOM_TEMPLATES), or None where the method keeps
-    its own default (RPO's official code always uses "a photo of a {}.")."""
-    own = getattr(method_cls, "template_for", None)
-    if own is not None:
-        return own(dataset, dataset_template)
-    uses = getattr(method_cls, "uses_dataset_template", method_cls.name != "rpo")
-    return dataset_template if uses else None
-
-
 def _default_backbone(
     dataset: str, backbone: str | None, pretrained: str | Path | None
 ) -> tuple[str, str | Path | None]:
@@ -225,7 +214,7 @@ def resolve_config(
     info = get_dataset_info(dataset)  # DataError listing the choices
     backbone, pretrained = _default_backbone(dataset, backbone, pretrained)
     overrides = dict(overrides or {})
-    template = _template_for(cls, dataset, info.template)
+    template = cls.template_for(dataset, info.template)
     if "template" not in overrides and template is not None:
         overrides["template"] = template
     try:
@@ -287,10 +276,7 @@ def _write_or_refuse(run_dir: Path, write: Callable[[], None]) -> None:
     try:
         write()
     except OSError as exc:
-        raise RunError(
-            f"cannot write to run folder {run_dir} ({exc.strerror or exc}); choose a folder you "
-            "can write to, on a disk with free space"
-        ) from None
+        raise not_writable(run_dir, exc, "run folder") from None
 
 
 def _prepare_run_dir(
@@ -454,35 +440,22 @@ def train_config(
         config, finished = _prepare_run_dir_on_main(
             run_dir, wanted, resume=resume, overwrite=overwrite, ctx=ctx, stack=stack
         )
-        return _train_locked(
-            config, run_dir, finished, resume=resume, evaluate=evaluate, progress=progress,
-            on_epoch_end=on_epoch_end, ctx=ctx, trust_torchscript=trust_torchscript, echo=echo,
-            tensorboard=tensorboard,
-        )  # fmt: skip
+        if finished:
+            log.info("%s: finished earlier with the same config; loading it", run_dir)
+            device = str(resolve_device(config.engine.device, ctx))
+            return load_run(run_dir, device=device, trust_torchscript=trust_torchscript)
+        board = None
+        if tensorboard and ctx.is_main:
+            from vlprompt.tracking import TensorBoardLog
 
-
-def _train_locked(config, run_dir, finished, *, resume, evaluate, progress, on_epoch_end, ctx,
-                  trust_torchscript, echo, tensorboard) -> Run:  # fmt: skip
-    if finished:
-        log.info("%s: finished earlier with the same config; loading it", run_dir)
-        device = str(resolve_device(config.engine.device, ctx))
-        return load_run(run_dir, device=device, trust_torchscript=trust_torchscript)
-    say = _RunLog(run_dir, ctx, echo=echo)
-    board = None
-    if tensorboard and ctx.is_main:
-        from vlprompt.tracking import TensorBoardLog
-
-        board = TensorBoardLog(run_dir)
-        on_epoch_end = _also(board.epoch, on_epoch_end)
-    try:
+            board = TensorBoardLog(run_dir)
+            stack.callback(board.close)
+            on_epoch_end = _also(board.epoch, on_epoch_end)
         return _train_and_evaluate(
             config, run_dir, resume=resume, evaluate=evaluate, progress=progress,
-            on_epoch_end=on_epoch_end, ctx=ctx, say=say, board=board,
-            trust_torchscript=trust_torchscript,
+            on_epoch_end=on_epoch_end, ctx=ctx, say=_RunLog(run_dir, ctx, echo=echo),
+            board=board, trust_torchscript=trust_torchscript,
         )  # fmt: skip
-    finally:
-        if board is not None:
-            board.close()
 
 
 def _also(first: Callable[[EpochStats], None], then: Callable[[EpochStats], None] | None):

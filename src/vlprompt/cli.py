@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.errors import VlpromptError
+from vlprompt.executors import EXECUTORS
 
 RAW = argparse.RawDescriptionHelpFormatter
 
@@ -213,9 +214,6 @@ def _add_train_parser(sub: Any, argv: list[str]) -> None:
     _add_method_flags(p, _method_for_flags(argv))
 
 
-EXECUTOR_CHOICES = ("local", "ray")
-
-
 def _add_sweep_view_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="show each run's per-epoch lines live (they always go to its log.txt)")  # fmt: skip
@@ -284,7 +282,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     _add_sweep_view_flags(p)
     g = p.add_argument_group("executor (where the runs execute)")
-    g.add_argument("--executor", choices=EXECUTOR_CHOICES, default="local",
+    g.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="local: one run after another in this process (default); ray: each run "
                    "a Ray task over this machine's or a cluster's CPUs and GPUs (pip install "
                    "'vlprompt[ray]'); a failing run then never stops the others")  # fmt: skip
@@ -312,7 +310,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                        epilog=QUICKSTART_EXAMPLE, formatter_class=RAW)  # fmt: skip
     p.add_argument("-o", "--output-dir", dest="output_dir", default="vlprompt-quickstart")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--executor", choices=EXECUTOR_CHOICES, default="local",
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="local (default) or ray: one Ray task per run over this machine's cores")  # fmt: skip
     _add_sweep_view_flags(p)
     p = sub.add_parser(

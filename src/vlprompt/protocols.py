@@ -108,7 +108,7 @@ class RunSpec:
 class Backend:
     """The functions a sweep calls; the real engine by default, fakes in tests.
 
-    `train(method, dataset, *, output_dir, resume, ...) -> run`, `evaluate(run, dataset=...,
+    `train(method, dataset, *, output_dir, resume, echo, progress, ...) -> run`, `evaluate(run, dataset=...,
     subsample=..., split=...) -> dict`, `load_run(run_dir) -> run`, `is_finished(run_dir) -> bool`.
     `load_run(run_dir, device=...) -> run`, `is_finished(run_dir) -> bool`.
     Optional: `check(methods, datasets)` raises for unknown names before any training starts;
@@ -477,9 +477,8 @@ def run_bench(
         evaluated = {e.dataset for s in specs for e in s.evaluations}
         backend.check(sorted({s.method for s in specs}), sorted(evaluated))
     common: dict[str, Any] = {"device": device, **(train_kwargs or {})}
-    if backend.train is _real_train():
-        common.setdefault("echo", verbose)  # per-epoch lines: the run's log.txt, live with -v
-        common.setdefault("progress", False)  # no per-epoch bars under the sweep's bar
+    common.setdefault("echo", verbose)  # per-epoch lines: the run's log.txt, live with -v
+    common.setdefault("progress", False)  # no per-epoch bars under the sweep's bar
     for name, value in (("root", root), ("backbone", backbone), ("pretrained", pretrained)):
         if value is not None:
             common[name] = value
@@ -515,12 +514,6 @@ def run_bench(
             outcomes = run_locally(jobs, lambda job: run_job(job, backend), keep_going)
         _collect(outcomes, outcome, len(specs), results_path, report, plots, progress)
     return outcome
-
-
-def _real_train() -> Any:
-    from vlprompt import api
-
-    return api.train
 
 
 def _collect(outcomes, result: BenchResult, n_runs: int, results_path: Path, report: bool,

@@ -31,7 +31,6 @@ MARKER_FILE = ".vlprompt-folder"
 LOCK_FILE = ".vlprompt-lock"
 MARKER_FORMAT = "vlprompt-folder/1"
 KINDS = ("run", "sweep")
-OUR_FILES = (MARKER_FILE, LOCK_FILE)
 
 # locks this process holds: path -> (open file, depth); one OS lock per folder and process
 _HELD: dict[str, tuple[object, int]] = {}
@@ -65,15 +64,15 @@ def folder_kind(folder: str | Path) -> str | None:
 
 
 def foreign_entries(folder: Path) -> list[str]:
-    """The names in an unmarked folder that are not vlprompt's own bookkeeping files."""
+    """The names in an unmarked folder. All count: vlprompt writes its lock only after its
+    marker, so in a folder without a valid marker even a file named like them is the user's."""
     try:
-        names = sorted(p.name for p in folder.iterdir())
+        return sorted(p.name for p in folder.iterdir())
     except OSError as exc:
         raise FolderError(
             f"cannot read output folder {folder} ({exc.strerror or exc}); "
             "choose a folder you can read and write"
         ) from None
-    return [n for n in names if n not in OUR_FILES]
 
 
 def claim_folder(folder: str | Path, kind: str, *, what: str = "output folder") -> Path:
@@ -130,7 +129,8 @@ def require_ours(folder: str | Path, kind: str, *, action: str) -> Path:
 def not_writable(folder: Path, exc: OSError, what: str = "output folder") -> FolderError:
     reason = exc.strerror or str(exc)
     return FolderError(
-        f"cannot write to {what} {folder} ({reason}); choose a folder you can write to"
+        f"cannot write to {what} {folder} ({reason}); choose a folder you can write to, on a "
+        "disk with free space"
     )
 
 

@@ -129,6 +129,14 @@ class PromptMethod(nn.Module):
     name: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     needs_training: ClassVar[bool] = True  # False for zsclip; linear_probe trains with `fit`
+    # the data set's hand-crafted template (CoOp's per-data-set table) becomes `template`
+    uses_dataset_template: ClassVar[bool] = True
+
+    @classmethod
+    def template_for(cls, dataset: str, dataset_template: str) -> str | None:
+        """The `template` a run of this method on `dataset` gets unless the user sets one: the
+        data set's hand-crafted template, or None to keep the config's default."""
+        return dataset_template if cls.uses_dataset_template else None
 
     def __init__(self, clip: ClipBackbone, classnames: list[str], config: MethodConfig) -> None:
         super().__init__()

@@ -123,7 +123,7 @@ class ProGrad(CoOp):
     config: ProGradConfig
 
     @classmethod
-    def template_for(cls, dataset: str, dataset_template: str) -> str:
+    def template_for(cls, dataset: str, dataset_template: str) -> str | None:
         """The official ProGrad template of `dataset`: its own where it differs from CoOp's,
         else the data set's (CoOp's)."""
         return PROGRAD_TEMPLATES.get(dataset, dataset_template)
