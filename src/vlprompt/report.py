@@ -47,6 +47,8 @@ CSV_COLUMNS = (
     "metric",
     "mean",
     "std",
+    "min",
+    "max",
     "n_seeds",
     "seeds",
     "n_datasets",
@@ -80,6 +82,8 @@ class Cell:
     std: float  # nan with fewer than two seeds
     seeds: tuple[int, ...]
     n_datasets: int = 1
+    minimum: float = math.nan  # the extremes of the per-seed values (per-seed H for H;
+    maximum: float = math.nan  # per-seed averages for an average row)
 
     def text(self) -> str:
         spread = "-" if math.isnan(self.std) else f"{self.std:.2f}"
@@ -165,8 +169,9 @@ def _cell(group: Group, metric: str, values: SeedValues, subsample: str | None =
     backbone, protocol, method, source, dataset, sub, shots = group
     seeds = tuple(sorted(values))
     mean, std = mean_std([values[s] for s in seeds])
+    low, high = _extremes(values)
     return Cell(backbone, protocol, method, source, dataset, subsample or sub, shots, metric,
-                mean, std, seeds)  # fmt: skip
+                mean, std, seeds, 1, low, high)  # fmt: skip
 
 
 def _average_cell(
@@ -176,8 +181,15 @@ def _average_cell(
     backbone, protocol, method, source, _, sub, shots = base
     seeds = tuple(sorted(per_seed_avg))
     std = mean_std([per_seed_avg[s] for s in seeds])[1] if seeds else math.nan
+    low, high = _extremes(per_seed_avg)
     return Cell(backbone, protocol, method, source, AVERAGE, sub, shots, metric,
-                float(np.mean(means)), std, seeds, n)  # fmt: skip
+                float(np.mean(means)), std, seeds, n, low, high)  # fmt: skip
+
+
+def _extremes(values: SeedValues) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return float(min(values.values())), float(max(values.values()))
 
 
 def _common_seeds(series: Sequence[SeedValues]) -> list[int]:
@@ -269,17 +281,23 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[Cell]:
 
 
 def render_csv(cells: Sequence[Cell]) -> str:
-    """Long-format CSV, full precision, one row per number (empty std with one seed)."""
+    """Long-format CSV, full precision, one row per number (empty std with one seed; min and
+    max are the extremes of the per-seed values)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for c in cells:
         writer.writerow([
             c.backbone, c.protocol, c.method, c.source, c.dataset, c.subsample, c.shots,
-            c.metric, repr(c.mean), "" if math.isnan(c.std) else repr(c.std), len(c.seeds),
+            c.metric, repr(c.mean), _number(c.std), _number(c.minimum), _number(c.maximum),
+            len(c.seeds),
             ";".join(map(str, c.seeds)), c.n_datasets,
         ])  # fmt: skip
     return buffer.getvalue()
+
+
+def _number(value: float) -> str:
+    return "" if math.isnan(value) else repr(value)
 
 
 def _ordered(items: Iterable[str]) -> list[str]:
@@ -394,6 +412,70 @@ def _transfer_md(cells: list[Cell], backbone: str, protocol: str) -> list[str]:
     return out
 
 
+def _base2new_by_shots_md(cells: list[Cell], backbone: str) -> list[str]:
+    """One table over shots (RPO's extreme few-shot figure as numbers): base, new and H of the
+    one data set, or of the average over data sets (H of avg)."""
+    mine = [c for c in cells if c.backbone == backbone and c.protocol == "base2new"]
+    shots = sorted({c.shots for c in mine})
+    if len(shots) < 2:
+        return []
+    index = _index(mine)
+    datasets = _ordered(c.dataset for c in mine if c.dataset != AVERAGE)
+    panel = AVERAGE if len(datasets) > 1 else datasets[0]
+    rows = []
+    for m in sorted({c.method for c in mine}):
+        for metric in ("base", "new", "H"):
+            name = "H_of_avg" if panel == AVERAGE and metric == "H" else metric
+            rows.append([m, metric] + [_get(index, backbone, "base2new", m, panel, panel, k, name)
+                                       for k in shots])  # fmt: skip
+    where = f"average over {len(datasets)} data sets" if panel == AVERAGE else panel
+    out = [f"## {PROTOCOL_TITLES['base2new']} by shots — {backbone}, {where}", ""]
+    return out + _table(["method", "", *[f"{k} shot{'s' if k > 1 else ''}" for k in shots]], rows)
+
+
+SPREAD_MIN_SEEDS = 3  # the spread table appears from this many seeds on
+
+
+def _spread_md(cells: list[Cell], backbone: str, protocol: str) -> list[str]:
+    """Seed spread: std, min and max over seeds of the headline number of every row (per-seed
+    H for base2new, with the base and new std beside it; accuracy otherwise)."""
+    mine = [c for c in cells if c.backbone == backbone and c.protocol == protocol]
+    if max((len(c.seeds) for c in mine), default=0) < SPREAD_MIN_SEEDS:
+        return []
+    index = _index(mine)
+    headline = ("H", "H_of_avg") if protocol == "base2new" else ("accuracy",)
+    rows = []
+    for c in sorted(
+        (c for c in mine if c.metric in headline),
+        key=lambda c: (c.source, c.dataset == AVERAGE, c.shots, c.method),
+    ):
+        row = [c.method, c.dataset if c.dataset == c.source else f"{c.source} → {c.dataset}"]
+        row += [str(c.shots), str(len(c.seeds)), f"{c.mean:.2f}", _fixed(c.std),
+                _fixed(c.minimum), _fixed(c.maximum), _fixed(c.maximum - c.minimum)]  # fmt: skip
+        if protocol == "base2new":
+            for metric in ("base", "new"):
+                other = index.get((backbone, protocol, c.method, c.source, c.dataset, c.shots,
+                                   metric))  # fmt: skip
+                row.append(_fixed(other.std) if other is not None else "")
+        rows.append(row)
+    what = "H" if protocol == "base2new" else "accuracy"
+    header = ["method", "data set", "shots", "seeds", what, "std", "min", "max", "max − min"]
+    if protocol == "base2new":
+        header += ["base std", "new std"]
+    note = (
+        f"Spread over seeds of the {what}"
+        + (" (per-seed H; an average row: per-seed H of the averages)" if what == "H" else "")
+        + ": sample std (ddof=1), the lowest and highest seed."
+    )
+    return [f"### Spread over seeds — {PROTOCOL_TITLES[protocol]}", "", note, ""] + _table(
+        header, rows
+    )
+
+
+def _fixed(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
+
 def render_markdown(cells: Sequence[Cell], n_records: int | None = None) -> str:
     cells = list(cells)
     out = ["# Benchmark summary", ""]
@@ -412,12 +494,14 @@ def render_markdown(cells: Sequence[Cell], n_records: int | None = None) -> str:
             if not mine:
                 continue
             if protocol == "base2new":
+                out += _base2new_by_shots_md(mine, backbone)
                 for shots in sorted({c.shots for c in mine}):
                     out += _base2new_md(mine, backbone, shots)
             elif protocol == "fewshot":
                 out += _fewshot_md(mine, backbone)
             else:
                 out += _transfer_md(mine, backbone, protocol)
+            out += _spread_md(mine, backbone, protocol)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -522,6 +606,50 @@ def _base2new_plot(cells: list[Cell], prefix: str, plots_dir: Path) -> Path:
     return _save_figure(fig, plots_dir / f"{_slug(prefix, 'base2new', f'shots{shots}')}.png")
 
 
+BOX_MIN_SEEDS = 5  # a box plot behind the points from this many seeds on
+
+
+def _base2new_shots_plots(cells: list[Cell], prefix: str, plots_dir: Path) -> list[Path]:
+    """Base, new and H against shots per method, mean with a band of ± one std over seeds:
+    per data set, and for the average over data sets (H of avg) when there are several."""
+    datasets = _ordered(c.dataset for c in cells if c.dataset != AVERAGE)
+    panels = datasets + ([AVERAGE] if len(datasets) > 1 else [])
+    shots = sorted({c.shots for c in cells})
+    index = _index(cells)
+    backbone = cells[0].backbone
+    paths = []
+    for panel in panels:
+        fig = _figure(11, 3.4)
+        for i, metric in enumerate(("base", "new", "H")):
+            ax = fig.add_subplot(1, 3, i + 1)
+            name = "H_of_avg" if panel == AVERAGE and metric == "H" else metric
+            for j, method in enumerate(sorted({c.method for c in cells})):
+                line = [index.get((backbone, "base2new", method, panel, panel, k, name))
+                        for k in shots]  # fmt: skip
+                points = [(k, c) for k, c in zip(shots, line) if c is not None]
+                if not points:
+                    continue
+                x = np.array([k for k, _ in points], dtype=float)
+                mean = np.array([c.mean for _, c in points])
+                err = np.array([_err(c) for _, c in points])
+                ax.plot(x, mean, marker="o", color=f"C{j % 10}", label=method)
+                ax.fill_between(x, mean - err, mean + err, color=f"C{j % 10}", alpha=0.2)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(shots, [str(k) for k in shots])
+            ax.set_xlabel("shots per class")
+            ax.set_title(metric if name == metric else "H (of avg)", fontsize=9)
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.set_ylabel("accuracy (%), band: ± std over seeds")
+                ax.legend(fontsize=7)
+        title = "average over data sets" if panel == AVERAGE else panel
+        fig.suptitle(f"base-to-new by shots: {title}", fontsize=10)
+        paths.append(
+            _save_figure(fig, plots_dir / f"{_slug(prefix, 'base2new_by_shots', panel)}.png")
+        )
+    return paths
+
+
 def _spread_plot(
     groups: dict[Group, SeedValues], protocol: str, prefix: str, backbone: str, plots_dir: Path
 ) -> Path | None:
@@ -563,13 +691,20 @@ def _spread_plot(
                 continue
             x = i + (j - (len(methods) - 1) / 2) * width
             points = [values[s] for s in sorted(values)]
+            if len(points) >= BOX_MIN_SEEDS:
+                ax.boxplot([points], positions=[x], widths=width * 0.8, showfliers=False,
+                           medianprops={"color": colors[j]}, boxprops={"color": colors[j]},
+                           whiskerprops={"color": colors[j]}, capprops={"color": colors[j]},
+                           manage_ticks=False)  # fmt: skip
             jitter = np.linspace(-0.25, 0.25, len(points)) * width if len(points) > 1 else [0.0]
             ax.scatter(x + np.asarray(jitter), points, s=14, color=colors[j], zorder=3)
             ax.hlines(np.mean(points), x - width / 2.5, x + width / 2.5, color=colors[j])
         ax.scatter([], [], color=colors[j], label=method)
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{protocol}: per-seed spread (points: seeds, line: mean)", fontsize=9)
+    boxes = max(len(v) for v in series.values()) >= BOX_MIN_SEEDS
+    what = "points: seeds, line: mean" + (", box: quartiles and whiskers" if boxes else "")
+    ax.set_title(f"{protocol}: per-seed spread ({what})", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
     return _save_figure(fig, plots_dir / f"{_slug(prefix, 'seeds', protocol)}.png")
@@ -578,7 +713,9 @@ def _spread_plot(
 def write_plots(
     cells: Sequence[Cell], groups: dict[Group, SeedValues], plots_dir: str | Path
 ) -> list[Path]:
-    """few-shot curves per data set, base/new/H bars per method, per-seed spread per protocol."""
+    """few-shot curves per data set, base/new/H bars per method (and against shots with bands
+    when a base2new sweep has several), per-seed spread per protocol (box plots from
+    BOX_MIN_SEEDS seeds)."""
     plots_dir = Path(plots_dir)
     cells = list(cells)
     backbones = sorted({c.backbone for c in cells})
@@ -590,6 +727,8 @@ def write_plots(
         if fewshot:
             paths += _fewshot_plots(fewshot, prefix, plots_dir)
         base2new = [c for c in mine if c.protocol == "base2new"]
+        if len({c.shots for c in base2new}) > 1:
+            paths += _base2new_shots_plots(base2new, prefix, plots_dir)
         for shots in sorted({c.shots for c in base2new}):
             paths.append(
                 _base2new_plot([c for c in base2new if c.shots == shots], prefix, plots_dir)
