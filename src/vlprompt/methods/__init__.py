@@ -1,4 +1,4 @@
-"""Methods: one file each, registered by name. Import order does not matter."""
+"""Methods: one file each, registered by name (every module here is imported)."""
 
 from vlprompt.methods.base import MethodConfig, PromptMethod, StepOutput, TrainOutput
 from vlprompt.methods.registry import (
@@ -9,18 +9,15 @@ from vlprompt.methods.registry import (
     register_method,
 )
 
-# Each method module registers itself with @register_method; list them here explicitly.
-# (method imports below)
+# Every module of this package is imported, so a method file registers itself with
+# @register_method and needs no edit elsewhere; methods of other packages come through the
+# "vlprompt.methods" entry points (vlprompt.methods.registry).
 # isort: split
-from vlprompt.methods import (
-    cocoop,  # noqa: F401
-    coop,  # noqa: F401
-    kgcoop,  # noqa: F401
-    linear_probe,  # noqa: F401
-    prograd,  # noqa: F401
-    rpo,  # noqa: F401
-    zeroshot,  # noqa: F401
-)
+import importlib as _importlib
+import pkgutil as _pkgutil
+
+for _module in _pkgutil.iter_modules(__path__):
+    _importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "MethodConfig",

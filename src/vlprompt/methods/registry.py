@@ -1,9 +1,21 @@
-"""A small decorator registry of methods (timm's `register_model` is the model)."""
+"""A small decorator registry of methods (timm's `register_model` is the model).
+
+vlprompt's own methods are the modules of `vlprompt.methods` (all imported with the package).
+Another package adds a method without touching vlprompt by declaring an entry point in the group
+`vlprompt.methods`, e.g. in its pyproject.toml::
+
+    [project.entry-points."vlprompt.methods"]
+    bias_only = "my_package.bias_only"   # a module whose import runs @register_method
+
+Entry points are imported the first time the registry is read (listing or looking up a method),
+not at `import vlprompt`, so a plugin may itself import vlprompt.
+"""
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import fields
+from importlib.metadata import entry_points
 from typing import Any
 
 from vlprompt.backbone import ClipBackbone
@@ -11,6 +23,27 @@ from vlprompt.errors import MethodError
 from vlprompt.methods.base import MethodConfig, PromptMethod
 
 _METHODS: dict[str, type[PromptMethod]] = {}
+ENTRY_POINT_GROUP = "vlprompt.methods"
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Import the methods declared by other packages' `vlprompt.methods` entry points (once;
+    a plugin that fails to import is a MethodError naming it)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            point.load()
+        except Exception as exc:
+            _plugins_loaded = False  # a fixed plugin loads on the next lookup
+            raise MethodError(
+                f"the method plugin {point.name!r} ({point.value}, entry point group "
+                f"{ENTRY_POINT_GROUP!r}) failed to import: {type(exc).__name__}: {exc}; fix or "
+                "uninstall the package that declares it"
+            ) from exc
 
 
 def register_method(cls: type[PromptMethod]) -> type[PromptMethod]:
@@ -23,10 +56,13 @@ def register_method(cls: type[PromptMethod]) -> type[PromptMethod]:
 
 
 def list_methods() -> list[str]:
+    load_plugins()
     return sorted(_METHODS)
 
 
 def get_method_class(name: str) -> type[PromptMethod]:
+    if name not in _METHODS:
+        load_plugins()
     if name not in _METHODS:
         close = difflib.get_close_matches(name, list(_METHODS), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""

@@ -1,0 +1,121 @@
+"""The method matrix, generated from the registry: every vlprompt method (not only the ones with
+a frozen image encoder) trains on tiny data, saves and loads to identical logits, refuses a bad
+setting with a clear error, and composes with the ProGrad rule. A new method must add its row
+to CASES, or `test_every_method_has_a_row` fails."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import sgd_losses
+from vlprompt.errors import MethodError
+from vlprompt.methods import create_method, get_method_class, list_methods
+
+CLASSNAMES = ["dog", "cat", "red_car", "oak tree"]
+
+
+# name -> (small settings for speed, a bad setting, a fragment of its error)
+CASES: dict[str, tuple[dict, dict, str]] = {
+    "zsclip": ({}, {"template": "no placeholder"}, "template"),
+    "linear_probe": ({"c_grid": (1.0, 100.0), "search_steps": 1}, {"c_grid": ()}, "c_grid"),
+    "coop": ({"n_ctx": 4}, {"n_ctx": 0}, "n_ctx"),
+    "cocoop": ({}, {"n_ctx": -1}, "n_ctx"),
+    "kgcoop": ({}, {"kg_weight": -1.0}, "kg_weight"),
+    "prograd": ({"n_ctx": 4}, {"prograd_lambda": -1.0}, "prograd_lambda"),
+    "rpo": ({"K": 2}, {"K": 0}, "K"),
+}
+
+
+def own_methods() -> list[str]:
+    return [n for n in list_methods() if get_method_class(n).__module__.startswith("vlprompt.")]
+
+
+def _batch(n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=g), torch.arange(n) % len(CLASSNAMES)
+
+
+def _method(name: str, clip, **extra):
+    method = create_method(name, clip, CLASSNAMES, **CASES[name][0], **extra)
+    if hasattr(method, "fit_features"):
+        images, labels = _batch(16)
+        feats = clip.encode_image(images, normalize=True)
+        method.fit_features(feats, labels, feats, labels)
+    return method
+
+
+def test_every_method_has_a_row():
+    assert set(CASES) == set(own_methods())
+
+
+def _backbones() -> list[tuple[str, str]]:
+    """Every method on the tiny ViT; the ones on frozen image features on a ResNet CLIP too."""
+    cases = [(n, "tiny_clip") for n in own_methods()]
+    return cases + [
+        (n, "tiny_rn_clip")
+        for n in own_methods()
+        if getattr(get_method_class(n), "frozen_image_encoder", False)
+        and get_method_class(n).needs_training
+    ]
+
+
+@pytest.mark.parametrize(("name", "backbone"), _backbones())
+def test_trains_on_tiny_data(name, backbone, request):
+    method = _method(name, request.getfixturevalue(backbone))
+    images, labels = _batch()
+    if not method.needs_training:
+        with torch.no_grad():
+            assert method(images).shape == (len(images), len(CLASSNAMES))
+        assert method.num_trainable_parameters() == 0 or name == "linear_probe"
+        return
+    assert method.num_trainable_parameters() > 0
+    losses = sgd_losses(method, images, labels)
+    assert losses[-1] < losses[0], losses
+
+
+@pytest.mark.parametrize("name", own_methods())
+def test_save_then_load_gives_identical_logits(name, tiny_clip, tmp_path):
+    method = _method(name, tiny_clip)
+    images, labels = _batch()
+    if method.needs_training:  # move away from the initial values first
+        opt = torch.optim.SGD(method.trainable_parameters(), lr=0.01)
+        method.backward_step(images, labels)
+        opt.step()
+    method.eval()
+    method.save(tmp_path)
+    loaded = get_method_class(name).load(tmp_path, tiny_clip)
+    assert type(loaded) is type(method)
+    with torch.no_grad():
+        assert torch.equal(method(images), loaded.eval()(images))
+
+
+@pytest.mark.parametrize("name", own_methods())
+def test_a_bad_setting_is_a_clear_error(name, tiny_clip):
+    _, bad, fragment = CASES[name]
+    with pytest.raises(MethodError, match=fragment):
+        create_method(name, tiny_clip, CLASSNAMES, **bad)
+    with pytest.raises(MethodError, match="has no setting 'no_such_setting'"):
+        create_method(name, tiny_clip, CLASSNAMES, no_such_setting=1)
+
+
+@pytest.mark.parametrize("name", [n for n in own_methods() if get_method_class(n).needs_training])
+def test_prograd_composes(name, tiny_clip):
+    """With gradient_rule="prograd" the step leaves finite gradients on every learned tensor,
+    and they differ from the plain loss's (the rule acted) whenever the two conflict."""
+    images, labels = _batch()
+    plain = _method(name, tiny_clip, gradient_rule="none")
+    ruled = _method(name, tiny_clip, gradient_rule="prograd")
+    ruled.load_state_dict(plain.state_dict())
+    plain.backward_step(images, labels)
+    out = ruled.backward_step(images, labels)
+    assert out.gradients_synced and torch.isfinite(out.loss)
+    grads = [p.grad for p in ruled.trainable_parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert (
+        any(
+            not torch.allclose(p.grad, q.grad)
+            for p, q in zip(plain.trainable_parameters(), ruled.trainable_parameters())
+        )
+        or name == "prograd"
+    )  # prograd's "none" run is already CE on the same model
