@@ -6,8 +6,8 @@ recorded them (percent).
 
 Base-to-new: per data set, base and new are means over seeds and H = 2BN/(B+N) of those means (the
 papers' convention); its ± is the deviation of the per-seed H. The average over data sets is given
-with both conventions that papers mix: H of the averaged base and new accuracies (CoCoOp, and the
-table in DESIGN §8) and the average of the per-data-set H.
+with both conventions that papers mix: H of the averaged base and new accuracies (CoCoOp, KgCoOp,
+MaPLe, PromptSRC) and the average of the per-data-set H.
 An average row's ± is the deviation over seeds of the per-seed averages, taken over the seeds every
 averaged data set has.
 """

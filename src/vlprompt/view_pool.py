@@ -1,5 +1,5 @@
 """The view pool: an opt-in, clearly labelled speed-up that pre-computes a fixed set of augmented
-views of every training image once and reuses them across epochs (DESIGN §6, issue 7).
+views of every training image once and reuses them across epochs (docs/reproduce.md says when it departs from the papers).
 
     vlprompt train ... --view-pool 8          # engine setting `view_pool` (0 = off, the default)
 

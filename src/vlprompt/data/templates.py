@@ -12,7 +12,7 @@ from vlprompt.errors import DataError
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
-# The per-data-set template every CoOp-family paper uses (DESIGN §5).
+# The per-data-set template every CoOp-family paper uses (CoOp's `CUSTOM_TEMPLATES`).
 TEMPLATES: dict[str, str] = {
     "imagenet": DEFAULT_TEMPLATE,
     "caltech101": DEFAULT_TEMPLATE,

@@ -28,6 +28,6 @@ class DatasetSplits:
     train: list[Datum]
     val: list[Datum]
     test: list[Datum]
-    template: str = "a photo of a {}."  # the hand-crafted template of DESIGN §5
+    template: str = "a photo of a {}."  # the data set's hand-crafted template (CoOp's table)
     templates: list[str] = field(default_factory=list)  # optional ensemble (ImageNet's 7)
     extra: dict = field(default_factory=dict)  # data-set specific facts, e.g. imagenet-r's 200 ids

@@ -8,7 +8,7 @@ shots have something to learn; drawn from the whole world instead, the data sets
 learning almost nothing to gain over zero-shot (docs/mini-world.md). Position is always free;
 what a look does not fix is drawn from the world's distribution. Class names are word combinations that the tiny
 CLIP met in its pre-training captions but was never trained to classify. Class lists are ordered
-so that the base half (first ceil(n/2) labels, DESIGN §5) and the new half both contain every
+so that the base half (first ceil(n/2) labels, as CoCoOp's split) and the new half both contain every
 attribute word: new classes are new *combinations* of known words.
 """
 
