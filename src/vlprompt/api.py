@@ -201,11 +201,14 @@ def resolve_config(
     subsample: str = "all",
     engine: EngineSettings | None = None,
     overrides: dict[str, Any] | None = None,
+    preset: str | None = None,
 ) -> RunConfig:
     """The full config of a run; unknown method/data-set names and settings fail here, before
-    anything is loaded."""
+    anything is loaded. The method config is the method's defaults, then `preset`'s values for
+    (`dataset`, `shots`) (vlprompt.presets), then `overrides`: named settings win."""
     from vlprompt.data import get_dataset_info
     from vlprompt.methods import get_method_class, make_config
+    from vlprompt.presets import resolve_preset
 
     try:
         cls = get_method_class(method)
@@ -213,7 +216,7 @@ def resolve_config(
         raise RunError(str(exc)) from None
     info = get_dataset_info(dataset)  # DataError listing the choices
     backbone, pretrained = _default_backbone(dataset, backbone, pretrained)
-    overrides = dict(overrides or {})
+    overrides = {**resolve_preset(preset, method, dataset, shots), **(overrides or {})}
     template = cls.template_for(dataset, info.template)
     if "template" not in overrides and template is not None:
         overrides["template"] = template
@@ -235,6 +238,7 @@ def resolve_config(
         seed=seed,
         subsample=subsample,
         engine=engine or EngineSettings(),
+        preset=preset,
     )
 
 
@@ -379,14 +383,18 @@ def train(
     trust_torchscript: bool = False,
     echo: bool = True,
     tensorboard: bool = False,
+    preset: str | None = None,
     **config_overrides: Any,
 ) -> Run:
     """Train `method` on `dataset` (few-shot: `shots` per class, sampled with `seed`) into
     `output_dir`, evaluate the last epoch on the test split (`evaluate=True`) and return the run.
 
-    `config_overrides` set the method's config (e.g. ``lr=0.005, epochs=5, n_prompts=4``); the
-    rest defaults to the method's paper recipe. `view_pool=N` (N > 0) trains on N augmented views
-    per image pre-computed once (faster, not the papers' augmentation; see vlprompt.view_pool).
+    `config_overrides` set the method's config (e.g. ``lr=0.005, epochs=5, K=4``); the
+    rest defaults to the method's paper recipe, or to `preset`'s official values for this
+    (data set, shots) (e.g. ``preset="rpo_dg"``; `vlprompt.presets` lists them). Named
+    settings win over the preset; `config.json` records the preset's name. `view_pool=N`
+    (N > 0) trains on N augmented views per image pre-computed once (faster, not the papers'
+    augmentation; see vlprompt.view_pool).
     `crop_min_scale`: the smallest area fraction of a training crop (0.08 = the papers; 1 = no
     crop). `backbone=None` is the papers' ViT-B/16, or the shipped tiny CLIP for a mini-world
     data set. `trust_torchscript`: allow a TorchScript archive as `pretrained` (it can run code).
@@ -411,7 +419,7 @@ def train(
     )
     wanted = resolve_config(
         method, dataset, root=root, backbone=backbone, pretrained=pretrained, shots=shots,
-        seed=seed, subsample=subsample, engine=engine, overrides=config_overrides,
+        seed=seed, subsample=subsample, engine=engine, overrides=config_overrides, preset=preset,
     )  # fmt: skip
     return train_config(
         wanted, output_dir, resume=resume, overwrite=overwrite, evaluate=evaluate,

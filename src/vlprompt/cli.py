@@ -27,6 +27,8 @@ TRAIN_EXAMPLE = """examples:
       --output-dir runs/rpo_pets
   vlprompt train --method rpo --dataset imagefolder --root ~/my_photos --lr 0.005 -o runs/mine
   vlprompt train --config my_run.yaml            # settings from YAML/JSON (flags still win)
+  vlprompt train --method prograd --dataset dtd --root ~/data --shots 8 --backbone RN50 \
+      --preset prograd_fewshot -o runs/pg_dtd  # the official settings (`vlprompt presets`)
   vlprompt train --resume -o runs/rpo_pets       # continue an interrupted run
   vlprompt train --method rpo --help             # list RPO's settings and their defaults
   torchrun --nproc_per_node 4 -m vlprompt.cli train --method rpo --dataset imagenet \\
@@ -47,10 +49,16 @@ BENCH_EXAMPLE = """examples:
   vlprompt bench fewshot --methods coop,rpo --datasets caltech101 --shots 1,2,4,8,16 -o bench/fs
   vlprompt bench xd --methods rpo --datasets imagenet --targets caltech101,oxford_pets -o bench/xd
   vlprompt bench dg --methods rpo --datasets imagenet --set lr=0.005 -o bench/dg
+  vlprompt bench base2new --methods rpo,cocoop --datasets dtd --preset rpo_base2new,cocoop \
+      -o bench/b2n_official   # each method's official settings (`vlprompt presets`)
 """
 METHODS_EXAMPLE = """examples:
   vlprompt methods
   vlprompt methods --verbose     # every setting and its default
+"""
+PRESETS_EXAMPLE = """examples:
+  vlprompt presets               # each paper preset, its method and what it sets
+  vlprompt presets --verbose     # every value, where it applies and its official file
 """
 DATASETS_EXAMPLE = """examples:
   vlprompt datasets                  # the registered data sets
@@ -67,7 +75,13 @@ MINI_EXAMPLE = """examples:
 """
 
 # train settings that are not method settings, with their api.train keyword names
-RUN_KEYS = ("method", "dataset", "root", "backbone", "pretrained", "shots", "seed", "subsample")
+RUN_KEYS = (
+    "method", "dataset", "root", "backbone", "pretrained", "shots", "seed", "subsample", "preset",
+)  # fmt: skip
+PRESET_HELP = (
+    "a paper preset: the official settings for the run's data set and shots (`vlprompt presets` "
+    "lists them); --set and method flags win over it"
+)
 ENGINE_KEYS = (
     "device", "precision", "deterministic", "num_workers", "eval_batch_size", "keep_checkpoints",
     "view_pool", "crop_min_scale",
@@ -189,7 +203,9 @@ def _add_train_parser(sub: Any, argv: list[str]) -> None:
     )
     p.add_argument("--device", default=S, help="cpu, cuda, cuda:1 (default cpu)")
     p.add_argument("--precision", choices=PRECISION_CHOICES, default=S,
-                   help="autocast on CUDA (auto = fp16); CPU runs fp32")  # fmt: skip
+                   help="autocast dtype. CUDA: auto = fp16 (with a grad scaler), fp16, bf16, fp32. "
+                        "CPU: auto = fp32; bf16 runs CPU autocast, slow on most CPUs, for "
+                        "checking the mixed-precision path; fp16 needs CUDA")  # fmt: skip
     p.add_argument("--deterministic", action="store_true", default=S,
                    help="deterministic algorithms and seeded loader workers")  # fmt: skip
     p.add_argument("--num-workers", dest="num_workers", type=int, default=S,
@@ -205,6 +221,7 @@ def _add_train_parser(sub: Any, argv: list[str]) -> None:
     p.add_argument("--no-eval", dest="evaluate", action="store_false", default=S,
                    help="do not evaluate the last epoch on the test split")  # fmt: skip
     p.add_argument("--config", default=None, help="YAML or JSON file of settings")
+    p.add_argument("--preset", default=S, metavar="NAME", help=PRESET_HELP)
     p.add_argument("--set", dest="set_pairs", action="append", type=_set_pair, default=[],
                    metavar="KEY=VALUE", help="a method setting (repeatable)")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
@@ -276,6 +293,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", dest="set_pairs", action="append", type=_set_pair, default=[],
                    metavar="KEY=VALUE", help="a method setting for every method (repeatable)")  # fmt: skip
+    p.add_argument("--preset", metavar="NAME[,NAME]",
+                   help=PRESET_HELP.replace("the run's", "each run's") + "; comma-separated, one "
+                   "per method, each applies to its own method's runs")  # fmt: skip
     p.add_argument("--keep-going", action="store_true", help="record a failed run and go on")
     p.add_argument(
         "--no-report", dest="report", action="store_false", help="no summary tables/plots"
@@ -301,6 +321,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "methods", help="list the methods", epilog=METHODS_EXAMPLE, formatter_class=RAW
     )
     p.add_argument("-v", "--verbose", action="store_true", help="show every setting")
+    p = sub.add_parser("presets", help="list the paper presets (official settings)",
+                       epilog=PRESETS_EXAMPLE, formatter_class=RAW)  # fmt: skip
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="every value, where it applies and its official file")  # fmt: skip
     p = sub.add_parser(
         "datasets", help="list the data sets", epilog=DATASETS_EXAMPLE, formatter_class=RAW
     )
@@ -516,6 +540,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         pretrained=args.pretrained,
         output_dir=args.output_dir,
         config_overrides=dict(args.set_pairs) or None,
+        preset=_csv(args.preset),
         device=args.device,
         keep_going=args.keep_going,
         report=args.report,
@@ -560,6 +585,13 @@ def cmd_methods(args: argparse.Namespace) -> int:
         if args.verbose:
             for key, value in config.to_dict().items():
                 print(f"    {key} = {value!r}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from vlprompt.presets import describe_presets
+
+    print("\n".join(describe_presets(verbose=args.verbose)))
     return 0
 
 
@@ -651,6 +683,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "bench": cmd_bench,
     "methods": cmd_methods,
+    "presets": cmd_presets,
     "datasets": cmd_datasets,
     "quickstart": cmd_quickstart,
     "mini": cmd_mini,

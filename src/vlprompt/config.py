@@ -33,6 +33,7 @@ NON_IDENTITY_KEYS = frozenset(
         "engine.num_workers",
         "engine.eval_batch_size",
         "engine.keep_checkpoints",
+        "preset",  # provenance: the resolved method_config is what identifies the run
     }
 )
 
@@ -56,7 +57,9 @@ class EngineSettings:
     can change the numbers."""
 
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... (DDP picks cuda:LOCAL_RANK itself)
-    precision: str = "auto"  # autocast dtype on CUDA: auto = fp16 (the papers); CPU is always fp32
+    # autocast dtype: CUDA auto = fp16 (the papers); CPU auto = fp32, bf16 = CPU autocast (slow,
+    # for checking that path), fp16 refused (vlprompt.engine.effective_precision)
+    precision: str = "auto"
     deterministic: bool = False  # torch.use_deterministic_algorithms + seeded DataLoader workers
     num_workers: int | None = None  # DataLoader workers; None = 0 on CPU, 4 on CUDA
     eval_batch_size: int = 100  # images per evaluation batch (Dassl's test batch size)
@@ -142,6 +145,8 @@ class RunConfig:
     seed: int = 1  # few-shot sampling and training seed
     subsample: str = "all"  # classes trained on: "all", "base" or "new"
     engine: EngineSettings = field(default_factory=EngineSettings)
+    # the paper preset whose values method_config starts from (vlprompt.presets), or None
+    preset: str | None = None
     vlprompt_version: str = ""
 
     def __post_init__(self) -> None:
@@ -161,6 +166,8 @@ class RunConfig:
             raise ConfigError(
                 f"seed must be in 0..{MAX_SEED} (2**32 - 1, numpy's limit), got {self.seed}"
             )
+        if self.preset is not None and not isinstance(self.preset, str):
+            raise ConfigError(f"preset must be a preset name or null, got {self.preset!r}")
         if not isinstance(self.method_config, dict):
             raise ConfigError(
                 f"method_config must be a mapping of the method's settings, got "

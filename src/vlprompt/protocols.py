@@ -45,6 +45,7 @@ from vlprompt.executors import (
     run_on_ray,
 )
 from vlprompt.io import append_jsonl, atomic_write_text
+from vlprompt.presets import presets_for_methods, resolve_preset
 from vlprompt.run_folder import claim_folder, folder_lock, holds_lock
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ _NOT_CONFIG = (
     "output_dir", "resume", "overwrite", "evaluate", "progress", "on_epoch_end", "trust_torchscript",
     "echo", "tensorboard",
 )  # fmt: skip
-_RUN_FIELDS = ("root", "backbone", "pretrained", "shots", "seed", "subsample")
+_RUN_FIELDS = ("root", "backbone", "pretrained", "shots", "seed", "subsample", "preset")
 
 
 def _check_saved_config(run_dir: Path, method: str, dataset: str, kwargs: dict[str, Any]) -> None:
@@ -440,6 +441,7 @@ def run_bench(
     ray: RayOptions | None = None,
     progress: bool | None = None,
     verbose: bool = False,
+    preset: str | Iterable[str] | None = None,
 ) -> BenchResult:
     """Run (or resume) a protocol sweep; return what it did. See the module docstring.
 
@@ -448,7 +450,9 @@ def run_bench(
     {"K": 4}}``). `keep_going`: a run that raises is recorded in the result's `failed`
     and the sweep goes on (KeyboardInterrupt always stops it). `report`/`plots`: rewrite the
     summary tables / plots after every run. `train_kwargs` pass more
-    keyword arguments to the engine's train as is.
+    keyword arguments to the engine's train as is. `preset`: a paper preset's name, or several
+    (one per method), each applied to its own method's runs with the official values for each
+    run's (data set, shots) (vlprompt.presets); `config_overrides` and `method_overrides` win.
 
     `executor="ray"` runs each run as a Ray task (vlprompt.executors; `ray` sets the address,
     the resources per run and the retries); a failing run then never stops the others. The
@@ -476,6 +480,9 @@ def run_bench(
     if backend.check is not None:
         evaluated = {e.dataset for s in specs for e in s.evaluations}
         backend.check(sorted({s.method for s in specs}), sorted(evaluated))
+    by_method = presets_for_methods(preset, sorted({s.method for s in specs}))
+    for spec in specs:  # a preset without values for a run's shots fails before any work
+        resolve_preset(by_method.get(spec.method), spec.method, spec.dataset, spec.shots)
     common: dict[str, Any] = {"device": device, **(train_kwargs or {})}
     common.setdefault("echo", verbose)  # per-epoch lines: the run's log.txt, live with -v
     common.setdefault("progress", False)  # no per-epoch bars under the sweep's bar
@@ -486,6 +493,7 @@ def run_bench(
     def kwargs_of(spec: RunSpec) -> dict[str, Any]:
         return {
             **common,
+            **({"preset": by_method[spec.method]} if spec.method in by_method else {}),
             **(config_overrides or {}),
             **(method_overrides or {}).get(spec.method, {}),
         }

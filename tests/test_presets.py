@@ -1,0 +1,289 @@
+"""Paper presets (vlprompt.presets): each resolves to the official values, named settings win,
+the preset is recorded in config.json, and train / bench take it from Python and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vlprompt.api import resolve_config
+from vlprompt.cli import main
+from vlprompt.config import config_differences
+from vlprompt.methods import make_config
+from vlprompt.presets import (
+    FEWSHOT_SHOTS,
+    PRESETS,
+    PresetError,
+    markdown_table,
+    resolve_preset,
+)
+
+pytestmark = pytest.mark.usefixtures("isolated_home")
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "reproduce.md"
+
+# SGD with Dassl's defaults and 1 constant warm-up epoch at 1e-5: every official config
+# (KaiyangZhou/Dassl.pytorch dassl/config/defaults.py; the YAMLs' OPTIM blocks)
+SGD = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4}
+WARMUP = {"warmup_epochs": 1, "warmup_lr": 1e-5}
+
+RPO_K24 = {  # mlvlab/RPO configs/trainers/RPO/main_K24.yaml
+    **SGD, **WARMUP, "K": 24, "lr": 0.01, "epochs": 15, "batch_size": 4,
+    "template": "a photo of a {}.",  # RPO's train.py: DATASET.PROMPT "a photo of a _."
+}  # fmt: skip
+PROGRAD = {  # BeierZhu/Prompt-align ProGrad.public/configs/trainers/ProGrad/rn50*.yaml
+    **SGD, **WARMUP, "lr": 0.002, "batch_size": 32, "gradient_rule": "prograd",
+    "prograd_temperature": 1.0, "ctx_from_template": True,
+    # scripts/prograd.sh and base2new_train_prograd.sh: NCTX=16, CSC=False, CTP=end, LAMBDA=1.0
+    "n_ctx": 16, "csc": False, "class_token_position": "end", "prograd_lambda": 1.0,
+}  # fmt: skip
+PROGRAD_16 = {**PROGRAD, "epochs": 200}  # 16 shots: rn50.yaml
+COOP_FEWSHOT = {  # KaiyangZhou/CoOp configs/trainers/CoOp/rn50*.yaml, COOP.md (M=16, end)
+    **SGD, **WARMUP, "lr": 0.002, "batch_size": 32,
+    "n_ctx": 16, "ctx_init": "", "csc": False, "class_token_position": "end",
+}  # fmt: skip
+COOP_B2N = {  # KaiyangZhou/CoOp vit_b16_ctxv1.yaml (scripts/cocoop/base2new_train.sh)
+    **SGD, **WARMUP, "lr": 0.002, "batch_size": 32, "epochs": 200,
+    "n_ctx": 4, "ctx_init": "a photo of a", "csc": False, "class_token_position": "end",
+}  # fmt: skip
+COCOOP = {  # KaiyangZhou/CoOp configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml
+    **SGD, **WARMUP, "n_ctx": 4, "ctx_init": "a photo of a", "lr": 0.002, "epochs": 10,
+    "batch_size": 1,
+}  # fmt: skip
+KGCOOP = {  # htyao89/KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml + base2new_train.sh
+    **SGD, **WARMUP, "lr": 0.002, "epochs": 100, "batch_size": 128,
+    "n_ctx": 4, "ctx_init": "a photo of a", "csc": False, "class_token_position": "end", "w": 8.0,
+}  # fmt: skip
+
+CASES = [
+    # (preset, method, data set, shots, expected settings)
+    ("rpo_base2new", "rpo", "dtd", 16, RPO_K24),
+    ("rpo_base2new", "rpo", "imagenet", 16, RPO_K24),
+    # mlvlab/RPO configs/trainers/RPO/imagenet_k24_ep15.yaml: lr 0.005
+    ("rpo_dg", "rpo", "imagenet", 16, {**RPO_K24, "lr": 0.005}),
+    # mlvlab/RPO configs/trainers/RPO/main_K4.yaml (efs_base2new_generalization_main.sh)
+    ("rpo_efs", "rpo", "eurosat", 1, {**RPO_K24, "K": 4}),
+    ("rpo_efs", "rpo", "caltech101", 8, {**RPO_K24, "K": 4}),
+    # ProGrad.public/README.md: 1 shot rn50_ep50, 2/4 shots rn50_ep100, 8/16 shots rn50 (200);
+    # lambda 0.8 for 8/16-shot Flowers102, DTD, EuroSAT
+    ("prograd_fewshot", "prograd", "caltech101", 1, {**PROGRAD, "epochs": 50}),
+    ("prograd_fewshot", "prograd", "oxford_flowers", 2, {**PROGRAD, "epochs": 100}),
+    ("prograd_fewshot", "prograd", "dtd", 4, {**PROGRAD, "epochs": 100}),
+    ("prograd_fewshot", "prograd", "dtd", 8, {**PROGRAD, "epochs": 200, "prograd_lambda": 0.8}),
+    ("prograd_fewshot", "prograd", "eurosat", 16, {**PROGRAD_16, "prograd_lambda": 0.8}),
+    ("prograd_fewshot", "prograd", "oxford_flowers", 16, {**PROGRAD_16, "prograd_lambda": 0.8}),
+    ("prograd_fewshot", "prograd", "oxford_pets", 16, PROGRAD_16),
+    # ImageNet: not in ProGrad's files; CoOp's COOP.md rule (*_ep50 for all settings)
+    ("prograd_fewshot", "prograd", "imagenet", 16, {**PROGRAD, "epochs": 50}),
+    # ProGrad.public/scripts/base2new_train_prograd.sh: rn50_ep100, 4 shots; README: ImageNet 50
+    ("prograd_base2new", "prograd", "stanford_cars", 4, {**PROGRAD, "epochs": 100}),
+    ("prograd_base2new", "prograd", "imagenet", 4, {**PROGRAD, "epochs": 50}),
+    # KaiyangZhou/CoOp COOP.md: 1 shot rn50_ep50, 2/4 rn50_ep100, 8/16 rn50; ImageNet *_ep50
+    ("coop_fewshot", "coop", "caltech101", 1, {**COOP_FEWSHOT, "epochs": 50}),
+    ("coop_fewshot", "coop", "caltech101", 2, {**COOP_FEWSHOT, "epochs": 100}),
+    ("coop_fewshot", "coop", "sun397", 4, {**COOP_FEWSHOT, "epochs": 100}),
+    ("coop_fewshot", "coop", "dtd", 8, {**COOP_FEWSHOT, "epochs": 200}),
+    ("coop_fewshot", "coop", "dtd", 16, {**COOP_FEWSHOT, "epochs": 200}),
+    ("coop_fewshot", "coop", "imagenet", 16, {**COOP_FEWSHOT, "epochs": 50}),
+    ("coop_fewshot", "coop", "imagenet", 2, {**COOP_FEWSHOT, "epochs": 50}),
+    # CoOp's ImageNet config in scripts/cocoop/base2new_train.sh: vit_b16_ep50_ctxv1
+    ("coop_base2new", "coop", "ucf101", 16, COOP_B2N),
+    ("coop_base2new", "coop", "imagenet", 16, {**COOP_B2N, "epochs": 50}),
+    ("cocoop", "cocoop", "imagenet", 16, COCOOP),
+    ("cocoop", "cocoop", "fgvc_aircraft", 4, COCOOP),
+    ("kgcoop", "kgcoop", "food101", 16, KGCOOP),
+    ("kgcoop", "kgcoop", "imagenet", 4, KGCOOP),
+    # KgCoOp/trainers/kgcoop.py CUSTOM_TEMPLATES["DescribableTextures"]
+    ("kgcoop", "kgcoop", "dtd", 16, {**KGCOOP, "template": "a photo of a {}, a type of texture."}),
+]
+
+
+@pytest.mark.parametrize(("name", "method", "dataset", "shots", "expected"), CASES,
+                         ids=[f"{c[0]}-{c[2]}-{c[3]}" for c in CASES])  # fmt: skip
+def test_each_preset_resolves_to_the_official_values(name, method, dataset, shots, expected):
+    assert resolve_preset(name, method, dataset, shots) == expected
+    config = resolve_config(method, dataset, shots=shots, preset=name)
+    assert {k: config.method_config[k] for k in expected} == expected
+    assert config.preset == name
+
+
+def test_every_preset_is_checked_above_and_names_only_its_methods_settings():
+    assert {c[0] for c in CASES} == set(PRESETS)
+    for preset in PRESETS.values():
+        for dataset in ("imagenet", "dtd", "oxford_flowers", "eurosat", "mini_colors"):
+            for shots in preset.shots or FEWSHOT_SHOTS:
+                make_config(preset.method, **preset.resolve(dataset, shots))  # valid values
+        assert all(rule.source for rule in preset.rules)  # every value names its file
+
+
+def test_a_named_setting_wins_over_the_preset():
+    config = resolve_config(
+        "prograd", "dtd", shots=16, preset="prograd_fewshot",
+        overrides={"epochs": 3, "prograd_lambda": 0.5},
+    )  # fmt: skip
+    assert config.method_config["epochs"] == 3 and config.method_config["prograd_lambda"] == 0.5
+    assert config.method_config["n_ctx"] == 16  # the rest still from the preset
+    config = resolve_config("kgcoop", "dtd", preset="kgcoop", overrides={"template": "{}."})
+    assert config.method_config["template"] == "{}."
+    # without a preset: the method's own defaults, and no name recorded
+    plain = resolve_config("prograd", "dtd", shots=16)
+    assert plain.method_config["prograd_lambda"] == 1.0 and plain.preset is None
+
+
+def test_a_preset_equal_to_the_defaults_is_the_same_run():
+    """The name is provenance: the resolved values identify a run (rpo_base2new equals RPO's
+    defaults), so a run trained with the preset is found again without it, and vice versa."""
+    with_preset = resolve_config("rpo", "dtd", preset="rpo_base2new")
+    assert config_differences(resolve_config("rpo", "dtd"), with_preset) == []
+    diffs = config_differences(with_preset, resolve_config("rpo", "dtd", preset="rpo_dg"))
+    assert diffs == ["method_config.lr: 0.01 -> 0.005"]
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "shots", "needles"),
+    [
+        ("rpo_k24", "rpo", 16, ["unknown preset 'rpo_k24'", "Did you mean", "rpo_base2new"]),
+        ("rpo_dg", "coop", 16, ["'rpo_dg' is for method 'rpo', not 'coop'", "coop_fewshot"]),
+        ("cocoop", "zsclip", 16, ["for method 'cocoop', not 'zsclip'", "it has no presets"]),
+        ("coop_fewshot", "coop", 3, ["1, 2, 4, 8, 16 shots only, not 3"]),
+        ("prograd_base2new", "prograd", 16, ["4 shots only, not 16"]),
+    ],
+)
+def test_bad_presets_are_one_clear_error(name, method, shots, needles):
+    with pytest.raises(PresetError) as info:
+        resolve_config(method, "dtd", shots=shots, preset=name)
+    message = str(info.value)
+    assert "\n" not in message and all(n in message for n in needles), message
+
+
+# ---- runs on the mini world ----------------------------------------------------------------------
+def test_train_records_the_preset_and_resumes_with_it(tmp_path):
+    import vlprompt
+
+    run_dir, root = tmp_path / "run", tmp_path / "mini"
+    kwargs = dict(root=root, shots=1, preset="coop_fewshot", epochs=1, evaluate=False)
+    vlprompt.train("coop", "mini_colors", output_dir=run_dir, progress=False, **kwargs)
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["preset"] == "coop_fewshot"
+    method_config = saved["method_config"]
+    assert method_config["epochs"] == 1  # named: wins over the preset's 50 for 1 shot
+    assert {k: method_config[k] for k in COOP_FEWSHOT} == COOP_FEWSHOT
+    # the same call again: the finished run of the same config, not "another config"
+    again = vlprompt.train("coop", "mini_colors", output_dir=run_dir, progress=False, **kwargs)
+    assert again.config.preset == "coop_fewshot"
+    resumed = vlprompt.train("coop", "mini_colors", output_dir=run_dir, resume=True, **kwargs)
+    assert resumed.config.method_config == method_config
+    # the run's own config.json as a --config file: its `preset` is a run setting
+    assert main(["train", "--config", str(run_dir / "config.json"), "-q", "--no-eval",
+                 "-o", str(run_dir)]) == 0  # fmt: skip
+
+
+def test_cli_train_takes_a_preset_and_flags_win(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--method", "rpo", "--dataset", "mini_colors", "--root", str(tmp_path / "mini"),
+            "--shots", "1", "--preset", "rpo_efs", "--epochs", "1", "--set", "batch_size=2",
+            "-q", "--no-eval", "-o", str(run)]  # fmt: skip
+    assert main(argv) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["preset"] == "rpo_efs"
+    assert saved["method_config"]["K"] == 4  # main_K4.yaml
+    assert (saved["method_config"]["epochs"], saved["method_config"]["batch_size"]) == (1, 2)
+
+
+def test_cli_bench_takes_a_preset_per_run(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["bench", "base2new", "--methods", "coop", "--datasets", "mini_colors",
+            "--root", str(tmp_path / "mini"), "--seeds", "1", "--shots", "1",
+            "--preset", "coop_base2new", "--set", "epochs=1", "--no-report", "-q", "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "1 run(s) trained" in capsys.readouterr().out
+    saved = json.loads((out / "base2new/mini_colors/coop/shots1_seed1/config.json").read_text())
+    assert saved["preset"] == "coop_base2new"
+    method_config = saved["method_config"]
+    assert (method_config["ctx_init"], method_config["n_ctx"], method_config["epochs"]) == (
+        "a photo of a", 4, 1,
+    )  # fmt: skip
+    assert main(argv) == 0  # the same sweep again: its run is the same config, nothing runs
+    assert "0 run(s) trained or evaluated, 1 already done" in capsys.readouterr().out
+
+
+class _Recorder:
+    """A bench backend that records each run's train keywords (no training)."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def backend(self):
+        from vlprompt.protocols import Backend
+
+        return Backend(train=self.train, evaluate=self.evaluate, load_run=lambda d, **k: None,
+                       is_finished=lambda d: False)  # fmt: skip
+
+    def train(self, method, dataset, **kwargs):
+        self.calls.append({"method": method, "dataset": dataset, **kwargs})
+        return {"method": method}
+
+    def evaluate(self, run, dataset=None, subsample="all", split="test"):
+        return {"accuracy": 50.0}
+
+
+def test_bench_gives_each_method_its_own_preset(tmp_path):
+    from vlprompt.protocols import run_bench
+
+    engine = _Recorder()
+    run_bench(
+        "fewshot", ["prograd", "rpo", "zsclip"], ["dtd", "imagenet"], seeds=1, shots=[4, 16],
+        output_dir=tmp_path / "b", preset=["prograd_fewshot", "rpo_efs"], report=False,
+        backend=engine.backend(), method_overrides={"rpo": {"epochs": 2}},
+    )  # fmt: skip
+    got = {(c["method"], c["dataset"], c["shots"]): c.get("preset") for c in engine.calls}
+    assert got[("prograd", "dtd", 16)] == "prograd_fewshot"
+    assert got[("rpo", "imagenet", 4)] == "rpo_efs"
+    assert got[("zsclip", "dtd", 4)] is None  # a method without a preset named: its defaults
+    rpo = [c for c in engine.calls if c["method"] == "rpo"]
+    assert all(c["epochs"] == 2 for c in rpo)  # method overrides still reach the run
+
+
+def test_bench_refuses_bad_presets_before_any_run(tmp_path, capsys):
+    from vlprompt.protocols import run_bench
+
+    engine = _Recorder()
+    for preset, needle in [
+        ("rpo_dg", "'rpo_dg' is for method 'rpo', which this sweep does not run"),
+        (["coop_fewshot", "coop_base2new"], "both for method 'coop'"),
+        ("coop_fewshot", "1, 2, 4, 8, 16 shots only, not 3"),
+    ]:
+        with pytest.raises(PresetError, match=needle):
+            run_bench("fewshot", ["coop"], ["dtd"], seeds=1, shots=[3], preset=preset,
+                      output_dir=tmp_path / "b", backend=engine.backend(), report=False)  # fmt: skip
+    assert engine.calls == []
+    argv = ["bench", "base2new", "--methods", "coop", "--datasets", "dtd",
+            "--preset", "rpo_base2new", "-o", str(tmp_path / "c")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vlprompt: error: preset 'rpo_base2new'"), err
+
+
+def test_cli_train_with_an_unknown_preset_is_one_line(tmp_path, capsys):
+    argv = ["train", "--method", "coop", "--dataset", "dtd", "--preset", "coop",
+            "-o", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown preset 'coop'" in err[0] and "coop_fewshot" in err[0], err
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_presets_verb_lists_every_preset(capsys):
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [[n, PRESETS[n].method] for n in sorted(PRESETS)]
+    assert main(["presets", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert "mlvlab/RPO configs/trainers/RPO/imagenet_k24_ep15.yaml" in out
+    assert "[dtd, eurosat, oxford_flowers; 8, 16 shots] prograd_lambda=0.8" in out
+
+
+def test_the_docs_table_is_the_presets_own():
+    """docs/reproduce.md holds `markdown_table()` as is, so the docs cannot drift from the code."""
+    assert markdown_table() in DOCS.read_text(encoding="utf-8")
