@@ -1,11 +1,10 @@
 """vlprompt: few-shot adaptation of CLIP-style models by prompt learning (RPO, ProGrad, ...)."""
 
+from vlprompt._version import __version__
 from vlprompt.api import Run, evaluate, load_run, train
 from vlprompt.backbone import ClipBackbone, list_models, load_clip, register_model_config
 from vlprompt.errors import CheckpointError, DownloadError, ModelNameError, VlpromptError
 from vlprompt.methods import create_method, list_methods
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",

@@ -50,14 +50,20 @@ from vlprompt.engine import (
     resolve_device,
     seed_everything,
 )
-from vlprompt.io import METHOD_FILE, PROMPTS_FILE, append_jsonl, atomic_write_json
+from vlprompt.io import (
+    METHOD_FILE,
+    PROMPTS_FILE,
+    RESULTS_FILE,
+    append_jsonl,
+    atomic_write_json,
+    read_jsonl,
+)
 from vlprompt.run_folder import claim_folder, folder_lock, not_writable, require_ours
 
 log = logging.getLogger("vlprompt")
 # decoded training images kept in memory across epochs (per data-loader process)
 KEEP_DECODED_TRAIN_BYTES = 256 * 2**20
 
-RESULTS_FILE = "results.jsonl"
 LOG_FILE = "log.txt"
 RUN_FILES = (CONFIG_FILE, PROMPTS_FILE, METHOD_FILE, RESULTS_FILE, LOG_FILE, STATUS_FILE)
 ENGINE_KEYS = tuple(f.name for f in fields(EngineSettings))
@@ -84,7 +90,7 @@ class Run:
 
     def results(self) -> list[dict[str, Any]]:
         """The evaluations recorded in the run's `results.jsonl`."""
-        return read_results(self.run_dir / RESULTS_FILE)
+        return read_jsonl(self.run_dir / RESULTS_FILE, RunError)
 
     def evaluate(self, **kwargs: Any) -> dict[str, Any]:
         """`vlprompt.evaluate(self, **kwargs)`."""
@@ -120,20 +126,6 @@ class Run:
             for vals, idxs in zip(values.tolist(), indices.tolist()):
                 out.append([(self.classnames[i], float(v)) for v, i in zip(vals, idxs)])
         return out
-
-
-def read_results(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                log.warning("%s: skipping a line that is not JSON", path)
-    return records
 
 
 def _read_status(run_dir: Path) -> dict[str, Any]:
@@ -180,7 +172,7 @@ def _default_backbone(
     """No backbone named: the papers' ViT-B/16, or the shipped tiny CLIP for a mini-world data
     set (ViT-B/16 would be a download that has never seen that world). The tiny CLIP with the
     default tag (`openai`, which it has no weights for) loads its shipped weights."""
-    from vlprompt.mini import MODEL_NAME, checkpoint_path
+    from vlprompt.mini.tiny_clip import MODEL_NAME, checkpoint_path
 
     if backbone is None:
         backbone = MODEL_NAME if dataset.startswith("mini_") else DEFAULT_BACKBONE

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from vlprompt._version import __version__
 from vlprompt.errors import VlpromptError
 
 CONFIG_FILE = "config.json"
@@ -174,8 +175,6 @@ class RunConfig:
                 f"{self.method_config!r}"
             )
         if not self.vlprompt_version:
-            from vlprompt import __version__
-
             self.vlprompt_version = __version__
 
     def to_dict(self) -> dict[str, Any]:

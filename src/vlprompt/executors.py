@@ -107,8 +107,9 @@ def import_ray() -> Any:
     return ray
 
 
-def run_on_ray(jobs: Sequence[Job], options: RayOptions) -> Iterator[JobOutcome]:
-    """Every job as a Ray task, outcomes in the order they finish. Uses a Ray instance already
+def run_on_ray(jobs: Sequence[Job], options: RayOptions, work: Work) -> Iterator[JobOutcome]:
+    """Every job as a Ray task running `work(job)` (a module-level function, which Ray sends
+    to its workers by reference), outcomes in the order they finish. Uses a Ray instance already
     started in this process (`ray.init(...)`) as it is; otherwise starts or joins one as
     `options.address` says and shuts it down at the end. Ctrl-C cancels the jobs not finished."""
     ray = import_ray()
@@ -128,7 +129,7 @@ def run_on_ray(jobs: Sequence[Job], options: RayOptions) -> Iterator[JobOutcome]
             retry_exceptions=False,
         )
         threads = max(1, int(options.cpus_per_run))
-        pending = {task.remote(job, threads, options.verbose): job for job in jobs}
+        pending = {task.remote(job, work, threads, options.verbose): job for job in jobs}
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
@@ -147,12 +148,10 @@ def run_on_ray(jobs: Sequence[Job], options: RayOptions) -> Iterator[JobOutcome]
             ray.shutdown()
 
 
-def _ray_task(job: Job, threads: int, verbose: bool) -> JobOutcome:
+def _ray_task(job: Job, work: Work, threads: int, verbose: bool) -> JobOutcome:
     """A job in a Ray worker. Its own errors come back as the outcome's error (no retry); only
     a dying worker makes Ray retry it."""
     import torch
-
-    from vlprompt.protocols import default_backend, run_job
 
     torch.set_num_threads(threads)
     if verbose:
@@ -161,7 +160,7 @@ def _ray_task(job: Job, threads: int, verbose: bool) -> JobOutcome:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     started = time.perf_counter()
     try:
-        records = run_job(job, default_backend())
+        records = work(job)
     except Exception as exc:  # noqa: BLE001  (reported by the driver, with the run's key)
         return JobOutcome(job, [], f"{type(exc).__name__}: {exc}", time.perf_counter() - started)
     return JobOutcome(job, records, None, time.perf_counter() - started)

@@ -1,8 +1,10 @@
-"""Atomic writes and the on-disk format of learned prompts (safetensors + JSON, never pickle)."""
+"""Atomic writes, JSON-lines results and the on-disk format of learned prompts (safetensors +
+JSON, never pickle)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from vlprompt.errors import MethodError
+from vlprompt.errors import MethodError, VlpromptError
 
 if TYPE_CHECKING:
     from vlprompt.backbone import ClipBackbone
@@ -19,6 +21,12 @@ if TYPE_CHECKING:
 
 PROMPTS_FILE = "prompts.safetensors"
 METHOD_FILE = "method.json"
+RESULTS_FILE = "results.jsonl"  # one JSON line per evaluation, in a run folder or a sweep folder
+log = logging.getLogger(__name__)
+
+
+class ResultsFileError(VlpromptError, ValueError):
+    """A results file (JSON lines) with a broken line that is not the last."""
 
 
 def _current_umask() -> int:
@@ -75,6 +83,32 @@ def atomic_save_tensors(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_jsonl(
+    path: str | Path, error: type[VlpromptError] = ResultsFileError
+) -> list[dict[str, Any]]:
+    """The JSON lines of a results file ([] when there is none). A truncated last line (a
+    write cut by a kill) is ignored with a warning; a broken line elsewhere raises `error`
+    naming the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                log.warning("%s: ignoring a truncated last line (%s)", path, exc)
+                continue
+            raise error(
+                f"{path}, line {number}: not a JSON object ({exc}); remove or fix that line"
+            ) from exc
+    return records
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:

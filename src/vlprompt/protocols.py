@@ -44,7 +44,7 @@ from vlprompt.executors import (
     run_locally,
     run_on_ray,
 )
-from vlprompt.io import append_jsonl, atomic_write_text
+from vlprompt.io import RESULTS_FILE, append_jsonl, atomic_write_text, read_jsonl
 from vlprompt.presets import presets_for_methods, resolve_preset
 from vlprompt.run_folder import claim_folder, folder_lock, holds_lock
 
@@ -57,7 +57,6 @@ DEFAULT_SHOTS: dict[str, tuple[int, ...]] = {
     "xd": (16,),
     "dg": (16,),
 }
-RESULTS_FILE = "results.jsonl"  # the sweep-level results, one JSON line per evaluation
 
 
 class BenchError(VlpromptError, ValueError):
@@ -307,26 +306,9 @@ def _evaluations(
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """The JSON lines of a results file. A truncated last line (a write cut by a kill) is
-    ignored with a warning; a broken line elsewhere is an error naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                log.warning("%s: ignoring a truncated last line (%s)", path, exc)
-                continue
-            raise BenchError(
-                f"{path}, line {number}: not a JSON object ({exc}); remove or fix that line"
-            ) from exc
-    return records
+    """The records of a sweep's results file (`vlprompt.io.read_jsonl`; BenchError for a
+    broken line that is not the last)."""
+    return read_jsonl(path, BenchError)
 
 
 def _repair_tail(path: Path) -> None:
@@ -415,6 +397,11 @@ def run_job(job: Job, backend: Backend) -> list[dict[str, Any]]:
             job.run_dir, [r for r in records if (r["dataset"], r["subsample"], r["split"]) != own]
         )
     return records
+
+
+def run_engine_job(job: Job) -> list[dict[str, Any]]:
+    """`run_job` on the real engine: what a Ray worker runs for each job."""
+    return run_job(job, default_backend())
 
 
 def run_bench(
@@ -517,7 +504,7 @@ def run_bench(
             else:
                 outcome.skipped.append(spec.key)
         if executor == "ray":
-            outcomes = run_on_ray(jobs, ray)
+            outcomes = run_on_ray(jobs, ray, run_engine_job)
         else:
             outcomes = run_locally(jobs, lambda job: run_job(job, backend), keep_going)
         _collect(outcomes, outcome, len(specs), results_path, report, plots, progress)

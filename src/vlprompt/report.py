@@ -29,9 +29,8 @@ from typing import Any
 import numpy as np
 
 from vlprompt.errors import VlpromptError
-from vlprompt.io import atomic_write_text, publish_temp_file
+from vlprompt.io import RESULTS_FILE, atomic_write_text, publish_temp_file, read_jsonl
 
-RESULTS_FILE = "results.jsonl"
 SUMMARY_MD = "summary.md"
 SUMMARY_CSV = "summary.csv"
 PLOTS_DIR = "plots"
@@ -125,13 +124,11 @@ def _backbone_label(value: Any) -> str:
 
 def load_results(path: str | Path) -> list[dict[str, Any]]:
     """The records of a results file, one per evaluation key (the last line wins)."""
-    from vlprompt.protocols import read_records
-
     path = Path(path)
     if not path.is_file():
         raise ReportError(f"{path} does not exist: run `vlprompt bench ...` to create it")
     by_key: dict[str, dict[str, Any]] = {}
-    for number, record in enumerate(read_records(path), start=1):
+    for number, record in enumerate(read_jsonl(path, ReportError), start=1):
         missing = [k for k in REQUIRED if k not in record]
         if missing:
             raise ReportError(

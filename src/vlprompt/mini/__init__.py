@@ -8,31 +8,9 @@ in minutes on a laptop CPU. `load_mini_clip()` gives the shipped pre-trained tin
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
-
-from vlprompt.backbone import ClipBackbone, load_clip
-
-MODEL_NAME = "vlprompt-mini-vit"
-_ASSETS = resources.files("vlprompt") / "assets"
-# the architecture itself is registered by vlprompt.backbone (assets/vlprompt-mini-vit.json)
-
-
-def checkpoint_path() -> Path:
-    """The shipped pre-trained weights (safetensors, fp16 storage; loading casts to fp32)."""
-    return Path(str(_ASSETS / f"{MODEL_NAME}.safetensors"))
-
-
-def load_mini_clip(device: str = "cpu", pretrained: str | Path | None = None) -> ClipBackbone:
-    """The pre-trained tiny CLIP through the normal `load_clip` path (shipped weights unless
-    `pretrained` names another checkpoint, e.g. one rebuilt by `vlprompt mini pretrain`)."""
-    path = Path(pretrained) if pretrained is not None else checkpoint_path()
-    return load_clip(MODEL_NAME, pretrained=path, device=device)
-
-
-# After the definitions above: these modules import MODEL_NAME / checkpoint_path from here.
-from vlprompt.mini.pretrain import pretrain  # noqa: E402
-from vlprompt.mini.quickstart import mini_bench, quickstart  # noqa: E402
+from vlprompt.mini.pretrain import pretrain
+from vlprompt.mini.quickstart import mini_bench, quickstart
+from vlprompt.mini.tiny_clip import MODEL_NAME, checkpoint_path, load_mini_clip
 
 __all__ = [
     "MODEL_NAME",

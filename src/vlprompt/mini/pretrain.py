@@ -134,8 +134,6 @@ def pretrain(
     Deterministic for a given seed and thread count on one machine; different BLAS builds may
     differ in the last bits.
     """
-    import vlprompt.mini  # noqa: F401  (registers the model config)
-
     cfg = PretrainConfig(
         seed=seed,
         steps=steps,

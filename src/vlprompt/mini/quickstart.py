@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vlprompt.mini import MODEL_NAME, checkpoint_path
+from vlprompt.mini.tiny_clip import MODEL_NAME, checkpoint_path
 
 QUICKSTART_METHODS = ("zsclip", "coop", "cocoop", "kgcoop", "prograd", "rpo")
 QUICKSTART_DATASETS = ("mini_objects", "mini_patterns", "mini_sizes")
