@@ -319,6 +319,10 @@ def _get(index: dict[tuple, Cell], *key: Any) -> str:
     return cell.text() if cell is not None else ""
 
 
+def _shots_text(shots: int) -> str:
+    return f"{shots} shot{'s' if shots != 1 else ''}"
+
+
 def _seeds_text(cells: Sequence[Cell]) -> str:
     seeds = sorted({s for c in cells for s in c.seeds})
     return ",".join(map(str, seeds)) or "-"
@@ -329,7 +333,7 @@ def _base2new_md(cells: list[Cell], backbone: str, shots: int) -> list[str]:
     mine = [c for c in cells if c.backbone == backbone and c.shots == shots]
     methods = sorted({c.method for c in mine})
     datasets = _ordered(c.dataset for c in mine if c.dataset != AVERAGE)
-    out = [f"## {PROTOCOL_TITLES['base2new']} — {backbone}, {shots} shots", ""]
+    out = [f"## {PROTOCOL_TITLES['base2new']} — {backbone}, {_shots_text(shots)}", ""]
     averages = [c for c in mine if c.dataset == AVERAGE]
     if averages:
         out += [
@@ -443,8 +447,12 @@ def _spread_md(cells: list[Cell], backbone: str, protocol: str) -> list[str]:
     headline = ("H", "H_of_avg") if protocol == "base2new" else ("accuracy",)
     rows = []
     for c in sorted(
-        (c for c in mine if c.metric in headline),
-        key=lambda c: (c.source, c.dataset == AVERAGE, c.shots, c.method),
+        (
+            c
+            for c in mine
+            if c.metric in headline and not (c.dataset == AVERAGE and c.n_datasets < 2)
+        ),
+        key=lambda c: (c.dataset == AVERAGE, c.source, c.dataset, c.shots, c.method),
     ):
         row = [c.method, c.dataset if c.dataset == c.source else f"{c.source} → {c.dataset}"]
         row += [str(c.shots), str(len(c.seeds)), f"{c.mean:.2f}", _fixed(c.std),
