@@ -43,6 +43,7 @@ from vlprompt.engine import (
     STATUS_FILE,
     Dist,
     EpochStats,
+    effective_precision,
     fit,
     init_distributed,
     is_run_finished,
@@ -436,6 +437,8 @@ def train_config(
     """`train` from a resolved `RunConfig` (e.g. a saved run's)."""
     run_dir = Path(output_dir).expanduser()
     ctx = init_distributed(wanted.engine.device)
+    # a precision the device cannot run is refused before anything is written
+    effective_precision(resolve_device(wanted.engine.device, ctx), wanted.engine.precision)
     with contextlib.ExitStack() as stack:  # rank 0 holds the run folder's lock throughout
         config, finished = _prepare_run_dir_on_main(
             run_dir, wanted, resume=resume, overwrite=overwrite, ctx=ctx, stack=stack

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from vlprompt.engine import Dist, _autocast, effective_precision
+from vlprompt.engine import Dist, _autocast
 from vlprompt.errors import DataError
 
 
@@ -106,7 +106,9 @@ def compute_logits(
     use_features: bool | None = None,
 ) -> tuple[torch.Tensor, bool]:
     """Logits [N, C] (float32, CPU) of `method` on `items` (Datums), in order; and whether
-    they were computed from frozen image features. `feature_cache`: a FeatureCache (or None)."""
+    they were computed from frozen image features. `feature_cache`: a FeatureCache (or None).
+    `precision` as in training (`vlprompt.engine.effective_precision`: CPU bf16 runs under
+    autocast, CUDA `auto` under fp16 autocast)."""
     from torch.utils.data import DataLoader
 
     from vlprompt.data import ImageListDataset, transform_for
@@ -121,11 +123,13 @@ def compute_logits(
         )
     mine = [items[i] for i in _shard(len(items), ctx)]
     method.eval()
-    autocast = _autocast(device, effective_precision(device, precision))
+    autocast = _autocast(device, precision)  # the training steps' autocast (engine.fit)
     chunks = []
     if use_features:
         from vlprompt.feature_cache import encode_images_cached
 
+        # the frozen image features are encoded in fp32, outside autocast: the on-disk cache
+        # serves every run of the backbone, whatever its precision
         cache = feature_cache if not ctx.enabled else None  # one shard per process: no cache
         feats, _ = encode_images_cached(clip, mine, transform, cache, batch_size, num_workers)
         for start in range(0, feats.shape[0], batch_size):

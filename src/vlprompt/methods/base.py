@@ -6,6 +6,7 @@ The engine calls only what is defined here, so a new method is one file that sub
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable
@@ -122,6 +123,23 @@ class StepOutput:
 GradScale = Callable[[torch.Tensor], torch.Tensor]  # e.g. GradScaler.scale; identity on CPU
 
 
+# ---- mixed precision ---------------------------------------------------------------------------
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The dtype autocast computes in on `device`'s type now, or None when autocast is off. It is
+    part of the key of every cache of computed features, so that features computed under bf16 or
+    fp16 autocast never serve an fp32 pass (nor the other way round)."""
+    kind = torch.device(device).type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+
+
+def full_precision(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """Autocast off on `device`'s type. Logits are computed in fp32 from the (possibly bf16/fp16)
+    features: the product is small ([B, E] x [E, C]) and bf16 keeps 8 significant bits, so logits
+    near 30 would be rounded in steps of 0.125 before the loss; frozen zero-shot text features
+    (computed once per class list) are computed in fp32 too."""
+    return torch.autocast(torch.device(device).type, enabled=False)
+
+
 class PromptMethod(nn.Module):
     """Base class of every method. The frozen CLIP lives in `self.clip`; learned parts are modules
     or parameters of the subclass and are the only things `save` writes."""
@@ -197,7 +215,8 @@ class PromptMethod(nn.Module):
 
             texts = [self.config.template.format(c.replace("_", " ")) for c in self.classnames]
             tokens = tokenize_checked(self.clip, texts, "hand-crafted prompt", TEMPLATE_HINT)
-            feats = self.clip.encode_text(tokens, normalize=True)
+            with full_precision(self.clip.device):  # once per class list: fp32 whatever autocast
+                feats = self.clip.encode_text(tokens, normalize=True)
             self._zs_cache = (key, feats)
         return self._zs_cache[1]
 
@@ -208,8 +227,9 @@ class PromptMethod(nn.Module):
         """Zero-shot CLIP logits; reuses `image_features` (normalised) when given."""
         if image_features is None:
             image_features = self.clip.encode_image(images, normalize=True)
-        text = self.zeroshot_text_features().to(image_features.dtype)
-        return self.clip.logit_scale * image_features @ text.t()
+        text = self.zeroshot_text_features()
+        with full_precision(image_features.device):
+            return self.clip.logit_scale.float() * image_features.float() @ text.float().t()
 
     def set_classnames(self, classnames: list[str]) -> None:
         """Point the method at another class list (e.g. the new classes of base-to-new)."""

@@ -25,7 +25,7 @@ from torch import nn
 from vlprompt.backbone import ClipBackbone
 from vlprompt.errors import MethodError
 from vlprompt.methods import text_encoding as te
-from vlprompt.methods.base import MethodConfig, PromptMethod, validate_classnames
+from vlprompt.methods.base import MethodConfig, PromptMethod, full_precision, validate_classnames
 from vlprompt.methods.coop import ContextConfig, FrozenImageMixin, initial_context, n_ctx_of
 from vlprompt.methods.registry import register_method
 
@@ -107,7 +107,8 @@ class CoCoOp(FrozenImageMixin, PromptMethod):
             for ctx_i, img_i in zip(ctx, img):
                 prompts = te.assemble_reference(layout, ctx_i[None].expand(n_cls, -1, -1))
                 text = te.normalize(te.encode_reference(self.clip, prompts, self.eot_index))
-                rows.append(scale * img_i @ text.float().t())
+                with full_precision(img_i.device):
+                    rows.append(scale * img_i @ text.float().t())
             return torch.stack(rows)
         batch = ctx.shape[0]
         ctx = ctx[:, None].expand(-1, n_cls, -1, -1)  # [B, C, n, D]
@@ -117,4 +118,5 @@ class CoCoOp(FrozenImageMixin, PromptMethod):
         cfg = self.config
         text = te.encode_fast(self.clip, prompts, eot, cfg.text_chunk_size, cfg.text_checkpoint)
         text = te.normalize(text).float().view(batch, n_cls, -1)
-        return scale * torch.einsum("be,bce->bc", img, text)
+        with full_precision(img.device):  # logits in fp32 under autocast too
+            return scale * torch.einsum("be,bce->bc", img, text)

@@ -37,6 +37,8 @@ from vlprompt.methods.base import (
     MethodConfig,
     PromptMethod,
     TrainOutput,
+    autocast_dtype,
+    full_precision,
     validate_classnames,
 )
 from vlprompt.methods.registry import register_method
@@ -128,8 +130,9 @@ def n_ctx_of(clip: ClipBackbone, config: ContextConfig) -> int:
 def clip_logits(
     clip: ClipBackbone, image_features: torch.Tensor, text_features: torch.Tensor
 ) -> torch.Tensor:
-    """logit_scale * image_f @ text_f.T in fp32 (both already normalised)."""
-    return clip.logit_scale.float() * image_features.float() @ text_features.float().t()
+    """logit_scale * image_f @ text_f.T in fp32 (both already normalised), under autocast too."""
+    with full_precision(image_features.device):
+        return clip.logit_scale.float() * image_features.float() @ text_features.float().t()
 
 
 class FrozenImageMixin:
@@ -248,7 +251,7 @@ class CoOp(FrozenImageMixin, PromptMethod):
     def text_features(self) -> torch.Tensor:
         """Normalised text features of the learned prompts [C, E]. Without autograd (evaluation)
         they are cached until the context changes (an optimizer step or a load bumps its
-        version) or the class list does."""
+        version), the class list does or the autocast dtype does."""
         if torch.is_grad_enabled():
             return te.normalize(self.encode_prompts(self.prompt_embeddings()))
         key = (
@@ -256,6 +259,7 @@ class CoOp(FrozenImageMixin, PromptMethod):
             self.ctx.data_ptr(),
             tuple(self.classnames),
             self.config.implementation,
+            autocast_dtype(self.ctx.device),
         )
         if self._text_cache is None or self._text_cache[0] != key:
             feats = te.normalize(self.encode_prompts(self.prompt_embeddings()))

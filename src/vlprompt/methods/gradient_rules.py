@@ -9,6 +9,13 @@ Under DDP (a process group of several processes) the rule acts on the global bat
 process on the whole batch would: the loss gradient and the KL gradient are each averaged over
 the processes before the projection, never projected per process and then averaged. Each
 process then holds the same projected gradient, so the engine does not average it again.
+
+Under a GradScaler (fp16 on CUDA) both gradients arrive multiplied by the same scale s. The rule
+is scale-consistent: the conflict test (the sign of a dot product) does not depend on s, and the
+projection `s g - lam (s g . s k) / |s k|^2 s k` is s times the unscaled one, so unscaling after
+the rule gives the unscaled run's update (tests/test_precision.py checks it with a constant
+scale). A KL gradient that overflowed makes the parameter's gradient non-finite, so the scaler
+skips the step and lowers its scale, as it does when the loss gradient overflows.
 """
 
 from __future__ import annotations
@@ -84,5 +91,12 @@ def prograd_backward(
     for p, gl, gk in zip(params, g_loss, g_kl):
         if gl is None:
             continue
-        g = gl if gk is None or not torch.any(gk != 0) else project_conflicting(gl, gk, lam)
+        if gk is not None and not bool(torch.isfinite(gk).all()):
+            # overflowed under loss scaling: its direction is unknown, so is the projection;
+            # a non-finite gradient makes the GradScaler skip this step
+            g = torch.full_like(gl, float("inf"))
+        elif gk is None or not torch.any(gk != 0):
+            g = gl
+        else:
+            g = project_conflicting(gl, gk, lam)
         p.grad = g if p.grad is None else p.grad + g

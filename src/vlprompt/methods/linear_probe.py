@@ -27,7 +27,7 @@ from torch import nn
 
 from vlprompt.backbone import ClipBackbone
 from vlprompt.errors import MethodError
-from vlprompt.methods.base import MethodConfig, PromptMethod, validate_classnames
+from vlprompt.methods.base import MethodConfig, PromptMethod, full_precision, validate_classnames
 from vlprompt.methods.coop import FrozenImageMixin
 from vlprompt.methods.registry import register_method
 
@@ -161,7 +161,8 @@ class LinearProbe(FrozenImageMixin, PromptMethod):
         if float(self.c_value) == 0.0:
             raise MethodError("the linear probe is not fitted: call fit_features(...) first")
         x = nn.functional.normalize(image_features.float(), dim=-1)
-        return x @ self.weight.t() + self.bias
+        with full_precision(x.device):  # the fitted fp32 classifier, under autocast too
+            return x @ self.weight.t() + self.bias
 
     def set_classnames(self, classnames: list[str]) -> None:
         names = validate_classnames(classnames)

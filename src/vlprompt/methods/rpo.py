@@ -34,7 +34,14 @@ from torch.utils.checkpoint import checkpoint
 from vlprompt.attention import KeyValues, block_forward_with_kv, check_block, readonly_rows_forward
 from vlprompt.backbone import ClipBackbone
 from vlprompt.errors import MethodError
-from vlprompt.methods.base import RUNTIME, MethodConfig, PromptMethod, TrainOutput
+from vlprompt.methods.base import (
+    RUNTIME,
+    MethodConfig,
+    PromptMethod,
+    TrainOutput,
+    autocast_dtype,
+    full_precision,
+)
 from vlprompt.methods.registry import register_method
 
 IMPLEMENTATIONS = ("fast", "reference")
@@ -137,10 +144,11 @@ class RPO(PromptMethod):
 
     def pair_logits(self, image_prompts: torch.Tensor, text_prompts: torch.Tensor) -> torch.Tensor:
         """(1/K) sum_i logit_scale * img[:, i] @ text[:, i].T for normalised prompt features
-        img [B, K, E] and text [C, K, E]."""
-        scale = self.clip.logit_scale.to(image_prompts.dtype)
+        img [B, K, E] and text [C, K, E]; in fp32 under autocast too."""
         k = image_prompts.shape[1]
-        return scale * torch.einsum("bke,cke->bc", image_prompts, text_prompts) / k
+        with full_precision(image_prompts.device):
+            img, text = image_prompts.float(), text_prompts.float()
+            return self.clip.logit_scale.float() * torch.einsum("bke,cke->bc", img, text) / k
 
     def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised vision prompt features [B, K, E] and the frozen CLS features [B, E]
@@ -185,8 +193,13 @@ class RPO(PromptMethod):
         return [self.config.template.format(c.replace("_", " ")) for c in self.classnames]
 
     def _class_key(self) -> tuple:
+        """What the text caches depend on besides the prompts: the frozen keys/values computed
+        under bf16/fp16 autocast are in that dtype, so the autocast dtype is part of it."""
         clip = self.clip
-        return (tuple(self.classnames), self.config.template, clip.device, clip.dtype)
+        return (
+            tuple(self.classnames), self.config.template, clip.device, clip.dtype,
+            autocast_dtype(clip.device),
+        )  # fmt: skip
 
     def _frozen_text(self) -> _TextCache:
         """Per-layer keys/values of every class's SOS..EOS tokens, computed once per class list

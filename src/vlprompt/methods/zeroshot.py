@@ -14,7 +14,7 @@ import torch
 
 from vlprompt.backbone import ClipBackbone
 from vlprompt.methods import text_encoding as te
-from vlprompt.methods.base import MethodConfig, PromptMethod
+from vlprompt.methods.base import MethodConfig, PromptMethod, full_precision
 from vlprompt.methods.coop import FrozenImageMixin, clip_logits
 from vlprompt.methods.registry import register_method
 
@@ -61,9 +61,13 @@ class ZeroShotCLIP(FrozenImageMixin, PromptMethod):
 
     @torch.no_grad()
     def text_features(self) -> torch.Tensor:
+        """The ensemble's text features, computed once per class list, in fp32 under autocast
+        too (frozen: nothing to gain from a lower precision after the first call)."""
         key = (tuple(self.classnames), self.templates(), self.clip.device)
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, ensemble_text_features(self.clip, self.classnames, key[1]))
+            with full_precision(self.clip.device):
+                feats = ensemble_text_features(self.clip, self.classnames, key[1])
+            self._cache = (key, feats)
         return self._cache[1]
 
     def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
