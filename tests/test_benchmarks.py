@@ -154,3 +154,41 @@ def test_replica_look_replaces_the_data_set_look_but_never_a_class_attribute(mon
         use_replicas(["mini_shapes"], None, (), {"colour": "red"})
     with pytest.raises(ValueError, match="look color 'teal' unknown; known: red"):
         use_replicas(["mini_shapes"], None, (), {"color": "teal"})
+
+
+def test_seed_paper_experiments_name_valid_settings_and_relabel_their_arms(tmp_path, monkeypatch):
+    import json
+
+    import mini_seed_papers as sp
+
+    from vlprompt.methods import make_config
+    from vlprompt.mini.quickstart import MINI_SETTINGS
+
+    assert set(sp.EXPERIMENTS) == {"variance", "extreme", "ablations", "kd"}
+    for experiment in sp.EXPERIMENTS.values():
+        labels = [arm.label for arm in experiment.arms]
+        assert len(set(labels)) == len(labels)
+        for arm in experiment.arms:  # every arm's settings are real settings of its method
+            make_config(arm.method, **{**MINI_SETTINGS.get(arm.method, {}), **arm.settings})
+
+    def fake_mini_bench(protocol, output_dir, *, methods, settings, seeds, **_):
+        output_dir.mkdir(parents=True)
+        (method,) = methods
+        bonus = 10.0 if settings[method] else 0.0
+        lines = [
+            dict(protocol=protocol, method=method, source="d", dataset="d", subsample=sub,
+                 shots=16, seed=seed, accuracy=50.0 + bonus, split="test",
+                 key=f"{protocol}/d/{method}/shots16_seed{seed}|d:{sub}:test")
+            for seed in seeds for sub in ("base", "new")
+        ]  # fmt: skip
+        (output_dir / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+    monkeypatch.setattr(sp, "mini_bench", fake_mini_bench)
+    experiment = sp.Experiment(
+        (sp.Arm("rpo", "rpo"), sp.Arm("rpo_mask_none", "rpo", {"mask": "none"})), ("d",), (1, 2, 3)
+    )
+    combined = sp.run_experiment("ablations", tmp_path, experiment)
+    text = (combined / "summary.md").read_text()
+    assert "| rpo | 50.00 ± 0.00 | 50.00 ± 0.00 |" in text
+    assert "| rpo_mask_none | 60.00 ± 0.00 | 60.00 ± 0.00 |" in text
+    assert "Spread over seeds" in text
