@@ -13,7 +13,7 @@ shipped tiny CLIP, real mini_objects images and class names). For each method an
 
 1. one untimed step without loss scaling or update (the comparison below; it also builds RPO's
    per-class-list text cache), then `--steps` timed steps of the engine's training step
-   (`vlprompt.engine._autocast` + `method.backward_step` + a GradScaler for fp16, as
+   (`vlprompt.precision.autocast_for` + `method.backward_step` + a GradScaler for fp16, as
    `engine.fit` does), for the reference implementation (the paper's computation) and the fast
    one (vlprompt's default), on the same batch from the same initial prompts. Reported: median
    ms per step, the speed-up, CUDA's peak memory, the steps the GradScaler skipped;
@@ -48,8 +48,9 @@ from run import BATCH, classnames  # noqa: E402  (run.py: the speed benchmark's 
 from vlprompt import load_clip  # noqa: E402
 from vlprompt.backbone import register_model_config  # noqa: E402
 from vlprompt.config import EngineSettings  # noqa: E402
-from vlprompt.engine import _autocast, fit  # noqa: E402
+from vlprompt.engine import fit  # noqa: E402
 from vlprompt.methods import create_method, get_method_class, list_methods  # noqa: E402
+from vlprompt.precision import autocast_for  # noqa: E402
 
 TINY = "gpu-check-tiny-vit"  # --quick's backbone (the tests' tiny ViT shape)
 register_model_config(TINY, {
@@ -105,7 +106,7 @@ def train_steps(method, images, labels, precision: str, device: torch.device, st
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with _autocast(device, precision):
+    with autocast_for(device, precision):
         out = method.backward_step(images, labels)
     run.logits = out.logits.detach().float().cpu()
     run.grads = torch.cat([p.grad.detach().float().flatten().cpu() for p in params])
@@ -114,7 +115,7 @@ def train_steps(method, images, labels, precision: str, device: torch.device, st
         scale = scaler.get_scale() if scaler.is_enabled() else 1.0
         sync(device)
         start = time.perf_counter()
-        with _autocast(device, precision):
+        with autocast_for(device, precision):
             out = method.backward_step(images, labels, scaler.scale)
         scaler.step(opt)
         scaler.update()

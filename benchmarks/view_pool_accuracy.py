@@ -16,8 +16,8 @@ import argparse
 import statistics
 from pathlib import Path
 
-from vlprompt.evaluation import harmonic_mean
 from vlprompt.protocols import read_records, run_bench
+from vlprompt.report import harmonic_mean
 
 
 def sweep(views: int, args) -> Path:

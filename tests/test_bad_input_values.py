@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 import vlprompt
 from conftest import TINY_VIT, tiny_vit_config
 from test_engine_helpers import TinyMethod
-from vlprompt import engine
+from vlprompt import engine, run_status, schedule, seeding, train_state
 from vlprompt.backbone import load_clip, register_model_config
-from vlprompt.checkpoints import read_checkpoint
+from vlprompt.clip_weights import read_checkpoint
 from vlprompt.config import (
     ConfigError,
     EngineSettings,
@@ -30,8 +30,8 @@ from vlprompt.config import (
 )
 from vlprompt.errors import CheckpointError, DataError, MethodError
 from vlprompt.evaluation import evaluate_items
-from vlprompt.io import load_learned, read_method_info
 from vlprompt.methods import create_method, get_method_class, make_config
+from vlprompt.methods.saving import load_learned, read_method_info
 
 BUILT_IN = ("coop", "cocoop", "kgcoop", "prograd", "rpo", "zsclip", "linear_probe")
 PROMPT_METHODS = ("coop", "cocoop", "kgcoop", "prograd", "rpo", "zsclip")
@@ -156,7 +156,7 @@ def test_the_config_refuses_what_torch_would_refuse_with_a_raw_error(tiny_clip):
 def test_an_unused_warmup_lr_may_be_zero_and_ints_are_numbers():
     config = make_config("coop", warmup_epochs=0, warmup_lr=0.0, lr=1)
     assert (config.warmup_epochs, config.warmup_lr, config.lr) == (0, 0.0, 1)
-    assert engine.lr_at_epoch(0, lr=1, warmup_lr=0.0, warmup_epochs=0, epochs=200) == 1.0
+    assert schedule.lr_at_epoch(0, lr=1, warmup_lr=0.0, warmup_epochs=0, epochs=200) == 1.0
     assert make_config("kgcoop", w=0).w == 0
     assert make_config("linear_probe", c_grid=[1, 10]).c_grid == (1.0, 10.0)
 
@@ -225,7 +225,7 @@ def test_seeds_outside_numpys_range_are_refused(seed, message):
 
 def test_the_largest_seed_is_accepted_and_seeds_everything():
     assert _run(seed=2**32 - 1).seed == 2**32 - 1 and _run(seed=0).seed == 0
-    engine.seed_everything(2**32 - 1)  # numpy, torch and python accept it
+    seeding.seed_everything(2**32 - 1)  # numpy, torch and python accept it
 
 
 @pytest.mark.parametrize("device", ["gpu0", "cuda:abc", "CPU", "", "cuda:-1"])
@@ -303,7 +303,7 @@ def test_a_huge_learning_rate_stops_training_and_leaves_no_nan_file(world, tmp_p
         _train(world, out, epochs=3, lr=1e30)
     assert json.loads((out / "checkpoints/latest.json").read_text())["epoch"] == 1
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-0001", "latest.json"]
-    assert not (out / "prompts.safetensors").exists() and not engine.is_run_finished(out)
+    assert not (out / "prompts.safetensors").exists() and not run_status.is_run_finished(out)
     assert list(out.rglob("*.safetensors")) and _non_finite_files(out) == []
 
 
@@ -380,12 +380,12 @@ def test_loading_prompts_with_non_finite_values_is_refused(tiny_clip, tmp_path, 
 def _checkpoint(tiny_clip, folder: Path):
     """A TinyMethod checkpoint after one SGD step, and a fresh method + optimizer to load it."""
     method = TinyMethod(tiny_clip, ["a", "b"], TinyMethod.config_class())
-    opt = engine.build_optimizer(method.trainable_parameters(), method.config)
+    opt = schedule.build_optimizer(method.trainable_parameters(), method.config)
     method.backward_step(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
     opt.step()
-    ckpt = engine.save_checkpoint(folder, 1, method, opt, None, {"loss": 1.0})
+    ckpt = train_state.save_checkpoint(folder, 1, method, opt, None, {"loss": 1.0})
     other = TinyMethod(tiny_clip, ["a", "b"], TinyMethod.config_class())
-    return ckpt, other, engine.build_optimizer(other.trainable_parameters(), other.config)
+    return ckpt, other, schedule.build_optimizer(other.trainable_parameters(), other.config)
 
 
 def test_loading_a_checkpoint_with_nan_learned_tensors_is_refused(tiny_clip, tmp_path):
@@ -399,7 +399,7 @@ def test_loading_a_checkpoint_with_nan_learned_tensors_is_refused(tiny_clip, tmp
         match=r"state\.safetensors: learned tensor\(s\) 'shift' hold NaN or infinity; the "
         r"checkpoint is damaged\. Use --overwrite to restart, or delete .*checkpoints/",
     ):
-        engine.load_checkpoint(ckpt, other, opt, None)
+        train_state.load_checkpoint(ckpt, other, opt, None)
     assert torch.equal(other.shift, before)
 
 
@@ -561,7 +561,7 @@ def test_a_damaged_checkpoint_tensor_file_is_a_run_error(tiny_clip, tmp_path, da
     with pytest.raises(
         RunError, match=rf"epoch-0001/state\.safetensors: not a readable safetensors.*{HOW_TO}"
     ):
-        engine.load_checkpoint(ckpt, other, opt, None)
+        train_state.load_checkpoint(ckpt, other, opt, None)
 
 
 def _state_json_variants() -> list[tuple[str, object, str]]:
@@ -613,7 +613,7 @@ def test_a_malformed_state_json_is_a_run_error(tiny_clip, tmp_path, change, mess
             meta["optimizer"]["param_groups"] = change["set_groups"]
         path.write_text(json.dumps(meta))
     with pytest.raises(RunError, match=rf"epoch-0001/state\.json: {message}.*{HOW_TO}"):
-        engine.load_checkpoint(ckpt, other, opt, None)
+        train_state.load_checkpoint(ckpt, other, opt, None)
 
 
 @pytest.mark.parametrize(
@@ -632,7 +632,7 @@ def test_a_malformed_latest_json_is_a_run_error(tiny_clip, tmp_path, text, messa
     _checkpoint(tiny_clip, tmp_path)
     (tmp_path / "checkpoints/latest.json").write_text(text)
     with pytest.raises(RunError, match=rf"checkpoints/latest\.json: {message}.*{HOW_TO}"):
-        engine.latest_checkpoint(tmp_path)
+        train_state.latest_checkpoint(tmp_path)
 
 
 @pytest.mark.usefixtures("isolated_home")

@@ -4,14 +4,16 @@ default backbone, and errors raised inside DataLoader workers reaching the user 
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
 import pytest
 import torch
 
-from test_checkpoints import _OpenAIArchive, _source
+from test_clip_weights import _OpenAIArchive, _source
 from test_engine_helpers import TINY_VIT
 from vlprompt.api import resolve_config
-from vlprompt.cli import main
+from vlprompt.cli import build_parser, main
+from vlprompt.config import PRECISION_CHOICES, EngineSettings
 from vlprompt.mini import MODEL_NAME, checkpoint_path
 
 pytestmark = pytest.mark.usefixtures("isolated_home")
@@ -48,6 +50,16 @@ def test_trust_torchscript_flag_exists_where_pretrained_weights_are_loaded(world
     assert main(bench) == 2
     assert "--trust-torchscript" in _last_error(capsys)
     assert main([*bench, "--trust-torchscript"]) == 0
+
+
+def test_train_has_one_flag_per_engine_setting_with_its_help():
+    """The engine flags are made from EngineSettings' fields: each field is a flag, with help."""
+    train = build_parser(["train"])._subparsers._group_actions[0].choices["train"]
+    flags = {a.dest: a for a in train._actions}
+    for f in fields(EngineSettings):
+        assert "--" + f.name.replace("_", "-") in flags[f.name].option_strings
+        assert flags[f.name].help == f.metadata["help"]
+    assert flags["precision"].choices == PRECISION_CHOICES
 
 
 @pytest.mark.parametrize(

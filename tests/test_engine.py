@@ -3,6 +3,8 @@ folders, evaluation. Tiny CLIP (conftest), a tiny registered method and tiny gen
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import random
 
@@ -16,9 +18,10 @@ from test_engine_helpers import (
     TINY_VIT,
     TinyMethod,
 )
-from vlprompt import api, engine
+from vlprompt import api, distributed, engine, run_status, schedule, train_state
 from vlprompt.config import RunError, TrainingDivergedError
-from vlprompt.evaluation import accuracy, harmonic_mean, macro_accuracy, per_class_accuracy
+from vlprompt.evaluation import accuracy, macro_accuracy, per_class_accuracy
+from vlprompt.report import harmonic_mean
 
 pytestmark = pytest.mark.usefixtures("isolated_home")
 
@@ -48,20 +51,29 @@ def test_lr_schedule_matches_dassl_constant_warmup_then_cosine(warmup, epochs):
             opt.step()  # (no gradients: a no-op that keeps torch's call-order check quiet)
             cosine.step()
     ours = [
-        engine.lr_at_epoch(e, lr=base, warmup_lr=cons, warmup_epochs=warmup, epochs=epochs)
+        schedule.lr_at_epoch(e, lr=base, warmup_lr=cons, warmup_epochs=warmup, epochs=epochs)
         for e in range(epochs)
     ]
     assert ours == pytest.approx(expected, rel=1e-12, abs=1e-15)
 
 
+def test_train_takes_every_engine_setting_as_a_keyword_with_its_default():
+    """api.train lists the engine settings in its signature (for help() and editors); they must
+    be exactly EngineSettings' fields, with the same defaults."""
+    params = inspect.signature(api.train).parameters
+    for f in dataclasses.fields(api.EngineSettings):
+        assert params[f.name].kind is inspect.Parameter.KEYWORD_ONLY
+        assert params[f.name].default == f.default
+
+
 def test_build_optimizer_follows_the_method_config(tiny_clip):
     method = TinyMethod(tiny_clip, ["a", "b"], TinyMethod.config_class(lr=0.3, momentum=0.8))
-    sgd = engine.build_optimizer(method.trainable_parameters(), method.config)
+    sgd = schedule.build_optimizer(method.trainable_parameters(), method.config)
     assert isinstance(sgd, torch.optim.SGD)
     group = sgd.param_groups[0]
     assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.3, 0.8, 5e-4)
     method.config.optimizer = "adamw"
-    adamw = engine.build_optimizer(method.trainable_parameters(), method.config)
+    adamw = schedule.build_optimizer(method.trainable_parameters(), method.config)
     assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["weight_decay"] == 5e-4
 
 
@@ -69,31 +81,33 @@ def test_train_loader_drops_the_last_batch_like_dassl():
     """Dassl: drop_last = is_train and len(data_source) >= batch_size."""
     ds = torch.utils.data.TensorDataset(torch.zeros(10, 1), torch.zeros(10, dtype=torch.long))
     settings = vlprompt.api.EngineSettings()
-    big, *_ = engine.train_loader(ds, batch_size=4, seed=1, settings=settings, ctx=engine.Dist(),
-                                  device=torch.device("cpu"))  # fmt: skip
+    big, *_ = engine.train_loader(ds, batch_size=4, seed=1, settings=settings,
+                                  ctx=distributed.Dist(), device=torch.device("cpu"))  # fmt: skip
     small, *_ = engine.train_loader(ds, batch_size=16, seed=1, settings=settings,
-                                    ctx=engine.Dist(), device=torch.device("cpu"))  # fmt: skip
+                                    ctx=distributed.Dist(), device=torch.device("cpu"))  # fmt: skip
     assert [len(b[0]) for b in big] == [4, 4]
     assert [len(b[0]) for b in small] == [10]
 
 
 def test_checkpoint_round_trip_restores_learned_optimizer_and_rng(tiny_clip, tmp_path):
     method = TinyMethod(tiny_clip, ["a", "b"], TinyMethod.config_class(optimizer="adamw"))
-    opt = engine.build_optimizer(method.trainable_parameters(), method.config)
+    opt = schedule.build_optimizer(method.trainable_parameters(), method.config)
     images, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
     for _ in range(2):
         opt.zero_grad()
         method.backward_step(images, labels)
         opt.step()
-    engine.save_checkpoint(tmp_path, 2, method, opt, None, {"loss": 1.0})
+    train_state.save_checkpoint(tmp_path, 2, method, opt, None, {"loss": 1.0})
     want = (torch.rand(3), np.random.rand(3), random.random())
     saved_shift = method.shift.detach().clone()
     saved_opt = {k: v.clone() for k, v in opt.state[method.shift].items()}
 
     other = TinyMethod(tiny_clip, ["a", "b"], TinyMethod.config_class(optimizer="adamw"))
-    other_opt = engine.build_optimizer(other.trainable_parameters(), other.config)
+    other_opt = schedule.build_optimizer(other.trainable_parameters(), other.config)
     torch.manual_seed(123), np.random.seed(123), random.seed(123)
-    meta = engine.load_checkpoint(engine.latest_checkpoint(tmp_path), other, other_opt, None)
+    meta = train_state.load_checkpoint(
+        train_state.latest_checkpoint(tmp_path), other, other_opt, None
+    )
     assert meta["epoch"] == 2 and meta["loss"] == 1.0
     assert torch.equal(other.shift, saved_shift)
     for key, value in saved_opt.items():
@@ -150,7 +164,7 @@ def test_finished_run_is_reused_and_another_config_is_refused(world, tmp_path):
     stamp = (out / "prompts.safetensors").stat().st_mtime_ns
     again = _train(world, out, epochs=1)  # same config, finished: loaded, not retrained
     assert (out / "prompts.safetensors").stat().st_mtime_ns == stamp
-    assert vlprompt.engine.is_run_finished(out) and again.config.method_config["epochs"] == 1
+    assert vlprompt.run_status.is_run_finished(out) and again.config.method_config["epochs"] == 1
     with pytest.raises(RunError, match=r"another config .*method_config\.epochs: 1 -> 2"):
         _train(world, out, epochs=2)
     with pytest.raises(RunError, match=r"another config .*seed: 1 -> 2"):
@@ -171,7 +185,7 @@ def test_resume_after_a_kill_ends_with_the_same_prompts(world, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         _train(world, tmp_path / "cut", epochs=4, evaluate=False, on_epoch_end=kill)
-    assert not engine.is_run_finished(tmp_path / "cut")
+    assert not run_status.is_run_finished(tmp_path / "cut")
     assert json.loads((tmp_path / "cut/checkpoints/latest.json").read_text())["epoch"] == 2
     with pytest.raises(RunError, match="unfinished run .*--resume"):
         _train(world, tmp_path / "cut", epochs=4, evaluate=False)
@@ -198,7 +212,7 @@ def test_nan_loss_stops_says_where_and_keeps_the_last_good_checkpoint(world, tmp
     with pytest.raises(TrainingDivergedError, match=r"epoch 2/3, step 2/3.*epoch-0001 is kept"):
         _train(world, tmp_path / "run", epochs=3)
     assert json.loads((tmp_path / "run/checkpoints/latest.json").read_text())["epoch"] == 1
-    assert not engine.is_run_finished(tmp_path / "run")
+    assert not run_status.is_run_finished(tmp_path / "run")
     assert not (tmp_path / "run" / "prompts.safetensors").exists()
 
 

@@ -38,7 +38,7 @@ def _batch(n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _method(name: str, clip, **extra):
     method = create_method(name, clip, CLASSNAMES, **CASES[name][0], **extra)
-    if hasattr(method, "fit_features"):
+    if not method.needs_training:  # the linear probe: fitted on features
         images, labels = _batch(16)
         feats = clip.encode_image(images, normalize=True)
         method.fit_features(feats, labels, feats, labels)
@@ -55,8 +55,7 @@ def _backbones() -> list[tuple[str, str]]:
     return cases + [
         (n, "tiny_rn_clip")
         for n in own_methods()
-        if getattr(get_method_class(n), "frozen_image_encoder", False)
-        and get_method_class(n).needs_training
+        if get_method_class(n).frozen_image_encoder and get_method_class(n).needs_training
     ]
 
 

@@ -14,7 +14,7 @@ from vlprompt.methods import create_method, get_method_class, list_methods
 FROZEN_IMAGE_METHODS = [
     n
     for n in list_methods()
-    if getattr(get_method_class(n), "frozen_image_encoder", False)
+    if get_method_class(n).frozen_image_encoder
     and get_method_class(n).__module__.startswith("vlprompt.")
 ]
 TRAINED = [n for n in FROZEN_IMAGE_METHODS if get_method_class(n).needs_training]
@@ -42,7 +42,7 @@ def _batch(n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def _ready(name: str, clip) -> torch.nn.Module:
     """The method, fitted when it is a linear probe."""
     method = create_method(name, clip, CLASSNAMES, **FAST.get(name, {}))
-    if hasattr(method, "fit_features"):
+    if not method.needs_training:  # the linear probe: fitted on features
         images, labels = _batch(16)
         feats = clip.encode_image(images, normalize=True)
         method.fit_features(feats, labels, feats, labels)

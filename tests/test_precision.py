@@ -1,6 +1,6 @@
 """The mixed-precision paths, run on the CPU: `--precision bf16` puts every training step and every
-evaluation under `torch.autocast("cpu", torch.bfloat16)` (`vlprompt.engine._autocast`), the same
-code path as fp16/bf16 autocast on CUDA. For every registered vlprompt method (and RPO with the
+evaluation under `torch.autocast("cpu", torch.bfloat16)` (`vlprompt.precision.autocast_for`), the
+same code path as fp16/bf16 autocast on CUDA. For every registered vlprompt method (and RPO with the
 ProGrad rule), on a tiny random CLIP: one step gives a finite loss and gradients within bf16
 tolerance of fp32; the fast paths equal the reference under autocast; evaluation under autocast
 gives fp32's predictions; cached features never cross precisions. ProGrad's rule and KD are
@@ -28,10 +28,11 @@ from conftest import TINY_VIT
 from vlprompt.backbone import load_clip
 from vlprompt.config import EngineSettings, RunError
 from vlprompt.data.types import Datum
-from vlprompt.engine import _autocast, effective_precision, fit
+from vlprompt.engine import fit
 from vlprompt.evaluation import compute_logits
 from vlprompt.methods import create_method, get_method_class, list_methods
 from vlprompt.methods.gradient_rules import prograd_backward, prograd_kl
+from vlprompt.precision import autocast_for, effective_precision
 
 CPU = torch.device("cpu")
 CLASSES = ["dog", "golden_retriever", "a rather long class name here", "x"]
@@ -66,7 +67,7 @@ def _method(name, clip, **settings):
     with torch.no_grad():
         for p in method.trainable_parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
-    if hasattr(method, "fit_features"):
+    if not method.needs_training:  # the linear probe: fitted on features
         images, labels = _batch(clip, 8, seed=3)
         feats = clip.encode_image(images, normalize=True)
         method.fit_features(feats, labels, feats, labels)
@@ -82,7 +83,7 @@ def _batch(clip, n=3, seed=0):
 def _step(method, images, labels, precision, scale=lambda t: t):
     """One `backward_step` under the engine's autocast; (loss, logits, flat gradient)."""
     method.zero_grad(set_to_none=True)
-    with _autocast(CPU, precision):
+    with autocast_for(CPU, precision):
         assert torch.is_autocast_enabled("cpu") == (precision == "bf16")
         out = method.backward_step(images, labels, scale)
     grads = [p.grad.flatten() for p in method.trainable_parameters()]
@@ -182,7 +183,7 @@ def test_fast_path_equals_the_reference_under_bf16_autocast(name, settings, clip
     _assert_bf16_close(grad_f, grad_r, f"{name} fast vs reference gradient")
     tol = LOGIT_TOL * float(clip.logit_scale)
     assert (logits_f - logits_r).abs().max() <= tol
-    with torch.no_grad(), _autocast(CPU, "bf16"):  # evaluation's forward (cached text side)
+    with torch.no_grad(), autocast_for(CPU, "bf16"):  # evaluation's forward (cached text side)
         assert (fast(images) - ref(images)).abs().max() <= tol
 
 
@@ -227,7 +228,7 @@ def test_cached_features_never_cross_precisions(name, clip):
     method = _method(name, clip)
     with torch.no_grad():
         first = method(images)
-        with _autocast(CPU, "bf16"):
+        with autocast_for(CPU, "bf16"):
             low = method(images)
         again = method(images)
     assert torch.equal(again, first)

@@ -7,7 +7,7 @@
     run = vlprompt.load_run("runs/rpo_pets")
     run.predict(["cat.jpg"], topk=3)   # [[("abyssinian", 0.91), ...]]
 
-A run folder holds (DESIGN §7): `config.json` (the resolved `RunConfig`), the learned prompts
+A run folder holds (docs/architecture.md): `config.json` (the resolved `RunConfig`), the learned prompts
 (`prompts.safetensors` + `method.json`), `results.jsonl` (one line per evaluation), `log.txt`,
 `checkpoints/` and `status.json` (written last: the run finished).
 """
@@ -21,7 +21,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from vlprompt.config import (
     CONFIG_FILE,
     DEFAULT_BACKBONE,
     DEFAULT_PRETRAINED,
+    ENGINE_KEYS,
     EngineSettings,
     RunConfig,
     RunError,
@@ -38,28 +39,15 @@ from vlprompt.config import (
     method_runtime_settings,
     read_run_config,
 )
-from vlprompt.engine import (
-    CHECKPOINT_DIR,
-    STATUS_FILE,
-    Dist,
-    EpochStats,
-    effective_precision,
-    fit,
-    init_distributed,
-    is_run_finished,
-    latest_checkpoint,
-    resolve_device,
-    seed_everything,
-)
-from vlprompt.io import (
-    METHOD_FILE,
-    PROMPTS_FILE,
-    RESULTS_FILE,
-    append_jsonl,
-    atomic_write_json,
-    read_jsonl,
-)
+from vlprompt.distributed import Dist, init_distributed, resolve_device
+from vlprompt.engine import EpochStats, fit
+from vlprompt.io import RESULTS_FILE, append_jsonl, atomic_write_json, read_jsonl
+from vlprompt.methods.saving import METHOD_FILE, PROMPTS_FILE, load_learned
+from vlprompt.precision import effective_precision
 from vlprompt.run_folder import claim_folder, folder_lock, not_writable, require_ours
+from vlprompt.run_status import STATUS_FILE, is_run_finished
+from vlprompt.seeding import seed_everything
+from vlprompt.train_state import CHECKPOINT_DIR, latest_checkpoint
 
 log = logging.getLogger("vlprompt")
 # decoded training images kept in memory across epochs (per data-loader process)
@@ -67,7 +55,6 @@ KEEP_DECODED_TRAIN_BYTES = 256 * 2**20
 
 LOG_FILE = "log.txt"
 RUN_FILES = (CONFIG_FILE, PROMPTS_FILE, METHOD_FILE, RESULTS_FILE, LOG_FILE, STATUS_FILE)
-ENGINE_KEYS = tuple(f.name for f in fields(EngineSettings))
 
 
 # ---- the run object ---------------------------------------------------------------------------
@@ -145,7 +132,6 @@ def load_run(
     if isinstance(run_dir, Run):
         return run_dir
     from vlprompt.backbone import load_clip
-    from vlprompt.io import load_learned
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
@@ -400,16 +386,9 @@ def train(
     only into a new or empty folder or one it created (see vlprompt.run_folder), and one process
     at a time. Under `torchrun`, every process calls this; rank 0 writes.
     """
-    engine = EngineSettings(
-        device=device,
-        precision=precision,
-        deterministic=deterministic,
-        num_workers=num_workers,
-        eval_batch_size=eval_batch_size,
-        keep_checkpoints=keep_checkpoints,
-        view_pool=view_pool,
-        crop_min_scale=crop_min_scale,
-    )
+    # the engine keywords above are EngineSettings' fields, with its defaults
+    # (tests/test_engine.py checks that they stay so)
+    engine = EngineSettings(**{k: v for k, v in locals().items() if k in ENGINE_KEYS})
     wanted = resolve_config(
         method, dataset, root=root, backbone=backbone, pretrained=pretrained, shots=shots,
         seed=seed, subsample=subsample, engine=engine, overrides=config_overrides, preset=preset,
@@ -472,7 +451,7 @@ def _also(first: Callable[[EpochStats], None], then: Callable[[EpochStats], None
 
 def _train_and_evaluate(config, run_dir, *, resume, evaluate, progress, on_epoch_end, ctx, say,
                         board, trust_torchscript) -> Run:  # fmt: skip
-    from vlprompt.engine import deterministic_mode
+    from vlprompt.seeding import deterministic_mode
 
     with deterministic_mode(config.engine.deterministic):
         method, splits, wall_s = _train(
@@ -534,9 +513,11 @@ def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torc
     if config.pretrained is None:
         say("note: random backbone weights (no pretrained tag or checkpoint given)")
     started = time.perf_counter()
-    if not method.needs_training:
-        if hasattr(method, "fit_features"):
-            _fit_linear_probe(method, splits, config, say)
+    if not method.needs_training:  # prepared without gradient steps (e.g. the linear probe)
+        method.fit(
+            splits.train, splits.val, feature_cache=_feature_cache(config),
+            batch_size=config.engine.eval_batch_size, num_workers=config.engine.workers(), log=say,
+        )  # fmt: skip
         return method, splits, time.perf_counter() - started
     dataset = ImageListDataset(
         splits.train,
@@ -555,22 +536,6 @@ def _feature_cache(config: RunConfig) -> Any:
     from vlprompt.feature_cache import FeatureCache
 
     return FeatureCache(default_feature_cache_dir())
-
-
-def _fit_linear_probe(method, splits, config, say) -> None:
-    """The linear probe trains on frozen features of the test transform (CLIP paper)."""
-    from vlprompt.data import transform_for
-    from vlprompt.feature_cache import encode_images_cached
-
-    transform = transform_for(method.clip, train=False)
-    cache = _feature_cache(config)
-    bs, workers = config.engine.eval_batch_size, config.engine.workers()
-    train_f, train_y = encode_images_cached(
-        method.clip, splits.train, transform, cache, bs, workers
-    )
-    val_f, val_y = encode_images_cached(method.clip, splits.val, transform, cache, bs, workers)
-    say(f"fitting the linear probe on {len(train_y)} training / {len(val_y)} validation features")
-    method.fit_features(train_f, train_y, val_f, val_y)
 
 
 # ---- evaluation -------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Running frozen open_clip transformer blocks piece by piece: whole sequences that also hand back
 their keys and values, and extra "read-only" rows that attend to those cached keys and values.
+Each way comes as a function of one block and as a per-layer hook for the towers' loops
+(`ClipBackbone.run_text_layers` / `run_vision_layers`): `CollectKeyValues`, `ReadOnlyRows`,
+`SharedPrefixRows`.
 
 Why: when extra tokens (RPO's prompts) read the frozen tokens but no frozen token reads them, the
 frozen tokens' per-layer states are plain frozen CLIP. They can be computed once without autograd
@@ -14,7 +17,7 @@ tolerance. They support open_clip's default block (`ResidualAttentionBlock` arou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -119,3 +122,49 @@ def prefixed_rows_forward(
     values = torch.cat([prefix_kv.v.expand(batch, -1, -1, -1), v], dim=2)
     attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask.to(q.dtype))
     return _finish(block, rows, attended)
+
+
+# ---- the same, as per-layer hooks of `ClipBackbone.run_text_layers` / `run_vision_layers` -------
+@dataclass
+class CollectKeyValues:
+    """Hook: each block as usual (`block_forward_with_kv`), keeping its keys/values in `kv`
+    (one entry per layer, in order)."""
+
+    kv: list[KeyValues] = field(default_factory=list)
+
+    def __call__(
+        self, i: int, block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        x, kv = block_forward_with_kv(block, x, mask)
+        self.kv.append(kv)
+        return x
+
+
+@dataclass
+class ReadOnlyRows:
+    """Hook: the loop's tokens are read-only rows; at block i they attend only to the cached
+    keys/values `kv[i]` (`readonly_rows_forward`), and the loop's mask is the key mask."""
+
+    kv: list[KeyValues]
+
+    def __call__(
+        self, i: int, block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        return readonly_rows_forward(block, x, self.kv[i], mask)
+
+
+@dataclass
+class SharedPrefixRows:
+    """Hook: the loop's tokens are positions after a `prefix` [1, P, D] that every sequence
+    shares. At each block the prefix goes through alone, under `prefix_mask` [P, P], and the
+    rows attend to its keys/values and their own (`prefixed_rows_forward`) under the loop's mask
+    [S, P + S]. `prefix` holds the prefix's state after the blocks run so far."""
+
+    prefix: torch.Tensor
+    prefix_mask: torch.Tensor | None
+
+    def __call__(
+        self, i: int, block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        self.prefix, kv = block_forward_with_kv(block, self.prefix, self.prefix_mask)
+        return prefixed_rows_forward(block, x, kv, mask)

@@ -1,9 +1,15 @@
-"""Loading an open_clip model and the few hooks methods need to run its towers piece by piece.
+"""Loading an open_clip model and running its towers layer by layer, with per-layer hooks.
 
-`load_clip` returns a frozen `ClipBackbone`. Its `encode_image` / `encode_text` are rebuilt from
-the hooks (`vision_embed`, `vision_blocks`, `vision_head`, `token_embedding`, `text_blocks`,
-`text_head`) and equal open_clip's own to float tolerance, so a method that inserts prompts between
-those hooks changes nothing else. Checkpoint formats are handled in `vlprompt.checkpoints`.
+`load_clip` returns a frozen `ClipBackbone`. Each tower has a layer-wise encoder,
+`run_text_layers(x, mask, hook)` / `run_vision_layers(x, mask, hook)`: the one loop over that
+tower's open_clip blocks. At block i it computes `block(x, attn_mask=mask)`, or, given a `hook`,
+`hook(i, block, x, mask)` instead. A hook may edit the tokens before calling the block (insert or
+replace prompt tokens: `ReplaceTokens`), or compute the block another way (keep its keys/values,
+run only read-only rows against cached keys/values: `vlprompt.attention`). `encode_image` /
+`encode_text` are rebuilt from the pieces (`vision_embed`, `vision_ln_pre`, `run_vision_layers`,
+`vision_head`, `token_embedding`, `run_text_layers`, `text_head`) and equal open_clip's own to
+float tolerance, so a method that inserts prompts between those pieces changes nothing else.
+Weight-file formats are handled in `vlprompt.clip_weights`.
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,64 @@ from torch import nn
 from vlprompt.errors import CheckpointError, DownloadError, ModelNameError
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# A per-layer hook: `hook(i, block, x, mask) -> x` is called at block i of a tower's loop in
+# place of `block(x, attn_mask=mask)`. It may edit `x` and then call the block, or compute the
+# block another way (vlprompt.attention). One hook object serves one pass through the tower.
+LayerHook = Callable[[int, nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def run_layers(
+    blocks: nn.ModuleList,
+    x: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    hook: LayerHook | None = None,
+) -> torch.Tensor:
+    """The layer loop of a tower: tokens [B, S, D] through every block of `blocks`, with the
+    additive attention `mask` (None: full attention) and an optional per-layer `hook`."""
+    for i, block in enumerate(blocks):
+        x = block(x, attn_mask=mask) if hook is None else hook(i, block, x, mask)
+    return x
+
+
+@dataclass
+class ReplaceTokens:
+    """Deep prompts as a per-layer hook: at the input of block i < len(tokens), the k positions
+    start..start+k-1 take `tokens[i]` ([k, D], or [B, k, D] per sequence); later blocks run on
+    what the previous block returned. With `insert=True`, block 0's tokens are inserted at
+    `start` instead (the sequence grows by k; pass a mask sized for the grown sequence).
+    `start=None` means the end of the sequence (append, or the last k positions).
+
+    So prompts inserted at layer 0 and replaced at each of the first J layers (IVLP, MaPLe,
+    PromptSRC) are `ReplaceTokens([p_0, ..., p_{J-1}], start, insert=True)`. The tokens go in
+    as given: embed, add a positional embedding or apply `vision_ln_pre` to them beforehand
+    where the method asks for it (ln_pre is per token, so it commutes with the insertion)."""
+
+    tokens: Sequence[torch.Tensor]
+    start: int | None = None
+    insert: bool = False
+
+    def __call__(
+        self, i: int, block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        if i < len(self.tokens):
+            x = self.edit(i, x)
+        return block(x, attn_mask=mask)
+
+    def edit(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """`x` with layer i's tokens in place (inserted when i == 0 and `insert`)."""
+        new = self.tokens[i].to(x.dtype)
+        new = new.expand(x.shape[0], -1, -1) if new.dim() == 2 else new
+        insert = self.insert and i == 0
+        k = new.shape[1]
+        start = self.start
+        if start is None:
+            start = x.shape[1] if insert else x.shape[1] - k
+        stop = start if insert else start + k
+        if not insert and (start < 0 or stop > x.shape[1]):
+            raise ValueError(f"positions {start}..{stop - 1} are outside {x.shape[1]} tokens")
+        return torch.cat([x[:, :start], new, x[:, stop:]], dim=1)
+
 
 _CONFIG_DIR: Path | None = None
 
@@ -225,16 +290,27 @@ class ClipBackbone(nn.Module):
             return x
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
+    def run_text_layers(
+        self, x: torch.Tensor, mask: torch.Tensor | None, hook: LayerHook | None = None
+    ) -> torch.Tensor:
+        """Text states [N, L, D] (positional embedding already added) through every text block
+        with the additive `mask` (CLIP's: `text_causal_mask(L)`) and an optional per-layer
+        `hook` (see `LayerHook`). Returns the last block's output, before ln_final."""
+        return run_layers(self.text_blocks, x, mask, hook)
+
     def encode_text_embeddings(
-        self, x: torch.Tensor, eot_index: torch.Tensor, attn_mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        eot_index: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        hook: LayerHook | None = None,
     ) -> torch.Tensor:
         """Text features from token embeddings [N, L, D] (L <= context_length; the causal mask
         makes any L >= max(eot_index)+1 exact). `eot_index` [N] picks the pooled position."""
         n = x.shape[1]
         x = x + self.text_positional_embedding[:n].to(x.dtype)
         mask = self.text_causal_mask(n) if attn_mask is None else attn_mask
-        for block in self.text_blocks:
-            x = block(x, attn_mask=mask)
+        x = self.run_text_layers(x, mask, hook)
         pooled = x[torch.arange(x.shape[0], device=x.device), eot_index]
         return self.text_head(pooled)
 
@@ -271,6 +347,16 @@ class ClipBackbone(nn.Module):
         self._require_vit()
         return self.model.visual.transformer.resblocks
 
+    def run_vision_layers(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        hook: LayerHook | None = None,
+    ) -> torch.Tensor:
+        """Vision states [B, S, D] (after `vision_ln_pre`) through every vision block, with an
+        optional additive `mask` (CLIP's is none) and per-layer `hook` (see `LayerHook`)."""
+        return run_layers(self.vision_blocks, x, mask, hook)
+
     def vision_head(self, x: torch.Tensor) -> torch.Tensor:
         """ln_post and the projection, applied to pooled vision states [..., width]."""
         v = self.model.visual
@@ -284,9 +370,7 @@ class ClipBackbone(nn.Module):
         if not self.is_vit or not _standard_vit(self.model.visual):
             feats = self.model.encode_image(images.to(self.dtype))
         else:
-            x = self.vision_ln_pre(self.vision_embed(images))
-            for block in self.vision_blocks:
-                x = block(x)
+            x = self.run_vision_layers(self.vision_ln_pre(self.vision_embed(images)))
             feats = self.vision_head(x[:, 0])
         return F.normalize(feats, dim=-1) if normalize else feats
 
@@ -330,7 +414,7 @@ def load_clip(
     (`cache_dir`, or the Hugging Face / `~/.cache/clip` defaults) and otherwise fails at once with
     a `DownloadError`; `name` may be spelled the OpenAI way (`"ViT-B/16"`).
     """
-    from vlprompt.checkpoints import is_local_source, read_checkpoint
+    from vlprompt.clip_weights import is_local_source, read_checkpoint
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")

@@ -13,10 +13,12 @@ import json
 import logging
 import os
 import sys
+import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+from vlprompt.config import ENGINE_KEYS, SUBSAMPLE_CHOICES, EngineSettings
 from vlprompt.errors import VlpromptError
 from vlprompt.executors import EXECUTORS
 
@@ -82,10 +84,6 @@ PRESET_HELP = (
     "a paper preset: the official settings for the run's data set and shots (`vlprompt presets` "
     "lists them); --set and method flags win over it"
 )
-ENGINE_KEYS = (
-    "device", "precision", "deterministic", "num_workers", "eval_batch_size", "keep_checkpoints",
-    "view_pool", "crop_min_scale",
-)  # fmt: skip
 OTHER_KEYS = (
     "output_dir", "resume", "overwrite", "evaluate", "progress", "trust_torchscript", "tensorboard",
 )  # fmt: skip
@@ -144,7 +142,9 @@ def _add_method_flags(parser: argparse.ArgumentParser, method: str | None) -> No
     for f in fields(config_class):
         default = f.default if f.default is not MISSING else None
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"default: {default!r}"
+        meaning = f.metadata.get("help")  # each config field's help (vlprompt.methods.base)
+        help_text = f"default: {default!r}" + (f"; {meaning}" if meaning else "")
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
         if isinstance(default, bool):
             group.add_argument(
                 flag, dest=f"m_{f.name}", action=argparse.BooleanOptionalAction,
@@ -165,8 +165,25 @@ def _set_pair(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), _parse_value(value)
 
 
+def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per EngineSettings field (`--eval-batch-size` sets `eval_batch_size`), with the
+    field's help, choices and metavar; a true/false field is a switch that sets it true."""
+    kinds = typing.get_type_hints(EngineSettings)
+    for f in fields(EngineSettings):
+        flag = "--" + f.name.replace("_", "-")
+        extra = {k: f.metadata[k] for k in ("help", "choices", "metavar") if k in f.metadata}
+        if kinds[f.name] is bool:
+            parser.add_argument(flag, dest=f.name, action="store_true", default=argparse.SUPPRESS,
+                                **extra)  # fmt: skip
+        else:  # `int | None` -> int
+            kind = next(t for t in typing.get_args(kinds[f.name]) or [kinds[f.name]]
+                        if t is not type(None))  # fmt: skip
+            parser.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS,
+                                **extra)  # fmt: skip
+
+
 def _add_train_parser(sub: Any, argv: list[str]) -> None:
-    from vlprompt.config import DEFAULT_BACKBONE, DEFAULT_PRETRAINED, PRECISION_CHOICES
+    from vlprompt.config import DEFAULT_BACKBONE, DEFAULT_PRETRAINED
 
     S = argparse.SUPPRESS
     p = sub.add_parser(
@@ -192,7 +209,7 @@ def _add_train_parser(sub: Any, argv: list[str]) -> None:
     p.add_argument(
         "--seed", type=int, default=S, help="few-shot sampling/training seed (default 1)"
     )
-    p.add_argument("--subsample", choices=("all", "base", "new"), default=S,
+    p.add_argument("--subsample", choices=SUBSAMPLE_CHOICES, default=S,
                    help="classes to train on (default all)")  # fmt: skip
     p.add_argument("-o", "--output-dir", dest="output_dir", default=S, help="run folder")
     p.add_argument(
@@ -201,23 +218,7 @@ def _add_train_parser(sub: Any, argv: list[str]) -> None:
     p.add_argument(
         "--overwrite", action="store_true", default=S, help="replace a run in the folder"
     )
-    p.add_argument("--device", default=S, help="cpu, cuda, cuda:1 (default cpu)")
-    p.add_argument("--precision", choices=PRECISION_CHOICES, default=S,
-                   help="autocast dtype. CUDA: auto = fp16 (with a grad scaler), fp16, bf16, fp32. "
-                        "CPU: auto = fp32; bf16 runs CPU autocast, slow on most CPUs, for "
-                        "checking the mixed-precision path; fp16 needs CUDA")  # fmt: skip
-    p.add_argument("--deterministic", action="store_true", default=S,
-                   help="deterministic algorithms and seeded loader workers")  # fmt: skip
-    p.add_argument("--num-workers", dest="num_workers", type=int, default=S,
-                   help="DataLoader workers (default 0 on CPU, 4 on CUDA)")  # fmt: skip
-    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=S)
-    p.add_argument("--keep-checkpoints", dest="keep_checkpoints", type=int, default=S)
-    p.add_argument("--view-pool", dest="view_pool", type=int, default=S, metavar="N",
-                   help="pre-compute N augmented views per training image once and reuse them "
-                   "(faster; changes the augmentation, so accuracy may change; default 0 = off)")  # fmt: skip
-    p.add_argument("--crop-min-scale", dest="crop_min_scale", type=float, default=S, metavar="F",
-                   help="smallest area fraction of a training crop (default 0.08 as the papers; "
-                   "raise it for small objects in the frame; 1 = no crop, flips only)")  # fmt: skip
+    _add_engine_flags(p)
     p.add_argument("--no-eval", dest="evaluate", action="store_false", default=S,
                    help="do not evaluate the last epoch on the test split")  # fmt: skip
     p.add_argument("--config", default=None, help="YAML or JSON file of settings")
@@ -241,6 +242,9 @@ def _add_sweep_view_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    from vlprompt.data.splits import SPLIT_NAMES
+    from vlprompt.protocols import PROTOCOLS
+
     argv = list(argv or [])
     parser = argparse.ArgumentParser(
         prog="vlprompt",
@@ -254,10 +258,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                        description="Evaluate a finished run; the result is appended to its results.jsonl.")  # fmt: skip
     p.add_argument("run_dir", help="a run folder written by `vlprompt train`")
     p.add_argument("--dataset", help="data set to test on (default: the run's own)")
-    p.add_argument(
-        "--subsample", choices=("all", "base", "new"), help="classes (default: the run's)"
-    )
-    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("--subsample", choices=SUBSAMPLE_CHOICES, help="classes (default: the run's)")
+    p.add_argument("--split", choices=SPLIT_NAMES, default="test")
     p.add_argument("--root", help="data root of --dataset (default: the run's)")
     p.add_argument("--device", default="cpu")
     p.add_argument(
@@ -279,7 +281,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                        epilog=BENCH_EXAMPLE, formatter_class=RAW,
                        description="Train and evaluate over methods x data sets x shots x seeds; "
                        "finished runs are skipped, so an interrupted sweep resumes.")  # fmt: skip
-    p.add_argument("protocol", choices=("base2new", "fewshot", "xd", "dg"))
+    p.add_argument("protocol", choices=PROTOCOLS)
     p.add_argument("--methods", required=True, help="comma-separated method names")
     p.add_argument("--datasets", required=True, help="comma-separated (source) data sets")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")

@@ -57,20 +57,47 @@ class EngineSettings:
     """How the engine runs. Only `precision`, `deterministic`, `view_pool` and `crop_min_scale`
     can change the numbers."""
 
-    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... (DDP picks cuda:LOCAL_RANK itself)
-    # autocast dtype: CUDA auto = fp16 (the papers); CPU auto = fp32, bf16 = CPU autocast (slow,
-    # for checking that path), fp16 refused (vlprompt.engine.effective_precision)
-    precision: str = "auto"
-    deterministic: bool = False  # torch.use_deterministic_algorithms + seeded DataLoader workers
-    num_workers: int | None = None  # DataLoader workers; None = 0 on CPU, 4 on CUDA
-    eval_batch_size: int = 100  # images per evaluation batch (Dassl's test batch size)
-    keep_checkpoints: int = 1  # per-epoch checkpoints kept (the latest ones)
-    # augmented views per training image pre-computed once and reused across epochs
-    # (vlprompt.view_pool): faster, but NOT the papers' fresh augmentations; 0 = off (default)
-    view_pool: int = 0
-    # smallest area fraction of the training crop: 0.08 = the papers (CoOp / Dassl); raise it for
-    # images whose object is small in the frame; 1 = no crop (flips only)
-    crop_min_scale: float = 0.08
+    # Each field's "help" is its `vlprompt train --FIELD-NAME` flag's help (the CLI makes one
+    # flag per field; vlprompt.precision.effective_precision decides what a precision runs as).
+    device: str = field(
+        default="cpu",
+        metadata={"help": "cpu, cuda, cuda:1, ... (default cpu; under DDP each process picks "
+                  "cuda:LOCAL_RANK itself)"},
+    )  # fmt: skip
+    precision: str = field(
+        default="auto",
+        metadata={"help": "autocast dtype. CUDA: auto = fp16 (with a grad scaler, the papers), "
+                  "fp16, bf16, fp32. CPU: auto = fp32; bf16 runs CPU autocast, slow on most "
+                  "CPUs, for checking the mixed-precision path; fp16 needs CUDA",
+                  "choices": PRECISION_CHOICES},
+    )  # fmt: skip
+    deterministic: bool = field(
+        default=False,
+        metadata={"help": "deterministic algorithms (torch.use_deterministic_algorithms) and "
+                  "seeded loader workers"},
+    )  # fmt: skip
+    num_workers: int | None = field(
+        default=None, metadata={"help": "DataLoader workers (default 0 on CPU, 4 on CUDA)"}
+    )
+    eval_batch_size: int = field(
+        default=100,
+        metadata={"help": "images per evaluation batch (default 100, Dassl's test batch size)"},
+    )
+    keep_checkpoints: int = field(
+        default=1, metadata={"help": "per-epoch checkpoints kept, the latest ones (default 1)"}
+    )
+    view_pool: int = field(
+        default=0,
+        metadata={"help": "pre-compute N augmented views per training image once and reuse them "
+                  "across epochs (vlprompt.view_pool; faster, but NOT the papers' fresh "
+                  "augmentations, so accuracy may change; default 0 = off)", "metavar": "N"},
+    )  # fmt: skip
+    crop_min_scale: float = field(
+        default=0.08,
+        metadata={"help": "smallest area fraction of a training crop (default 0.08 as the "
+                  "papers, CoOp / Dassl; raise it for small objects in the frame; 1 = no crop, "
+                  "flips only)", "metavar": "F"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         self.device = check_device(self.device)
@@ -106,6 +133,10 @@ class EngineSettings:
         if self.num_workers is not None:
             return self.num_workers
         return 4 if str(self.device).startswith("cuda") else 0
+
+
+# the engine settings' names: api.train's keywords, the CLI's flags, config.json's "engine" keys
+ENGINE_KEYS = tuple(f.name for f in fields(EngineSettings))
 
 
 def _check_whole(name: str, value: Any) -> None:

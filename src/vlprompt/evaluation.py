@@ -1,4 +1,5 @@
-"""Accuracy, per-class accuracy, the harmonic mean, and evaluating a method on a list of images.
+"""Accuracy, per-class accuracy, and evaluating a method on a list of images (the harmonic
+mean of base and new accuracy is `vlprompt.report.harmonic_mean`).
 
 (Named `evaluation`, not `evaluate`, so that the module never shadows `vlprompt.evaluate()`.)
 
@@ -21,8 +22,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from vlprompt.engine import Dist, _autocast
+from vlprompt.distributed import Dist
 from vlprompt.errors import DataError
+from vlprompt.precision import autocast_for
 
 
 def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
@@ -47,11 +49,6 @@ def per_class_accuracy(
 def macro_accuracy(per_class: dict[str, float]) -> float:
     """Mean of the per-class accuracies (percent)."""
     return sum(per_class.values()) / len(per_class) if per_class else 0.0
-
-
-def harmonic_mean(base: float, new: float) -> float:
-    """H = 2BN / (B + N), the base-to-new summary (0 when both are 0)."""
-    return 0.0 if base + new == 0 else 2.0 * base * new / (base + new)
 
 
 @dataclass
@@ -107,7 +104,7 @@ def compute_logits(
 ) -> tuple[torch.Tensor, bool]:
     """Logits [N, C] (float32, CPU) of `method` on `items` (Datums), in order; and whether
     they were computed from frozen image features. `feature_cache`: a FeatureCache (or None).
-    `precision` as in training (`vlprompt.engine.effective_precision`: CPU bf16 runs under
+    `precision` as in training (`vlprompt.precision.effective_precision`: CPU bf16 runs under
     autocast, CUDA `auto` under fp16 autocast)."""
     from torch.utils.data import DataLoader
 
@@ -118,12 +115,10 @@ def compute_logits(
     device = clip.device
     transform = transform or transform_for(clip, train=False)
     if use_features is None:
-        use_features = bool(getattr(method, "frozen_image_encoder", False)) and hasattr(
-            method, "forward_features"
-        )
+        use_features = method.frozen_image_encoder
     mine = [items[i] for i in _shard(len(items), ctx)]
     method.eval()
-    autocast = _autocast(device, precision)  # the training steps' autocast (engine.fit)
+    autocast = autocast_for(device, precision)  # the training steps' autocast (engine.fit)
     chunks = []
     if use_features:
         from vlprompt.feature_cache import encode_images_cached

@@ -5,7 +5,7 @@ evaluates it as the protocol says, appends one line per evaluation to `<output_d
 and rewrites the summary tables and plots (`vlprompt.report`) after every run, so a killed sweep
 always leaves a summary of what finished.
 
-Protocols (DESIGN §5; CoOp / CoCoOp / RPO evaluation scripts):
+Protocols (as the CoOp / CoCoOp / RPO evaluation scripts run them; docs/reproduce.md):
 
 - ``base2new``: train on the base half of the classes, test on base and on new classes;
   H = 2BN/(B+N).
@@ -127,13 +127,13 @@ class Backend:
 
 def default_backend() -> Backend:
     """The real engine (imported lazily so that this module loads without it)."""
-    from vlprompt import api, engine
+    from vlprompt import api, run_status
 
     return Backend(
         train=api.train,
         evaluate=api.evaluate,
         load_run=api.load_run,
-        is_finished=engine.is_run_finished,
+        is_finished=run_status.is_run_finished,
         check=_check_names,
         check_run=_check_saved_config,
         variants_of=registered_variants,
@@ -167,12 +167,18 @@ def _check_saved_config(run_dir: Path, method: str, dataset: str, kwargs: dict[s
     """Refuse to reuse a run folder trained with another config than this sweep asks for
     (otherwise a sweep re-run with new settings would silently report the old runs)."""
     from vlprompt import api
-    from vlprompt.config import CONFIG_FILE, EngineSettings, config_differences, read_run_config
+    from vlprompt.config import (
+        CONFIG_FILE,
+        ENGINE_KEYS,
+        EngineSettings,
+        config_differences,
+        read_run_config,
+    )
 
     if not (run_dir / CONFIG_FILE).is_file():
         return
     rest = {k: v for k, v in kwargs.items() if k not in _NOT_CONFIG}
-    engine = {k: rest.pop(k) for k in api.ENGINE_KEYS if k in rest}
+    engine = {k: rest.pop(k) for k in ENGINE_KEYS if k in rest}
     named = {k: rest.pop(k) for k in _RUN_FIELDS if k in rest}
     wanted = api.resolve_config(
         method, dataset, engine=EngineSettings(**engine), overrides=rest, **named

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vlprompt.attention import KeyValues
 from vlprompt.errors import VlpromptError
+from vlprompt.seeding import seed_worker
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,9 @@ class ViewPoolError(VlpromptError, ValueError):
 
 def pool_kind(method: Any) -> str:
     """What a pool for `method` stores (see the module docstring)."""
-    if getattr(method, "frozen_image_encoder", False) and hasattr(method, "image_features"):
+    if method.frozen_image_encoder:
         return "features"
-    config = getattr(method, "config", None)
-    if hasattr(method, "frozen_image_state") and getattr(config, "implementation", "") == "fast":
+    if method.has_frozen_image_state:
         return "frozen_state"
     return "images"
 
@@ -77,7 +77,6 @@ def augmented_views(
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """(view, first image index, augmented images [b, 3, H, W]) for every view and batch, in
     order. Deterministic in `seed` (and `num_workers`); the caller's RNG state is untouched."""
-    from vlprompt.engine import seed_worker
 
     for view in range(n_views):
         s = view_seed(seed, view)

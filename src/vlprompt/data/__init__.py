@@ -8,7 +8,7 @@ train = ImageListDataset(splits.train, transform_for(clip, train=True))
 import importlib
 import importlib.util
 
-from vlprompt.data import benchmarks, imagenet, userdata  # noqa: F401  (register the loaders)
+from vlprompt.data import coop_datasets, imagenet, userdata  # noqa: F401  (register the loaders)
 from vlprompt.data.build import build_dataset, load_full
 from vlprompt.data.dataset import ImageListDataset, drop_bad_images, open_image, to_rgb
 from vlprompt.data.describe import describe_datasets, format_datasets_table

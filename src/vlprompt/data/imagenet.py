@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlprompt.data.benchmarks import dataset_root
+from vlprompt.data.coop_datasets import dataset_root
 from vlprompt.data.registry import COOP_DATASETS_MD, register_dataset
 from vlprompt.data.splits import (
     class_folder_items,

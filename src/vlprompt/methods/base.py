@@ -1,7 +1,9 @@
 """The contract every method follows: a config dataclass + an nn.Module mapping images to logits.
 
-The engine calls only what is defined here, so a new method is one file that subclasses
-`MethodConfig` and `PromptMethod` and registers itself with `@register_method`.
+The engine, evaluation and the view pool call only what is declared here (with a default for
+every optional capability), so a new method is one file that subclasses `MethodConfig` and
+`PromptMethod` and registers itself with `@register_method`. Each config field carries its help
+text in `field(metadata={"help": ...})`, which `vlprompt train --method NAME --help` shows.
 """
 
 from __future__ import annotations
@@ -9,18 +11,26 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from vlprompt.backbone import ClipBackbone
 from vlprompt.errors import DataError, MethodError
+from vlprompt.methods.saving import load_learned, save_learned
+
+if TYPE_CHECKING:
+    from vlprompt.attention import KeyValues
+    from vlprompt.data.types import Datum
 
 GRADIENT_RULES = ("none", "prograd", "kd")
+# the two implementations of a method with a fast path: "fast" (same numbers, less work) and
+# "reference" (the paper's computation, the fast path's oracle in the tests)
+IMPLEMENTATIONS = ("fast", "reference")
 # field metadata of a setting that changes only speed or memory, never a number (e.g. chunk
 # sizes): it is not part of a run's identity, so a resume may change it
 RUNTIME = {"runtime": True}
@@ -33,27 +43,43 @@ def runtime_settings(config_class: type) -> frozenset[str]:
 
 @dataclass
 class MethodConfig:
-    """Settings shared by all methods. Subclasses add theirs, each with a comment."""
+    """Settings shared by all methods (the training recipe's defaults, which the engine reads
+    unless the user overrides them). Subclasses add theirs, each with its help text."""
 
-    template: str = "a photo of a {}."  # hand-crafted prompt, used by zero-shot parts and init
-    # training recipe defaults (the engine reads them unless the user overrides)
-    optimizer: str = "sgd"  # "sgd" or "adamw"
-    lr: float = 0.002  # peak learning rate after warm-up
-    weight_decay: float = 5e-4  # optimizer weight decay
-    momentum: float = 0.9  # SGD momentum
-    epochs: int = 10  # training epochs (the last one is evaluated)
-    batch_size: int = 32  # images per step
-    warmup_epochs: int = 1  # epochs at constant `warmup_lr` before the cosine schedule
-    warmup_lr: float = 1e-5  # learning rate during warm-up
-    # gradient rule: "none" (plain loss gradient), "prograd" (project the loss gradient when it
-    # conflicts with the gradient of the KL towards zero-shot CLIP) or "kd" (knowledge
-    # distillation, ProGrad paper's comparison: loss + lambda * that KL, plainly added); any
-    # method can use either
-    gradient_rule: str = "none"
-    prograd_lambda: float = (
-        1.0  # lambda of the rule (ProGrad: 0.8 for 8/16-shot Flowers, DTD, EuroSAT)
+    template: str = field(
+        default="a photo of a {}.",
+        metadata={"help": "hand-crafted prompt, used by zero-shot parts and init"},
     )
-    prograd_temperature: float = 1.0  # temperature T of the KL towards zero-shot CLIP
+    optimizer: str = field(default="sgd", metadata={"help": "'sgd' or 'adamw'"})
+    lr: float = field(default=0.002, metadata={"help": "peak learning rate after warm-up"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "optimizer weight decay"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    epochs: int = field(
+        default=10, metadata={"help": "training epochs (the last one is evaluated)"}
+    )
+    batch_size: int = field(default=32, metadata={"help": "images per step"})
+    warmup_epochs: int = field(
+        default=1, metadata={"help": "epochs at constant warmup_lr before the cosine schedule"}
+    )
+    warmup_lr: float = field(default=1e-5, metadata={"help": "learning rate during warm-up"})
+    gradient_rule: str = field(
+        default="none",
+        metadata={
+            "help": "'none' (plain loss gradient), 'prograd' (project the loss gradient when it "
+            "conflicts with the gradient of the KL towards zero-shot CLIP) or 'kd' (knowledge "
+            "distillation, the ProGrad paper's comparison: loss + lambda * that KL, plainly "
+            "added); any method can use either"
+        },
+    )
+    prograd_lambda: float = field(
+        default=1.0,
+        metadata={
+            "help": "lambda of the gradient rule (ProGrad: 0.8 for 8/16-shot Flowers, DTD, EuroSAT)"
+        },
+    )
+    prograd_temperature: float = field(
+        default=1.0, metadata={"help": "temperature T of the KL towards zero-shot CLIP"}
+    )
 
     def __post_init__(self) -> None:
         check_setting_types(self)
@@ -140,15 +166,64 @@ def full_precision(device: torch.device | str) -> contextlib.AbstractContextMana
     return torch.autocast(torch.device(device).type, enabled=False)
 
 
+def clip_logits(
+    clip: ClipBackbone, image_features: torch.Tensor, text_features: torch.Tensor
+) -> torch.Tensor:
+    """logit_scale * image_f @ text_f.T in fp32 (both already normalised), under autocast too."""
+    with full_precision(image_features.device):
+        return clip.logit_scale.float() * image_features.float() @ text_features.float().t()
+
+
+# ---- caches of computed features ---------------------------------------------------------------
+def features_key(
+    clip: ClipBackbone, classnames: Sequence[str], *identity: Any, fp32: bool = False
+) -> tuple:
+    """The key of a cache of features computed for `classnames`: the class names, `identity`
+    (what else the features depend on: a template, or a learned tensor's `_version` and
+    `data_ptr()`), the backbone's device and dtype, and the autocast dtype of the call (None for
+    features computed in fp32 whatever autocast says: `fp32=True`)."""
+    precision = None if fp32 else autocast_dtype(clip.device)
+    return (tuple(classnames), *identity, clip.device, clip.dtype, precision)
+
+
+class KeyedCache:
+    """One computed value (e.g. the text features of a class list), kept until its key
+    (`features_key`) changes; the old value is dropped before the new one is computed."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.value: Any = None
+
+    def get(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        if self.value is None or self.key != key:
+            self.clear()
+            self.value, self.key = compute(), key
+        return self.value
+
+    def clear(self) -> None:
+        self.key = self.value = None
+
+
 class PromptMethod(nn.Module):
     """Base class of every method. The frozen CLIP lives in `self.clip`; learned parts are modules
-    or parameters of the subclass and are the only things `save` writes."""
+    or parameters of the subclass and are the only things `save` writes.
+
+    A subclass implements `forward` (and usually nothing else is required). Everything else the
+    engine, evaluation and the view pool use is declared below with a default: override what the
+    method has (frozen image features, a frozen image state, closed-form fitting, templates,
+    parameter groups, an end-of-epoch step)."""
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
-    needs_training: ClassVar[bool] = True  # False for zsclip; linear_probe trains with `fit`
+    # True: trained by the engine's gradient steps (`backward_step`); False: `fit` prepares it
+    # without gradient steps (zero-shot CLIP: nothing to fit; the linear probe: closed form)
+    needs_training: ClassVar[bool] = True
     # the data set's hand-crafted template (CoOp's per-data-set table) becomes `template`
     uses_dataset_template: ClassVar[bool] = True
+    # the image side is frozen CLIP, untouched by what is learned: `image_features` gives its
+    # normalised features and `forward_features` classifies them, so evaluation reads cached
+    # features (`vlprompt.feature_cache`) and a view pool stores features (`FrozenImageMixin`)
+    frozen_image_encoder: ClassVar[bool] = False
 
     @classmethod
     def template_for(cls, dataset: str, dataset_template: str) -> str | None:
@@ -161,6 +236,7 @@ class PromptMethod(nn.Module):
         self.clip = clip  # frozen; never saved with the method
         self.config = config
         self.classnames = validate_classnames(classnames)
+        self._zeroshot_cache = KeyedCache()
 
     # ---- what a method implements -------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -204,21 +280,95 @@ class PromptMethod(nn.Module):
         scale(loss).backward()
         return StepOutput(loss.detach(), out.logits.detach())
 
+    # ---- optional capabilities (each with its default) -------------------------------------
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised frozen CLIP image features [B, E], without autograd. A method with
+        `frozen_image_encoder` reads its images only through this function (the view pool
+        shadows it with stored features)."""
+        with torch.no_grad():
+            return self.clip.encode_image(images, normalize=True)
+
+    def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Logits [B, C] from normalised frozen image features [B, E]: the classifier of a
+        method with `frozen_image_encoder` (evaluation calls it on cached features). Default:
+        none, the method needs the images."""
+        raise NotImplementedError(
+            f"{type(self).__name__} classifies images, not image features "
+            "(frozen_image_encoder is False)"
+        )
+
+    @property
+    def has_frozen_image_state(self) -> bool:
+        """Whether training reads the image tower through `frozen_image_state`, so that a view
+        pool may store that state instead of images. Default: False."""
+        return False
+
+    def frozen_image_state(self, images: torch.Tensor) -> tuple[list[KeyValues], torch.Tensor]:
+        """What training needs of the frozen image tower that never depends on what is learned,
+        computed without autograd: each layer's keys/values of the CLS + patch tokens and the
+        frozen CLS features [B, E] (not normalised). A method with `has_frozen_image_state`
+        reads its images only through this function (`vlprompt.view_pool` stores it and
+        shadows the function with the stored rows). Default: none."""
+        raise NotImplementedError(f"{type(self).__name__} has no frozen image state")
+
+    def fit_features(
+        self,
+        train_feats: torch.Tensor,
+        train_labels: torch.Tensor,
+        val_feats: torch.Tensor | None = None,
+        val_labels: torch.Tensor | None = None,
+    ) -> dict[str, float]:
+        """Fit in closed form on normalised frozen image features [N, E] and their labels,
+        choosing any hyper-parameter on the validation features; returns what was chosen.
+        Default: nothing to fit from features ({}): a method with `needs_training` is trained
+        by the engine's gradient steps instead, and zero-shot CLIP learns nothing."""
+        return {}
+
+    def fit(
+        self,
+        train: Sequence[Datum],
+        val: Sequence[Datum],
+        *,
+        feature_cache: Any = None,
+        batch_size: int = 100,
+        num_workers: int = 0,
+        log: Callable[[str], None] = lambda _message: None,
+    ) -> None:
+        """Prepare a method without `needs_training` from the training (and validation) images,
+        in place of the engine's gradient steps; `feature_cache` (a
+        `vlprompt.feature_cache.FeatureCache` or None) serves frozen image features, `log`
+        reports progress. Default: nothing to fit (zero-shot CLIP); the linear probe fits its
+        classifier here (`fit_features`). Methods with `needs_training` are trained by the
+        engine's gradient steps instead and never reach this."""
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups (torch.optim's format). A group may carry
+        `lr_scale`: its learning rate is the schedule's times that factor (e.g. a head learned
+        faster than the prompts); other keys (e.g. `weight_decay`) override the config's.
+        Default: one group of all trainable parameters ([] when there are none)."""
+        params = self.trainable_parameters()
+        return [{"params": params}] if params else []
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called by the engine after each training epoch (1-based `epoch`, as in the epoch's
+        checkpoint), before the parameters are checked and the checkpoint is written; e.g. an
+        aggregation of the per-epoch states. Default: nothing."""
+
     # ---- zero-shot CLIP (ProGrad's teacher, KgCoOp's anchor, zsclip) ----------------------
     @torch.no_grad()
     def zeroshot_text_features(self) -> torch.Tensor:
-        """Normalised text features of `config.template` for the current class names, cached."""
-        key = (tuple(self.classnames), self.config.template)
-        cached = getattr(self, "_zs_cache", None)
-        if cached is None or cached[0] != key:
-            from vlprompt.methods.text_encoding import TEMPLATE_HINT, tokenize_checked
+        """Normalised text features of `config.template` for the current class names, cached;
+        computed in fp32 whatever autocast says (once per class list)."""
+        from vlprompt.methods.text_encoding import TEMPLATE_HINT, tokenize_checked
 
+        def compute() -> torch.Tensor:
             texts = [self.config.template.format(c.replace("_", " ")) for c in self.classnames]
             tokens = tokenize_checked(self.clip, texts, "hand-crafted prompt", TEMPLATE_HINT)
-            with full_precision(self.clip.device):  # once per class list: fp32 whatever autocast
-                feats = self.clip.encode_text(tokens, normalize=True)
-            self._zs_cache = (key, feats)
-        return self._zs_cache[1]
+            with full_precision(self.clip.device):
+                return self.clip.encode_text(tokens, normalize=True)
+
+        key = features_key(self.clip, self.classnames, self.config.template, fp32=True)
+        return self._zeroshot_cache.get(key, compute)
 
     @torch.no_grad()
     def zeroshot_logits(
@@ -227,9 +377,7 @@ class PromptMethod(nn.Module):
         """Zero-shot CLIP logits; reuses `image_features` (normalised) when given."""
         if image_features is None:
             image_features = self.clip.encode_image(images, normalize=True)
-        text = self.zeroshot_text_features()
-        with full_precision(image_features.device):
-            return self.clip.logit_scale.float() * image_features.float() @ text.float().t()
+        return clip_logits(self.clip, image_features, self.zeroshot_text_features())
 
     def set_classnames(self, classnames: list[str]) -> None:
         """Point the method at another class list (e.g. the new classes of base-to-new)."""
@@ -251,18 +399,29 @@ class PromptMethod(nn.Module):
         }
 
     def save(self, directory: str | Path) -> None:
-        """Write `prompts.safetensors` + `method.json` (method name, config, backbone facts)."""
-        from vlprompt.io import save_learned  # local import: io depends on this module's types
-
+        """Write `prompts.safetensors` + `method.json` (`vlprompt.methods.saving`)."""
         save_learned(self, directory)
 
     @classmethod
     def load(
         cls, directory: str | Path, clip: ClipBackbone, classnames: list[str] | None = None
     ) -> PromptMethod:
-        from vlprompt.io import load_learned
-
         return load_learned(directory, clip, classnames, expected=cls)
+
+
+class FrozenImageMixin:
+    """Methods whose image side is frozen CLIP (`frozen_image_encoder`): images reach the
+    classifier only as `image_features`, training returns them (ProGrad's teacher reuses them)
+    and `forward_features` classifies cached features. Mix in before `PromptMethod`."""
+
+    frozen_image_encoder: ClassVar[bool] = True
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(self.image_features(images))
+
+    def forward_train(self, images: torch.Tensor) -> TrainOutput:
+        feats = self.image_features(images)
+        return TrainOutput(self.forward_features(feats), feats)
 
 
 def validate_classnames(classnames: list[str]) -> list[str]:

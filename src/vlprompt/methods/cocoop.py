@@ -16,7 +16,7 @@ layout CoCoOp defines). On ViT-B/16 shapes (d = 512, width 512) it learns
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -25,8 +25,13 @@ from torch import nn
 from vlprompt.backbone import ClipBackbone
 from vlprompt.errors import MethodError
 from vlprompt.methods import text_encoding as te
-from vlprompt.methods.base import MethodConfig, PromptMethod, full_precision, validate_classnames
-from vlprompt.methods.coop import ContextConfig, FrozenImageMixin, initial_context, n_ctx_of
+from vlprompt.methods.base import FrozenImageMixin, MethodConfig, PromptMethod, full_precision
+from vlprompt.methods.prompt_context import (
+    ContextConfig,
+    PromptLayoutMixin,
+    initial_context,
+    n_ctx_of,
+)
 from vlprompt.methods.registry import register_method
 
 
@@ -34,11 +39,21 @@ from vlprompt.methods.registry import register_method
 class CoCoOpConfig(ContextConfig):
     """CoCoOp (defaults: the paper's base-to-new recipe)."""
 
-    n_ctx: int = 4  # context vectors (set by ctx_init when it is given)
-    ctx_init: str = "a photo of a"  # words initialising the context ("" = N(0, 0.02^2))
-    epochs: int = 10  # training epochs
-    batch_size: int = 1  # images per step (each image has its own prompts, so this is costly)
-    meta_net_reduction: int = 16  # hidden width of the meta-net = embed_dim // this
+    n_ctx: int = field(
+        default=4, metadata={"help": "context vectors (set by ctx_init when it is given)"}
+    )
+    ctx_init: str = field(
+        default="a photo of a",
+        metadata={"help": "words initialising the context ('' = N(0, 0.02^2))"},
+    )
+    epochs: int = field(default=10, metadata={"help": "training epochs"})
+    batch_size: int = field(
+        default=1,
+        metadata={"help": "images per step (each image has its own prompts, so this is costly)"},
+    )
+    meta_net_reduction: int = field(
+        default=16, metadata={"help": "hidden width of the meta-net = embed_dim // this"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,7 +62,7 @@ class CoCoOpConfig(ContextConfig):
 
 
 @register_method
-class CoCoOp(FrozenImageMixin, PromptMethod):
+class CoCoOp(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
     """A shared context shifted per image by a meta-net on the image feature."""
 
     name: ClassVar[str] = "cocoop"
@@ -69,27 +84,6 @@ class CoCoOp(FrozenImageMixin, PromptMethod):
             )
         ).to(clip.device)
         self._build_layout()
-
-    def _build_layout(self) -> None:
-        layout = te.build_layout(self.clip, self.classnames, self.n_ctx)
-        self.name_lens = layout.name_lens
-        self.register_buffer("token_prefix", layout.prefix, persistent=False)
-        self.register_buffer("token_suffix", layout.suffix, persistent=False)
-        self.register_buffer("eot_index", layout.eot_index, persistent=False)
-
-    @property
-    def layout(self) -> te.PromptLayout:
-        return te.PromptLayout(
-            self.eot_index, self.name_lens, self.token_prefix, self.token_suffix, self.n_ctx
-        )
-
-    def set_classnames(self, classnames: list[str]) -> None:
-        saved, self.classnames = self.classnames, validate_classnames(classnames)
-        try:
-            self._build_layout()
-        except MethodError:  # e.g. a class prompt too long: keep the working class list
-            self.classnames = saved
-            raise
 
     def shifted_context(self, image_features: torch.Tensor) -> torch.Tensor:
         """[B, n, D]: the context plus the meta-net's shift of each normalised image feature."""

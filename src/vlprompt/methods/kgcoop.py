@@ -18,15 +18,15 @@ or used in the loss, so they are left out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from vlprompt.errors import MethodError
-from vlprompt.methods.base import MethodConfig, TrainOutput
-from vlprompt.methods.coop import CoOp, CoOpConfig, clip_logits
+from vlprompt.methods.base import MethodConfig, TrainOutput, clip_logits
+from vlprompt.methods.coop import CoOp, CoOpConfig
 from vlprompt.methods.registry import register_method
 
 
@@ -34,11 +34,17 @@ from vlprompt.methods.registry import register_method
 class KgCoOpConfig(CoOpConfig):
     """KgCoOp (defaults: the official ViT-B/16 base-to-new recipe)."""
 
-    n_ctx: int = 4  # context vectors (set by ctx_init when it is given)
-    ctx_init: str = "a photo of a"  # words initialising the context
-    epochs: int = 100  # training epochs
-    batch_size: int = 128  # images per step
-    w: float = 8.0  # weight of the knowledge-guided cosine regulariser
+    n_ctx: int = field(
+        default=4, metadata={"help": "context vectors (set by ctx_init when it is given)"}
+    )
+    ctx_init: str = field(
+        default="a photo of a", metadata={"help": "words initialising the context"}
+    )
+    epochs: int = field(default=100, metadata={"help": "training epochs"})
+    batch_size: int = field(default=128, metadata={"help": "images per step"})
+    w: float = field(
+        default=8.0, metadata={"help": "weight of the knowledge-guided cosine regulariser"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -17,9 +17,10 @@ feature cache and `forward_features` contract of the other methods (the C sweep 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -27,9 +28,18 @@ from torch import nn
 
 from vlprompt.backbone import ClipBackbone
 from vlprompt.errors import MethodError
-from vlprompt.methods.base import MethodConfig, PromptMethod, full_precision, validate_classnames
-from vlprompt.methods.coop import FrozenImageMixin
+from vlprompt.methods.base import (
+    FrozenImageMixin,
+    MethodConfig,
+    PromptMethod,
+    full_precision,
+    validate_classnames,
+)
 from vlprompt.methods.registry import register_method
+from vlprompt.methods.saving import read_method_info
+
+if TYPE_CHECKING:
+    from vlprompt.data.types import Datum
 
 COARSE_C = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)  # CoOp lpclip's initial search list
 
@@ -38,10 +48,16 @@ COARSE_C = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)  # CoOp lpclip's initial searc
 class LinearProbeConfig(MethodConfig):
     """Linear probe (defaults: CoOp's lpclip search)."""
 
-    c_grid: tuple[float, ...] = COARSE_C  # coarse sweep over the inverse regularisation C
-    search_steps: int = 8  # bisection rounds in log10(C) around the best coarse value
-    max_iter: int = 1000  # L-BFGS iterations per fit
-    default_c: float = 1.0  # C used when no validation features are given
+    c_grid: tuple[float, ...] = field(
+        default=COARSE_C, metadata={"help": "coarse sweep over the inverse regularisation C"}
+    )
+    search_steps: int = field(
+        default=8, metadata={"help": "bisection rounds in log10(C) around the best coarse value"}
+    )
+    max_iter: int = field(default=1000, metadata={"help": "L-BFGS iterations per fit"})
+    default_c: float = field(
+        default=1.0, metadata={"help": "C used when no validation features are given"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -68,7 +84,7 @@ class LinearProbe(FrozenImageMixin, PromptMethod):
 
     name: ClassVar[str] = "linear_probe"
     config_class: ClassVar[type[MethodConfig]] = LinearProbeConfig
-    needs_training: ClassVar[bool] = False  # fitted in closed form by `fit_features`
+    needs_training: ClassVar[bool] = False  # fitted in closed form by `fit` / `fit_features`
     config: LinearProbeConfig
 
     def __init__(
@@ -81,6 +97,33 @@ class LinearProbe(FrozenImageMixin, PromptMethod):
         self.register_buffer("c_value", torch.zeros((), device=clip.device))  # 0 = not fitted
 
     # ---- fitting -----------------------------------------------------------------------------
+    def fit(
+        self,
+        train: Sequence[Datum],
+        val: Sequence[Datum],
+        *,
+        feature_cache: Any = None,
+        batch_size: int = 100,
+        num_workers: int = 0,
+        log: Callable[[str], None] = lambda _message: None,
+    ) -> None:
+        """Fit on the frozen image features of the training and validation images, encoded
+        with the test transform (the CLIP paper's probe) through `feature_cache`."""
+        from vlprompt.data import transform_for
+        from vlprompt.feature_cache import encode_images_cached
+
+        transform = transform_for(self.clip, train=False)
+        train_f, train_y = encode_images_cached(
+            self.clip, train, transform, feature_cache, batch_size, num_workers
+        )
+        val_f, val_y = encode_images_cached(
+            self.clip, val, transform, feature_cache, batch_size, num_workers
+        )
+        log(
+            f"fitting the linear probe on {len(train_y)} training / {len(val_y)} validation features"
+        )
+        self.fit_features(train_f, train_y, val_f, val_y)
+
     def _fit(self, x: np.ndarray, y: np.ndarray, c: float) -> Any:
         from sklearn.linear_model import LogisticRegression
 
@@ -178,8 +221,6 @@ class LinearProbe(FrozenImageMixin, PromptMethod):
     def load(
         cls, directory: str | Path, clip: ClipBackbone, classnames: list[str] | None = None
     ) -> PromptMethod:
-        from vlprompt.io import read_method_info
-
         saved = read_method_info(directory).get("classnames")
         if classnames is not None and list(classnames) != saved:
             raise MethodError(

@@ -33,7 +33,7 @@ Departure: the official code takes `CTX_INIT` from the template whatever its tex
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -60,14 +60,29 @@ PROGRAD_TEMPLATES: dict[str, str] = {
 class ProGradConfig(CoOpConfig):
     """ProGrad (defaults: the official configs, see the module docstring)."""
 
-    # the context's init from the template, the official CTX_INIT (see the module docstring);
-    # False: CoOp's init from ctx_init
-    ctx_from_template: bool = True
-    ctx_init: str = ""  # with ctx_from_template=False: init words ("" = N(0, 0.02^2))
-    pad_ctx_init: bool = True  # ProGrad's init layout: n_ctx vectors, the words at the end
-    gradient_rule: str = "prograd"  # project the CE gradient when it conflicts with the KL's
-    prograd_lambda: float = 1.0  # lambda (0.8 for 8/16-shot Flowers, DTD, EuroSAT)
-    prograd_temperature: float = 1.0  # KL temperature T
+    ctx_from_template: bool = field(
+        default=True,
+        metadata={
+            "help": "initialise the context from the template's words, the official CTX_INIT "
+            "(false: CoOp's init from ctx_init)"
+        },
+    )
+    ctx_init: str = field(
+        default="",
+        metadata={"help": "with ctx_from_template false: init words ('' = N(0, 0.02^2))"},
+    )
+    pad_ctx_init: bool = field(
+        default=True,
+        metadata={"help": "ProGrad's init layout: n_ctx vectors, the words at the end"},
+    )
+    gradient_rule: str = field(
+        default="prograd",
+        metadata={"help": "project the CE gradient when it conflicts with the KL's"},
+    )
+    prograd_lambda: float = field(
+        default=1.0, metadata={"help": "lambda (0.8 for 8/16-shot Flowers, DTD, EuroSAT)"}
+    )
+    prograd_temperature: float = field(default=1.0, metadata={"help": "KL temperature T"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -16,11 +16,13 @@ from __future__ import annotations
 import difflib
 from dataclasses import fields
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vlprompt.backbone import ClipBackbone
 from vlprompt.errors import MethodError
-from vlprompt.methods.base import MethodConfig, PromptMethod
+
+if TYPE_CHECKING:  # the registry only holds classes; `vlprompt.methods.base` saves through it
+    from vlprompt.backbone import ClipBackbone
+    from vlprompt.methods.base import MethodConfig, PromptMethod
 
 _METHODS: dict[str, type[PromptMethod]] = {}
 ENTRY_POINT_GROUP = "vlprompt.methods"

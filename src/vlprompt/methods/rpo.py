@@ -5,7 +5,7 @@ the patch tokens. Masked attention lets the prompts read the frozen tokens while
 reads a prompt (and no prompt reads a prompt, itself included), so CLIP's own token states never
 change. Prompt i of the image pairs with prompt i of the text; logits are the mean over the K
 pairs of CLIP's scaled cosine similarity. Behaviour follows the official `trainers/rpo.py` with
-config `main_K24.yaml` (see DESIGN §4); the official code hard-codes ViT-B/16 at 224 px, this
+config `main_K24.yaml` (docs/reproduce.md lists its values); the official code hard-codes ViT-B/16 at 224 px, this
 module reads every size from the backbone.
 
 Two implementations give the same numbers (tested to fp32 tolerance, logits and gradients):
@@ -31,20 +31,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vlprompt.attention import KeyValues, block_forward_with_kv, check_block, readonly_rows_forward
+from vlprompt.attention import CollectKeyValues, KeyValues, ReadOnlyRows, check_block
 from vlprompt.backbone import ClipBackbone
 from vlprompt.errors import MethodError
 from vlprompt.methods.base import (
+    IMPLEMENTATIONS,
     RUNTIME,
+    KeyedCache,
     MethodConfig,
     PromptMethod,
     TrainOutput,
-    autocast_dtype,
+    features_key,
     full_precision,
 )
 from vlprompt.methods.registry import register_method
 
-IMPLEMENTATIONS = ("fast", "reference")
 MASKS = ("readonly", "none")
 INITS = ("special", "random")
 # official ST-init: each prompt vector moves by its own random direction of norm 0.1
@@ -60,25 +61,53 @@ class RPOError(MethodError):
 class RPOConfig(MethodConfig):
     """RPO settings; defaults are the official base-to-new config `main_K24.yaml`."""
 
-    K: int = 24  # prompt pairs (text prompt i pairs with vision prompt i); 4 for extreme few-shot
-    # "fast": frozen tokens without autograd, only the K prompt rows differentiated (same numbers);
-    # "reference": the paper's full masked forward (benchmarks and tests compare against it)
-    implementation: str = "fast"
-    # fast path, training only: classes per chunk of the text forward, each chunk recomputed in
-    # backward (activation checkpointing) so peak memory stays bounded at 1000 classes; costs one
-    # extra text forward per step, same numbers. Only used with more classes than this (so the
-    # 100-class benchmarks run unchunked); 0 = all classes at once, whatever their number
-    text_chunk_size: int = field(default=256, metadata=RUNTIME)
-    # ablations of the paper: "readonly" (default) = the masked attention above; "none" = the
-    # prompts join ordinary attention (text: CLIP's causal mask; image: no mask), so frozen image
-    # tokens read the prompts ("without masked attention"); runs the reference path
-    mask: str = "readonly"
-    # "special" (default) = ST-init (EOT / class embedding + noise of norm 0.1); "random" =
-    # N(0, 0.02^2) per element, CoOp's random init (the paper's random-init ablation)
-    init: str = "special"
-    lr: float = 0.01  # SGD; 0.005 for domain generalisation (ImageNet source)
-    epochs: int = 15
-    batch_size: int = 4
+    K: int = field(
+        default=24,
+        metadata={
+            "help": "prompt pairs (text prompt i pairs with vision prompt i); 4 for extreme "
+            "few-shot"
+        },
+    )
+    implementation: str = field(
+        default="fast",
+        metadata={
+            "help": "'fast': frozen tokens without autograd, only the K prompt rows "
+            "differentiated (same numbers); 'reference': the paper's full masked forward "
+            "(benchmarks and tests compare against it)"
+        },
+    )
+    text_chunk_size: int = field(
+        default=256,
+        metadata={
+            "help": "fast path, training only: classes per chunk of the text forward, each "
+            "chunk recomputed in backward (activation checkpointing) so peak memory stays "
+            "bounded at 1000 classes; costs one extra text forward per step, same numbers. Only "
+            "used with more classes than this; 0 = all classes at once",
+            **RUNTIME,
+        },
+    )
+    mask: str = field(
+        default="readonly",
+        metadata={
+            "help": "'readonly' = the read-only masked attention; 'none' = the prompts join "
+            "ordinary attention (text: CLIP's causal mask; image: no mask), so frozen image "
+            "tokens read the prompts (the paper's ablation without masked attention); runs the "
+            "reference path"
+        },
+    )
+    init: str = field(
+        default="special",
+        metadata={
+            "help": "'special' = ST-init (EOT / class embedding + noise of norm 0.1); 'random' "
+            "= N(0, 0.02^2) per element, CoOp's random init (the paper's ablation)"
+        },
+    )
+    lr: float = field(
+        default=0.01,
+        metadata={"help": "SGD learning rate; 0.005 for domain generalisation (ImageNet source)"},
+    )
+    epochs: int = field(default=15, metadata={"help": "training epochs"})
+    batch_size: int = field(default=4, metadata={"help": "images per step"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -129,7 +158,7 @@ class RPO(PromptMethod):
         self.text_prompt = nn.Parameter(text_init)  # [K, text_width]
         self.vision_prompt = nn.Parameter(vision_init)  # [K, vision_width]
         self._text_cache: _TextCache | None = None
-        self._eval_text: tuple[tuple, torch.Tensor] | None = None
+        self._eval_text = KeyedCache()
 
     # ---- public API -----------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -166,12 +195,10 @@ class RPO(PromptMethod):
         if self._reference_path:
             return F.normalize(self._reference_text()[0], dim=-1)
         if torch.is_grad_enabled() and self.text_prompt.requires_grad:
-            self._eval_text = None
+            self._eval_text.clear()
             return F.normalize(self._fast_text(), dim=-1)
         key = (self._class_key(), self.text_prompt._version, self.text_prompt.data_ptr())
-        if self._eval_text is None or self._eval_text[0] != key:
-            self._eval_text = (key, F.normalize(self._fast_text(), dim=-1))
-        return self._eval_text[1]
+        return self._eval_text.get(key, lambda: F.normalize(self._fast_text(), dim=-1))
 
     def frozen_text_features(self) -> torch.Tensor:
         """Frozen CLIP features at each class's EOS (not normalised), from the text cache."""
@@ -180,7 +207,7 @@ class RPO(PromptMethod):
     def set_classnames(self, classnames: list[str]) -> None:
         super().set_classnames(classnames)
         self._text_cache = None
-        self._eval_text = None
+        self._eval_text.clear()
 
     @property
     def _reference_path(self) -> bool:
@@ -193,13 +220,10 @@ class RPO(PromptMethod):
         return [self.config.template.format(c.replace("_", " ")) for c in self.classnames]
 
     def _class_key(self) -> tuple:
-        """What the text caches depend on besides the prompts: the frozen keys/values computed
-        under bf16/fp16 autocast are in that dtype, so the autocast dtype is part of it."""
-        clip = self.clip
-        return (
-            tuple(self.classnames), self.config.template, clip.device, clip.dtype,
-            autocast_dtype(clip.device),
-        )  # fmt: skip
+        """What the text caches depend on besides the prompts (`features_key`): the frozen
+        keys/values computed under bf16/fp16 autocast are in that dtype, so the autocast dtype
+        is part of it."""
+        return features_key(self.clip, self.classnames, self.config.template)
 
     def _frozen_text(self) -> _TextCache:
         """Per-layer keys/values of every class's SOS..EOS tokens, computed once per class list
@@ -221,11 +245,9 @@ class RPO(PromptMethod):
                 x = clip.token_embedding(tok) + clip.text_positional_embedding[:length].to(
                     clip.dtype
                 )
-                layer_kv = []
-                for block in clip.text_blocks:
-                    x, kv = block_forward_with_kv(block, x, causal)
-                    layer_kv.append(kv)
-                chunks.append(layer_kv)
+                collect = CollectKeyValues()
+                x = clip.run_text_layers(x, causal, collect)
+                chunks.append(collect.kv)
                 rows = torch.arange(tok.shape[0], device=tok.device)
                 eos_features.append(clip.text_head(x[rows, eos[start : start + _CACHE_CHUNK]]))
             kv = [
@@ -260,9 +282,8 @@ class RPO(PromptMethod):
         """Prompt outputs of classes start..stop-1 (the prompts have no positional embedding)."""
         mask = cache.key_mask[start:stop]
         rows = prompt.unsqueeze(0).expand(mask.shape[0], -1, -1)
-        for block, kv in zip(self.clip.text_blocks, cache.kv):
-            part = KeyValues(kv.k[start:stop], kv.v[start:stop])
-            rows = readonly_rows_forward(block, rows, part, mask)
+        part = [KeyValues(kv.k[start:stop], kv.v[start:stop]) for kv in cache.kv]
+        rows = self.clip.run_text_layers(rows, mask, ReadOnlyRows(part))
         return self.clip.text_head(rows)
 
     def _reference_text(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,34 +312,34 @@ class RPO(PromptMethod):
         mask = mask[None].masked_fill(hidden[:, None, :], float("-inf"))  # [C, L, L]
         heads = clip.text_blocks[0].attn.num_heads
         mask = mask[:, None].expand(-1, heads, -1, -1).reshape(n_classes * heads, length, length)
-        for block in clip.text_blocks:
-            x = block(x, attn_mask=mask.to(x.dtype))
+        x = clip.run_text_layers(x, mask.to(x.dtype))
         prompts = clip.text_head(x[classes, slots])
         eos_out = clip.text_head(x[classes[:, 0], eos])
         return prompts, eos_out
 
     # ---- image ----------------------------------------------------------------------------
+    @property
+    def has_frozen_image_state(self) -> bool:
+        """The fast path reads the image tower only through `frozen_image_state`."""
+        return not self._reference_path
+
     def frozen_image_state(self, images: torch.Tensor) -> tuple[list[KeyValues], torch.Tensor]:
         """What the fast path needs of the frozen image tower, without autograd: each layer's
         keys/values of the CLS + patch tokens and the frozen CLS features [B, E] (not
         normalised). It never depends on the prompts (`vlprompt.view_pool` stores it)."""
         clip = self.clip
-        kvs = []
+        collect = CollectKeyValues()
         with torch.no_grad():
-            x = clip.vision_ln_pre(clip.vision_embed(images))
-            for block in clip.vision_blocks:
-                x, kv = block_forward_with_kv(block, x)
-                kvs.append(kv)
+            x = clip.run_vision_layers(clip.vision_ln_pre(clip.vision_embed(images)), None, collect)
             cls = clip.vision_head(x[:, 0])
-        return kvs, cls
+        return collect.kv, cls
 
     def _fast_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         clip = self.clip
         kvs, cls = self.frozen_image_state(images)
         prompt = clip.vision_ln_pre(self.vision_prompt.to(clip.dtype))  # no positional embedding
         rows = prompt.unsqueeze(0).expand(cls.shape[0], -1, -1)
-        for block, kv in zip(clip.vision_blocks, kvs):
-            rows = readonly_rows_forward(block, rows, kv)
+        rows = clip.run_vision_layers(rows, None, ReadOnlyRows(kvs))
         return clip.vision_head(rows), cls
 
     def _reference_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -332,8 +353,7 @@ class RPO(PromptMethod):
         mask = torch.zeros(size, size, dtype=x.dtype, device=x.device)
         if self.config.mask == "readonly":
             mask[:, n_tokens:] = float("-inf")
-        for block in clip.vision_blocks:
-            x = block(x, attn_mask=mask)
+        x = clip.run_vision_layers(x, mask)
         cls = clip.vision_head(x[:, 0])
         if self.config.mask == "none":  # the CLS state now reads the prompts: not frozen CLIP's
             cls = self.frozen_image_state(images)[1]

@@ -25,19 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from vlprompt.attention import block_forward_with_kv, check_block, prefixed_rows_forward
+from vlprompt.attention import SharedPrefixRows, check_block
 from vlprompt.backbone import ClipBackbone
 from vlprompt.errors import MethodError
 
-IMPLEMENTATIONS = ("fast", "reference")
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 CHECKPOINT_MODES = ("auto", "always", "never")
 PLACEHOLDER = "X"  # the official placeholder word for context slots (one BPE token)
-
-
-def check_implementation(value: str) -> None:
-    if value not in IMPLEMENTATIONS:
-        raise MethodError(f"implementation must be one of {IMPLEMENTATIONS}, got {value!r}")
 
 
 def clean_classname(name: str) -> str:
@@ -236,15 +230,13 @@ def encode_shared_prefix(
     positions are the same in every sequence. The causal mask makes those positions' states the
     same in every sequence too, so they go through the encoder once (as one sequence) and every
     sequence's remaining positions attend to the shared prefix keys/values plus their own.
-    Same numbers (float rounding aside); the work on the prefix is done once instead of N times."""
+    Same numbers (float rounding aside); the work on the prefix is done once instead of N times.
+    The text tower's loop runs the rows, with the `SharedPrefixRows` hook carrying the prefix."""
     n = prompts.shape[1]
     x = prompts + clip.text_positional_embedding[:n].to(prompts.dtype)
     causal = clip.text_causal_mask(n)
-    prefix, rows = x[:1, :prefix_len], x[:, prefix_len:]
-    prefix_mask, rows_mask = causal[:prefix_len, :prefix_len], causal[prefix_len:]
-    for block in clip.text_blocks:
-        prefix, kv = block_forward_with_kv(block, prefix, prefix_mask)
-        rows = prefixed_rows_forward(block, rows, kv, rows_mask)
+    shared = SharedPrefixRows(x[:1, :prefix_len], causal[:prefix_len, :prefix_len])
+    rows = clip.run_text_layers(x[:, prefix_len:], causal[prefix_len:], shared)
     pooled = rows[torch.arange(rows.shape[0], device=rows.device), eot_index - prefix_len]
     return clip.text_head(pooled)
 

@@ -7,15 +7,22 @@ averaged over the templates and renormalised (official `ZeroshotCLIP2`). Class n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
 from vlprompt.backbone import ClipBackbone
 from vlprompt.methods import text_encoding as te
-from vlprompt.methods.base import MethodConfig, PromptMethod, full_precision
-from vlprompt.methods.coop import FrozenImageMixin, clip_logits
+from vlprompt.methods.base import (
+    FrozenImageMixin,
+    KeyedCache,
+    MethodConfig,
+    PromptMethod,
+    clip_logits,
+    features_key,
+    full_precision,
+)
 from vlprompt.methods.registry import register_method
 
 
@@ -23,7 +30,9 @@ from vlprompt.methods.registry import register_method
 class ZeroShotConfig(MethodConfig):
     """Zero-shot CLIP. `template` (inherited) is used when `templates` is empty."""
 
-    templates: tuple[str, ...] = ()  # an ensemble of templates; empty = the single `template`
+    templates: tuple[str, ...] = field(
+        default=(), metadata={"help": "an ensemble of templates; empty = the single template"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()  # checks `template` and every entry of `templates`
@@ -54,7 +63,7 @@ class ZeroShotCLIP(FrozenImageMixin, PromptMethod):
 
     def __init__(self, clip: ClipBackbone, classnames: list[str], config: ZeroShotConfig) -> None:
         super().__init__(clip, classnames, config)
-        self._cache: tuple | None = None
+        self._cache = KeyedCache()
 
     def templates(self) -> tuple[str, ...]:
         return self.config.templates or (self.config.template,)
@@ -63,12 +72,14 @@ class ZeroShotCLIP(FrozenImageMixin, PromptMethod):
     def text_features(self) -> torch.Tensor:
         """The ensemble's text features, computed once per class list, in fp32 under autocast
         too (frozen: nothing to gain from a lower precision after the first call)."""
-        key = (tuple(self.classnames), self.templates(), self.clip.device)
-        if self._cache is None or self._cache[0] != key:
+        templates = self.templates()
+
+        def compute() -> torch.Tensor:
             with full_precision(self.clip.device):
-                feats = ensemble_text_features(self.clip, self.classnames, key[1])
-            self._cache = (key, feats)
-        return self._cache[1]
+                return ensemble_text_features(self.clip, self.classnames, templates)
+
+        key = features_key(self.clip, self.classnames, templates, fp32=True)
+        return self._cache.get(key, compute)
 
     def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
         return clip_logits(self.clip, image_features, self.text_features())

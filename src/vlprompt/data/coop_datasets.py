@@ -1,4 +1,4 @@
-"""The 10 CoOp benchmarks read from a split file (plus FGVC-Aircraft from its own lists).
+"""The 10 CoOp data sets read from a split file (plus FGVC-Aircraft from its own lists).
 
 Folder names, split-file names and the way missing split files are generated follow CoOp's
 `datasets/*.py` (KaiyangZhou/CoOp); see docs/reproduce.md and CoOp's DATASETS.md for the layout.

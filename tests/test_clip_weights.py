@@ -15,7 +15,7 @@ from torch import nn
 import vlprompt
 from conftest import TINY_VIT, tiny_vit_config
 from vlprompt import CheckpointError, DownloadError, ModelNameError, load_clip
-from vlprompt.checkpoints import hf_to_open_clip_state_dict, read_checkpoint
+from vlprompt.clip_weights import hf_to_open_clip_state_dict, read_checkpoint
 
 OTHER_VIT = "vlprompt-test-ckpt-other-vit"
 HF_VIT = "vlprompt-test-ckpt-hf-vit"

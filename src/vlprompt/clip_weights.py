@@ -1,4 +1,5 @@
-"""Reading local CLIP checkpoints of every common format into open_clip's state-dict layout.
+"""Reading local CLIP weight files (checkpoints) of every common format into open_clip's
+state-dict layout.
 
 Formats: OpenAI state dict or TorchScript archive (`.pt`), open_clip state dict (`.pt`, `.pth`,
 `.bin`, possibly wrapped as `{"state_dict": ...}` by open_clip's trainer), `.safetensors`

@@ -1,0 +1,52 @@
+"""The optimizer and its learning-rate schedule (CoOp/Dassl's recipe, which every paper's numbers use).
+
+- SGD (momentum 0.9, weight decay 5e-4) or AdamW, from the method's config;
+- the learning rate is set per epoch: `warmup_epochs` epochs at the constant `warmup_lr`, then
+  cosine annealing from `lr` with `T_max = epochs` restarted at the end of warm-up. This is
+  Dassl's `ConstantWarmupScheduler(CosineAnnealingLR(T_max=MAX_EPOCH))` with its default
+  `WARMUP_RECOUNT=True` (see `lr_at_epoch`), so the last epoch never reaches lr 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from vlprompt.config import RunError
+
+
+def lr_at_epoch(
+    epoch: int, *, lr: float, warmup_lr: float, warmup_epochs: int, epochs: int
+) -> float:
+    """Learning rate of 0-based `epoch` (Dassl's constant warm-up + CosineAnnealingLR).
+
+    Epochs `0 .. warmup_epochs-1` use `warmup_lr`; epoch `e >= warmup_epochs` uses
+    `lr * (1 + cos(pi * (e - warmup_epochs) / epochs)) / 2` (eta_min = 0, T_max = epochs).
+    """
+    if epoch < warmup_epochs:
+        return warmup_lr
+    t = epoch - warmup_epochs
+    return 0.5 * lr * (1.0 + math.cos(math.pi * t / epochs))
+
+
+def build_optimizer(params: list[Any], config: Any) -> torch.optim.Optimizer:
+    """SGD or AdamW with the method config's lr, weight decay and momentum, over `params`
+    (parameters, or parameter groups as `PromptMethod.param_groups` gives them)."""
+    if not params:
+        raise RunError("the method has no trainable parameters; nothing to train")
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    raise RunError(f"unknown optimizer {config.optimizer!r}; choices: sgd, adamw")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's learning rate: `lr` times the group's `lr_scale` (1 when it has none; see
+    `PromptMethod.param_groups`)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
