@@ -155,6 +155,24 @@ def _check_names(methods: Sequence[str], datasets: Sequence[str]) -> None:
         raise BenchError(str(exc).strip("'\"")) from exc
 
 
+def _refuse_closed_set_methods(methods: Sequence[str]) -> None:
+    """base2new tests on new classes: a method that classifies only its fitted classes cannot
+    be in it (a clear error before any work, not a crash after training)."""
+    from vlprompt.errors import MethodError
+    from vlprompt.methods import get_method_class
+
+    for name in methods:
+        try:
+            cls = get_method_class(name)
+        except MethodError:
+            continue  # unknown names: the backend's check says so
+        if not cls.classifies_new_classes:
+            raise BenchError(
+                f"method {name!r} classifies only the classes it was fitted on, so it has no "
+                "new-class accuracy for the base2new protocol; run it with fewshot, xd or dg"
+            )
+
+
 # train() keywords that are not part of a run's identity (see vlprompt.api.train)
 _NOT_CONFIG = (
     "output_dir", "resume", "overwrite", "evaluate", "progress", "on_epoch_end", "trust_torchscript",
@@ -470,6 +488,8 @@ def run_bench(
         targets=targets,
         variants_of=backend.variants_of,
     )
+    if protocol == "base2new":
+        _refuse_closed_set_methods(sorted({s.method for s in specs}))
     if backend.check is not None:
         evaluated = {e.dataset for s in specs for e in s.evaluations}
         backend.check(sorted({s.method for s in specs}), sorted(evaluated))

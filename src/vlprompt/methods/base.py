@@ -224,6 +224,9 @@ class PromptMethod(nn.Module):
     # normalised features and `forward_features` classifies them, so evaluation reads cached
     # features (`vlprompt.feature_cache`) and a view pool stores features (`FrozenImageMixin`)
     frozen_image_encoder: ClassVar[bool] = False
+    # True: after training it classifies any class list (`set_classnames`), so base-to-new tests
+    # it on classes it never saw; False: only the classes it was fitted on (the linear probe)
+    classifies_new_classes: ClassVar[bool] = True
 
     @classmethod
     def template_for(cls, dataset: str, dataset_template: str) -> str | None:

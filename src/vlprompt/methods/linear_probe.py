@@ -85,6 +85,7 @@ class LinearProbe(FrozenImageMixin, PromptMethod):
     name: ClassVar[str] = "linear_probe"
     config_class: ClassVar[type[MethodConfig]] = LinearProbeConfig
     needs_training: ClassVar[bool] = False  # fitted in closed form by `fit` / `fit_features`
+    classifies_new_classes: ClassVar[bool] = False  # one weight row per fitted class
     config: LinearProbeConfig
 
     def __init__(

@@ -385,7 +385,8 @@ def _check_backbone(clip: ClipBackbone, implementation: str) -> None:
 
 
 def _random_init(clip: ClipBackbone, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """N(0, 0.02^2) per element (CoOp's random init), text first, on the CPU."""
+    """N(0, 0.02^2) per element, text first, on the CPU: the alternative the official
+    `trainers/rpo.py` keeps commented out beside its ST-init (`nn.init.normal_(..., std=0.02)`)."""
     text = torch.randn(k, clip.text_width) * 0.02
     vision = torch.randn(k, clip.vision_width) * 0.02
     return text.to(clip.device), vision.to(clip.device)

@@ -19,7 +19,21 @@ from typing import Any
 
 from vlprompt.mini.tiny_clip import MODEL_NAME, checkpoint_path
 
-QUICKSTART_METHODS = ("zsclip", "coop", "cocoop", "kgcoop", "prograd", "rpo")
+
+def _base2new_methods() -> tuple[str, ...]:
+    """vlprompt's own methods that can be tested on new classes, from the registry (a new
+    method joins the quickstart by being registered; give it MINI_SETTINGS to keep it fast)."""
+    from vlprompt.methods import get_method_class, list_methods
+
+    return tuple(
+        name
+        for name in list_methods()
+        if get_method_class(name).__module__.startswith("vlprompt.")
+        and get_method_class(name).classifies_new_classes
+    )
+
+
+QUICKSTART_METHODS = _base2new_methods()
 QUICKSTART_DATASETS = ("mini_objects", "mini_patterns", "mini_sizes")
 ALL_MINI_DATASETS = (
     "mini_shapes",
