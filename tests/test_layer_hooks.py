@@ -9,20 +9,11 @@ import pytest
 import torch
 
 from conftest import VIT_SHAPES
-from vlprompt import load_clip
+from test_rpo import _clip  # a tiny ViT with every weight perturbed
 from vlprompt.attention import CollectKeyValues, ReadOnlyRows
 from vlprompt.backbone import ReplaceTokens
 
 K = 3
-
-
-def _clip(name: str):
-    torch.manual_seed(0)
-    clip = load_clip(name)
-    with torch.no_grad():  # random init leaves LayerNorms at 1/0: perturb every weight
-        for p in clip.model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    return clip
 
 
 def _vision_input(clip, n: int = 2) -> torch.Tensor:
