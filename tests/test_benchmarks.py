@@ -192,3 +192,19 @@ def test_seed_paper_experiments_name_valid_settings_and_relabel_their_arms(tmp_p
     assert "| rpo | 50.00 ± 0.00 | 50.00 ± 0.00 |" in text
     assert "| rpo_mask_none | 60.00 ± 0.00 | 60.00 ± 0.00 |" in text
     assert "Spread over seeds" in text
+
+
+def test_every_trained_method_has_a_row_in_the_speed_benchmark():
+    """benchmarks/run.py times each method's step against a plain reference of it; a new
+    registered method that trains must add its row (and its reference) there."""
+    from run import BATCH
+
+    from vlprompt.methods import get_method_class, list_methods
+
+    trained = {
+        n
+        for n in list_methods()
+        if get_method_class(n).__module__.startswith("vlprompt.")
+        and get_method_class(n).needs_training
+    }
+    assert set(BATCH) == trained
