@@ -12,7 +12,7 @@ fp32. Numbers do not depend on the weights, only on shapes. What is measured:
    pool" (`vlprompt.view_pool`: the batch's frozen image side comes from a pre-built pool; the
    one-off pool build is timed separately and reported per stored view). Batches: RPO 4 (its
    official batch size), CoOp/KgCoOp/ProGrad 32, CoCoOp 1 (official; its prompts depend on the
-   image); 100 classes. The first step of every variant is profiled for memory (and is the
+   image), IVLP 4 (official; its reference runs the text prompts at full length); 100 classes. The first step of every variant is profiled for memory (and is the
    warm-up); then `--repeats` rounds time one step of every variant in turn (interleaved, so a
    change in machine load hits all variants alike). Reported: the median step time.
    For RPO the fast step is also split into its parts (each timed alone, median): the frozen
@@ -64,7 +64,7 @@ from vlprompt import load_clip
 from vlprompt.io import atomic_write_text
 from vlprompt.methods import create_method
 
-BATCH = {"rpo": 4, "coop": 32, "kgcoop": 32, "prograd": 32, "cocoop": 1}
+BATCH = {"rpo": 4, "coop": 32, "kgcoop": 32, "prograd": 32, "cocoop": 1, "ivlp": 4}
 POOLED = ("rpo", "coop")  # methods also measured with the view pool
 SPLIT = ("rpo",)  # methods whose fast step is split into image and text parts
 # text-side layouts (prograd's is coop's): label -> (method, settings of ours)

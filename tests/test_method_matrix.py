@@ -24,6 +24,7 @@ CASES: dict[str, tuple[dict, dict, str]] = {
     "kgcoop": ({}, {"kg_weight": -1.0}, "kg_weight"),
     "prograd": ({"n_ctx": 4}, {"prograd_lambda": -1.0}, "prograd_lambda"),
     "rpo": ({"K": 2}, {"K": 0}, "K"),
+    "ivlp": ({"depth_text": 2, "depth_vision": 2, "ctx_init": ""}, {"depth_vision": 0}, "depth_vision"),
 }
 
 

@@ -58,3 +58,20 @@ def test_mini_bench_settings_override_one_method_only(monkeypatch, tmp_path):
     assert qs.MINI_SETTINGS["rpo"]["epochs"] != 2  # the module's settings are not mutated
     qs.mini_bench("fewshot", tmp_path, methods=["coop"], crop_min_scale=0.08)
     assert seen["train_kwargs"] == {"crop_min_scale": 0.08}  # the papers' crop, when asked
+
+
+def test_cli_quickstart_takes_the_methods_to_compare(monkeypatch, tmp_path):
+    from vlprompt.cli import main
+
+    seen = {}
+
+    def fake_quickstart(output_dir, methods=qs.QUICKSTART_METHODS, **kwargs):
+        seen.update(output_dir=output_dir, methods=methods)
+
+    monkeypatch.setattr(qs, "quickstart", fake_quickstart)
+    monkeypatch.setattr(importlib.import_module("vlprompt.mini"), "quickstart", fake_quickstart)
+    assert main(["quickstart", "-o", str(tmp_path / "q"), "--methods", "rpo, ivlp"]) == 0
+    assert seen["methods"] == ["rpo", "ivlp"]
+    seen.clear()
+    assert main(["quickstart", "-o", str(tmp_path / "q")]) == 0
+    assert seen["methods"] == qs.QUICKSTART_METHODS  # the default table

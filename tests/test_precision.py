@@ -39,7 +39,7 @@ CLASSES = ["dog", "golden_retriever", "a rather long class name here", "x"]
 # vlprompt's own methods (other test modules register tiny test methods in the registry)
 OWN = [n for n in list_methods() if get_method_class(n).__module__.startswith("vlprompt.")]
 TRAINED = [n for n in OWN if get_method_class(n).needs_training]
-SMALL = {"rpo": {"K": 3}, "coop": {"n_ctx": 4}, "prograd": {"n_ctx": 4},
+SMALL = {"rpo": {"K": 3}, "ivlp": {"depth_text": 2, "depth_vision": 2}, "coop": {"n_ctx": 4}, "prograd": {"n_ctx": 4},
          "linear_probe": {"c_grid": (1.0,), "search_steps": 0}}  # fmt: skip
 # every trained method, and RPO with ProGrad's rule (it wraps RPO's two prompt tensors)
 STEPS = [(n, {}) for n in TRAINED] + [("rpo", {"gradient_rule": "prograd"})]

@@ -55,6 +55,10 @@ KGCOOP = {  # htyao89/KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml + 
     **SGD, **WARMUP, "lr": 0.002, "epochs": 100, "batch_size": 128,
     "n_ctx": 4, "ctx_init": "a photo of a", "csc": False, "class_token_position": "end", "w": 8.0,
 }  # fmt: skip
+IVLP = {  # muzairkhattak/PromptSRC configs/trainers/IVLP/vit_b16_c2_ep20_batch4_4+4ctx.yaml
+    **SGD, **WARMUP, "lr": 0.0025, "epochs": 20, "batch_size": 4, "n_ctx": 4, "n_ctx_vision": 4,
+    "ctx_init": "a photo of a", "depth_text": 9, "depth_vision": 9,
+}  # fmt: skip
 
 CASES = [
     # (preset, method, data set, shots, expected settings)
@@ -96,6 +100,7 @@ CASES = [
     ("kgcoop", "kgcoop", "imagenet", 4, KGCOOP),
     # KgCoOp/trainers/kgcoop.py CUSTOM_TEMPLATES["DescribableTextures"]
     ("kgcoop", "kgcoop", "dtd", 16, {**KGCOOP, "template": "a photo of a {}, a type of texture."}),
+    ("ivlp_base2new", "ivlp", "imagenet", 16, IVLP),
 ]
 
 

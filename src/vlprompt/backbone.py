@@ -70,17 +70,19 @@ class ReplaceTokens:
     tokens: Sequence[torch.Tensor]
     start: int | None = None
     insert: bool = False
+    # tokens[j] goes to block first_block + j (1: block 0's prompts are already in the input)
+    first_block: int = 0
 
     def __call__(
         self, i: int, block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        if i < len(self.tokens):
+        if self.first_block <= i < self.first_block + len(self.tokens):
             x = self.edit(i, x)
         return block(x, attn_mask=mask)
 
     def edit(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """`x` with layer i's tokens in place (inserted when i == 0 and `insert`)."""
-        new = self.tokens[i].to(x.dtype)
+        """`x` with block i's tokens in place (inserted when i == 0 and `insert`)."""
+        new = self.tokens[i - self.first_block].to(x.dtype)
         new = new.expand(x.shape[0], -1, -1) if new.dim() == 2 else new
         insert = self.insert and i == 0
         k = new.shape[1]
@@ -426,7 +428,7 @@ def load_clip(
     if pretrained is not None and is_local_source(pretrained):
         ckpt = read_checkpoint(Path(pretrained), trust_torchscript=trust_torchscript)
         qg = ckpt.quick_gelu if quick_gelu is None else quick_gelu
-        with _quiet_random_init():  # the weights are loaded just below
+        with quiet_random_init():  # the weights are loaded just below
             model = open_clip.create_model(name, pretrained=None, force_quick_gelu=qg)
         _load_fitting_state_dict(model, ckpt.state_dict, Path(pretrained), name)
         source = str(pretrained)
@@ -436,7 +438,7 @@ def load_clip(
         source = tag
     else:
         qg = bool(quick_gelu)
-        with _quiet_random_init():  # random weights are what the caller asked for
+        with quiet_random_init():  # random weights are what the caller asked for
             model = open_clip.create_model(name, pretrained=None, force_quick_gelu=qg)
         source = None
 
@@ -537,7 +539,7 @@ class _DropRandomInitNotice(logging.Filter):
 
 
 @contextmanager
-def _quiet_random_init() -> Iterator[None]:
+def quiet_random_init() -> Iterator[None]:
     """Hide open_clip's "No pretrained weights loaded ... initialized randomly" warning where
     that is deliberate (random init asked for, or weights loaded by vlprompt right after)."""
     root = logging.getLogger()

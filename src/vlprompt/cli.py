@@ -69,6 +69,7 @@ DATASETS_EXAMPLE = """examples:
 QUICKSTART_EXAMPLE = """examples:
   vlprompt quickstart                     # the mini world: train, evaluate, predict in minutes
   vlprompt quickstart --output-dir qs
+  vlprompt quickstart --methods rpo,ivlp,maple,promptsrc   # the seed method beside its peers
 """
 MINI_EXAMPLE = """examples:
   vlprompt mini pretrain --output my-mini-clip.safetensors --steps 1000
@@ -336,6 +337,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                        epilog=QUICKSTART_EXAMPLE, formatter_class=RAW)  # fmt: skip
     p.add_argument("-o", "--output-dir", dest="output_dir", default="vlprompt-quickstart")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--methods", help="comma-separated methods (default: zsclip, coop, cocoop, "
+                   "kgcoop, prograd, rpo; any method that classifies new classes)")  # fmt: skip
     p.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="local (default) or ray: one Ray task per run over this machine's cores")  # fmt: skip
     _add_sweep_view_flags(p)
@@ -573,8 +576,12 @@ def _print_bench_result(result: Any, output_dir: str) -> None:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     from vlprompt.methods import get_method_class, list_methods
+    from vlprompt.methods.parameter_counts import COUNT_MODEL, parameter_counts
 
-    for name in list_methods():
+    names = list_methods()
+    counts = parameter_counts(names)
+    print(f"(trainable parameters with the default settings on {COUNT_MODEL}'s shapes)")
+    for name in names:
         cls = get_method_class(name)
         config = cls.config_class()
         doc = (cls.__doc__ or "").strip().splitlines()
@@ -583,7 +590,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
             if cls.needs_training
             else "no gradient training"
         )
-        print(f"{name:14s} {doc[0] if doc else ''}  [{trains}]")
+        count = counts[name]
+        size = f"{count.describe()} parameters" if count else f"not buildable on {COUNT_MODEL}"
+        print(f"{name:14s} {doc[0] if doc else ''}  [{trains}; {size}]")
         if args.verbose:
             for key, value in config.to_dict().items():
                 print(f"    {key} = {value!r}")
@@ -642,7 +651,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     _call_with_known(
         quickstart, output_dir=args.output_dir, device=args.device, verbose=args.verbose,
         progress=False if args.quiet else None, tensorboard=args.tensorboard,
-        executor=args.executor,
+        executor=args.executor, **({"methods": _csv(args.methods)} if args.methods else {}),
     )  # fmt: skip
     return 0
 

@@ -40,6 +40,7 @@ SOURCES: dict[str, str] = {
     "KaiyangZhou/CoOp": "ff61507c790454bce7c5052c3ac39e60772f1f89",
     "htyao89/KgCoOp": "c43ccc32c8739f64b165cfa205fcc6c0f5bb5b17",
     "KaiyangZhou/Dassl.pytorch": "c61a1b570ac6333bd50fb5ae06aea59002fb20bb",
+    "muzairkhattak/PromptSRC": "bb95c77b634d63488f2cad81ff4a72d53bdd06d5",
 }
 FEWSHOT_SHOTS = (1, 2, 4, 8, 16)  # the shots of every few-shot table
 
@@ -391,6 +392,36 @@ register_preset(
             "KgCoOp has no script named for few-shot; scripts/xd_train.sh trains all classes "
             "of the 11 data sets at 4 shots with the base-to-new config unchanged",
         ),
+    )
+)
+
+
+register_preset(
+    Preset(
+        "ivlp_base2new",
+        "ivlp",
+        "IVLP base-to-new, the PromptSRC paper's IVLP row (vit_b16_c2_ep20_batch4_4+4ctx): "
+        "4 + 4 tokens, depth 9 in both towers, SGD lr 0.0025, 20 epochs, batch 4",
+        (
+            Rule(
+                {
+                    "n_ctx": 4,
+                    "n_ctx_vision": 4,
+                    "ctx_init": "a photo of a",
+                    "depth_text": 9,
+                    "depth_vision": 9,
+                    "optimizer": "sgd",
+                    "lr": 0.0025,
+                    "epochs": 20,
+                    "batch_size": 4,
+                    **_WARMUP,
+                },
+                "muzairkhattak/PromptSRC configs/trainers/IVLP/vit_b16_c2_ep20_batch4_4+4ctx.yaml "
+                "(scripts/independent-vlp/base2new_train_ivlp.sh, 16 shots)",
+            ),
+            _DASSL,
+        ),
+        shots=(16,),
     )
 )
 

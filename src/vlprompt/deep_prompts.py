@@ -1,0 +1,88 @@
+"""Deep prompts: learned tokens at the input of the first J blocks of a frozen tower (IVLP,
+PromptSRC, MaPLe), with every size read from the backbone.
+
+The method places block 0's prompts in the tower's input itself:
+- text: the context vectors sit in the prompt embeddings (e.g. positions 1..n after SOS) and get
+  the positional embedding like every token;
+- vision: the prompts are appended after CLS + patches, after the positional embedding and
+  before `ln_pre` (which applies to them too).
+
+At the input of blocks 1..J-1 the same positions are *replaced* by that block's learned tokens
+(no positional embedding, no ln_pre); blocks J.. carry what block J-1 returned. This is what the
+official codes' `ResidualAttentionBlock_IVLP` / `ResidualAttentionBlock_MaPLe`
+(muzairkhattak/PromptSRC and multimodal-prompt-learning, `clip/model.py`) do; here it is one
+`ReplaceTokens` hook on open_clip's own blocks. The text tower still runs only up to the longest
+EOS (exact under the causal mask: no position before an EOS reads a later one).
+
+Why there is no RPO-style row trick: a deep prompt is read by every frozen token, so every
+token's state changes at every block and the whole sequence must be recomputed and
+differentiated; what stays cheap is the text length (truncated), the class chunking and, for
+PromptSRC, the frozen features its regulariser and teacher need (cached).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from vlprompt.backbone import ClipBackbone, ReplaceTokens
+from vlprompt.errors import MethodError
+
+# The official depth of IVLP, PromptSRC and MaPLe on ViT-B/16 (12 blocks per tower).
+OFFICIAL_DEPTH = 9
+
+
+def resolve_depth(depth: int | None, n_blocks: int, setting: str) -> int:
+    """The prompt depth of a tower of `n_blocks` blocks: `depth`, or by default the official 9
+    (every block of a tower with fewer, e.g. the mini world's tiny CLIP). One clear error for a
+    depth below 1 or deeper than the tower."""
+    if depth is None:
+        return min(OFFICIAL_DEPTH, n_blocks)
+    if depth < 1:
+        raise MethodError(f"{setting} must be >= 1 (block 0 always holds the prompts), got {depth}")
+    if depth > n_blocks:
+        raise MethodError(
+            f"{setting} {depth} is deeper than the tower ({n_blocks} blocks); "
+            f"use {setting} <= {n_blocks}"
+        )
+    return depth
+
+
+def normal_tokens(n: int, width: int, device: torch.device | str, std: float = 0.02) -> nn.Parameter:
+    """A learned [n, width] tensor initialised N(0, std^2) (the official deep-prompt init)."""
+    t = torch.empty(n, width, device=device)
+    nn.init.normal_(t, std=std)
+    return nn.Parameter(t)
+
+
+def deep_text_features(
+    clip: ClipBackbone,
+    prompts: torch.Tensor,
+    eot_index: torch.Tensor,
+    deep: Sequence[torch.Tensor],
+    start: int = 1,
+) -> torch.Tensor:
+    """Text features (ln_final + projection at EOS, not normalised) [N, E] of prompt embeddings
+    [N, L, D] that hold block 0's context at positions start..start+n-1; `deep[j]` ([n, D] or
+    [N, n, D]) replaces those positions at the input of block j + 1."""
+    hook = ReplaceTokens(list(deep), start=start, first_block=1)
+    return clip.encode_text_embeddings(prompts, eot_index, hook=hook)
+
+
+def deep_image_features(
+    clip: ClipBackbone,
+    images: torch.Tensor,
+    prompts: torch.Tensor,
+    deep: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """Image features (ln_post + projection of CLS, not normalised) [B, E]: `prompts` ([k, Dv]
+    or [B, k, Dv]) appended after CLS + patches before ln_pre; `deep[j]` replaces the last k
+    tokens at the input of block j + 1."""
+    x = clip.vision_embed(images.to(clip.device))
+    p = prompts.to(x.dtype)
+    p = p.expand(x.shape[0], -1, -1) if p.dim() == 2 else p
+    x = clip.vision_ln_pre(torch.cat([x, p], dim=1))
+    x = clip.run_vision_layers(x, hook=ReplaceTokens(list(deep), start=None, first_block=1))
+    return clip.vision_head(x[:, 0])

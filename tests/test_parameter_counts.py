@@ -1,0 +1,34 @@
+"""Trainable-parameter counts on ViT-B/16's shapes (built without weights) equal the papers'."""
+
+from __future__ import annotations
+
+import pytest
+
+from vlprompt.methods.parameter_counts import ParameterCount, parameter_count, shapes_only_backbone
+
+# Counts the papers (or their official code) give for ViT-B/16, with each method's defaults.
+PUBLISHED = {
+    "coop": 16 * 512,  # 16 context vectors of width 512
+    "cocoop": 4 * 512 + (512 * 32 + 32) + (32 * 512 + 512),  # 4 ctx + the meta-net
+    "kgcoop": 4 * 512,
+    "rpo": 24 * (512 + 768),  # K = 24 prompts in each tower
+    "ivlp": 46_080,  # PromptSRC's paper: 4 + 4 tokens, depth 9 in both towers
+}
+
+
+@pytest.fixture(scope="module")
+def vit_b16():
+    return shapes_only_backbone("ViT-B-16")
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_counts_on_vit_b16_equal_the_published_ones(name, vit_b16):
+    assert parameter_count(name, vit_b16) == ParameterCount(PUBLISHED[name], 0)
+
+
+def test_a_count_that_grows_with_the_classes_is_given_per_class(vit_b16):
+    count = parameter_count("coop", vit_b16, csc=True)  # one context per class
+    assert count == ParameterCount(0, 16 * 512)
+    assert count.describe() == "8,192 x classes"
+    assert ParameterCount(10, 3).describe() == "10 + 3 x classes"
+    assert ParameterCount(46_080, 0).describe() == "46,080"
