@@ -53,7 +53,7 @@ register_model_config(
             "vocab_size": 49408,
             "width": 64,
             "heads": 4,
-            "layers": 1,
+            "layers": 2,  # TCP injects its class-aware tokens at a text block after the first
         },
     },
 )

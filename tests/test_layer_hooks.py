@@ -120,3 +120,28 @@ def test_attention_hooks_equal_the_full_masked_forward(tiny_clip):
     torch.testing.assert_close(frozen, clip.model.visual.transformer(x), atol=1e-5, rtol=0)
     torch.testing.assert_close(out, full[:, n:], atol=1e-5, rtol=0)
     torch.testing.assert_close(frozen, full[:, :n], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(VIT_SHAPES))
+def test_pooled_rows_equal_those_rows_of_the_full_block(name):
+    """A tower's last block computed for its pooled row only (CLS, or each text's EOS) equals
+    that row of the full block, in value and in the gradient reaching the block's input."""
+    from vlprompt.attention import pooled_rows_forward
+
+    clip = _clip(name)
+    torch.manual_seed(0)
+    block = clip.vision_blocks[-1]
+    x = torch.randn(3, 7, clip.vision_width, requires_grad=True)
+    ours = pooled_rows_forward(block, x, None)[:, 0]
+    theirs = block(x)[:, 0]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    g_ours, = torch.autograd.grad(ours.square().sum(), x)
+    g_theirs, = torch.autograd.grad(theirs.square().sum(), x)
+    torch.testing.assert_close(g_ours, g_theirs, atol=1e-5, rtol=0)
+
+    block, mask = clip.text_blocks[-1], clip.text_causal_mask(9)
+    t = torch.randn(3, 9, clip.text_width)
+    rows = torch.tensor([8, 2, 5])
+    ours = pooled_rows_forward(block, t, rows, mask)[:, 0]
+    theirs = block(t, attn_mask=mask)[torch.arange(3), rows]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)

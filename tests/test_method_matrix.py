@@ -24,6 +24,8 @@ CASES: dict[str, tuple[dict, dict, str]] = {
     "kgcoop": ({}, {"kg_weight": -1.0}, "kg_weight"),
     "prograd": ({"n_ctx": 4}, {"prograd_lambda": -1.0}, "prograd_lambda"),
     "rpo": ({"K": 2}, {"K": 0}, "K"),
+    "tcp": ({}, {"inject_layer": 0}, "inject_layer"),
+    "clip_adapter": ({"reduction": 2}, {"residual_ratio": 1.5}, "residual_ratio"),
     "ivlp": ({"depth_text": 2, "depth_vision": 2, "ctx_init": ""}, {"depth_vision": 0}, "depth_vision"),
 }
 

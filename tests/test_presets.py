@@ -59,6 +59,9 @@ IVLP = {  # muzairkhattak/PromptSRC configs/trainers/IVLP/vit_b16_c2_ep20_batch4
     **SGD, **WARMUP, "lr": 0.0025, "epochs": 20, "batch_size": 4, "n_ctx": 4, "n_ctx_vision": 4,
     "ctx_init": "a photo of a", "depth_text": 9, "depth_vision": 9,
 }  # fmt: skip
+CLIP_ADAPTER = {  # CoOp's rn50 recipe (CLIP-Adapter's README) + clip_adapter.py's constants
+    **SGD, **WARMUP, "lr": 0.002, "batch_size": 32, "residual_ratio": 0.2, "reduction": 4,
+}  # fmt: skip
 
 CASES = [
     # (preset, method, data set, shots, expected settings)
@@ -101,6 +104,9 @@ CASES = [
     # KgCoOp/trainers/kgcoop.py CUSTOM_TEMPLATES["DescribableTextures"]
     ("kgcoop", "kgcoop", "dtd", 16, {**KGCOOP, "template": "a photo of a {}, a type of texture."}),
     ("ivlp_base2new", "ivlp", "imagenet", 16, IVLP),
+    ("clip_adapter_fewshot", "clip_adapter", "dtd", 1, {**CLIP_ADAPTER, "epochs": 50}),
+    ("clip_adapter_fewshot", "clip_adapter", "dtd", 16, {**CLIP_ADAPTER, "epochs": 200}),
+    ("clip_adapter_fewshot", "clip_adapter", "imagenet", 16, {**CLIP_ADAPTER, "epochs": 50}),
 ]
 
 

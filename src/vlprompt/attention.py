@@ -124,6 +124,32 @@ def prefixed_rows_forward(
     return _finish(block, rows, attended)
 
 
+def pooled_rows_forward(
+    block: nn.Module,
+    x: torch.Tensor,
+    rows: torch.Tensor | None,
+    attn_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The output [B, 1, D] of one row per sequence of `block(x, attn_mask=attn_mask)`: row
+    `rows[b]` of sequence b (None: row 0, the CLS token). At a tower's last block only the
+    pooled row (CLS, or a text's EOS) is read, so the other rows' queries, attention outputs and
+    MLP need not be computed; every row still gives its key and value. `attn_mask` [S, S]
+    additive (its row `rows[b]` applies) or None."""
+    attn = block.attn
+    d = x.shape[-1]
+    h = block.ln_1(x)
+    weight, bias = attn.in_proj_weight, attn.in_proj_bias
+    kv = F.linear(h, weight[d:], bias[d:] if bias is not None else None)
+    k, v = (_heads(t, attn.num_heads) for t in kv.chunk(2, dim=-1))
+    index = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if rows is None else rows
+    batch = torch.arange(x.shape[0], device=x.device)
+    row_in, row_h = x[batch, index][:, None], h[batch, index][:, None]
+    q = _heads(F.linear(row_h, weight[:d], bias[:d] if bias is not None else None), attn.num_heads)
+    mask = None if attn_mask is None else attn_mask[index][:, None, None, :].to(q.dtype)
+    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return _finish(block, row_in, attended)
+
+
 # ---- the same, as per-layer hooks of `ClipBackbone.run_text_layers` / `run_vision_layers` -------
 @dataclass
 class CollectKeyValues:

@@ -16,17 +16,22 @@ EOS (exact under the causal mask: no position before an EOS reads a later one).
 
 Why there is no RPO-style row trick: a deep prompt is read by every frozen token, so every
 token's state changes at every block and the whole sequence must be recomputed and
-differentiated; what stays cheap is the text length (truncated), the class chunking and, for
-PromptSRC, the frozen features its regulariser and teacher need (cached).
+differentiated. What is exact and cheaper: the text runs only up to the longest EOS; the last
+block of each tower computes only the row its head reads (CLS, or each text's EOS: every row
+still gives its key and value, but the other rows' queries, attention and MLP are skipped,
+`pooled_rows_forward`); and, for PromptSRC, the frozen features its regulariser and teacher
+need come from the frozen pass (cached).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from vlprompt.attention import check_block, pooled_rows_forward
 from vlprompt.backbone import ClipBackbone, ReplaceTokens
 from vlprompt.errors import MethodError
 
@@ -57,18 +62,56 @@ def normal_tokens(n: int, width: int, device: torch.device | str, std: float = 0
     return nn.Parameter(t)
 
 
+@dataclass
+class DeepPromptHook:
+    """Per-layer hook: `replace` puts each deep block's prompts in place; with `pooled_only`,
+    the last block computes only the pooled row of each sequence (`rows`: its index per
+    sequence, None = CLS), exactly what the tower's head reads (`pooled_rows_forward`)."""
+
+    replace: ReplaceTokens
+    last_block: int
+    pooled_only: bool
+    rows: torch.Tensor | None = None
+
+    def __call__(
+        self, i: int, block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        first = self.replace.first_block
+        if first <= i < first + len(self.replace.tokens):
+            x = self.replace.edit(i, x)
+        if self.pooled_only and i == self.last_block:
+            return pooled_rows_forward(block, x, self.rows, mask)
+        return block(x, attn_mask=mask)
+
+
+def _pooled_only(blocks: nn.ModuleList, wanted: bool) -> bool:
+    return wanted and check_block(blocks[-1]) is None
+
+
 def deep_text_features(
     clip: ClipBackbone,
     prompts: torch.Tensor,
     eot_index: torch.Tensor,
     deep: Sequence[torch.Tensor],
     start: int = 1,
+    pooled_only: bool = True,
 ) -> torch.Tensor:
     """Text features (ln_final + projection at EOS, not normalised) [N, E] of prompt embeddings
     [N, L, D] that hold block 0's context at positions start..start+n-1; `deep[j]` ([n, D] or
-    [N, n, D]) replaces those positions at the input of block j + 1."""
-    hook = ReplaceTokens(list(deep), start=start, first_block=1)
-    return clip.encode_text_embeddings(prompts, eot_index, hook=hook)
+    [N, n, D]) replaces those positions at the input of block j + 1. `pooled_only`: the last
+    block computes the EOS rows only (exact; False = every row, the plain path)."""
+    blocks = clip.text_blocks
+    n = prompts.shape[1]
+    x = prompts + clip.text_positional_embedding[:n].to(prompts.dtype)
+    hook = DeepPromptHook(
+        ReplaceTokens(list(deep), start=start, first_block=1),
+        len(blocks) - 1,
+        _pooled_only(blocks, pooled_only),
+        eot_index,
+    )
+    x = clip.run_text_layers(x, clip.text_causal_mask(n), hook)
+    pooled = x[:, 0] if hook.pooled_only else x[torch.arange(x.shape[0]), eot_index]
+    return clip.text_head(pooled)
 
 
 def deep_image_features(
@@ -76,13 +119,21 @@ def deep_image_features(
     images: torch.Tensor,
     prompts: torch.Tensor,
     deep: Sequence[torch.Tensor],
+    pooled_only: bool = True,
 ) -> torch.Tensor:
     """Image features (ln_post + projection of CLS, not normalised) [B, E]: `prompts` ([k, Dv]
     or [B, k, Dv]) appended after CLS + patches before ln_pre; `deep[j]` replaces the last k
-    tokens at the input of block j + 1."""
+    tokens at the input of block j + 1. `pooled_only`: the last block computes the CLS row
+    only (exact; False = every row, the plain path)."""
     x = clip.vision_embed(images.to(clip.device))
     p = prompts.to(x.dtype)
     p = p.expand(x.shape[0], -1, -1) if p.dim() == 2 else p
     x = clip.vision_ln_pre(torch.cat([x, p], dim=1))
-    x = clip.run_vision_layers(x, hook=ReplaceTokens(list(deep), start=None, first_block=1))
+    blocks = clip.vision_blocks
+    hook = DeepPromptHook(
+        ReplaceTokens(list(deep), start=None, first_block=1),
+        len(blocks) - 1,
+        _pooled_only(blocks, pooled_only),
+    )
+    x = clip.run_vision_layers(x, hook=hook)
     return clip.vision_head(x[:, 0])

@@ -41,6 +41,7 @@ SOURCES: dict[str, str] = {
     "htyao89/KgCoOp": "c43ccc32c8739f64b165cfa205fcc6c0f5bb5b17",
     "KaiyangZhou/Dassl.pytorch": "c61a1b570ac6333bd50fb5ae06aea59002fb20bb",
     "muzairkhattak/PromptSRC": "bb95c77b634d63488f2cad81ff4a72d53bdd06d5",
+    "gaopengcuhk/CLIP-Adapter": "08d07f8b2ecafc6f1479fe636b26d464d7a5574e",
 }
 FEWSHOT_SHOTS = (1, 2, 4, 8, 16)  # the shots of every few-shot table
 
@@ -422,6 +423,40 @@ register_preset(
             _DASSL,
         ),
         shots=(16,),
+    )
+)
+
+
+register_preset(
+    Preset(
+        "clip_adapter_fewshot",
+        "clip_adapter",
+        "CLIP-Adapter few-shot (RN50 in the paper): ratio 0.2, reduction 4, CoOp's recipe, "
+        "epochs 50/100/200 by shots, ImageNet 50",
+        (
+            Rule(
+                _COOP_YAML,
+                "gaopengcuhk/CLIP-Adapter README.md ('follow CoOp's command') -> "
+                "KaiyangZhou/CoOp configs/trainers/CoOp/rn50*.yaml",
+            ),
+            _DASSL,
+            Rule(
+                {"residual_ratio": 0.2, "reduction": 4},
+                "gaopengcuhk/CLIP-Adapter clip_adapter.py (CustomCLIP: ratio = 0.2, "
+                "Adapter(1024, 4))",
+            ),
+            *_epochs_by_shots("KaiyangZhou/CoOp COOP.md (CLIP-Adapter's README: CoOp's commands)"),
+            Rule(
+                {"epochs": 50},
+                "KaiyangZhou/CoOp COOP.md (ImageNet uses *_ep50.yaml)",
+                datasets=_IMAGENET,
+            ),
+        ),
+        shots=FEWSHOT_SHOTS,
+        notes=(
+            "CLIP-Adapter's repository holds its trainer only (no configs or scripts); its "
+            "README says to follow CoOp's commands",
+        ),
     )
 )
 

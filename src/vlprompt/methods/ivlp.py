@@ -141,20 +141,31 @@ class IVLP(PromptLayoutMixin, PromptMethod):
         positional embedding yet), L = the longest EOS + 1 on the fast path."""
         layout = self.layout
         ctx = self.ctx.to(self.clip.dtype)[None].expand(len(self.classnames), -1, -1)
-        if self.config.implementation == "reference":
+        if not self.fast:
             return te.assemble_reference(layout, ctx, "end")
         return te.assemble_fast(layout, ctx, self.position_index, layout.max_length)
 
     def text_features(self) -> torch.Tensor:
         """Normalised text features [C, E] of the prompted class prompts."""
         feats = deep_text_features(
-            self.clip, self.prompt_embeddings(), self.eot_index, list(self.deep_text)
+            self.clip,
+            self.prompt_embeddings(),
+            self.eot_index,
+            list(self.deep_text),
+            pooled_only=self.fast,
         )
         return F.normalize(feats, dim=-1)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Image features (ln_post + projection of CLS, not normalised) [B, E]."""
-        return deep_image_features(self.clip, images, self.vision_prompt, list(self.deep_vision))
+        return deep_image_features(
+            self.clip, images, self.vision_prompt, list(self.deep_vision), pooled_only=self.fast
+        )
+
+    @property
+    def fast(self) -> bool:
+        """The fast path (text up to the longest EOS, pooled rows only at the last blocks)."""
+        return self.config.implementation != "reference"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_train(images).logits

@@ -60,6 +60,10 @@ MINI_SETTINGS: dict[str, dict[str, Any]] = {
     # the paper's recipe as it is: 20 epochs, batch 4; prompts in every block of the tiny CLIP
     # (2 text, 3 vision blocks; the paper's 9 of 12)
     "ivlp": {},
+    # the paper's 50 epochs scaled down; class-aware tokens at text block 1 of the tiny CLIP's 2
+    "tcp": {"epochs": 20, "batch_size": 32},
+    # CoOp's recipe (CLIP-Adapter's README: "follow CoOp's command") at CoOp's mini epochs
+    "clip_adapter": {"epochs": 40, "batch_size": 32},
     "linear_probe": {},
     "zsclip": {},
 }
