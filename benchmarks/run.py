@@ -64,8 +64,19 @@ from vlprompt import load_clip
 from vlprompt.io import atomic_write_text
 from vlprompt.methods import create_method
 
-BATCH = {"rpo": 4, "coop": 32, "kgcoop": 32, "prograd": 32, "cocoop": 1, "ivlp": 4,
-         "clip_adapter": 32, "tcp": 32}
+BATCH = {
+    "rpo": 4,
+    "coop": 32,
+    "kgcoop": 32,
+    "prograd": 32,
+    "cocoop": 1,
+    "ivlp": 4,
+    "clip_adapter": 32,
+    "tcp": 32,
+    "maple": 4,
+    "promptsrc": 4,
+    "clip_lora": 32,
+}
 POOLED = ("rpo", "coop", "clip_adapter")  # methods also measured with the view pool
 SPLIT = ("rpo",)  # methods whose fast step is split into image and text parts
 # text-side layouts (prograd's is coop's): label -> (method, settings of ours)
@@ -76,7 +87,14 @@ TEXT_SIDE = {
     "kgcoop (4 ctx)": ("kgcoop", {}),
     "tcp (4 ctx, 4 class-aware tokens at text block 8)": ("tcp", {}),
 }
-FROZEN_IMAGE = ("coop", "kgcoop", "prograd", "cocoop", "clip_adapter", "tcp")  # evaluated from cached features
+FROZEN_IMAGE = (
+    "coop",
+    "kgcoop",
+    "prograd",
+    "cocoop",
+    "clip_adapter",
+    "tcp",
+)  # evaluated from cached features
 POOL_VIEWS = 2
 MB = 1024 * 1024
 

@@ -135,8 +135,8 @@ def test_pooled_rows_equal_those_rows_of_the_full_block(name):
     ours = pooled_rows_forward(block, x, None)[:, 0]
     theirs = block(x)[:, 0]
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
-    g_ours, = torch.autograd.grad(ours.square().sum(), x)
-    g_theirs, = torch.autograd.grad(theirs.square().sum(), x)
+    (g_ours,) = torch.autograd.grad(ours.square().sum(), x)
+    (g_theirs,) = torch.autograd.grad(theirs.square().sum(), x)
     torch.testing.assert_close(g_ours, g_theirs, atol=1e-5, rtol=0)
 
     block, mask = clip.text_blocks[-1], clip.text_causal_mask(9)

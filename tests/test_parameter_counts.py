@@ -13,6 +13,10 @@ PUBLISHED = {
     "kgcoop": 4 * 512,
     "rpo": 24 * (512 + 768),  # K = 24 prompts in each tower
     "ivlp": 46_080,  # PromptSRC's paper: 4 + 4 tokens, depth 9 in both towers
+    "promptsrc": 46_080,  # the same prompts as IVLP (PromptSRC's paper)
+    "maple": 3_555_072,  # MaPLe's paper (3.55 M): 9 x (2 x 512 + 512 x 768 + 768)
+    "clip_lora": 12 * 3 * 2 * 2 * (512 + 768),  # rank 2 on q, k, v of all 12 blocks, both towers
+    "clip_adapter": 2 * 512 * 128,  # the image adapter 512 -> 128 -> 512, no biases
 }
 
 

@@ -40,7 +40,10 @@ CLASSES = ["dog", "golden_retriever", "a rather long class name here", "x"]
 OWN = [n for n in list_methods() if get_method_class(n).__module__.startswith("vlprompt.")]
 TRAINED = [n for n in OWN if get_method_class(n).needs_training]
 SMALL = {"rpo": {"K": 3}, "ivlp": {"depth_text": 2, "depth_vision": 2}, "coop": {"n_ctx": 4}, "prograd": {"n_ctx": 4},
-         "linear_probe": {"c_grid": (1.0,), "search_steps": 0}, "clip_adapter": {"reduction": 2}, "tcp": {}}  # fmt: skip
+         "linear_probe": {"c_grid": (1.0,), "search_steps": 0}, "clip_adapter": {"reduction": 2}, "tcp": {},
+         "maple": {"depth": 2}, "promptsrc": {"depth_text": 2, "depth_vision": 2, "templates": ("a photo of a {}.",)},
+         "clip_lora": {"logit_scale": 0.0, "dropout": 0.0}, "tip_adapter": {"search_step": (5, 4)},
+         "tip_adapter_f": {"search_step": (5, 4), "epochs": 2}}  # fmt: skip
 # trained methods whose evaluation is fp32 whatever the autocast (fp32 cached image features and
 # zero-shot text features, and a learned part computed in fp32)
 FP32_EVALUATION = {"clip_adapter"}

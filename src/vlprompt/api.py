@@ -462,6 +462,8 @@ def _train_and_evaluate(config, run_dir, *, resume, evaluate, progress, on_epoch
         status = {
             "finished": True,
             "epochs": method.config.epochs if method.needs_training else 0,
+            # a training by optimizer steps (CLIP-LoRA): its length, `epochs` unused
+            "iterations": getattr(method.config, "iterations", 0) if method.needs_training else 0,
             "train_wall_s": wall_s,
             "n_train_images": len(splits.train),
             "n_classes": len(splits.classnames),

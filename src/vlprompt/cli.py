@@ -574,6 +574,12 @@ def _print_bench_result(result: Any, output_dir: str) -> None:
     )
 
 
+def _length(config) -> str:
+    """A training's length in words: its epochs, or its optimizer steps (CLIP-LoRA)."""
+    iterations = getattr(config, "iterations", 0)
+    return f"{iterations} iterations" if iterations > 0 else f"{config.epochs} epochs"
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from vlprompt.methods import get_method_class, list_methods
     from vlprompt.methods.parameter_counts import COUNT_MODEL, parameter_counts
@@ -584,15 +590,15 @@ def cmd_methods(args: argparse.Namespace) -> int:
     for name in names:
         cls = get_method_class(name)
         config = cls.config_class()
-        doc = (cls.__doc__ or "").strip().splitlines()
+        summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())  # 1st paragraph
         trains = (
-            f"{config.optimizer} lr {config.lr:g}, {config.epochs} epochs, batch {config.batch_size}"
+            f"{config.optimizer} lr {config.lr:g}, {_length(config)}, batch {config.batch_size}"
             if cls.needs_training
             else "no gradient training"
         )
         count = counts[name]
         size = f"{count.describe()} parameters" if count else f"not buildable on {COUNT_MODEL}"
-        print(f"{name:14s} {doc[0] if doc else ''}  [{trains}; {size}]")
+        print(f"{name:14s} {summary}  [{trains}; {size}]")
         if args.verbose:
             for key, value in config.to_dict().items():
                 print(f"    {key} = {value!r}")

@@ -55,7 +55,9 @@ def resolve_depth(depth: int | None, n_blocks: int, setting: str) -> int:
     return depth
 
 
-def normal_tokens(n: int, width: int, device: torch.device | str, std: float = 0.02) -> nn.Parameter:
+def normal_tokens(
+    n: int, width: int, device: torch.device | str, std: float = 0.02
+) -> nn.Parameter:
     """A learned [n, width] tensor initialised N(0, std^2) (the official deep-prompt init)."""
     t = torch.empty(n, width, device=device)
     nn.init.normal_(t, std=std)

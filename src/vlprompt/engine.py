@@ -2,7 +2,8 @@
 
 The recipe follows CoOp/Dassl, which every paper's numbers use:
 
-- the optimizer and the per-epoch learning rate come from `vlprompt.schedule`;
+- the optimizer and the learning rate (set per epoch, or per step with `lr_schedule="step"`) come
+  from `vlprompt.schedule`, and so does the training length (`epochs`, or `iterations` steps);
 - the training loader shuffles and drops the last incomplete batch when the training set holds at
   least one batch (Dassl: `drop_last=is_train and len(data_source) >= batch_size`);
 - the last epoch is evaluated (no model selection on val).
@@ -16,6 +17,7 @@ Per-epoch checkpoints are `vlprompt.train_state`; seeds are `vlprompt.seeding`; 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import sys
 import time
@@ -30,7 +32,15 @@ import torch.distributed as dist
 from vlprompt.config import EngineSettings, RunError, TrainingDivergedError
 from vlprompt.distributed import Dist, all_finite, all_reduce_gradients, parameters_finite
 from vlprompt.precision import autocast_for, effective_precision
-from vlprompt.schedule import build_optimizer, lr_at_epoch, set_lr
+from vlprompt.schedule import (
+    build_optimizer,
+    lr_at_epoch,
+    lr_at_step,
+    planned_epochs,
+    set_lr,
+    steps_in_epoch,
+    total_steps,
+)
 from vlprompt.seeding import seed_everything, seed_worker
 from vlprompt.train_state import latest_checkpoint, load_checkpoint, save_checkpoint
 
@@ -155,6 +165,7 @@ def fit(
     )
     if len(loader) == 0:
         raise RunError(f"the training set is empty ({len(dataset)} images); nothing to train on")
+    epochs = planned_epochs(cfg, len(loader))
 
     start_epoch = 0
     if run_dir is not None and resume:
@@ -162,7 +173,7 @@ def fit(
         if folder is not None:
             meta = load_checkpoint(folder, method, optimizer, scaler)
             start_epoch = int(meta["epoch"])
-            say(f"resumed from {folder} (after epoch {start_epoch}/{cfg.epochs})")
+            say(f"resumed from {folder} (after epoch {start_epoch}/{epochs})")
             if not ctx.is_main:  # only rank 0's RNG state is saved
                 seed_everything(seed + 1000 * ctx.rank + start_epoch)
     if ctx.enabled and ctx.rank > 0 and start_epoch == 0:
@@ -175,16 +186,20 @@ def fit(
     run = _Training(
         method=method, loader=loader, optimizer=optimizer, scaler=scaler, scale=scale,
         params=params, ctx=ctx, device=device, precision=precision,
-        show=_progress_enabled(progress, ctx), run_dir=run_dir, pool=pool,
+        show=_progress_enabled(progress, ctx), run_dir=run_dir, pool=pool, epochs=epochs,
+        lr_of_step=_lr_of_step(cfg, len(loader)),
     )  # fmt: skip
-    for epoch in range(start_epoch, cfg.epochs):
-        lr = lr_at_epoch(
-            epoch,
-            lr=cfg.lr,
-            warmup_lr=cfg.warmup_lr,
-            warmup_epochs=cfg.warmup_epochs,
-            epochs=cfg.epochs,
-        )
+    for epoch in range(start_epoch, epochs):
+        if run.lr_of_step is not None:  # set at every step; reported: the epoch's first
+            lr = run.lr_of_step(epoch * len(loader))
+        else:
+            lr = lr_at_epoch(
+                epoch,
+                lr=cfg.lr,
+                warmup_lr=cfg.warmup_lr,
+                warmup_epochs=cfg.warmup_epochs,
+                epochs=cfg.epochs,
+            )
         set_lr(optimizer, lr)
         sampler.set_epoch(epoch)
         generator.manual_seed(seed * 100_003 + epoch * 1009 + ctx.rank)  # worker seeds
@@ -193,14 +208,14 @@ def fit(
         if not parameters_finite(params, ctx):
             raise TrainingDivergedError(
                 f"the learned parameters hold NaN or infinite values after epoch {epoch + 1}/"
-                f"{cfg.epochs} (lr {lr:.3g}) although every training loss was finite: an update "
+                f"{epochs} (lr {lr:.3g}) although every training loss was finite: an update "
                 f"overflowed. Training stopped and {_kept_checkpoint(run_dir)}. Lower the "
                 "learning rate or use fp32 (--precision fp32), then restart with --overwrite "
                 "(or --resume to continue from that checkpoint)"
             )
         history.append(stats)
         say(
-            f"epoch {stats.epoch}/{cfg.epochs}  lr {lr:.3g}  loss {stats.loss:.4f}  "
+            f"epoch {stats.epoch}/{epochs}  lr {lr:.3g}  loss {stats.loss:.4f}  "
             f"acc {stats.accuracy:.2f}%  {stats.images_per_s:.1f} img/s"
         )
         if run_dir is not None and ctx.is_main:
@@ -213,7 +228,7 @@ def fit(
         if on_epoch_end is not None:
             on_epoch_end(stats)
     method.eval()
-    return FitResult(cfg.epochs, start_epoch, time.perf_counter() - started, history)
+    return FitResult(epochs, start_epoch, time.perf_counter() - started, history)
 
 
 @dataclass
@@ -232,6 +247,17 @@ class _Training:
     show: bool  # draw a progress bar
     run_dir: str | Path | None
     pool: Any = None  # the view pool (`vlprompt.view_pool.ViewPool`), or None for fresh views
+    epochs: int = 0  # the epochs of the training (`schedule.planned_epochs`)
+    # the learning rate of each 0-based global step (lr_schedule "step"); None: set per epoch
+    lr_of_step: Callable[[int], float] | None = None
+
+
+def _lr_of_step(cfg: Any, steps_per_epoch: int) -> Callable[[int], float] | None:
+    """The per-step learning rate of a `lr_schedule="step"` training, else None."""
+    if cfg.lr_schedule != "step":
+        return None
+    steps = total_steps(cfg, steps_per_epoch)
+    return lambda step: lr_at_step(step, lr=cfg.lr, min_lr=cfg.min_lr, total_steps=steps)
 
 
 def _run_epoch(run: _Training, epoch: int, lr: float) -> EpochStats:
@@ -241,11 +267,16 @@ def _run_epoch(run: _Training, epoch: int, lr: float) -> EpochStats:
 
     method, loader, optimizer, scaler = run.method, run.loader, run.optimizer, run.scaler
     ctx, device, pool, show = run.ctx, run.device, run.pool, run.show
-    epochs = method.config.epochs
+    epochs = run.epochs
     total_loss = correct = seen = 0.0
     started = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not show, leave=False)
+    steps = steps_in_epoch(method.config, epoch, len(loader))  # fewer in an `iterations` end
+    batches = itertools.islice(loader, steps)
+    bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{epochs}", disable=not show,
+               leave=False)  # fmt: skip
     for step, (images, labels) in enumerate(bar):
+        if run.lr_of_step is not None:
+            set_lr(optimizer, run.lr_of_step(epoch * len(loader) + step))
         if pool is not None:  # the loader gives image indices; the pool gives their views
             feed = pool.feed(method, pool.rows(images, epoch))
         else:

@@ -4,7 +4,12 @@
 - the learning rate is set per epoch: `warmup_epochs` epochs at the constant `warmup_lr`, then
   cosine annealing from `lr` with `T_max = epochs` restarted at the end of warm-up. This is
   Dassl's `ConstantWarmupScheduler(CosineAnnealingLR(T_max=MAX_EPOCH))` with its default
-  `WARMUP_RECOUNT=True` (see `lr_at_epoch`), so the last epoch never reaches lr 0.
+  `WARMUP_RECOUNT=True` (see `lr_at_epoch`), so the last epoch never reaches lr 0;
+- or, with `lr_schedule="step"`, set at every optimizer step: cosine annealing from `lr` to
+  `min_lr` over all the training's steps (`lr_at_step`, torch's `CosineAnnealingLR(T_max=steps,
+  eta_min=min_lr)` stepped once per iteration, as CLIP-LoRA does);
+- the training lasts `epochs` epochs, or `iterations` optimizer steps when that is set
+  (`planned_epochs`, `steps_in_epoch`: the last epoch stops part-way).
 """
 
 from __future__ import annotations
@@ -29,6 +34,32 @@ def lr_at_epoch(
         return warmup_lr
     t = epoch - warmup_epochs
     return 0.5 * lr * (1.0 + math.cos(math.pi * t / epochs))
+
+
+def lr_at_step(step: int, *, lr: float, min_lr: float, total_steps: int) -> float:
+    """Learning rate of 0-based optimizer `step` of `total_steps`: the closed form of torch's
+    CosineAnnealingLR(T_max=total_steps, eta_min=min_lr) after `step` scheduler steps,
+    `min_lr + (lr - min_lr) * (1 + cos(pi * step / total_steps)) / 2`."""
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * step / total_steps))
+
+
+def planned_epochs(config: Any, steps_per_epoch: int) -> int:
+    """The epochs a training runs: `config.epochs`, or enough epochs of `steps_per_epoch` steps
+    for `config.iterations` steps when that is set (> 0)."""
+    if config.iterations > 0:
+        return math.ceil(config.iterations / steps_per_epoch)
+    return config.epochs
+
+
+def total_steps(config: Any, steps_per_epoch: int) -> int:
+    """The optimizer steps of the whole training (`iterations`, or every step of every epoch)."""
+    return config.iterations if config.iterations > 0 else config.epochs * steps_per_epoch
+
+
+def steps_in_epoch(config: Any, epoch: int, steps_per_epoch: int) -> int:
+    """The optimizer steps of 0-based `epoch`: all its batches but in an `iterations` training's
+    last epoch, which stops once the training's steps are done."""
+    return min(steps_per_epoch, total_steps(config, steps_per_epoch) - epoch * steps_per_epoch)
 
 
 def build_optimizer(params: list[Any], config: Any) -> torch.optim.Optimizer:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from vlprompt.data.types import Datum
 
 GRADIENT_RULES = ("none", "prograd", "kd")
+LR_SCHEDULES = ("epoch", "step")  # the learning rate set per epoch, or per optimizer step
 # the two implementations of a method with a fast path: "fast" (same numbers, less work) and
 # "reference" (the paper's computation, the fast path's oracle in the tests)
 IMPLEMENTATIONS = ("fast", "reference")
@@ -62,6 +63,25 @@ class MethodConfig:
         default=1, metadata={"help": "epochs at constant warmup_lr before the cosine schedule"}
     )
     warmup_lr: float = field(default=1e-5, metadata={"help": "learning rate during warm-up"})
+    lr_schedule: str = field(
+        default="epoch",
+        metadata={
+            "help": "'epoch' (the learning rate is set once per epoch: warm-up, then cosine over "
+            "the epochs) or 'step' (cosine from lr to min_lr set at every optimizer step over "
+            "the whole training, torch's CosineAnnealingLR stepped per iteration; no warm-up)"
+        },
+    )
+    min_lr: float = field(
+        default=0.0, metadata={"help": "lowest learning rate of the 'step' cosine (eta_min)"}
+    )
+    iterations: int = field(
+        default=0,
+        metadata={
+            "help": "training length in optimizer steps (0: `epochs` epochs); when > 0 it "
+            "replaces `epochs`: ceil(iterations / batches per epoch) epochs, the last one "
+            "stopping part-way"
+        },
+    )
     gradient_rule: str = field(
         default="none",
         metadata={
@@ -99,6 +119,7 @@ class MethodConfig:
                 f"warmup_lr must be > 0 when warmup_epochs is {self.warmup_epochs}, got "
                 f"{self.warmup_lr}; set warmup_epochs=0 to train without warm-up"
             )
+        check_schedule(self)
         if not 0 <= self.momentum < 1:
             raise MethodError(
                 f"momentum must be in [0, 1) (SGD's default 0.9), got {self.momentum}"
@@ -552,6 +573,25 @@ def check_templates(config: MethodConfig) -> None:
                 _check_template(f"{f.name}[{i}]", template)
         else:
             _check_template(f.name, value)
+
+
+def check_schedule(config: MethodConfig) -> None:
+    """The per-step schedule's settings (`lr_schedule`, `min_lr`, `iterations`)."""
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise MethodError(
+            f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {config.lr_schedule!r}"
+        )
+    if config.iterations < 0:
+        raise MethodError(
+            f"iterations must be >= 0 (0 = train for `epochs` epochs), got {config.iterations}"
+        )
+    if not 0 <= config.min_lr <= config.lr:
+        raise MethodError(f"min_lr must be in [0, lr={config.lr}], got {config.min_lr}")
+    if config.lr_schedule == "step" and config.warmup_epochs > 0:
+        raise MethodError(
+            f"warmup_epochs must be 0 with lr_schedule 'step' (it has no warm-up), got "
+            f"{config.warmup_epochs}"
+        )
 
 
 def config_to_json(config: MethodConfig) -> str:

@@ -55,7 +55,9 @@ def parameter_count(name: str, clip: ClipBackbone, **settings: Any) -> Parameter
     return ParameterCount(few - per_class * len(_FEW), per_class)
 
 
-def parameter_counts(names: list[str], model_name: str = COUNT_MODEL) -> dict[str, ParameterCount | None]:
+def parameter_counts(
+    names: list[str], model_name: str = COUNT_MODEL
+) -> dict[str, ParameterCount | None]:
     """`parameter_count` of each method on `model_name`'s shapes (ViT-B/16 by default)."""
     with torch.no_grad():
         clip = shapes_only_backbone(model_name)

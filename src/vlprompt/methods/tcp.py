@@ -58,7 +58,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vlprompt.backbone import ClipBackbone, ReplaceTokens
-from vlprompt.data.templates import check_template
 from vlprompt.errors import DataError, MethodError
 from vlprompt.methods import text_encoding as te
 from vlprompt.methods.base import (
@@ -123,6 +122,8 @@ class TCPConfig(ContextConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from vlprompt.data.templates import check_template  # lazy: keeps vlprompt.mini unimported
+
         try:
             check_template(self.prompt_template)
         except DataError as exc:

@@ -64,6 +64,16 @@ MINI_SETTINGS: dict[str, dict[str, Any]] = {
     "tcp": {"epochs": 20, "batch_size": 32},
     # CoOp's recipe (CLIP-Adapter's README: "follow CoOp's command") at CoOp's mini epochs
     "clip_adapter": {"epochs": 40, "batch_size": 32},
+    # the paper's recipe as it is (5 epochs, batch 4; depth: every block of the tiny CLIP's 2)
+    "maple": {},
+    # the paper's recipe as it is (20 epochs, batch 4, GPA mean 15 std 1)
+    "promptsrc": {},
+    # official: 500 iterations per shot (8000 at 16 shots); 480 here, i.e. 120-240 epochs of a
+    # mini base half (80-128 images, 2-4 steps of 32)
+    "clip_lora": {"iterations": 480},
+    # the cache's augmented views without the random crop, as every mini-world training
+    "tip_adapter": {"crop_min_scale": 1.0},
+    "tip_adapter_f": {"crop_min_scale": 1.0},
     "linear_probe": {},
     "zsclip": {},
 }
