@@ -20,6 +20,7 @@ from test_engine_helpers import (
 )
 from vlprompt import api, distributed, engine, run_status, schedule, train_state
 from vlprompt.config import RunError, TrainingDivergedError
+from vlprompt.errors import MethodError
 from vlprompt.evaluation import accuracy, macro_accuracy, per_class_accuracy
 from vlprompt.report import harmonic_mean
 
@@ -75,6 +76,28 @@ def test_build_optimizer_follows_the_method_config(tiny_clip):
     method.config.optimizer = "adamw"
     adamw = schedule.build_optimizer(method.trainable_parameters(), method.config)
     assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["weight_decay"] == 5e-4
+    assert adamw.param_groups[0]["eps"] == 1e-8
+
+
+def test_adam_adds_the_weight_decay_to_the_gradient_with_the_configs_eps(tiny_clip):
+    """optimizer="adam" (TCP's: Dassl's Adam, eps 1e-3): one step equals Adam's update of the
+    gradient plus weight_decay * p (L2, not AdamW's decoupled decay), written out by hand."""
+    config = TinyMethod.config_class(optimizer="adam", lr=0.1, weight_decay=0.5, adam_eps=1e-3)
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+    opt = schedule.build_optimizer([p], config)
+    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["eps"] == 1e-3
+    grad = torch.tensor([0.3, 0.0, -1e-4])
+    p.grad = grad.clone()
+    start = p.detach().clone()
+    opt.step()
+    g = grad + 0.5 * start  # L2 decay in the gradient
+    m_hat, v_hat = g, g * g  # first step: bias corrections cancel (1 - beta) factors
+    expected = start - 0.1 * m_hat / (v_hat.sqrt() + 1e-3)
+    torch.testing.assert_close(p.detach(), expected)
+    with pytest.raises(MethodError, match="adam_eps"):
+        TinyMethod.config_class(optimizer="adam", adam_eps=0.0)
+    with pytest.raises(MethodError, match="optimizer must be one of sgd, adam, adamw"):
+        TinyMethod.config_class(optimizer="lamb")
 
 
 def test_train_loader_drops_the_last_batch_like_dassl():

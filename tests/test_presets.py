@@ -62,6 +62,30 @@ IVLP = {  # muzairkhattak/PromptSRC configs/trainers/IVLP/vit_b16_c2_ep20_batch4
 CLIP_ADAPTER = {  # CoOp's rn50 recipe (CLIP-Adapter's README) + clip_adapter.py's constants
     **SGD, **WARMUP, "lr": 0.002, "batch_size": 32, "residual_ratio": 0.2, "reduction": 4,
 }  # fmt: skip
+MAPLE = {  # muzairkhattak/multimodal-prompt-learning configs/trainers/MaPLe/..._2ctx.yaml
+    **SGD, **WARMUP, "n_ctx": 2, "ctx_init": "a photo of a", "depth": 9, "lr": 0.0035,
+    "epochs": 5, "batch_size": 4,
+}  # fmt: skip
+# ..._2ctx_cross_datasets.yaml (scripts/maple/xd_train_maple.sh): depth 3, LR 0.0026, 2 epochs
+MAPLE_XD = {**MAPLE, "depth": 3, "lr": 0.0026, "epochs": 2}
+PROMPTSRC = {  # muzairkhattak/PromptSRC configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx
+    **SGD, **WARMUP, "n_ctx": 4, "n_ctx_vision": 4, "ctx_init": "a photo of a", "depth_text": 9,
+    "depth_vision": 9, "text_loss_weight": 25.0, "image_loss_weight": 10.0, "gpa_mean": 15.0,
+    "gpa_std": 1.0, "lr": 0.0025, "epochs": 20, "batch_size": 4,
+}  # fmt: skip
+# vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml: 50 epochs, GPA 30/30 (ImageNet, Caltech101, Pets,
+# Food101, UCF101, SUN397); its commented-out 45/5 for Cars, Flowers, Aircraft, DTD, EuroSAT
+PROMPTSRC_FS = {**PROMPTSRC, "epochs": 50, "gpa_mean": 30.0, "gpa_std": 30.0}
+PROMPTSRC_FS_45 = {**PROMPTSRC_FS, "gpa_mean": 45.0, "gpa_std": 5.0}
+# vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets.yaml: depth 3/3, GPA 6/10, still 20 epochs
+PROMPTSRC_XD = {**PROMPTSRC, "depth_text": 3, "depth_vision": 3, "gpa_mean": 6.0, "gpa_std": 10.0}
+TCP = {  # htyao89/Textual-based_Class-aware_prompt_tuning configs/trainers/TCP/vit_b16_ep100_ctxv1
+    # OPTIM adam with the README's eps 1e-3, Dassl's weight decay; base2new_train.sh NCTX=4;
+    # trainers/tcp.py (4 class-aware tokens, loss weight 8.0), clip_text/model.py (layers=[8])
+    **WARMUP, "optimizer": "adam", "adam_eps": 1e-3, "weight_decay": 5e-4, "lr": 0.002, "epochs": 50,
+    "batch_size": 32, "n_ctx": 4, "ctx_init": "", "n_class_tokens": 4, "inject_layer": 8,
+    "kg_weight": 8.0, "prompt_template": "{}.",
+}  # fmt: skip
 
 CASES = [
     # (preset, method, data set, shots, expected settings)
@@ -107,6 +131,28 @@ CASES = [
     ("clip_adapter_fewshot", "clip_adapter", "dtd", 1, {**CLIP_ADAPTER, "epochs": 50}),
     ("clip_adapter_fewshot", "clip_adapter", "dtd", 16, {**CLIP_ADAPTER, "epochs": 200}),
     ("clip_adapter_fewshot", "clip_adapter", "imagenet", 16, {**CLIP_ADAPTER, "epochs": 50}),
+    ("maple_base2new", "maple", "imagenet", 16, MAPLE),
+    ("maple_base2new", "maple", "eurosat", 16, MAPLE),
+    ("maple_xd", "maple", "imagenet", 16, MAPLE_XD),
+    ("promptsrc_base2new", "promptsrc", "oxford_flowers", 16, PROMPTSRC),
+    ("promptsrc_base2new", "promptsrc", "imagenet", 16, PROMPTSRC),
+    ("promptsrc_fewshot", "promptsrc", "imagenet", 1, PROMPTSRC_FS),
+    ("promptsrc_fewshot", "promptsrc", "sun397", 8, PROMPTSRC_FS),
+    ("promptsrc_fewshot", "promptsrc", "ucf101", 16, PROMPTSRC_FS),
+    ("promptsrc_fewshot", "promptsrc", "dtd", 2, PROMPTSRC_FS_45),
+    ("promptsrc_fewshot", "promptsrc", "stanford_cars", 16, PROMPTSRC_FS_45),
+    ("promptsrc_fewshot", "promptsrc", "eurosat", 4, PROMPTSRC_FS_45),
+    ("promptsrc_xd", "promptsrc", "imagenet", 16, PROMPTSRC_XD),
+    ("tcp", "tcp", "caltech101", 16, TCP),
+    ("tcp", "tcp", "eurosat", 16, TCP),
+    # TCP's train.py: MAX_EPOCH 25 for ImageNet and SUN397
+    ("tcp", "tcp", "imagenet", 16, {**TCP, "epochs": 25}),
+    ("tcp", "tcp", "sun397", 16, {**TCP, "epochs": 25}),
+    # TCP's trainers/tcp.py CUSTOM_TEMPLATES, less the 4 words the context replaces
+    ("tcp", "tcp", "oxford_pets", 16, {**TCP, "prompt_template": "{}, a type of pet."}),
+    ("tcp", "tcp", "dtd", 16, {**TCP, "prompt_template": "{} texture."}),
+    ("tcp", "tcp", "stanford_cars", 16, {**TCP, "prompt_template": "{}, a type of car"}),
+    ("tcp", "tcp", "ucf101", 16, {**TCP, "prompt_template": "person doing {}."}),
 ]
 
 
@@ -126,6 +172,23 @@ def test_every_preset_is_checked_above_and_names_only_its_methods_settings():
             for shots in preset.shots or FEWSHOT_SHOTS:
                 make_config(preset.method, **preset.resolve(dataset, shots))  # valid values
         assert all(rule.source for rule in preset.rules)  # every value names its file
+
+
+def test_tcp_keeps_its_own_hand_crafted_prompts():
+    """The meta-net's input prompt (TCP's trainers/tcp.py CUSTOM_TEMPLATES_ori) is the tcp
+    method's per-data-set `template`, which the preset leaves alone."""
+    official = {
+        "oxford_pets": "a photo of a {}, a type of pet.",
+        "fgvc_aircraft": "a photo of an aircraft {}.",
+        "dtd": "a photo of a {}, a type of texture.",
+        "eurosat": "a centered satellite photo of {}.",
+        "food101": "a photo of a {}, a type of food.",
+        "ucf101": "a photo of a person doing {}.",
+        "imagenet": "a photo of a {}.",
+    }
+    for dataset, template in official.items():
+        config = resolve_config("tcp", dataset, shots=16, preset="tcp")
+        assert config.method_config["template"] == template, dataset
 
 
 def test_a_named_setting_wins_over_the_preset():
@@ -159,6 +222,7 @@ def test_a_preset_equal_to_the_defaults_is_the_same_run():
         ("cocoop", "zsclip", 16, ["for method 'cocoop', not 'zsclip'", "it has no presets"]),
         ("coop_fewshot", "coop", 3, ["1, 2, 4, 8, 16 shots only, not 3"]),
         ("prograd_base2new", "prograd", 16, ["4 shots only, not 16"]),
+        ("promptsrc_xd", "promptsrc", 4, ["16 shots only, not 4"]),
     ],
 )
 def test_bad_presets_are_one_clear_error(name, method, shots, needles):

@@ -42,6 +42,8 @@ SOURCES: dict[str, str] = {
     "KaiyangZhou/Dassl.pytorch": "c61a1b570ac6333bd50fb5ae06aea59002fb20bb",
     "muzairkhattak/PromptSRC": "bb95c77b634d63488f2cad81ff4a72d53bdd06d5",
     "gaopengcuhk/CLIP-Adapter": "08d07f8b2ecafc6f1479fe636b26d464d7a5574e",
+    "muzairkhattak/multimodal-prompt-learning": "69bce21ae8eda80ad6187534b2dce09cf6c59e17",
+    "htyao89/Textual-based_Class-aware_prompt_tuning": "bd97bec6bd4901baaf318e9e8f073f618d12066e",
 }
 FEWSHOT_SHOTS = (1, 2, 4, 8, 16)  # the shots of every few-shot table
 
@@ -456,6 +458,270 @@ register_preset(
         notes=(
             "CLIP-Adapter's repository holds its trainer only (no configs or scripts); its "
             "README says to follow CoOp's commands",
+        ),
+    )
+)
+
+
+_MAPLE = "muzairkhattak/multimodal-prompt-learning"
+
+
+def _maple(config: str, depth: int, lr: float, epochs: int, scripts: str) -> tuple[Rule, ...]:
+    settings = {
+        "n_ctx": 2,
+        "ctx_init": "a photo of a",
+        "depth": depth,
+        "optimizer": "sgd",
+        "lr": lr,
+        "epochs": epochs,
+        "batch_size": 4,
+        **_WARMUP,
+    }
+    return (
+        Rule(settings, f"{_MAPLE} configs/trainers/MaPLe/{config}.yaml ({scripts})"),
+        _DASSL,  # docs/INSTALL.md installs KaiyangZhou/Dassl.pytorch
+    )
+
+
+register_preset(
+    Preset(
+        "maple_base2new",
+        "maple",
+        "MaPLe base-to-new (vit_b16_c2_ep5_batch4_2ctx): 2 ctx from 'a photo of a', depth 9, "
+        "SGD lr 0.0035, 5 epochs, batch 4",
+        _maple(
+            "vit_b16_c2_ep5_batch4_2ctx",
+            depth=9,
+            lr=0.0035,
+            epochs=5,
+            scripts="scripts/maple/base2new_train_maple.sh, 16 shots",
+        ),
+        shots=(16,),
+    )
+)
+register_preset(
+    Preset(
+        "maple_xd",
+        "maple",
+        "MaPLe trained on ImageNet for cross-data-set transfer and domain generalisation "
+        "(vit_b16_c2_ep5_batch4_2ctx_cross_datasets): depth 3, lr 0.0026, 2 epochs",
+        _maple(
+            "vit_b16_c2_ep5_batch4_2ctx_cross_datasets",
+            depth=3,
+            lr=0.0026,
+            epochs=2,
+            scripts="scripts/maple/xd_train_maple.sh: ImageNet, all classes, 16 shots",
+        ),
+        shots=(16,),
+        notes=(
+            "the config is named ep5 but sets MAX_EPOCH 2 (scripts/maple/xd_test_maple.sh "
+            "loads epoch 2); docs/RUN.md names it configs/MaPLe/..., the file is under "
+            "configs/trainers/MaPLe/",
+            "xd_test_maple.sh evaluates the one ImageNet run on the other data sets and on the "
+            "four ImageNet variants (docs/RUN.md: cross-data set and domain generalisation)",
+        ),
+    )
+)
+
+_PROMPTSRC = "muzairkhattak/PromptSRC"
+_PROMPTSRC_NOTE = (
+    "the frozen text target's templates (trainers/promptsrc.py: the 60 IMAGENET_TEMPLATES for "
+    "every data set) are the method's default `templates`; the preset leaves them"
+)
+
+
+def _promptsrc(
+    config: str, depth: int, epochs: int, gpa_mean: float, gpa_std: float, scripts: str
+) -> tuple[Rule, ...]:
+    settings = {
+        "n_ctx": 4,
+        "n_ctx_vision": 4,
+        "ctx_init": "a photo of a",
+        "depth_text": depth,
+        "depth_vision": depth,
+        "text_loss_weight": 25.0,
+        "image_loss_weight": 10.0,
+        "gpa_mean": gpa_mean,
+        "gpa_std": gpa_std,
+        "optimizer": "sgd",
+        "lr": 0.0025,
+        "epochs": epochs,
+        "batch_size": 4,
+        **_WARMUP,
+    }
+    return (
+        Rule(settings, f"{_PROMPTSRC} configs/trainers/PromptSRC/{config}.yaml ({scripts})"),
+        _DASSL,  # docs/INSTALL.md installs KaiyangZhou/Dassl.pytorch
+    )
+
+
+register_preset(
+    Preset(
+        "promptsrc_base2new",
+        "promptsrc",
+        "PromptSRC base-to-new (vit_b16_c2_ep20_batch4_4+4ctx): 4 + 4 tokens, depth 9/9, "
+        "weights 25/10, GPA mean 15 std 1, SGD lr 0.0025, 20 epochs, batch 4",
+        _promptsrc(
+            "vit_b16_c2_ep20_batch4_4+4ctx",
+            depth=9,
+            epochs=20,
+            gpa_mean=15.0,
+            gpa_std=1.0,
+            scripts="scripts/promptsrc/base2new_train.sh, 16 shots",
+        ),
+        shots=(16,),
+        notes=(_PROMPTSRC_NOTE,),
+    )
+)
+register_preset(
+    Preset(
+        "promptsrc_fewshot",
+        "promptsrc",
+        "PromptSRC few-shot, all classes (vit_b16_c2_ep50_batch4_4+4ctx_few_shot): 50 epochs, "
+        "GPA 30/30, and 45/5 for Cars, Flowers, Aircraft, DTD, EuroSAT",
+        (
+            *_promptsrc(
+                "vit_b16_c2_ep50_batch4_4+4ctx_few_shot",
+                depth=9,
+                epochs=50,
+                gpa_mean=30.0,
+                gpa_std=30.0,
+                scripts="scripts/promptsrc/few_shot.sh; docs/TRAIN.md: K = 1, 2, 4, 8, 16; "
+                "GPA 30/30 'for ImageNet, Caltech101, OxfordPets, Food101, UCF101 and SUN397'",
+            ),
+            Rule(
+                {"gpa_mean": 45.0, "gpa_std": 5.0},
+                f"{_PROMPTSRC} configs/trainers/PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot"
+                ".yaml (its commented-out GPA_MEAN 45, GPA_STD 5: 'for StanfordCars, Flowers102, "
+                "FGVCAircraft, DTD and EuroSAT')",
+                datasets=frozenset(
+                    {"stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat"}
+                ),
+            ),
+        ),
+        shots=FEWSHOT_SHOTS,
+        notes=(
+            "scripts/promptsrc/few_shot.sh runs the one config for every data set; GPA 45/5 is "
+            "a commented-out alternative in that config, whose comments name the data sets of "
+            "each, so the official runs edit the config by hand: the preset applies it per data "
+            "set",
+            _PROMPTSRC_NOTE,
+        ),
+    )
+)
+register_preset(
+    Preset(
+        "promptsrc_xd",
+        "promptsrc",
+        "PromptSRC trained on ImageNet for cross-data-set transfer and domain generalisation "
+        "(vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets): depth 3/3, GPA mean 6 std 10, 20 epochs",
+        _promptsrc(
+            "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets",
+            depth=3,
+            epochs=20,
+            gpa_mean=6.0,
+            gpa_std=10.0,
+            scripts="docs/TRAIN.md, scripts/promptsrc/reproduce_xd.sh; ImageNet, all classes, "
+            "16 shots",
+        ),
+        shots=(16,),
+        notes=(
+            "scripts/promptsrc/xd_train.sh and xd_test.sh name "
+            "CFG=vit_b16_c2_ep5_batch4_4+4ctx_cross_datasets, a config the repository does not "
+            "have; docs/TRAIN.md (cross-data set and domain generalisation) and reproduce_xd.sh "
+            "name vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets.yaml (20 epochs; xd_test.sh and "
+            "reproduce_xd.sh load epoch 20), which the preset is",
+            _PROMPTSRC_NOTE,
+        ),
+    )
+)
+
+_TCP = "htyao89/Textual-based_Class-aware_prompt_tuning"
+
+
+def _tcp_prompt(template: str, *datasets: str) -> Rule:
+    return Rule(
+        {"prompt_template": template},
+        f"{_TCP} trainers/tcp.py (CUSTOM_TEMPLATES, the text after the 4 context vectors)",
+        datasets=frozenset(datasets),
+    )
+
+
+register_preset(
+    Preset(
+        "tcp",
+        "tcp",
+        "TCP base-to-new (vit_b16_ep100_ctxv1): 4 random ctx, 4 class-aware tokens at block 8, "
+        "weight 8, Adam (eps 1e-3) lr 0.002, batch 32, 50 epochs (ImageNet, SUN397 25)",
+        (
+            Rule(
+                {
+                    "optimizer": "adam",
+                    "lr": 0.002,
+                    "epochs": 50,
+                    "batch_size": 32,
+                    **_WARMUP,
+                    "ctx_init": "",
+                },
+                f"{_TCP} configs/trainers/TCP/vit_b16_ep100_ctxv1.yaml (OPTIM.NAME 'adam'; "
+                "CTX_INIT False: N(0, 0.02^2) context)",
+            ),
+            Rule(
+                {"adam_eps": 1e-3},
+                f"{_TCP} README.md (its edit of Dassl's optimizer.py: Adam eps 1e-3)",
+            ),
+            Rule(
+                {"weight_decay": 5e-4},
+                "KaiyangZhou/Dassl.pytorch dassl/config/defaults.py (OPTIM.WEIGHT_DECAY: the "
+                "config leaves Dassl's default; official Adam adds it to the gradient as L2)",
+            ),
+            Rule(
+                {"n_ctx": 4},
+                f"{_TCP} scripts/base2new_train.sh (NCTX=4, CSC=False, CTP=end, SHOTS=16)",
+            ),
+            Rule(
+                {"n_class_tokens": 4, "inject_layer": 8, "kg_weight": 8.0},
+                f"{_TCP} trainers/tcp.py (meta_net output 4*ctx_dim; loss CE + 8.0*score) and "
+                "trainers/clip_text/model.py (layers=[8])",
+            ),
+            Rule(
+                {"prompt_template": "{}."},
+                f"{_TCP} trainers/tcp.py (CUSTOM_TEMPLATES: 'X X X X {{}}.' for EuroSAT, "
+                "SUN397, Caltech101; 'a photo of a {}.' for ImageNet, whose first 4 tokens the "
+                "context replaces)",
+            ),
+            _tcp_prompt("{}, a type of pet.", "oxford_pets"),
+            _tcp_prompt("{}, a type of flower.", "oxford_flowers"),
+            _tcp_prompt("{}, a type of aircraft.", "fgvc_aircraft"),
+            _tcp_prompt("{} texture.", "dtd"),
+            _tcp_prompt("{}, a type of car", "stanford_cars"),
+            _tcp_prompt("{}, a type of food.", "food101"),
+            _tcp_prompt("person doing {}.", "ucf101"),
+            Rule(
+                {"epochs": 25},
+                f"{_TCP} train.py (setup_cfg: MAX_EPOCH 25 for ImageNet and SUN397; "
+                "scripts/base2new_train.sh loads epoch 25 for them)",
+                datasets=frozenset({"imagenet", "sun397"}),
+            ),
+        ),
+        shots=(16,),
+        notes=(
+            "optimizer: the official Adam is Dassl's (betas 0.9/0.999, weight decay 5e-4 as L2 in "
+            "the gradient) with eps 1e-3 by the README's edit of Dassl's optimizer.py; vlprompt's "
+            "'adam' is torch's Adam, which adds the weight decay the same way",
+            "scripts/base2new_train.sh passes WEIGHT=1.0 as TRAINER.COOP.W; that is not the loss "
+            "weight: clip_text/model.py overwrites it with weights=[1.0] (a plain replacement "
+            "of the states by the class-aware tokens), and the loss weight 8.0 is hard-coded in "
+            "trainers/tcp.py",
+            "the config is named ep100 but sets MAX_EPOCH 50; train.py forces 25 for ImageNet "
+            "and SUN397 after every other setting (command-line ones too)",
+            "CUSTOM_TEMPLATES of UCF101 and ImageNet have no X placeholders: the 4 context "
+            "vectors replace 'a photo of a', leaving 'person doing {}.' and '{}.'; StanfordCars' "
+            "has no final period",
+            "the hand-crafted prompts of the meta-net's input (CUSTOM_TEMPLATES_ori) are the tcp "
+            "method's own per-data-set `template`; the preset leaves them",
+            "the README names base2new_train_main.sh; the repository's script is "
+            "scripts/base2new_train.sh (all 11 data sets, seeds 1-3)",
         ),
     )
 )

@@ -63,17 +63,21 @@ def steps_in_epoch(config: Any, epoch: int, steps_per_epoch: int) -> int:
 
 
 def build_optimizer(params: list[Any], config: Any) -> torch.optim.Optimizer:
-    """SGD or AdamW with the method config's lr, weight decay and momentum, over `params`
-    (parameters, or parameter groups as `PromptMethod.param_groups` gives them)."""
+    """SGD, Adam (weight decay as an L2 term, as Dassl's, which TCP uses) or AdamW with the
+    method config's lr, weight decay, momentum and epsilon, over `params` (parameters, or
+    parameter groups as `PromptMethod.param_groups` gives them)."""
     if not params:
         raise RunError("the method has no trainable parameters; nothing to train")
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
+    eps = getattr(config, "adam_eps", 1e-8)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, eps=eps, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    raise RunError(f"unknown optimizer {config.optimizer!r}; choices: sgd, adamw")
+        return torch.optim.AdamW(params, lr=config.lr, eps=eps, weight_decay=config.weight_decay)
+    raise RunError(f"unknown optimizer {config.optimizer!r}; choices: sgd, adam, adamw")
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from vlprompt.data.types import Datum
 
 GRADIENT_RULES = ("none", "prograd", "kd")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("epoch", "step")  # the learning rate set per epoch, or per optimizer step
 # the two implementations of a method with a fast path: "fast" (same numbers, less work) and
 # "reference" (the paper's computation, the fast path's oracle in the tests)
@@ -51,10 +52,14 @@ class MethodConfig:
         default="a photo of a {}.",
         metadata={"help": "hand-crafted prompt, used by zero-shot parts and init"},
     )
-    optimizer: str = field(default="sgd", metadata={"help": "'sgd' or 'adamw'"})
+    optimizer: str = field(
+        default="sgd",
+        metadata={"help": "'sgd', 'adam' (weight decay as L2, as Dassl's) or 'adamw' (decoupled)"},
+    )
     lr: float = field(default=0.002, metadata={"help": "peak learning rate after warm-up"})
     weight_decay: float = field(default=5e-4, metadata={"help": "optimizer weight decay"})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "Adam / AdamW epsilon"})
     epochs: int = field(
         default=10, metadata={"help": "training epochs (the last one is evaluated)"}
     )
@@ -140,8 +145,12 @@ class MethodConfig:
                 f"prograd_temperature must be > 0 (ProGrad uses 1.0), got "
                 f"{self.prograd_temperature}"
             )
-        if self.optimizer not in ("sgd", "adamw"):
-            raise MethodError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise MethodError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
+        if not self.adam_eps > 0:
+            raise MethodError(f"adam_eps must be > 0, got {self.adam_eps}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -89,7 +89,7 @@ class CLIPLoRAConfig(MethodConfig):
         default="a photo of a {}.",
         metadata={"help": "the prompt of every class (official: this one for every data set)"},
     )
-    optimizer: str = field(default="adamw", metadata={"help": "'sgd' or 'adamw'"})
+    optimizer: str = field(default="adamw", metadata={"help": "'sgd', 'adam' or 'adamw'"})
     lr: float = field(default=2e-4, metadata={"help": "peak learning rate"})
     weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})
     batch_size: int = field(default=32, metadata={"help": "images per step"})

@@ -33,8 +33,6 @@ logits 3.7e-06, loss 9.5e-07, gradients of the context and the meta-net 5.8e-07
 (fp32, CPU). Injecting one block earlier (7) moves the logits by 0.34.
 
 Departures:
-- Optimizer: the official Adam (eps 1e-3, L2 weight decay 5e-4) is not among vlprompt's
-  optimizers; the default is AdamW (lr 0.002, weight decay 5e-4).
 - Precision: the official default PREC is fp16 (everything, the meta-net and the hand-crafted
   features included); here parameters and hand-crafted features are fp32 and the engine's
   precision applies.
@@ -114,8 +112,9 @@ class TCPConfig(ContextConfig):
         default=8.0, metadata={"help": "weight of the consistency with the hand-crafted features"}
     )
     optimizer: str = field(
-        default="adamw", metadata={"help": "'sgd' or 'adamw' (official: Adam, eps 1e-3)"}
+        default="adam", metadata={"help": "official: Adam, eps 1e-3, weight decay as L2"}
     )
+    adam_eps: float = field(default=1e-3, metadata={"help": "Adam epsilon (official 1e-3)"})
     epochs: int = field(
         default=50, metadata={"help": "training epochs (official: 25 for ImageNet and SUN397)"}
     )
