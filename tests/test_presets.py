@@ -11,6 +11,7 @@ import pytest
 from vlprompt.api import resolve_config
 from vlprompt.cli import main
 from vlprompt.config import config_differences
+from vlprompt.data.templates import IMAGENET_TEMPLATES
 from vlprompt.methods import make_config
 from vlprompt.presets import (
     FEWSHOT_SHOTS,
@@ -87,6 +88,43 @@ TCP = {  # htyao89/Textual-based_Class-aware_prompt_tuning configs/trainers/TCP/
     "kg_weight": 8.0, "prompt_template": "{}.",
 }  # fmt: skip
 
+CLIP_LORA = {  # MaxZanella/CLIP-LoRA run_utils.py defaults, lora.py's AdamW and cosine, main.py
+    "optimizer": "adamw", "lr": 2e-4, "weight_decay": 1e-2, "batch_size": 32,
+    "warmup_epochs": 0, "lr_schedule": "step", "min_lr": 1e-6,  # CosineAnnealingLR per step
+    "rank": 2, "alpha": 1.0, "dropout": 0.25, "encoder": "both", "position": "all",
+    "params": ["q", "k", "v"],
+    "template": "a photo of a {}.",  # datasets/*.py: every data set (the CoOp ones commented out)
+    "logit_scale": 100.0,  # main.py
+}  # fmt: skip
+TIP = {  # gaopengcuhk/Tip-Adapter configs/*.yaml (alike in all) + main.py's RandomResizedCrop
+    "init_beta": 1.0, "search_hp": True, "search_step": [200, 20], "augment_epoch": 10,
+    "crop_min_scale": 0.5,
+}  # fmt: skip
+TIP_F = {  # configs/*.yaml lr, train_epoch + main.py run_tip_adapter_F (AdamW eps 1e-4, cosine)
+    "lr": 0.001, "epochs": 20, "optimizer": "adamw", "adam_eps": 1e-4, "weight_decay": 0.01,
+    "batch_size": 256, "warmup_epochs": 0, "lr_schedule": "step", "min_lr": 0.0,
+}  # fmt: skip
+# configs/<data set>.yaml (init_alpha, search_scale) and datasets/<data set>.py (template)
+TIP_IMAGENET = {**TIP, "init_alpha": 1.17, "search_scale": [7.0, 3.0],
+                "templates": list(IMAGENET_TEMPLATES)}  # datasets/imagenet.py: CLIP's 7  # fmt: skip
+TIP_DTD = {**TIP, "init_alpha": 2.0, "search_scale": [13.0, 13.0], "template": "{} texture."}
+TIP_EUROSAT = {**TIP, "init_alpha": 2.0, "search_scale": [12.0, 10.0],
+               "template": "a centered satellite photo of {}."}  # fmt: skip
+TIP_FGVC = {**TIP, "init_alpha": 5.0, "search_scale": [30.0, 30.0],
+            "template": "a photo of a {}, a type of aircraft."}  # configs/fgvc.yaml  # fmt: skip
+TIP_FLOWERS = {**TIP, "init_alpha": 10.0, "search_scale": [50.0, 50.0],
+               "template": "a photo of a {}, a type of flower."}  # fmt: skip
+TIP_CALTECH = {**TIP, "init_alpha": 3.0, "search_scale": [12.0, 5.0],
+               "template": "a photo of a {}."}  # fmt: skip
+TIP_UCF = {**TIP, "init_alpha": 3.0, "search_scale": [7.0, 3.0],
+           "template": "a photo of a person doing {}."}  # fmt: skip
+TIP_CARS = {**TIP, "init_alpha": 3.0, "search_scale": [20.0, 10.0], "template": "a photo of a {}."}
+TIP_FOOD = {**TIP, "init_alpha": 1.17, "search_scale": [10.0, 10.0],
+            "template": "a photo of {}, a type of food."}  # fmt: skip
+TIP_SUN = {**TIP, "init_alpha": 1.17, "search_scale": [12.0, 10.0], "template": "a photo of a {}."}
+TIP_PETS = {**TIP, "init_alpha": 1.17, "search_scale": [7.0, 3.0],
+            "template": "a photo of a {}, a type of pet."}  # fmt: skip
+
 CASES = [
     # (preset, method, data set, shots, expected settings)
     ("rpo_base2new", "rpo", "dtd", 16, RPO_K24),
@@ -153,6 +191,30 @@ CASES = [
     ("tcp", "tcp", "dtd", 16, {**TCP, "prompt_template": "{} texture."}),
     ("tcp", "tcp", "stanford_cars", 16, {**TCP, "prompt_template": "{}, a type of car"}),
     ("tcp", "tcp", "ucf101", 16, {**TCP, "prompt_template": "person doing {}."}),
+    # MaxZanella/CLIP-LoRA lora.py: total_iters = n_iters (500, run_utils.py) * shots
+    ("clip_lora_fewshot", "clip_lora", "dtd", 1, {**CLIP_LORA, "iterations": 500}),
+    ("clip_lora_fewshot", "clip_lora", "eurosat", 2, {**CLIP_LORA, "iterations": 1000}),
+    ("clip_lora_fewshot", "clip_lora", "imagenet", 4, {**CLIP_LORA, "iterations": 2000}),
+    ("clip_lora_fewshot", "clip_lora", "oxford_flowers", 8, {**CLIP_LORA, "iterations": 4000}),
+    ("clip_lora_fewshot", "clip_lora", "imagenet", 16, {**CLIP_LORA, "iterations": 8000}),
+    # gaopengcuhk/Tip-Adapter: one config per data set for every shots (README); fgvc.yaml is
+    # vlprompt's fgvc_aircraft; a data set without a config keeps the defaults (imagenet.yaml)
+    ("tip_adapter", "tip_adapter", "imagenet", 16, TIP_IMAGENET),
+    ("tip_adapter", "tip_adapter", "fgvc_aircraft", 1, TIP_FGVC),
+    ("tip_adapter", "tip_adapter", "caltech101", 2, TIP_CALTECH),
+    ("tip_adapter", "tip_adapter", "dtd", 4, TIP_DTD),
+    ("tip_adapter", "tip_adapter", "oxford_flowers", 8, TIP_FLOWERS),
+    ("tip_adapter", "tip_adapter", "food101", 16, TIP_FOOD),
+    ("tip_adapter", "tip_adapter", "sun397", 16, TIP_SUN),
+    ("tip_adapter", "tip_adapter", "oxford_pets", 16, TIP_PETS),
+    ("tip_adapter", "tip_adapter", "mini_colors", 16, TIP),
+    # configs/eurosat.yaml: train_epoch 100; every other config 20
+    ("tip_adapter_f", "tip_adapter_f", "eurosat", 16, {**TIP_EUROSAT, **TIP_F, "epochs": 100}),
+    ("tip_adapter_f", "tip_adapter_f", "eurosat", 1, {**TIP_EUROSAT, **TIP_F, "epochs": 100}),
+    ("tip_adapter_f", "tip_adapter_f", "imagenet", 16, {**TIP_IMAGENET, **TIP_F}),
+    ("tip_adapter_f", "tip_adapter_f", "dtd", 1, {**TIP_DTD, **TIP_F}),
+    ("tip_adapter_f", "tip_adapter_f", "ucf101", 8, {**TIP_UCF, **TIP_F}),
+    ("tip_adapter_f", "tip_adapter_f", "stanford_cars", 4, {**TIP_CARS, **TIP_F}),
 ]
 
 
@@ -214,6 +276,26 @@ def test_a_preset_equal_to_the_defaults_is_the_same_run():
     assert diffs == ["method_config.lr: 0.01 -> 0.005"]
 
 
+def test_clip_lora_preset_at_16_shots_is_the_methods_defaults():
+    """CLIP-LoRA's defaults are its official 16-shot values: the preset changes nothing there,
+    and at other shots only the iterations (500 x shots)."""
+    default = resolve_config("clip_lora", "dtd", shots=16)
+    assert config_differences(default, resolve_config(
+        "clip_lora", "dtd", shots=16, preset="clip_lora_fewshot")) == []  # fmt: skip
+    four = resolve_config("clip_lora", "dtd", shots=4, preset="clip_lora_fewshot")
+    assert config_differences(resolve_config("clip_lora", "dtd", shots=4), four) == [
+        "method_config.iterations: 8000 -> 2000"
+    ]
+
+
+def test_tip_adapter_presets_hold_at_any_shots():
+    """Tip-Adapter's configs are the same for 1 to 16 shots (its README), so any shots resolve."""
+    for name in ("tip_adapter", "tip_adapter_f"):
+        config = resolve_config(name, "dtd", shots=3, preset=name)
+        assert config.method_config["init_alpha"] == 2.0
+        assert config.method_config["search_scale"] == [13.0, 13.0]
+
+
 @pytest.mark.parametrize(
     ("name", "method", "shots", "needles"),
     [
@@ -223,6 +305,8 @@ def test_a_preset_equal_to_the_defaults_is_the_same_run():
         ("coop_fewshot", "coop", 3, ["1, 2, 4, 8, 16 shots only, not 3"]),
         ("prograd_base2new", "prograd", 16, ["4 shots only, not 16"]),
         ("promptsrc_xd", "promptsrc", 4, ["16 shots only, not 4"]),
+        ("clip_lora_fewshot", "clip_lora", 3, ["1, 2, 4, 8, 16 shots only, not 3"]),
+        ("tip_adapter", "tip_adapter_f", 16, ["for method 'tip_adapter', not 'tip_adapter_f'"]),
     ],
 )
 def test_bad_presets_are_one_clear_error(name, method, shots, needles):

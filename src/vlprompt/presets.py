@@ -16,8 +16,9 @@ wins. The run's `config.json` holds the resolved values in `method_config`, as f
 the preset's name in `preset`, so a reader sees where they came from. The name is provenance, not
 identity: a run resolved to the same values with or without the preset is the same run.
 
-A preset sets method settings only. The backbone is the run's: CoOp's and ProGrad's few-shot
-tables are RN50 (`--backbone RN50`), the others ViT-B/16 (vlprompt's default). The values were
+A preset sets method settings only. The backbone is the run's: the few-shot tables of CoOp,
+ProGrad, CLIP-Adapter and Tip-Adapter are RN50 (`--backbone RN50`), the others ViT-B/16
+(vlprompt's default). The values were
 read from the official repositories at the commits in `SOURCES`; docs/reproduce.md has the
 table of every value and its file (`markdown_table()` writes it), and the places where the
 official files are silent or disagree.
@@ -25,6 +26,7 @@ official files are silent or disagree.
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +46,8 @@ SOURCES: dict[str, str] = {
     "gaopengcuhk/CLIP-Adapter": "08d07f8b2ecafc6f1479fe636b26d464d7a5574e",
     "muzairkhattak/multimodal-prompt-learning": "69bce21ae8eda80ad6187534b2dce09cf6c59e17",
     "htyao89/Textual-based_Class-aware_prompt_tuning": "bd97bec6bd4901baaf318e9e8f073f618d12066e",
+    "MaxZanella/CLIP-LoRA": "358f0d7361f59e66c0b2d0b672a3dafb143a759b",
+    "gaopengcuhk/Tip-Adapter": "d0e2d6f8c5feb8b6ce937b757810761f7155d4d5",
 }
 FEWSHOT_SHOTS = (1, 2, 4, 8, 16)  # the shots of every few-shot table
 
@@ -107,7 +111,7 @@ class Preset:
         settings: dict[str, Any] = {}
         for rule in self.rules:
             if rule.applies(dataset, shots):
-                settings.update(rule.settings)
+                settings.update(copy.deepcopy(dict(rule.settings)))  # lists: the caller's own
         return settings
 
 
@@ -722,6 +726,208 @@ register_preset(
             "method's own per-data-set `template`; the preset leaves them",
             "the README names base2new_train_main.sh; the repository's script is "
             "scripts/base2new_train.sh (all 11 data sets, seeds 1-3)",
+        ),
+    )
+)
+
+
+# ---- CLIP-LoRA: one recipe for every data set; only the iterations follow the shots ----------
+_CLIP_LORA_N_ITERS = 500  # run_utils.py --n_iters; lora.py: total_iters = n_iters * shots
+
+register_preset(
+    Preset(
+        "clip_lora_fewshot",
+        "clip_lora",
+        "CLIP-LoRA few-shot (ViT-B/16 in the paper): rank 2, alpha 1, dropout 0.25 on q, k, v of "
+        "every block of both towers, AdamW lr 2e-4, batch 32, 500 x shots iterations, per-step "
+        "cosine to 1e-6",
+        (
+            Rule(
+                {"optimizer": "adamw", "lr": 2e-4, "weight_decay": 1e-2, "batch_size": 32},
+                "MaxZanella/CLIP-LoRA run_utils.py (--lr 2e-4, --batch_size 32) and lora.py "
+                "(AdamW weight_decay=1e-2, betas=(0.9, 0.999): torch's default betas, which "
+                "vlprompt's AdamW keeps)",
+            ),
+            Rule(
+                {"warmup_epochs": 0, "lr_schedule": "step", "min_lr": 1e-6},
+                "MaxZanella/CLIP-LoRA lora.py (CosineAnnealingLR(optimizer, total_iters, "
+                "eta_min=1e-6) stepped after every iteration; no warm-up)",
+            ),
+            Rule(
+                {
+                    "rank": 2,
+                    "alpha": 1.0,
+                    "dropout": 0.25,
+                    "encoder": "both",
+                    "position": "all",
+                    "params": ["q", "k", "v"],
+                },
+                "MaxZanella/CLIP-LoRA run_utils.py (--r 2, --alpha 1, --dropout_rate 0.25, "
+                "--encoder both, --position all, --params q k v)",
+            ),
+            Rule(
+                {"template": "a photo of a {}."},
+                "MaxZanella/CLIP-LoRA datasets/*.py (template = ['a photo of a {}.'] in every "
+                "data set, ImageNet included: the CoOp templates are commented out) and lora.py "
+                "(dataset.template[0] in training and in the final test)",
+            ),
+            Rule(
+                {"logit_scale": 100.0},
+                "MaxZanella/CLIP-LoRA main.py (logit_scale = 100)",
+            ),
+            *(
+                Rule(
+                    {"iterations": _CLIP_LORA_N_ITERS * k},
+                    "MaxZanella/CLIP-LoRA lora.py (total_iters = args.n_iters * args.shots) with "
+                    f"run_utils.py --n_iters 500, at {_shots_text([k])}",
+                    shots=frozenset({k}),
+                )
+                for k in FEWSHOT_SHOTS
+            ),
+        ),
+        shots=FEWSHOT_SHOTS,
+        notes=(
+            "CLIP-LoRA's iterations are 500 x shots at any shots (lora.py); the preset names "
+            "the paper's 1, 2, 4, 8, 16 (name `iterations` yourself for other shots)",
+            "the official never validates (lora.py VALIDATION = False): the model after the "
+            "last iteration is tested, as vlprompt's last-epoch evaluation does",
+            "the official loader keeps the last incomplete batch (datasets/utils.py "
+            "build_data_loader: drop_last=False; ImageNet's torch DataLoader likewise); "
+            "vlprompt's engine drops it where a data set holds a full batch (Dassl's rule): "
+            "the same iterations, a few images fewer per epoch",
+            "the README runs one seed (--seed 1); the repository gives no seed list",
+        ),
+    )
+)
+
+
+# ---- Tip-Adapter / Tip-Adapter-F: one config per data set, for every number of shots ----------
+# CLIP's 7 ImageNet templates as the official datasets/imagenet.py writes them (`imagenet_templates`)
+_TIP_IMAGENET_TEMPLATES = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+# vlprompt name: (official name: configs/<name>.yaml and datasets/<name>.py, init_alpha,
+# search_scale (beta, alpha), the data set's template; None = ImageNet's ensemble)
+_TIP_CONFIGS: dict[str, tuple[str, float, tuple[float, float], str | None]] = {
+    "caltech101": ("caltech101", 3.0, (12.0, 5.0), "a photo of a {}."),
+    "dtd": ("dtd", 2.0, (13.0, 13.0), "{} texture."),
+    "eurosat": ("eurosat", 2.0, (12.0, 10.0), "a centered satellite photo of {}."),
+    "fgvc_aircraft": ("fgvc", 5.0, (30.0, 30.0), "a photo of a {}, a type of aircraft."),
+    "food101": ("food101", 1.17, (10.0, 10.0), "a photo of {}, a type of food."),
+    "imagenet": ("imagenet", 1.17, (7.0, 3.0), None),
+    "oxford_flowers": ("oxford_flowers", 10.0, (50.0, 50.0), "a photo of a {}, a type of flower."),
+    "oxford_pets": ("oxford_pets", 1.17, (7.0, 3.0), "a photo of a {}, a type of pet."),
+    "stanford_cars": ("stanford_cars", 3.0, (20.0, 10.0), "a photo of a {}."),
+    "sun397": ("sun397", 1.17, (12.0, 10.0), "a photo of a {}."),
+    "ucf101": ("ucf101", 3.0, (7.0, 3.0), "a photo of a person doing {}."),
+}
+
+
+def _tip_adapter_rules() -> tuple[Rule, ...]:
+    """The training-free settings, shared by Tip-Adapter and Tip-Adapter-F: the keys every
+    config has alike, the cache's augmentation, and each data set's alpha, beta grid and
+    template(s)."""
+    rules = [
+        Rule(
+            {"init_beta": 1.0, "search_hp": True, "search_step": [200, 20], "augment_epoch": 10},
+            "gaopengcuhk/Tip-Adapter configs/*.yaml (init_beta 1, search_hp True, search_step "
+            "[200, 20], augment_epoch 10 in every config)",
+        ),
+        Rule(
+            {"crop_min_scale": 0.5},
+            "gaopengcuhk/Tip-Adapter main.py and datasets/imagenet.py (the cache's and -F's "
+            "views: RandomResizedCrop(224, scale=(0.5, 1), bicubic) + a flip)",
+        ),
+    ]
+    for name, (official, init_alpha, search_scale, template) in _TIP_CONFIGS.items():
+        settings: dict[str, Any] = {"init_alpha": init_alpha, "search_scale": list(search_scale)}
+        if template is None:
+            settings["templates"] = list(_TIP_IMAGENET_TEMPLATES)
+            text = "imagenet_templates: CLIP's 7, ensembled by utils.py clip_classifier"
+        else:
+            settings["template"] = template
+            text = "template"
+        rules.append(
+            Rule(
+                settings,
+                f"gaopengcuhk/Tip-Adapter configs/{official}.yaml (init_alpha, search_scale); "
+                f"datasets/{official}.py ({text})",
+                datasets=frozenset({name}),
+            )
+        )
+    return tuple(rules)
+
+
+register_preset(
+    Preset(
+        "tip_adapter",
+        "tip_adapter",
+        "Tip-Adapter few-shot, training-free (RN50 in the paper): the cache of 10 augmented "
+        "views, alpha / beta searched per data set (configs/<data set>.yaml)",
+        _tip_adapter_rules(),
+        notes=(
+            "the configs say shots: 16; the README: their values are the best overall for 1 to "
+            "16 shots (set the shots in the YAML), so the preset holds at any shots",
+            "a data set without an official config (the ImageNet variants, the mini world, "
+            "your own) keeps the method's defaults, configs/imagenet.yaml's values",
+            "the official searches alpha / beta on the whole val split (main.py: dataset.val, "
+            "not subsampled) and on the test set for ImageNet (main_imagenet.py); vlprompt "
+            "searches the run's few-shot val split (min(shots, 4) per class)",
+            "main.py fixes seed 1 (random.seed(1), torch.manual_seed(1)): one few-shot sample; "
+            "the repository gives no seed list",
+        ),
+    )
+)
+register_preset(
+    Preset(
+        "tip_adapter_f",
+        "tip_adapter_f",
+        "Tip-Adapter-F few-shot (RN50 in the paper): Tip-Adapter's per-data-set config, keys "
+        "fine-tuned by AdamW lr 0.001 (eps 1e-4), batch 256, 20 epochs (EuroSAT 100)",
+        (
+            *_tip_adapter_rules(),
+            Rule(
+                {"lr": 0.001, "epochs": 20},
+                "gaopengcuhk/Tip-Adapter configs/*.yaml (lr 0.001, train_epoch 20)",
+            ),
+            Rule(
+                {
+                    "optimizer": "adamw",
+                    "adam_eps": 1e-4,
+                    "weight_decay": 0.01,
+                    "batch_size": 256,
+                    "warmup_epochs": 0,
+                    "lr_schedule": "step",
+                    "min_lr": 0.0,
+                },
+                "gaopengcuhk/Tip-Adapter main.py and main_imagenet.py run_tip_adapter_F "
+                "(AdamW(lr, eps=1e-4): torch's weight decay 0.01; CosineAnnealingLR(train_epoch "
+                "* len(train_loader_F)) stepped every iteration, eta_min 0, no warm-up; "
+                "train_loader_F: batch 256, shuffled)",
+            ),
+            Rule(
+                {"epochs": 100},
+                "gaopengcuhk/Tip-Adapter configs/eurosat.yaml (train_epoch 100)",
+                datasets=frozenset({"eurosat"}),
+            ),
+        ),
+        notes=(
+            "the configs say shots: 16; the README: their values are the best overall for 1 to "
+            "16 shots, so the preset holds at any shots",
+            "a data set without an official config keeps the method's defaults, "
+            "configs/imagenet.yaml's values",
+            "the official keeps the keys of the epoch best on the test set (main.py, "
+            "main_imagenet.py; main.py reports max(that accuracy, the one after the search)); "
+            "vlprompt chooses the epoch on the val split and tests once",
+            "the official searches alpha / beta on the whole val split (on the test set for "
+            "ImageNet); vlprompt on the run's few-shot val split (min(shots, 4) per class)",
+            "main.py fixes seed 1; the repository gives no seed list",
         ),
     )
 )
