@@ -1,11 +1,12 @@
-"""What makes deep prompts cheaper, part by part: an IVLP training step on a ViT-B/16-shaped CLIP
-(random weights, CPU, fp32), each exact speed-up added in turn.
+"""What makes deep prompts cheaper, part by part: a training step (`backward_step`: the method's
+whole loss) of IVLP, MaPLe or PromptSRC on a ViT-B/16-shaped CLIP (random weights, CPU, fp32),
+each exact speed-up added in turn.
 
-    python benchmarks/deep_prompts.py [--classes 100] [--batch 4] [--repeats 3] [--threads 1]
+    python benchmarks/deep_prompts.py [--method ivlp] [--classes 100] [--batch 4] [--repeats 3]
 
 Variants (same inputs, same initial prompts; the logits agree to float noise):
 1. reference: full 77-token text prompts, every row of every block (the paper's computation);
-2. + text truncated at the longest EOS (exact under the causal mask);
+2. + text truncated at the longest EOS (exact under the causal mask; IVLP only);
 3. + only the pooled row at each tower's last block (CLS; each text's EOS): the default.
 
 A deep prompt is read by every frozen token, so RPO's trick (frozen rows computed once without
@@ -47,13 +48,13 @@ class TruncatedOnly(IVLP):
 def step_seconds(method, images, labels) -> tuple[float, torch.Tensor]:
     method.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    logits = method(images)
-    F.cross_entropy(logits, labels).backward()
-    return time.perf_counter() - start, logits.detach()
+    out = method.backward_step(images, labels)
+    return time.perf_counter() - start, out.logits
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="ivlp", choices=("ivlp", "maple", "promptsrc"))
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--batch", type=int, default=4, help="IVLP's official batch: 4")
     parser.add_argument("--repeats", type=int, default=3)
@@ -69,11 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     variants = {}
     for label, implementation, cls in [
         ("reference (full length, every row)", "reference", None),
-        ("+ text truncated at the longest EOS", "fast", TruncatedOnly),
+        *(
+            [("+ text truncated at the longest EOS", "fast", TruncatedOnly)]
+            * (args.method == "ivlp")
+        ),
         ("+ pooled rows only at the last blocks (default)", "fast", None),
     ]:
         torch.manual_seed(1)
-        method = create_method("ivlp", clip, names, implementation=implementation)
+        method = create_method(args.method, clip, names, implementation=implementation)
         if cls is not None:
             method.__class__ = cls
         variants[label] = method
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             times[label].append(seconds)
     ref_label = next(iter(variants))
     ref = statistics.median(times[ref_label][1:])
-    print(f"IVLP training step on {args.model} shapes, {args.classes} classes, batch "
+    print(f"{args.method} training step on {args.model} shapes, {args.classes} classes, batch "
           f"{args.batch}, {args.threads} thread(s), median of {args.repeats}:")  # fmt: skip
     print("| variant | step s | speed-up vs reference | max abs logit diff vs reference |")
     print("|---|---|---|---|")

@@ -89,6 +89,44 @@ def test_a_pooled_step_equals_a_step_on_the_same_views(tiny_clip, name):
     assert "image_features" not in vars(method) and "frozen_image_state" not in vars(method)
 
 
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [
+        ("promptsrc", {"depth_text": 2, "depth_vision": 2, "templates": ("a photo of a {}.",)}),
+        ("ivlp", {"depth_text": 2, "depth_vision": 2, "gradient_rule": "prograd"}),
+        ("maple", {"depth": 2, "gradient_rule": "kd"}),
+    ],
+)
+def test_a_prompted_image_tower_reads_its_frozen_features_from_the_pool(tiny_clip, name, settings):
+    """PromptSRC's regulariser and the rules' zero-shot teacher read the frozen image features:
+    the pool stores them beside the images, and a step runs only the prompted image tower
+    (one image pass, not two) with the same logits and gradients."""
+    torch.manual_seed(0)
+    method = create_method(name, tiny_clip, CLASSES, **settings)
+    data = NoisyImages()
+    pool = build_view_pool(method, data, 2, seed=3, batch_size=4)
+    assert pool.kind == "images_and_features"
+    rows = pool.rows(torch.tensor([1, 2, 4, 5]), epoch=2)
+    labels = torch.tensor([data.labels[i] for i in (1, 2, 4, 5)])
+    every_view = _all_views(data, 2, seed=3)
+    # every stored view is the seeded one (reading the labels draws no augmentation)
+    assert torch.equal(pool.store["images"], every_view)
+    views = every_view[rows]
+    encode = _Counter(tiny_clip, "encode_image")
+    ref_logits, ref_grads = _step(method, views, labels)
+    frozen_passes = encode.calls
+    with pool.feed(method, rows) as inputs:
+        logits, grads = _step(method, inputs, labels)
+    assert frozen_passes == 1 and encode.calls == frozen_passes  # none from the pool
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert "image_features" not in vars(method)
+    assert pool_kind(
+        create_method(name, tiny_clip, CLASSES, **{**settings, "gradient_rule": "none"})
+    ) == ("images_and_features" if name == "promptsrc" else "images")
+
+
 def test_a_pool_over_the_memory_limit_stores_images_and_says_so(tiny_clip):
     method = create_method("rpo", tiny_clip, CLASSES, K=2)
     data = NoisyImages()

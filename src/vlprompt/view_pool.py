@@ -20,6 +20,11 @@ a training step skips that computation. What is stored depends on the method:
   and the frozen CLS features (`RPO.frozen_image_state`). A step then runs only the K prompt rows
   through the image tower. This is large (ViT-B/16: ~14.5 MB per view), so when the pool would
   exceed `max_bytes` it falls back to `"images"` and says so in a log line.
+- `"images_and_features"` — methods whose prompted image tower trains but whose loss also reads
+  the frozen image features (`reads_frozen_image_features`: PromptSRC's regulariser and
+  zero-shot teacher, ProGrad's rule on a prompted image tower): the augmented image tensors and
+  their normalised frozen features. A step then runs the prompted tower only; the frozen pass
+  is read from the pool.
 - `"images"` — any other method, or the fallback: the augmented image tensors. A step then runs
   the method as usual on a stored view (only the decoding/augmentation is saved).
 
@@ -48,7 +53,7 @@ from vlprompt.seeding import seed_worker
 
 log = logging.getLogger(__name__)
 
-KINDS = ("features", "frozen_state", "images")
+KINDS = ("features", "frozen_state", "images_and_features", "images")
 DEFAULT_MAX_BYTES = 8 * 1024**3  # pool memory above which a method's pool falls back to images
 _VIEW_SEED = 7_919  # separates the views' augmentation seeds from the training seed
 _DRAW_SEED = 104_729  # separates the per-epoch view draws from everything else
@@ -64,6 +69,8 @@ def pool_kind(method: Any) -> str:
         return "features"
     if method.has_frozen_image_state:
         return "frozen_state"
+    if method.reads_frozen_image_features:
+        return "images_and_features"
     return "images"
 
 
@@ -101,6 +108,8 @@ def _encode(method: Any, kind: str, images: torch.Tensor) -> dict[str, torch.Ten
     """The tensors a pool of `kind` stores for a batch of views; rows along dim `_ROW_DIM`."""
     if kind == "features":
         return {"features": method.image_features(images.to(method.clip.device))}
+    if kind == "images_and_features":
+        return {"images": images, "features": method.image_features(images.to(method.clip.device))}
     if kind == "frozen_state":
         kvs, cls = method.frozen_image_state(images.to(method.clip.device))
         return {
@@ -166,6 +175,11 @@ class ViewPool:
         device = method.clip.device
         if self.kind == "images":
             yield self._take("images", rows).to(device)
+            return
+        if self.kind == "images_and_features":
+            feats = self._take("features", rows).to(device)
+            with _override(method, "image_features", lambda _inputs: feats):
+                yield self._take("images", rows).to(device)
             return
         if self.kind == "features":
             feats = self._take("features", rows).to(device)
@@ -264,7 +278,9 @@ def _labels_of(dataset: Any, start: int, images: torch.Tensor) -> torch.Tensor:
     items = getattr(dataset, "items", None)
     if items is not None:  # ImageListDataset: no need to load the images again
         return torch.tensor([items[i].label for i in range(start, start + images.shape[0])])
-    return torch.tensor([int(dataset[i][1]) for i in range(start, start + images.shape[0])])
+    with torch.random.fork_rng(devices=[]):  # loading an item may draw its random transform:
+        # keep that draw out of the RNG stream the views are augmented from
+        return torch.tensor([int(dataset[i][1]) for i in range(start, start + images.shape[0])])
 
 
 def _allocate(name: str, t: torch.Tensor, rows: int) -> torch.Tensor:

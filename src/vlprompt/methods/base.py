@@ -331,6 +331,14 @@ class PromptMethod(nn.Module):
         )
 
     @property
+    def reads_frozen_image_features(self) -> bool:
+        """Whether a training step of a method with a trained image path also reads the frozen
+        image features through `image_features` (the zero-shot teacher of the "prograd" and
+        "kd" rules; PromptSRC's regulariser), so that a view pool may store them beside the
+        images. Default: under those rules."""
+        return self.config.gradient_rule in ("prograd", "kd")
+
+    @property
     def has_frozen_image_state(self) -> bool:
         """Whether training reads the image tower through `frozen_image_state`, so that a view
         pool may store that state instead of images. Default: False."""
@@ -409,7 +417,7 @@ class PromptMethod(nn.Module):
     ) -> torch.Tensor:
         """Zero-shot CLIP logits; reuses `image_features` (normalised) when given."""
         if image_features is None:
-            image_features = self.clip.encode_image(images, normalize=True)
+            image_features = self.image_features(images)
         return clip_logits(self.clip, image_features, self.zeroshot_text_features())
 
     def set_classnames(self, classnames: list[str]) -> None:

@@ -283,6 +283,10 @@ class PromptSRC(IVLP):
         return self._frozen_text_cache.get(key, compute)
 
     # ---- forward -----------------------------------------------------------------------------
+    @property
+    def reads_frozen_image_features(self) -> bool:
+        return True  # the image regulariser's and the zero-shot teacher's frozen pass
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self._prompted(images)[0]
 
