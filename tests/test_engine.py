@@ -181,6 +181,18 @@ def test_train_writes_the_run_folder_and_a_correct_result(world, tmp_path):
     assert torch.equal(loaded.method.shift, run.method.shift)
 
 
+def test_an_iterations_run_records_the_epochs_it_ran(world, tmp_path):
+    """4 shots x 3 classes = 12 images, batch 4: 3 steps an epoch, so 7 iterations run 3 epochs
+    (the last one step); status.json and the result record say 3, not the unused `epochs`."""
+    _train(world, tmp_path / "run", epochs=50, iterations=7, warmup_epochs=0)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert (status["epochs"], status["iterations"]) == (3, 7)
+    (record,) = [
+        json.loads(x) for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()
+    ]
+    assert record["epochs"] == 3
+
+
 def test_finished_run_is_reused_and_another_config_is_refused(world, tmp_path):
     out = tmp_path / "run"
     _train(world, out, epochs=1)

@@ -454,15 +454,14 @@ def _train_and_evaluate(config, run_dir, *, resume, evaluate, progress, on_epoch
     from vlprompt.seeding import deterministic_mode
 
     with deterministic_mode(config.engine.deterministic):
-        method, splits, wall_s = _train(
+        method, splits, wall_s, epochs = _train(
             config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torchscript
         )
     if ctx.is_main:
         method.save(run_dir)
         status = {
             "finished": True,
-            "epochs": method.config.epochs if method.needs_training else 0,
-            # a training by optimizer steps (CLIP-LoRA): its length, `epochs` unused
+            "epochs": epochs,  # as run: an `iterations` training's epochs follow from its steps
             "iterations": getattr(method.config, "iterations", 0) if method.needs_training else 0,
             "train_wall_s": wall_s,
             "n_train_images": len(splits.train),
@@ -520,7 +519,7 @@ def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torc
             splits.train, splits.val, feature_cache=_feature_cache(config),
             batch_size=config.engine.eval_batch_size, num_workers=config.engine.workers(), log=say,
         )  # fmt: skip
-        return method, splits, time.perf_counter() - started
+        return method, splits, time.perf_counter() - started, 0
     dataset = ImageListDataset(
         splits.train,
         transform_for(clip, train=True, crop_min_scale=config.engine.crop_min_scale),
@@ -530,7 +529,7 @@ def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torc
         method, dataset, settings=config.engine, seed=config.seed, run_dir=run_dir,
         resume=resume, progress=progress, ctx=ctx, on_epoch_end=on_epoch_end, logger=say,
     )  # fmt: skip
-    return method, splits, result.wall_s
+    return method, splits, result.wall_s, result.epochs
 
 
 def _feature_cache(config: RunConfig) -> Any:
