@@ -66,6 +66,34 @@ def test_merged_equals_unmerged_with_random_A_and_B(name):
     torch.testing.assert_close(merged, unmerged.detach(), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", [TINY_VIT, SHAPE_B])
+def test_text_up_to_the_longest_eot_equals_all_77_positions(name):
+    """The fast path (prompts cut after their longest EOT: exact under the causal mask) equals
+    the reference (all 77 positions, the official computation) in training logits and in the
+    gradients of every A and B."""
+    clip = _clip(name)
+    images = _images(clip)
+    labels = torch.arange(len(images)) % len(CLASSES)
+    out = {}
+    for implementation in ("fast", "reference"):
+        method = _lora(clip, implementation=implementation, params=("q", "k", "v", "o"))
+        _randomise(method)
+        _no_dropout(method)
+        method.train()
+        out[implementation] = _logits_and_grads(method, images, labels)
+    (fast, fast_grads), (ref, ref_grads) = out["fast"], out["reference"]
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=0)
+    for got, want in zip(fast_grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def _logits_and_grads(method, images, labels):
+    method.zero_grad(set_to_none=True)
+    logits = method(images)
+    torch.nn.functional.cross_entropy(logits, labels).backward()
+    return logits.detach(), [p.grad.clone() for p in method.trainable_parameters()]
+
+
 def test_merged_weights_follow_updates_of_A_and_B(tiny_clip):
     method = _lora(tiny_clip).eval()
     images = _images(tiny_clip)

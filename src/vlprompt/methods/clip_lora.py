@@ -49,7 +49,8 @@ positions other than "all" are defined for any depth by fractions of the tower (
 thirds, half-bottom / half-up: halves, top3: the last 3), which equal the official 12-block
 tables; `logit_scale=0` uses the backbone's learned scale instead of 100; the prompts are
 encoded up to their longest EOT, not all 77 positions (the same numbers: the mask is causal; ~7x
-less text activation memory).
+less text activation memory; `implementation="reference"` encodes all 77, tests/test_clip_lora.py
+checks both agree in logits and gradients).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from torch import nn
 from vlprompt.backbone import ClipBackbone
 from vlprompt.errors import MethodError
 from vlprompt.methods.base import (
+    IMPLEMENTATIONS,
     KeyedCache,
     MethodConfig,
     PromptMethod,
@@ -130,6 +132,13 @@ class CLIPLoRAConfig(MethodConfig):
         default=("q", "k", "v"),
         metadata={"help": "projections with LoRA: any of q, k, v, o (o: the output projection)"},
     )
+    implementation: str = field(
+        default="fast",
+        metadata={
+            "help": "'fast' (the prompts encoded up to their longest EOT) or 'reference' (all "
+            "77 positions, as the official code)"
+        },
+    )
     logit_scale: float = field(
         default=100.0,
         metadata={"help": "fixed logit scale (official 100); 0: the backbone's learned one"},
@@ -153,6 +162,10 @@ class CLIPLoRAConfig(MethodConfig):
         if not self.params or not set(self.params) <= set(PROJECTIONS):
             raise MethodError(
                 f"params must be a non-empty list of q, k, v, o, got {list(self.params)}"
+            )
+        if self.implementation not in IMPLEMENTATIONS:
+            raise MethodError(
+                f"implementation must be one of {IMPLEMENTATIONS}, got {self.implementation!r}"
             )
         if len(set(self.params)) != len(self.params):
             raise MethodError(f"params must not repeat a projection, got {list(self.params)}")
@@ -374,7 +387,9 @@ class CLIPLoRA(PromptMethod):
         eot = tokens.argmax(dim=-1)
         # the causal mask: no EOT output depends on the positions after it, so the prompts are
         # encoded up to the longest EOT only (the official encodes all 77 positions)
-        embeddings = self.clip.token_embedding(tokens[:, : int(eot.max()) + 1])
+        if self.config.implementation == "fast":
+            tokens = tokens[:, : int(eot.max()) + 1]
+        embeddings = self.clip.token_embedding(tokens)
         with self._lora_in_blocks(self.clip.text_blocks, self.lora_text):
             return F.normalize(self.clip.encode_text_embeddings(embeddings, eot), dim=-1)
 
