@@ -75,6 +75,19 @@ def test_two_h_conventions_on_a_hand_example_where_they_differ():
     assert "sample standard deviation (ddof=1)" in table
 
 
+def test_a_base_to_new_table_says_when_new_classes_are_zero_shot():
+    """Tip-Adapter's new-class column is zero-shot CLIP's (no cache of new classes): the table
+    says so under the averages; a method that learns for new classes gets no such line."""
+    records = []
+    for d in ("d1", "d2"):
+        records += b2n("tip_adapter", d, 1, 80.0, 60.0) + b2n("coop", d, 1, 75.0, 55.0)
+    table = render_markdown(summarize(records))
+    assert "- **tip_adapter**: its cache holds base-class images only, so its new-class " in table
+    assert "**coop**" not in table
+    only_coop = render_markdown(summarize([r for r in records if r["method"] == "coop"]))
+    assert "New classes:" not in only_coop
+
+
 def test_per_dataset_h_uses_seed_means_and_std_of_per_seed_h():
     records = b2n("coop", "d", 1, 90.0, 50.0) + b2n("coop", "d", 2, 80.0, 70.0)
     cell = cells_by(summarize(records), metric="H", dataset="d")

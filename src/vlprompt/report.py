@@ -352,6 +352,7 @@ def _base2new_md(cells: list[Cell], backbone: str, shots: int) -> list[str]:
                 for metric in ("base", "new", "H_of_avg", "avg_of_H")
             ])  # fmt: skip
         out += _table(["method", "data sets", "base", "new", "H (of avg)", "H (avg of H)"], rows)
+        out += _new_class_notes(methods)
     if len(datasets) > 1:
         out += ["H per data set:", ""]
         rows = [
@@ -370,6 +371,22 @@ def _base2new_md(cells: list[Cell], backbone: str, shots: int) -> list[str]:
         ]
         out += _table(["method", "base", "new", "H"], rows)
     return out
+
+
+def _new_class_notes(methods: Sequence[str]) -> list[str]:
+    """One line per method whose new-class column needs reading (e.g. Tip-Adapter's: zero-shot
+    CLIP's accuracy, not a learned one), so that no number passes for what it is not."""
+    from vlprompt.methods import get_method_class
+
+    lines = []
+    for name in methods:
+        try:
+            note = get_method_class(name).new_classes_note
+        except Exception:  # a method of another process's plugin: nothing known about it
+            continue
+        if note:
+            lines.append(f"- **{name}**: {note}.")
+    return ["", "New classes:", "", *lines] if lines else []
 
 
 def _fewshot_md(cells: list[Cell], backbone: str) -> list[str]:

@@ -257,6 +257,9 @@ class PromptMethod(nn.Module):
     # True: after training it classifies any class list (`set_classnames`), so base-to-new tests
     # it on classes it never saw; False: only the classes it was fitted on (the linear probe)
     classifies_new_classes: ClassVar[bool] = True
+    # how it classifies a class it learned nothing for, where that is not obvious: the reports
+    # print it under base-to-new tables (Tip-Adapter: "new classes are zero-shot CLIP's ...")
+    new_classes_note: ClassVar[str | None] = None
 
     @classmethod
     def template_for(cls, dataset: str, dataset_template: str) -> str | None:

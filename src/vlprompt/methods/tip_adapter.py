@@ -345,6 +345,10 @@ class TipAdapter(FrozenImageMixin, PromptMethod):
     name: ClassVar[str] = "tip_adapter"
     config_class: ClassVar[type[MethodConfig]] = TipAdapterConfig
     needs_training: ClassVar[bool] = False  # the cache is built by `fit` / `fit_features`
+    new_classes_note: ClassVar[str | None] = (
+        "its cache holds base-class images only, so its new-class accuracy is zero-shot CLIP's "
+        "(same template)"
+    )
     fine_tunes_keys: ClassVar[bool] = False
     config: TipAdapterConfig
 
