@@ -94,6 +94,23 @@ def test_forward_and_gradients_equal_the_plain_reference(name, implementation):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("checkpoint_mode", ["auto", "always", "never"])
+def test_text_in_class_chunks_equals_the_plain_reference(checkpoint_mode):
+    """Chunks of 3 of the 4 classes (each cut at its own longest EOS, checkpointed or not):
+    the same logits and gradients as the plain reference."""
+    clip = _clip(sorted(VIT_SHAPES)[0])
+    m = _method(clip, text_chunk_size=3, text_checkpoint=checkpoint_mode)
+    images, labels = _images(clip), torch.tensor([0, 2, 3])
+    params = m.trainable_parameters()
+    ours = m(images)
+    g_ours = torch.autograd.grad(F.cross_entropy(ours, labels), params)
+    theirs = reference_logits(m, images)
+    g_theirs = torch.autograd.grad(F.cross_entropy(theirs, labels), params)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    for a, b in zip(g_ours, g_theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("name", sorted(VIT_SHAPES))
 def test_depth_1_equals_shallow_prompting_through_open_clips_blocks(name):
     clip = _clip(name)

@@ -104,10 +104,20 @@ def parameter_count(text_width: int, vision_width: int, depth: int, n_ctx: int) 
 
 
 @pytest.mark.parametrize("name", SHAPES)
-@pytest.mark.parametrize("implementation", ["fast", "reference"])
-def test_forward_and_gradients_equal_the_plain_reference(name, implementation):
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"implementation": "fast"},
+        {"implementation": "reference"},
+        # the text in chunks of 3 of the 4 classes, each cut at its own longest EOS
+        {"text_chunk_size": 3, "text_checkpoint": "always"},
+        {"text_chunk_size": 3, "text_checkpoint": "never"},
+    ],
+    ids=["fast", "reference", "chunks-checkpointed", "chunks"],
+)
+def test_forward_and_gradients_equal_the_plain_reference(name, settings):
     clip = _clip(name)
-    m = _method(clip, implementation=implementation)
+    m = _method(clip, **settings)
     images, labels = _images(clip), torch.tensor([0, 2, 3])
     params = m.trainable_parameters()
     ours = m(images)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from vlprompt.attention import check_block, pooled_rows_forward
 from vlprompt.backbone import ClipBackbone, ReplaceTokens
@@ -114,6 +115,37 @@ def deep_text_features(
     x = clip.run_text_layers(x, clip.text_causal_mask(n), hook)
     pooled = x[:, 0] if hook.pooled_only else x[torch.arange(x.shape[0]), eot_index]
     return clip.text_head(pooled)
+
+
+def chunked_deep_text_features(
+    clip: ClipBackbone,
+    prompts: torch.Tensor,
+    eot_index: torch.Tensor,
+    deep: Sequence[torch.Tensor],
+    chunk_size: int,
+    checkpoint_mode: str = "auto",
+) -> torch.Tensor:
+    """`deep_text_features` (pooled rows only) of `chunk_size` classes at a time, each chunk
+    cut at its own longest EOS: the same numbers (the classes do not interact and the mask is
+    causal). While training, chunks are checkpointed ('auto': when there is more than one;
+    'always'; 'never'), so the text side's activation memory is one chunk's, not 1000 classes'
+    (ImageNet), at the cost of recomputing each chunk's forward in the backward."""
+    n = prompts.shape[0]
+    ckpt = torch.is_grad_enabled() and (
+        checkpoint_mode == "always" or (checkpoint_mode == "auto" and n > chunk_size)
+    )
+    outs = []
+    for start in range(0, n, chunk_size):
+        part = slice(start, start + chunk_size)
+        eot = eot_index[part]
+        chunk = prompts[part, : int(eot.max()) + 1]
+        parts = [d[part] if d.dim() == 3 else d for d in deep]  # per-class deep prompts: sliced
+
+        def encode(chunk=chunk, eot=eot, parts=parts) -> torch.Tensor:
+            return deep_text_features(clip, chunk, eot, parts, pooled_only=True)
+
+        outs.append(checkpoint(encode, use_reentrant=False) if ckpt else encode())
+    return torch.cat(outs)
 
 
 def deep_image_features(

@@ -43,6 +43,7 @@ from torch import nn
 
 from vlprompt.backbone import ClipBackbone
 from vlprompt.deep_prompts import (
+    chunked_deep_text_features,
     deep_image_features,
     deep_text_features,
     normal_tokens,
@@ -151,13 +152,14 @@ class IVLP(PromptLayoutMixin, PromptMethod):
 
     def text_features(self) -> torch.Tensor:
         """Normalised text features [C, E] of the prompted class prompts."""
-        feats = deep_text_features(
-            self.clip,
-            self.prompt_embeddings(),
-            self.eot_index,
-            list(self.deep_text),
-            pooled_only=self.fast,
-        )
+        prompts, deep = self.prompt_embeddings(), list(self.deep_text)
+        if self.fast:
+            cfg = self.config
+            feats = chunked_deep_text_features(
+                self.clip, prompts, self.eot_index, deep, cfg.text_chunk_size, cfg.text_checkpoint
+            )
+        else:
+            feats = deep_text_features(self.clip, prompts, self.eot_index, deep, pooled_only=False)
         return F.normalize(feats, dim=-1)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:

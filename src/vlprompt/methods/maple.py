@@ -66,6 +66,7 @@ from torch import nn
 
 from vlprompt.backbone import ClipBackbone
 from vlprompt.deep_prompts import (
+    chunked_deep_text_features,
     deep_image_features,
     deep_text_features,
     normal_tokens,
@@ -75,6 +76,7 @@ from vlprompt.errors import MethodError
 from vlprompt.methods import text_encoding as te
 from vlprompt.methods.base import (
     IMPLEMENTATIONS,
+    RUNTIME,
     MethodConfig,
     PromptMethod,
     TrainOutput,
@@ -114,6 +116,18 @@ class MaPLeConfig(MethodConfig):
             "or 'reference' (every row, full length)"
         },
     )
+    text_chunk_size: int = field(
+        default=256,
+        metadata={"help": "classes per text chunk (fast path; speed and memory only)", **RUNTIME},
+    )
+    text_checkpoint: str = field(
+        default="auto",
+        metadata={
+            "help": "checkpoint text chunks while training: 'auto' (only with more than one "
+            "chunk), 'always', 'never'; exact either way",
+            **RUNTIME,
+        },
+    )
     lr: float = field(default=0.0035, metadata={"help": "peak learning rate after warm-up"})
     epochs: int = field(default=5, metadata={"help": "training epochs"})
     batch_size: int = field(default=4, metadata={"help": "images per step"})
@@ -129,6 +143,12 @@ class MaPLeConfig(MethodConfig):
         if self.implementation not in IMPLEMENTATIONS:
             raise MethodError(
                 f"implementation must be one of {IMPLEMENTATIONS}, got {self.implementation!r}"
+            )
+        if self.text_chunk_size < 1:
+            raise MethodError(f"text_chunk_size must be >= 1, got {self.text_chunk_size}")
+        if self.text_checkpoint not in te.CHECKPOINT_MODES:
+            raise MethodError(
+                f"text_checkpoint must be one of {te.CHECKPOINT_MODES}, got {self.text_checkpoint!r}"
             )
 
 
@@ -253,13 +273,14 @@ class MaPLe(PromptLayoutMixin, PromptMethod):
     # ---- towers ------------------------------------------------------------------------------
     def text_features(self) -> torch.Tensor:
         """Normalised text features [C, E] of the prompted class prompts."""
-        feats = deep_text_features(
-            self.clip,
-            self.prompt_embeddings(),
-            self.eot_index,
-            list(self.compound_prompts_text),
-            pooled_only=self.fast,
-        )
+        prompts, deep = self.prompt_embeddings(), list(self.compound_prompts_text)
+        if self.fast:
+            cfg = self.config
+            feats = chunked_deep_text_features(
+                self.clip, prompts, self.eot_index, deep, cfg.text_chunk_size, cfg.text_checkpoint
+            )
+        else:
+            feats = deep_text_features(self.clip, prompts, self.eot_index, deep, pooled_only=False)
         return F.normalize(feats, dim=-1)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
