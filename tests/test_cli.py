@@ -9,6 +9,7 @@ import pytest
 
 from test_engine_helpers import TINY_VIT
 from vlprompt.cli import main
+from vlprompt.methods import list_methods
 
 pytestmark = pytest.mark.usefixtures("isolated_home")
 
@@ -126,6 +127,17 @@ def test_train_help_lists_the_methods_own_settings(capsys):
         main(["train", "--method", "rpo", "--help"])
     out = capsys.readouterr().out
     assert "--K K" in out and "default: 24" in out and "default: 0.01" in out
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_every_methods_settings_become_train_flags_beside_the_engines(method, capsys):
+    """A method setting named like an engine flag (e.g. Tip-Adapter's cache crop vs the engine's
+    --crop-min-scale) would make `train --method NAME` crash in argparse: every method's
+    settings must parse beside the engine's."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--method", method, "--help"])
+    assert exit_info.value.code == 0
+    assert "--crop-min-scale" in capsys.readouterr().out
 
 
 def test_methods_and_datasets_are_listed(capsys):

@@ -98,7 +98,7 @@ CLIP_LORA = {  # MaxZanella/CLIP-LoRA run_utils.py defaults, lora.py's AdamW and
 }  # fmt: skip
 TIP = {  # gaopengcuhk/Tip-Adapter configs/*.yaml (alike in all) + main.py's RandomResizedCrop
     "init_beta": 1.0, "search_hp": True, "search_step": [200, 20], "augment_epoch": 10,
-    "crop_min_scale": 0.5,
+    "cache_crop_min_scale": 0.5,
 }  # fmt: skip
 TIP_F = {  # configs/*.yaml lr, train_epoch + main.py run_tip_adapter_F (AdamW eps 1e-4, cosine)
     "lr": 0.001, "epochs": 20, "optimizer": "adamw", "adam_eps": 1e-4, "weight_decay": 0.01,

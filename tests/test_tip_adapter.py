@@ -246,7 +246,7 @@ BAD = [
     ("tip_adapter", {"init_alpha": -1.0}, "init_alpha must be >= 0"),
     ("tip_adapter", {"init_beta": -0.5}, "init_beta must be >= 0"),
     ("tip_adapter", {"augment_epoch": 0}, "augment_epoch must be >= 1"),
-    ("tip_adapter", {"crop_min_scale": 0.0}, r"crop_min_scale must be in \(0, 1\]"),
+    ("tip_adapter", {"cache_crop_min_scale": 0.0}, r"cache_crop_min_scale must be in \(0, 1\]"),
     ("tip_adapter", {"gradient_rule": "prograd"}, "gradient_rule must be 'none'"),
     ("tip_adapter_f", {"optimizer": "sgd"}, "optimizer must be 'adamw'"),
     ("tip_adapter_f", {"lr_schedule": "epoch"}, "lr_schedule must be 'step'"),

@@ -840,7 +840,7 @@ def _tip_adapter_rules() -> tuple[Rule, ...]:
             "[200, 20], augment_epoch 10 in every config)",
         ),
         Rule(
-            {"crop_min_scale": 0.5},
+            {"cache_crop_min_scale": 0.5},
             "gaopengcuhk/Tip-Adapter main.py and datasets/imagenet.py (the cache's and -F's "
             "views: RandomResizedCrop(224, scale=(0.5, 1), bicubic) + a flip)",
         ),

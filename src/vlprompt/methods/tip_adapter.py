@@ -145,7 +145,7 @@ class TipAdapterConfig(MethodConfig):
         default=10,
         metadata={"help": "augmented passes over the training images averaged into the keys"},
     )
-    crop_min_scale: float = field(
+    cache_crop_min_scale: float = field(
         default=0.5,
         metadata={"help": "smallest area fraction of the random crop of the training views"},
     )
@@ -172,9 +172,9 @@ class TipAdapterConfig(MethodConfig):
                 f"augment_epoch must be >= 1 (augmented views averaged into each key), got "
                 f"{self.augment_epoch}"
             )
-        if not 0 < self.crop_min_scale <= 1:
+        if not 0 < self.cache_crop_min_scale <= 1:
             raise MethodError(
-                f"crop_min_scale must be in (0, 1] (official 0.5), got {self.crop_min_scale}"
+                f"cache_crop_min_scale must be in (0, 1] (official 0.5), got {self.cache_crop_min_scale}"
             )
         if self.gradient_rule != "none":
             raise MethodError(
@@ -443,7 +443,9 @@ class TipAdapter(FrozenImageMixin, PromptMethod):
         from vlprompt.feature_cache import encode_images_cached
 
         seed = _run_seed()
-        transform = transform_for(self.clip, train=True, crop_min_scale=self.config.crop_min_scale)
+        transform = transform_for(
+            self.clip, train=True, crop_min_scale=self.config.cache_crop_min_scale
+        )
 
         def views_of(n_views: int, stream_seed: int) -> torch.Tensor:
             return augmented_view_features(self.clip, train, transform, n_views, stream_seed,

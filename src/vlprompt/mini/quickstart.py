@@ -72,8 +72,8 @@ MINI_SETTINGS: dict[str, dict[str, Any]] = {
     # mini base half (80-128 images, 2-4 steps of 32)
     "clip_lora": {"iterations": 480},
     # the cache's augmented views without the random crop, as every mini-world training
-    "tip_adapter": {"crop_min_scale": 1.0},
-    "tip_adapter_f": {"crop_min_scale": 1.0},
+    "tip_adapter": {"cache_crop_min_scale": 1.0},
+    "tip_adapter_f": {"cache_crop_min_scale": 1.0},
     "linear_probe": {},
     "zsclip": {},
 }
