@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import sgd_losses
+from test_engine_helpers import TINY_VIT
 from vlprompt.errors import MethodError
 from vlprompt.methods import create_method, get_method_class, list_methods
 
@@ -108,6 +109,27 @@ def test_save_then_load_gives_identical_logits(name, tiny_clip, tmp_path):
     assert type(loaded) is type(method)
     with torch.no_grad():
         assert torch.equal(method(images), loaded.eval()(images))
+
+
+@pytest.mark.usefixtures("isolated_home")
+@pytest.mark.parametrize("name", own_methods())
+def test_a_trained_run_folder_reloads_to_the_same_predictions(name, world, tmp_path):
+    """`vlprompt.train` then `vlprompt.load_run` (what `vlprompt eval` and `predict` do, in a
+    fresh backbone): the same test logits as the trained method in memory."""
+    import vlprompt
+
+    settings = dict(CASES[name][0])
+    if get_method_class(name).needs_training and "iterations" not in settings:
+        settings.setdefault("epochs", 1)
+    run = vlprompt.train(
+        name, "imagefolder", root=world["data"], backbone=TINY_VIT, pretrained=world["ckpt"],
+        output_dir=tmp_path / "run", shots=4, progress=False, deterministic=True,
+        evaluate=False, **settings,
+    )  # fmt: skip
+    loaded = vlprompt.load_run(tmp_path / "run")
+    images = _batch(4)[0]
+    with torch.no_grad():
+        assert torch.equal(run.method.eval()(images), loaded.method(images))
 
 
 @pytest.mark.parametrize("name", own_methods())

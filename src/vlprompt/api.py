@@ -42,7 +42,7 @@ from vlprompt.config import (
 from vlprompt.distributed import Dist, init_distributed, resolve_device
 from vlprompt.engine import EpochStats, fit
 from vlprompt.io import RESULTS_FILE, append_jsonl, atomic_write_json, read_jsonl
-from vlprompt.methods.saving import METHOD_FILE, PROMPTS_FILE, load_learned
+from vlprompt.methods.saving import METHOD_FILE, PROMPTS_FILE, load_learned, read_method_info
 from vlprompt.precision import effective_precision
 from vlprompt.run_folder import claim_folder, folder_lock, not_writable, require_ours
 from vlprompt.run_status import STATUS_FILE, is_run_finished
@@ -147,9 +147,21 @@ def load_run(
         clip = load_clip(
             config.backbone, config.pretrained, device=device, trust_torchscript=trust_torchscript
         )
-    method = load_learned(run_dir, clip)
+    method = _load_method(run_dir, clip)
     method.eval()
     return Run(run_dir, config, method, _read_status(run_dir))
+
+
+def _load_method(run_dir: Path, clip: Any) -> Any:
+    """The saved method through its own class's `load` (Tip-Adapter's sizes its cache from the
+    saved tensors first); an unknown method name gets `load_learned`'s clear error."""
+    from vlprompt.methods import get_method_class
+
+    try:
+        cls = get_method_class(read_method_info(run_dir)["method"])
+    except ValueError:
+        return load_learned(run_dir, clip)
+    return cls.load(run_dir, clip)
 
 
 # ---- configuration ----------------------------------------------------------------------------
