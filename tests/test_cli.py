@@ -140,6 +140,20 @@ def test_every_methods_settings_become_train_flags_beside_the_engines(method, ca
     assert "--crop-min-scale" in capsys.readouterr().out
 
 
+def test_bench_set_takes_a_method_prefix_for_one_methods_setting():
+    """`--set clip_lora.iterations=500 --set lr=0.1`: one method's setting and everyone's; a
+    method the sweep does not run is one clear error."""
+    from vlprompt.cli import _split_settings
+    from vlprompt.protocols import BenchError
+
+    pairs = [("clip_lora.iterations", 500), ("lr", 0.1), ("coop.n_ctx", 4)]
+    everyone, per_method = _split_settings(pairs, ["clip_lora", "coop"])
+    assert everyone == {"lr": 0.1}
+    assert per_method == {"clip_lora": {"iterations": 500}, "coop": {"n_ctx": 4}}
+    with pytest.raises(BenchError, match=r"'rpo' is not among the sweep's methods \(coop\)"):
+        _split_settings([("rpo.K", 4)], ["coop"])
+
+
 def test_methods_and_datasets_are_listed(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out

@@ -295,7 +295,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output-dir", dest="output_dir", required=True)
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", dest="set_pairs", action="append", type=_set_pair, default=[],
-                   metavar="KEY=VALUE", help="a method setting for every method (repeatable)")  # fmt: skip
+                   metavar="[METHOD.]KEY=VALUE",
+                   help="a method setting for every method, or with METHOD. for that method "
+                   "only, e.g. clip_lora.iterations=500 (repeatable)")  # fmt: skip
     p.add_argument("--preset", metavar="NAME[,NAME]",
                    help=PRESET_HELP.replace("the run's", "each run's") + "; comma-separated, one "
                    "per method, each applies to its own method's runs")  # fmt: skip
@@ -533,6 +535,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             address=args.ray_address, cpus_per_run=args.cpus_per_run,
             gpus_per_run=args.gpus_per_run, max_retries=args.max_retries, verbose=args.verbose,
         )  # fmt: skip
+    everyone, per_method = _split_settings(args.set_pairs, _csv(args.methods))
     result = run_bench(
         args.protocol,
         _csv(args.methods),
@@ -544,7 +547,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         backbone=args.backbone,
         pretrained=args.pretrained,
         output_dir=args.output_dir,
-        config_overrides=dict(args.set_pairs) or None,
+        config_overrides=everyone or None,
+        method_overrides=per_method or None,
         preset=_csv(args.preset),
         device=args.device,
         keep_going=args.keep_going,
@@ -557,6 +561,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     _print_bench_result(result, args.output_dir)
     return 0 if result.ok else 1
+
+
+def _split_settings(
+    pairs: list[tuple[str, Any]], methods: list[str] | None
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """`--set` pairs as (settings of every method, {method: its own settings}): a key
+    `METHOD.KEY` is for METHOD only. A METHOD the sweep does not run is one clear error."""
+    everyone: dict[str, Any] = {}
+    per_method: dict[str, dict[str, Any]] = {}
+    for key, value in pairs:
+        method, dot, name = key.rpartition(".")
+        if not dot:
+            everyone[key] = value
+            continue
+        if methods is not None and method not in methods:
+            from vlprompt.protocols import BenchError
+
+            raise BenchError(
+                f"--set {key}=...: {method!r} is not among the sweep's methods "
+                f"({', '.join(methods)}); use METHOD.KEY=VALUE with one of them"
+            )
+        per_method.setdefault(method, {})[name] = value
+    return everyone, per_method
 
 
 def _print_bench_result(result: Any, output_dir: str) -> None:
