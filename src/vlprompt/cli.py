@@ -621,7 +621,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         trains = (
             f"{config.optimizer} lr {config.lr:g}, {_length(config)}, batch {config.batch_size}"
             if cls.needs_training
-            else "no gradient training"
+            else "no engine training: its fit() prepares it"
         )
         count = counts[name]
         size = f"{count.describe()} parameters" if count else f"not buildable on {COUNT_MODEL}"
