@@ -86,6 +86,12 @@ TEXT_SIDE = {
     "coop (16 ctx; prograd's is the same)": ("coop", {}),
     "kgcoop (4 ctx)": ("kgcoop", {}),
     "tcp (4 ctx, 4 class-aware tokens at text block 8)": ("tcp", {}),
+    "ivlp (deep prompts in 9 blocks; default: chunks of 256 classes, checkpointed)": ("ivlp", {}),
+    "ivlp, text_chunk_size=1000 (one chunk, not checkpointed)": (
+        "ivlp",
+        {"text_chunk_size": 1000},
+    ),
+    "maple (coupled deep prompts; default chunks)": ("maple", {}),
 }
 FROZEN_IMAGE = (
     "coop",
