@@ -36,7 +36,7 @@ import argparse
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -66,11 +66,25 @@ def methods() -> list[tuple[str, dict]]:
     """Every registered vlprompt method that trains, and RPO with ProGrad's rule."""
     own = [n for n in list_methods() if get_method_class(n).__module__.startswith("vlprompt.")]
     trained = [n for n in own if get_method_class(n).needs_training]
-    return [(n, {}) for n in trained] + [("rpo", {"gradient_rule": "prograd"})]
+    return [(n, _deterministic(n)) for n in trained] + [("rpo", {"gradient_rule": "prograd"})]
+
+
+def _deterministic(name: str) -> dict:
+    """Settings that make a step deterministic (CLIP-LoRA's dropout off): fast and reference
+    are compared step for step, and dropout masks would differ between them."""
+    names = {f.name for f in fields(get_method_class(name).config_class)}
+    return {"dropout": 0.0} if "dropout" in names else {}
+
+
+def has_implementations(name: str) -> bool:
+    """Whether the method has a fast and a reference implementation (`implementation`)."""
+    return any(f.name == "implementation" for f in fields(get_method_class(name).config_class))
 
 
 def method_label(name: str, settings: dict) -> str:
-    return name + "".join(f" + {v}" for v in settings.values())
+    return name + "".join(
+        f" + {v}" if k == "gradient_rule" else f" ({k}={v})" for k, v in settings.items()
+    )
 
 
 @dataclass
@@ -203,7 +217,9 @@ def check(args) -> tuple[str, bool]:
                 runs = {}
                 for impl in ("reference", "fast"):
                     torch.manual_seed(0)  # the same initial prompts for both
-                    method = create_method(name, clip, names, implementation=impl, **settings)
+                    # a method with one computation (CLIP-Adapter) runs it as both
+                    chosen = {"implementation": impl} if has_implementations(name) else {}
+                    method = create_method(name, clip, names, **chosen, **settings)
                     runs[impl] = train_steps(method, x, y, precision, device, args.steps)
                     del method
                 ref, fast = runs["reference"], runs["fast"]
