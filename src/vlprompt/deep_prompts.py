@@ -148,6 +148,29 @@ def chunked_deep_text_features(
     return torch.cat(outs)
 
 
+class DeepTextFeaturesMixin:
+    """`text_features` of a method whose class prompts carry deep text prompts (IVLP, PromptSRC,
+    MaPLe): the fast path (`chunked_deep_text_features`) or the plain reference (full length,
+    every row), by `self.fast`. The method gives `prompt_embeddings()`, `eot_index`,
+    `deep_text_prompts()` and a config with `text_chunk_size` and `text_checkpoint`."""
+
+    def deep_text_prompts(self) -> list[torch.Tensor]:
+        """The tensors that replace the context at the input of text blocks 1.. (in order)."""
+        raise NotImplementedError
+
+    def text_features(self) -> torch.Tensor:
+        """Normalised text features [C, E] of the prompted class prompts."""
+        prompts, deep = self.prompt_embeddings(), self.deep_text_prompts()
+        if self.fast:
+            cfg = self.config
+            feats = chunked_deep_text_features(
+                self.clip, prompts, self.eot_index, deep, cfg.text_chunk_size, cfg.text_checkpoint
+            )
+        else:
+            feats = deep_text_features(self.clip, prompts, self.eot_index, deep, pooled_only=False)
+        return nn.functional.normalize(feats, dim=-1)
+
+
 def deep_image_features(
     clip: ClipBackbone,
     images: torch.Tensor,

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from vlprompt.data.templates import IMAGENET_TEMPLATES
 from vlprompt.errors import VlpromptError
 
 # the official repositories read, at these commits
@@ -802,16 +803,9 @@ register_preset(
 
 
 # ---- Tip-Adapter / Tip-Adapter-F: one config per data set, for every number of shots ----------
-# CLIP's 7 ImageNet templates as the official datasets/imagenet.py writes them (`imagenet_templates`)
-_TIP_IMAGENET_TEMPLATES = (
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
+# CLIP's 7 ImageNet templates: the official datasets/imagenet.py's `imagenet_templates` are
+# vlprompt's IMAGENET_TEMPLATES, in the same order
+_TIP_IMAGENET_TEMPLATES = tuple(IMAGENET_TEMPLATES)
 # vlprompt name: (official name: configs/<name>.yaml and datasets/<name>.py, init_alpha,
 # search_scale (beta, alpha), the data set's template; None = ImageNet's ensemble)
 _TIP_CONFIGS: dict[str, tuple[str, float, tuple[float, float], str | None]] = {

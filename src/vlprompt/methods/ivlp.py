@@ -43,9 +43,8 @@ from torch import nn
 
 from vlprompt.backbone import ClipBackbone
 from vlprompt.deep_prompts import (
-    chunked_deep_text_features,
+    DeepTextFeaturesMixin,
     deep_image_features,
-    deep_text_features,
     normal_tokens,
     resolve_depth,
 )
@@ -102,7 +101,7 @@ class IVLPConfig(ContextConfig):
 
 
 @register_method
-class IVLP(PromptLayoutMixin, PromptMethod):
+class IVLP(DeepTextFeaturesMixin, PromptLayoutMixin, PromptMethod):
     """Independent deep prompts in the text and the vision tower of a frozen open_clip ViT."""
 
     name: ClassVar[str] = "ivlp"
@@ -150,17 +149,8 @@ class IVLP(PromptLayoutMixin, PromptMethod):
             return te.assemble_reference(layout, ctx, "end")
         return te.assemble_fast(layout, ctx, self.position_index, layout.max_length)
 
-    def text_features(self) -> torch.Tensor:
-        """Normalised text features [C, E] of the prompted class prompts."""
-        prompts, deep = self.prompt_embeddings(), list(self.deep_text)
-        if self.fast:
-            cfg = self.config
-            feats = chunked_deep_text_features(
-                self.clip, prompts, self.eot_index, deep, cfg.text_chunk_size, cfg.text_checkpoint
-            )
-        else:
-            feats = deep_text_features(self.clip, prompts, self.eot_index, deep, pooled_only=False)
-        return F.normalize(feats, dim=-1)
+    def deep_text_prompts(self) -> list[torch.Tensor]:
+        return list(self.deep_text)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Image features (ln_post + projection of CLS, not normalised) [B, E]."""

@@ -66,9 +66,8 @@ from torch import nn
 
 from vlprompt.backbone import ClipBackbone
 from vlprompt.deep_prompts import (
-    chunked_deep_text_features,
+    DeepTextFeaturesMixin,
     deep_image_features,
-    deep_text_features,
     normal_tokens,
     resolve_depth,
 )
@@ -82,7 +81,7 @@ from vlprompt.methods.base import (
     TrainOutput,
     clip_logits,
 )
-from vlprompt.methods.prompt_context import PromptLayoutMixin
+from vlprompt.methods.prompt_context import PromptLayoutMixin, check_text_chunking
 from vlprompt.methods.registry import register_method
 
 
@@ -144,12 +143,7 @@ class MaPLeConfig(MethodConfig):
             raise MethodError(
                 f"implementation must be one of {IMPLEMENTATIONS}, got {self.implementation!r}"
             )
-        if self.text_chunk_size < 1:
-            raise MethodError(f"text_chunk_size must be >= 1, got {self.text_chunk_size}")
-        if self.text_checkpoint not in te.CHECKPOINT_MODES:
-            raise MethodError(
-                f"text_checkpoint must be one of {te.CHECKPOINT_MODES}, got {self.text_checkpoint!r}"
-            )
+        check_text_chunking(self)
 
 
 def coupled_depth(depth: int | None, n_text: int, n_vision: int) -> int:
@@ -211,7 +205,7 @@ def build_layout(clip: ClipBackbone, classnames: list[str], words: str, n_ctx: i
 
 
 @register_method
-class MaPLe(PromptLayoutMixin, PromptMethod):
+class MaPLe(DeepTextFeaturesMixin, PromptLayoutMixin, PromptMethod):
     """Deep text prompts and, coupled to them by a Linear per block, deep vision prompts in a
     frozen open_clip ViT."""
 
@@ -271,17 +265,8 @@ class MaPLe(PromptLayoutMixin, PromptMethod):
         return self.proj(self.ctx), deep
 
     # ---- towers ------------------------------------------------------------------------------
-    def text_features(self) -> torch.Tensor:
-        """Normalised text features [C, E] of the prompted class prompts."""
-        prompts, deep = self.prompt_embeddings(), list(self.compound_prompts_text)
-        if self.fast:
-            cfg = self.config
-            feats = chunked_deep_text_features(
-                self.clip, prompts, self.eot_index, deep, cfg.text_chunk_size, cfg.text_checkpoint
-            )
-        else:
-            feats = deep_text_features(self.clip, prompts, self.eot_index, deep, pooled_only=False)
-        return F.normalize(feats, dim=-1)
+    def deep_text_prompts(self) -> list[torch.Tensor]:
+        return list(self.compound_prompts_text)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Image features (ln_post + projection of CLS, not normalised) [B, E]."""

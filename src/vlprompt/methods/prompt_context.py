@@ -67,12 +67,18 @@ class ContextConfig(MethodConfig):
             raise MethodError(
                 f"implementation must be one of {IMPLEMENTATIONS}, got {self.implementation!r}"
             )
-        if self.text_chunk_size < 1:
-            raise MethodError(f"text_chunk_size must be >= 1, got {self.text_chunk_size}")
-        if self.text_checkpoint not in te.CHECKPOINT_MODES:
-            raise MethodError(
-                f"text_checkpoint must be one of {te.CHECKPOINT_MODES}, got {self.text_checkpoint!r}"
-            )
+        check_text_chunking(self)
+
+
+def check_text_chunking(config: MethodConfig) -> None:
+    """One clear error for a bad `text_chunk_size` or `text_checkpoint` (the fast text path's
+    class chunks, shared by the context methods and MaPLe)."""
+    if config.text_chunk_size < 1:
+        raise MethodError(f"text_chunk_size must be >= 1, got {config.text_chunk_size}")
+    if config.text_checkpoint not in te.CHECKPOINT_MODES:
+        raise MethodError(
+            f"text_checkpoint must be one of {te.CHECKPOINT_MODES}, got {config.text_checkpoint!r}"
+        )
 
 
 def initial_context(

@@ -95,13 +95,12 @@ from vlprompt.methods.base import (
     MethodConfig,
     PromptMethod,
     clip_logits,
-    features_key,
     full_precision,
     validate_classnames,
 )
 from vlprompt.methods.registry import register_method
 from vlprompt.methods.saving import PROMPTS_FILE
-from vlprompt.methods.zeroshot import ensemble_text_features
+from vlprompt.methods.zeroshot import cached_ensemble_features
 
 if TYPE_CHECKING:
     from vlprompt.data.types import Datum
@@ -398,14 +397,9 @@ class TipAdapter(FrozenImageMixin, PromptMethod):
     def text_features(self) -> torch.Tensor:
         """The template ensemble's normalised text features [C, E] (official `clip_classifier`),
         computed once per class list, in fp32."""
-        templates = self.templates()
-
-        def compute() -> torch.Tensor:
-            with full_precision(self.clip.device):
-                return ensemble_text_features(self.clip, self.classnames, templates)
-
-        key = features_key(self.clip, self.classnames, templates, fp32=True)
-        return self._text_cache.get(key, compute)
+        return cached_ensemble_features(
+            self.clip, self.classnames, self.templates(), self._text_cache
+        )
 
     def zero_shot_of(self, image_features: torch.Tensor) -> torch.Tensor:
         return clip_logits(self.clip, image_features, self.text_features())

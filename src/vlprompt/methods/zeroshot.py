@@ -52,6 +52,19 @@ def ensemble_text_features(
     return te.normalize(total / len(templates))
 
 
+def cached_ensemble_features(
+    clip: ClipBackbone, classnames: list[str], templates: tuple[str, ...], cache: KeyedCache
+) -> torch.Tensor:
+    """`ensemble_text_features` in fp32 (under autocast too: frozen, so nothing to gain from a
+    lower precision after the first call), computed once per class list and templates."""
+
+    def compute() -> torch.Tensor:
+        with full_precision(clip.device):
+            return ensemble_text_features(clip, classnames, templates)
+
+    return cache.get(features_key(clip, classnames, templates, fp32=True), compute)
+
+
 @register_method
 class ZeroShotCLIP(FrozenImageMixin, PromptMethod):
     """CLIP with hand-crafted prompts; nothing is learned or saved but the config."""
@@ -70,16 +83,8 @@ class ZeroShotCLIP(FrozenImageMixin, PromptMethod):
 
     @torch.no_grad()
     def text_features(self) -> torch.Tensor:
-        """The ensemble's text features, computed once per class list, in fp32 under autocast
-        too (frozen: nothing to gain from a lower precision after the first call)."""
-        templates = self.templates()
-
-        def compute() -> torch.Tensor:
-            with full_precision(self.clip.device):
-                return ensemble_text_features(self.clip, self.classnames, templates)
-
-        key = features_key(self.clip, self.classnames, templates, fp32=True)
-        return self._cache.get(key, compute)
+        """The ensemble's text features (`cached_ensemble_features`)."""
+        return cached_ensemble_features(self.clip, self.classnames, self.templates(), self._cache)
 
     def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
         return clip_logits(self.clip, image_features, self.text_features())
