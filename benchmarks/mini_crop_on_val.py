@@ -25,7 +25,7 @@ def _floats(text: str) -> list[float]:
 
 def val_base_accuracy(method, dataset, seed, crop, args) -> float:
     from vlprompt.mini import MODEL_NAME, checkpoint_path
-    from vlprompt.mini.quickstart import MINI_SETTINGS
+    from vlprompt.quickstart import MINI_SETTINGS
 
     out = Path(args.output_dir) / dataset / method / f"crop{crop:g}_seed{seed}"
     run = vlprompt.train(
@@ -38,7 +38,7 @@ def val_base_accuracy(method, dataset, seed, crop, args) -> float:
 
 
 def main() -> None:
-    from vlprompt.mini.quickstart import ALL_MINI_DATASETS
+    from vlprompt.quickstart import ALL_MINI_DATASETS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--crops", type=_floats, default=[0.08, 0.25, 0.5, 1.0])

@@ -15,7 +15,7 @@
 - kd: ProGrad against distillation (the ProGrad paper's KD: the same model and loss plus
   lambda * KL towards zero-shot, plainly added) and plain CoOp, 7 data sets, 3 seeds.
 
-Every arm is one resumable sweep (`vlprompt.mini.mini_bench`, the mini settings of the
+Every arm is one resumable sweep (`vlprompt.quickstart.mini_bench`, the mini settings of the
 quickstart) in `<output-dir>/<experiment>/<arm>/`; arms of one experiment are then put side by
 side in `<output-dir>/<experiment>/combined/` (summary.md, summary.csv, plots/), the records
 relabelled by arm. A second call skips what is done.
@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.io import RESULTS_FILE, atomic_write_text
-from vlprompt.mini import mini_bench
-from vlprompt.mini.quickstart import ALL_MINI_DATASETS
+from vlprompt.quickstart import ALL_MINI_DATASETS, mini_bench
 from vlprompt.report import load_results, write_summary
 
 

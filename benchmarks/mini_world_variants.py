@@ -164,8 +164,8 @@ def main() -> None:
 
     from vlprompt.backbone import load_clip
     from vlprompt.mini import MODEL_NAME, checkpoint_path
-    from vlprompt.mini.quickstart import MINI_CROP_MIN_SCALE, MINI_SETTINGS
     from vlprompt.protocols import run_bench
+    from vlprompt.quickstart import MINI_CROP_MIN_SCALE, MINI_SETTINGS
 
     if args.model_config:
         open_clip.add_model_config(args.model_config)

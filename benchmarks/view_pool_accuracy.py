@@ -4,7 +4,7 @@
         [--methods coop,rpo] [--seeds 1,2,3] [--output-dir runs/view_pool_accuracy]
 
 Runs `vlprompt.protocols.run_bench("base2new", ...)` twice with the mini world's settings
-(`vlprompt.mini.quickstart.MINI_SETTINGS`, the shipped tiny CLIP): once as the papers train (fresh
+(`vlprompt.quickstart.MINI_SETTINGS`, the shipped tiny CLIP): once as the papers train (fresh
 augmentations every epoch) and once with `view_pool=N` (N stored views per image). Prints a
 Markdown table of base / new / H accuracy (mean ± std over seeds) and the mean training wall time
 per run (which includes the one-off pool build). Resumable: finished runs are reused.
@@ -22,7 +22,7 @@ from vlprompt.report import harmonic_mean
 
 def sweep(views: int, args) -> Path:
     from vlprompt.mini import MODEL_NAME, checkpoint_path
-    from vlprompt.mini.quickstart import MINI_CROP_MIN_SCALE, MINI_SETTINGS
+    from vlprompt.quickstart import MINI_CROP_MIN_SCALE, MINI_SETTINGS
 
     out = Path(args.output_dir) / (f"pool{views}" if views else "no_pool")
     run_bench(

@@ -162,7 +162,7 @@ def test_seed_paper_experiments_name_valid_settings_and_relabel_their_arms(tmp_p
     import mini_seed_papers as sp
 
     from vlprompt.methods import make_config
-    from vlprompt.mini.quickstart import MINI_SETTINGS
+    from vlprompt.quickstart import MINI_SETTINGS
 
     assert set(sp.EXPERIMENTS) == {"variance", "extreme", "ablations", "kd"}
     for experiment in sp.EXPERIMENTS.values():

@@ -131,8 +131,8 @@ def test_a_keyed_cache_recomputes_when_its_key_changes(tiny_clip):
 
 
 def test_base2new_refuses_a_closed_set_method_before_any_work(tmp_path):
-    from vlprompt.mini.quickstart import QUICKSTART_METHODS, base2new_methods
     from vlprompt.protocols import BenchError, run_bench
+    from vlprompt.quickstart import QUICKSTART_METHODS, base2new_methods
 
     assert not get_method_class("linear_probe").classifies_new_classes
     assert "linear_probe" not in base2new_methods()

@@ -8,9 +8,7 @@ from types import SimpleNamespace
 import vlprompt.protocols
 from vlprompt.mini import MODEL_NAME, checkpoint_path
 
-qs = importlib.import_module(
-    "vlprompt.mini.quickstart"
-)  # the module (the package exports the function)
+qs = importlib.import_module("vlprompt.quickstart")
 
 
 def test_quickstart_runs_base2new_with_the_tiny_clip_and_prints_the_table(
@@ -69,7 +67,6 @@ def test_cli_quickstart_takes_the_methods_to_compare(monkeypatch, tmp_path):
         seen.update(output_dir=output_dir, methods=methods)
 
     monkeypatch.setattr(qs, "quickstart", fake_quickstart)
-    monkeypatch.setattr(importlib.import_module("vlprompt.mini"), "quickstart", fake_quickstart)
     assert main(["quickstart", "-o", str(tmp_path / "q"), "--methods", "rpo, ivlp"]) == 0
     assert seen["methods"] == ["rpo", "ivlp"]
     seen.clear()

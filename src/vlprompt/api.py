@@ -31,16 +31,17 @@ from vlprompt.config import (
     CONFIG_FILE,
     DEFAULT_BACKBONE,
     DEFAULT_PRETRAINED,
-    ENGINE_KEYS,
+    RUNTIME_ENGINE_KEYS,
     EngineSettings,
     RunConfig,
-    RunError,
     config_differences,
     method_runtime_settings,
     read_run_config,
+    split_train_kwargs,
 )
 from vlprompt.distributed import Dist, init_distributed, resolve_device
 from vlprompt.engine import EpochStats, fit
+from vlprompt.errors import RunError
 from vlprompt.io import RESULTS_FILE, append_jsonl, atomic_write_json, read_jsonl
 from vlprompt.methods.saving import METHOD_FILE, PROMPTS_FILE, load_learned, read_method_info
 from vlprompt.precision import effective_precision
@@ -295,8 +296,7 @@ def _prepare_run_dir(
     if diffs:
         log.warning("resuming %s with its saved config; ignoring: %s", run_dir, "; ".join(diffs))
     # the saved run's identity, this call's runtime settings (device, workers, ...)
-    runtime = {k: getattr(wanted.engine, k) for k in ("device", "num_workers", "eval_batch_size",
-                                                      "keep_checkpoints")}  # fmt: skip
+    runtime = {k: getattr(wanted.engine, k) for k in RUNTIME_ENGINE_KEYS}
     speed_only = {
         k: wanted.method_config[k]
         for k in method_runtime_settings(saved.method)
@@ -398,18 +398,16 @@ def train(
     only into a new or empty folder or one it created (see vlprompt.run_folder), and one process
     at a time. Under `torchrun`, every process calls this; rank 0 writes.
     """
-    # the engine keywords above are EngineSettings' fields, with its defaults
-    # (tests/test_engine.py checks that they stay so)
-    engine = EngineSettings(**{k: v for k, v in locals().items() if k in ENGINE_KEYS})
+    # the keywords above are the train options (vlprompt.config.TrainOptions and EngineSettings;
+    # tests/test_train_options.py checks that they stay so), the rest are the method's settings
+    options = {
+        k: v for k, v in locals().items() if k not in ("method", "dataset", "config_overrides")
+    }
+    run, engine, call, _ = split_train_kwargs(options)
     wanted = resolve_config(
-        method, dataset, root=root, backbone=backbone, pretrained=pretrained, shots=shots,
-        seed=seed, subsample=subsample, engine=engine, overrides=config_overrides, preset=preset,
-    )  # fmt: skip
-    return train_config(
-        wanted, output_dir, resume=resume, overwrite=overwrite, evaluate=evaluate,
-        progress=progress, on_epoch_end=on_epoch_end, trust_torchscript=trust_torchscript,
-        echo=echo, tensorboard=tensorboard,
-    )  # fmt: skip
+        method, dataset, **run, engine=EngineSettings(**engine), overrides=config_overrides
+    )
+    return train_config(wanted, **call)
 
 
 def train_config(
@@ -611,6 +609,14 @@ def _evaluate_run(run: Run, splits: Any, *, split: str, ctx: Dist, say: Callable
     items = getattr(splits, split)
     saved_names = list(method.classnames)
     if list(splits.classnames) != saved_names:
+        if not type(method).classifies_new_classes:
+            raise RunError(
+                f"{run.run_dir}: method {config.method!r} classifies only the "
+                f"{len(saved_names)} classes it was trained on, not the {len(splits.classnames)} "
+                f"classes of {splits.name} ({splits.extra.get('subsample', 'all')}); evaluate it "
+                f"on its own classes (--subsample {config.subsample}) or train a prompt method "
+                "for new classes"
+            )
         method.set_classnames(list(splits.classnames))
     try:
         result = evaluate_items(

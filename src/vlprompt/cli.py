@@ -18,8 +18,8 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from vlprompt.config import ENGINE_KEYS, SUBSAMPLE_CHOICES, EngineSettings
-from vlprompt.errors import VlpromptError
+from vlprompt.config import PRESET_HELP, SPLIT_NAMES, SUBSAMPLE_CHOICES, TRUST_HELP, train_options
+from vlprompt.errors import CliError, VlpromptError
 from vlprompt.executors import EXECUTORS
 
 RAW = argparse.RawDescriptionHelpFormatter
@@ -29,7 +29,7 @@ TRAIN_EXAMPLE = """examples:
       --output-dir runs/rpo_pets
   vlprompt train --method rpo --dataset imagefolder --root ~/my_photos --lr 0.005 -o runs/mine
   vlprompt train --config my_run.yaml            # settings from YAML/JSON (flags still win)
-  vlprompt train --method prograd --dataset dtd --root ~/data --shots 8 --backbone RN50 \
+  vlprompt train --method prograd --dataset dtd --root ~/data --shots 8 --backbone RN50 \\
       --preset prograd_fewshot -o runs/pg_dtd  # the official settings (`vlprompt presets`)
   vlprompt train --resume -o runs/rpo_pets       # continue an interrupted run
   vlprompt train --method rpo --help             # list RPO's settings and their defaults
@@ -51,7 +51,7 @@ BENCH_EXAMPLE = """examples:
   vlprompt bench fewshot --methods coop,rpo --datasets caltech101 --shots 1,2,4,8,16 -o bench/fs
   vlprompt bench xd --methods rpo --datasets imagenet --targets caltech101,oxford_pets -o bench/xd
   vlprompt bench dg --methods rpo --datasets imagenet --set lr=0.005 -o bench/dg
-  vlprompt bench base2new --methods rpo,cocoop --datasets dtd --preset rpo_base2new,cocoop \
+  vlprompt bench base2new --methods rpo,cocoop --datasets dtd --preset rpo_base2new,cocoop \\
       -o bench/b2n_official   # each method's official settings (`vlprompt presets`)
 """
 METHODS_EXAMPLE = """examples:
@@ -76,22 +76,6 @@ MINI_EXAMPLE = """examples:
   vlprompt train --method rpo --dataset mini_shapes --backbone vlprompt-mini-vit \\
       --pretrained my-mini-clip.safetensors -o runs/mini
 """
-
-# train settings that are not method settings, with their api.train keyword names
-RUN_KEYS = (
-    "method", "dataset", "root", "backbone", "pretrained", "shots", "seed", "subsample", "preset",
-)  # fmt: skip
-PRESET_HELP = (
-    "a paper preset: the official settings for the run's data set and shots (`vlprompt presets` "
-    "lists them); --set and method flags win over it"
-)
-OTHER_KEYS = (
-    "output_dir", "resume", "overwrite", "evaluate", "progress", "trust_torchscript", "tensorboard",
-)  # fmt: skip
-TRUST_HELP = (
-    "allow a TorchScript archive (OpenAI's original .pt) as --pretrained; such an archive can run "
-    "code when loaded, so pass this only for a file from a source you trust"
-)
 
 
 # ---- parser -------------------------------------------------------------------------------------
@@ -166,70 +150,49 @@ def _set_pair(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), _parse_value(value)
 
 
-def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per EngineSettings field (`--eval-batch-size` sets `eval_batch_size`), with the
-    field's help, choices and metavar; a true/false field is a switch that sets it true."""
-    kinds = typing.get_type_hints(EngineSettings)
-    for f in fields(EngineSettings):
-        flag = "--" + f.name.replace("_", "-")
-        extra = {k: f.metadata[k] for k in ("help", "choices", "metavar") if k in f.metadata}
-        if kinds[f.name] is bool:
-            parser.add_argument(flag, dest=f.name, action="store_true", default=argparse.SUPPRESS,
-                                **extra)  # fmt: skip
-        else:  # `int | None` -> int
-            kind = next(t for t in typing.get_args(kinds[f.name]) or [kinds[f.name]]
-                        if t is not type(None))  # fmt: skip
-            parser.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS,
-                                **extra)  # fmt: skip
+def _flag_type(annotation: Any) -> Any:
+    """The scalar type of an option's annotation (`int | None` -> int)."""
+    kinds = [t for t in typing.get_args(annotation) or [annotation] if t is not type(None)]
+    return kinds[0]
 
 
-def _add_train_parser(sub: Any, argv: list[str]) -> None:
-    from vlprompt.config import DEFAULT_BACKBONE, DEFAULT_PRETRAINED
+def _add_option_flags(parser: argparse.ArgumentParser, verb: str) -> None:
+    """One flag per train option that `verb` offers (vlprompt.config.TrainOptions and
+    EngineSettings: `--eval-batch-size` sets `eval_batch_size`), with the option's help,
+    choices and metavar. A true/false option is a switch that turns its default around. An
+    unset flag stays out of the parsed namespace, so the library's default applies."""
+    for option in train_options():
+        if verb not in option.verbs:
+            continue
+        meta = option.metadata
+        flags = meta.get("flags") or ("--" + option.name.replace("_", "-"),)
+        extra = {k: meta[k] for k in ("choices", "metavar") if k in meta}
+        extra["help"] = meta.get("help", "").replace("%", "%%")  # argparse formats help with %
+        if _flag_type(option.annotation) is bool:
+            action = "store_false" if option.default is True else "store_true"
+            parser.add_argument(*flags, dest=option.name, action=action,
+                                default=argparse.SUPPRESS, **extra)  # fmt: skip
+        else:
+            parser.add_argument(*flags, dest=option.name, type=_flag_type(option.annotation),
+                                default=argparse.SUPPRESS, **extra)  # fmt: skip
 
-    S = argparse.SUPPRESS
-    p = sub.add_parser(
-        "train", help="train a method on a data set into a run folder", epilog=TRAIN_EXAMPLE,
-        formatter_class=RAW, description="Train a method, save its prompts, evaluate the last epoch.",
-    )  # fmt: skip
-    p.add_argument("--method", default=S, help="method name (`vlprompt methods` lists them)")
-    p.add_argument("--dataset", default=S, help="data-set name (`vlprompt datasets` lists them)")
-    p.add_argument("--root", default=S, help="data root (benchmarks) or your folder/CSV")
-    p.add_argument(
-        "--backbone", default=S,
-        help=f"open_clip model name (default {DEFAULT_BACKBONE}; vlprompt-mini-vit, the shipped "
-        "tiny CLIP, for a mini_* data set)",
-    )  # fmt: skip
-    p.add_argument(
-        "--pretrained", default=S,
-        help=f"pretrained tag or local checkpoint (default {DEFAULT_PRETRAINED}; the shipped "
-        "weights for the mini world's vlprompt-mini-vit)",
-    )  # fmt: skip
-    p.add_argument("--trust-torchscript", dest="trust_torchscript", action="store_true",
-                   default=S, help=TRUST_HELP)  # fmt: skip
-    p.add_argument("--shots", type=int, default=S, help="training images per class (default 16)")
-    p.add_argument(
-        "--seed", type=int, default=S, help="few-shot sampling/training seed (default 1)"
-    )
-    p.add_argument("--subsample", choices=SUBSAMPLE_CHOICES, default=S,
-                   help="classes to train on (default all)")  # fmt: skip
-    p.add_argument("-o", "--output-dir", dest="output_dir", default=S, help="run folder")
-    p.add_argument(
-        "--resume", action="store_true", default=S, help="continue from the last checkpoint"
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", default=S, help="replace a run in the folder"
-    )
-    _add_engine_flags(p)
-    p.add_argument("--no-eval", dest="evaluate", action="store_false", default=S,
-                   help="do not evaluate the last epoch on the test split")  # fmt: skip
+
+def _train_options_given(args: argparse.Namespace, verb: str) -> dict[str, Any]:
+    """The train options that `verb` offers and the command line set."""
+    names = {option.name for option in train_options() if verb in option.verbs}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def _add_train_parser(p: argparse.ArgumentParser, argv: list[str]) -> None:
+    p.add_argument("--method", default=argparse.SUPPRESS,
+                   help="method name (`vlprompt methods` lists them)")  # fmt: skip
+    p.add_argument("--dataset", default=argparse.SUPPRESS,
+                   help="data-set name (`vlprompt datasets` lists them)")  # fmt: skip
+    _add_option_flags(p, "train")
     p.add_argument("--config", default=None, help="YAML or JSON file of settings")
-    p.add_argument("--preset", default=S, metavar="NAME", help=PRESET_HELP)
     p.add_argument("--set", dest="set_pairs", action="append", type=_set_pair, default=[],
                    metavar="KEY=VALUE", help="a method setting (repeatable)")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
-    p.add_argument("--tensorboard", action="store_true", default=S,
-                   help="write per-epoch loss, lr and accuracy and the final evaluation under "
-                   "RUN/tensorboard/ (pip install 'vlprompt[tensorboard]')")  # fmt: skip
     _add_method_flags(p, _method_for_flags(argv))
 
 
@@ -237,26 +200,9 @@ def _add_sweep_view_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="show each run's per-epoch lines live (they always go to its log.txt)")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="write each run's per-epoch loss, lr and accuracy and its evaluations "
-                   "under RUN/tensorboard/ (pip install 'vlprompt[tensorboard]')")  # fmt: skip
 
 
-def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    from vlprompt.data.splits import SPLIT_NAMES
-    from vlprompt.protocols import PROTOCOLS
-
-    argv = list(argv or [])
-    parser = argparse.ArgumentParser(
-        prog="vlprompt",
-        description="Few-shot prompt learning for CLIP (RPO, ProGrad and baselines).",
-        epilog="Run `vlprompt COMMAND --help` for a command's options and examples.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_train_parser(sub, argv)
-
-    p = sub.add_parser("eval", help="evaluate a run", epilog=EVAL_EXAMPLE, formatter_class=RAW,
-                       description="Evaluate a finished run; the result is appended to its results.jsonl.")  # fmt: skip
+def _add_eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run folder written by `vlprompt train`")
     p.add_argument("--dataset", help="data set to test on (default: the run's own)")
     p.add_argument("--subsample", choices=SUBSAMPLE_CHOICES, help="classes (default: the run's)")
@@ -269,8 +215,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result record as JSON")
     p.add_argument("--trust-torchscript", action="store_true", help=TRUST_HELP)
 
-    p = sub.add_parser("predict", help="classify images with a run", epilog=PREDICT_EXAMPLE,
-                       formatter_class=RAW, description="Top-k class names with probabilities.")  # fmt: skip
+
+def _add_predict_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run folder written by `vlprompt train`")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--topk", type=int, default=5)
@@ -278,22 +224,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--trust-torchscript", action="store_true", help=TRUST_HELP)
 
-    p = sub.add_parser("bench", help="run a protocol sweep (base2new, fewshot, xd, dg)",
-                       epilog=BENCH_EXAMPLE, formatter_class=RAW,
-                       description="Train and evaluate over methods x data sets x shots x seeds; "
-                       "finished runs are skipped, so an interrupted sweep resumes.")  # fmt: skip
+
+def _add_bench_parser(p: argparse.ArgumentParser) -> None:
+    from vlprompt.protocols import PROTOCOLS
+
     p.add_argument("protocol", choices=PROTOCOLS)
     p.add_argument("--methods", required=True, help="comma-separated method names")
     p.add_argument("--datasets", required=True, help="comma-separated (source) data sets")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
     p.add_argument("--shots", help="comma-separated shots (default: the protocol's)")
     p.add_argument("--targets", help="comma-separated target data sets (xd, dg)")
-    p.add_argument("--root", help="data root")
-    p.add_argument("--backbone")
-    p.add_argument("--pretrained")
-    p.add_argument("--trust-torchscript", action="store_true", help=TRUST_HELP)
-    p.add_argument("-o", "--output-dir", dest="output_dir", required=True)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("-o", "--output-dir", dest="output_dir", required=True, help="sweep folder")
     p.add_argument("--set", dest="set_pairs", action="append", type=_set_pair, default=[],
                    metavar="[METHOD.]KEY=VALUE",
                    help="a method setting for every method, or with METHOD. for that method "
@@ -306,6 +247,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "--no-report", dest="report", action="store_false", help="no summary tables/plots"
     )
     _add_sweep_view_flags(p)
+    _add_option_flags(p.add_argument_group("settings of every run"), "bench")
     g = p.add_argument_group("executor (where the runs execute)")
     g.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="local: one run after another in this process (default); ray: each run "
@@ -322,31 +264,31 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="retries of a run whose Ray worker died; each resumes from the run's "
                    "last checkpoint (default 2)")  # fmt: skip
 
-    p = sub.add_parser(
-        "methods", help="list the methods", epilog=METHODS_EXAMPLE, formatter_class=RAW
-    )
+
+def _add_methods_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="show every setting")
-    p = sub.add_parser("presets", help="list the paper presets (official settings)",
-                       epilog=PRESETS_EXAMPLE, formatter_class=RAW)  # fmt: skip
+
+
+def _add_presets_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="every value, where it applies and its official file")  # fmt: skip
-    p = sub.add_parser(
-        "datasets", help="list the data sets", epilog=DATASETS_EXAMPLE, formatter_class=RAW
-    )
+
+
+def _add_datasets_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help="data root to look in")
 
-    p = sub.add_parser("quickstart", help="the mini world end to end, in minutes on a CPU",
-                       epilog=QUICKSTART_EXAMPLE, formatter_class=RAW)  # fmt: skip
+
+def _add_quickstart_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output-dir", dest="output_dir", default="vlprompt-quickstart")
-    p.add_argument("--device", default="cpu")
     p.add_argument("--methods", help="comma-separated methods (default: zsclip, coop, cocoop, "
                    "kgcoop, prograd, rpo; any method that classifies new classes)")  # fmt: skip
     p.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="local (default) or ray: one Ray task per run over this machine's cores")  # fmt: skip
     _add_sweep_view_flags(p)
-    p = sub.add_parser(
-        "mini", help="the mini world's tools", epilog=MINI_EXAMPLE, formatter_class=RAW
-    )
+    _add_option_flags(p, "quickstart")
+
+
+def _add_mini_parser(p: argparse.ArgumentParser) -> None:
     mini = p.add_subparsers(dest="mini_command", required=True, metavar="MINI_COMMAND")
     q = mini.add_parser("pretrain", help="pre-train the mini world's tiny CLIP",
                         epilog=MINI_EXAMPLE, formatter_class=RAW)  # fmt: skip
@@ -365,18 +307,62 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     q.add_argument("--model-config", dest="model_config", metavar="JSON",
                    help="pre-train this open_clip model config (a JSON file, registered under "
                    "its file name) instead of the shipped architecture")  # fmt: skip
+
+
+# verb -> (one-line help, description, examples, what adds its arguments)
+VERBS: dict[str, tuple[str, str | None, str, Any]] = {
+    "train": ("train a method on a data set into a run folder",
+              "Train a method, save its prompts, evaluate the last epoch.", TRAIN_EXAMPLE, None),
+    "eval": ("evaluate a run",
+             "Evaluate a finished run; the result is appended to its results.jsonl.",
+             EVAL_EXAMPLE, _add_eval_parser),
+    "predict": ("classify images with a run", "Top-k class names with probabilities.",
+                PREDICT_EXAMPLE, _add_predict_parser),
+    "bench": ("run a protocol sweep (base2new, fewshot, xd, dg)",
+              "Train and evaluate over methods x data sets x shots x seeds; finished runs are "
+              "skipped, so an interrupted sweep resumes.", BENCH_EXAMPLE, _add_bench_parser),
+    "methods": ("list the methods", None, METHODS_EXAMPLE, _add_methods_parser),
+    "presets": ("list the paper presets (official settings)", None, PRESETS_EXAMPLE,
+                _add_presets_parser),
+    "datasets": ("list the data sets", None, DATASETS_EXAMPLE, _add_datasets_parser),
+    "quickstart": ("the mini world end to end, in minutes on a CPU", None, QUICKSTART_EXAMPLE,
+                   _add_quickstart_parser),
+    "mini": ("the mini world's tools", None, MINI_EXAMPLE, _add_mini_parser),
+}  # fmt: skip
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of `argv`'s command. Only the command that argv names gets its arguments
+    (and imports what they need), so `vlprompt --help` loads neither torch nor open_clip."""
+    argv = list(argv or [])
+    parser = argparse.ArgumentParser(
+        prog="vlprompt",
+        description="Few-shot prompt learning for CLIP (RPO, ProGrad and baselines).",
+        epilog="Run `vlprompt COMMAND --help` for a command's options and examples.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    verb = argv[0] if argv and argv[0] in VERBS else None
+    for name, (help_text, description, examples, add_arguments) in VERBS.items():
+        p = sub.add_parser(name, help=help_text, description=description or help_text,
+                           epilog=examples, formatter_class=RAW)  # fmt: skip
+        if name != verb:
+            continue
+        if name == "train":
+            _add_train_parser(p, argv)
+        else:
+            add_arguments(p)
     return parser
 
 
 # ---- commands -----------------------------------------------------------------------------------
-class CliError(VlpromptError, ValueError):
-    """A command-line usage problem (missing setting, no readable image, ...)."""
 
 
 def _train_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(run/engine/other settings, method settings): flags > --set > --config file."""
+    """(method, data set and train options; method settings): flags > --set > --config file.
+    A key of the config file that is no train option is a method setting."""
     from vlprompt.config import load_config_file
 
+    known = {option.name for option in train_options()} | {"method", "dataset"}
     settings: dict[str, Any] = {}
     method_settings: dict[str, Any] = {}
     if args.config:
@@ -384,7 +370,6 @@ def _train_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str,
         method_settings.update(data.pop("method_config", None) or {})
         settings.update(data.pop("engine", None) or {})
         data.pop("vlprompt_version", None)
-        known = set(RUN_KEYS) | set(ENGINE_KEYS) | set(OTHER_KEYS)
         for key, value in data.items():
             key = key.replace("-", "_")
             (settings if key in known else method_settings)[key] = value
@@ -392,7 +377,7 @@ def _train_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str,
     for key, value in vars(args).items():
         if key.startswith("m_"):
             method_settings[key[2:]] = value
-        elif key in RUN_KEYS or key in ENGINE_KEYS or key in OTHER_KEYS:
+        elif key in known:
             settings[key] = value
     if args.quiet:
         settings["progress"] = False
@@ -400,36 +385,34 @@ def _train_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str,
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from vlprompt import api
-    from vlprompt.config import read_run_config
+    from vlprompt.config import read_run_config, split_train_kwargs
 
     settings, method_settings = _train_settings(args)
-    output_dir = settings.pop("output_dir", None)
+    output_dir = settings.get("output_dir")
     if not output_dir:
         raise CliError("train needs --output-dir (the run folder to write)")
-    resume = bool(settings.get("resume"))
-    if resume and ("method" not in settings or "dataset" not in settings):
+    if settings.get("resume") and ("method" not in settings or "dataset" not in settings):
         if not (Path(output_dir) / "config.json").is_file():
             raise CliError(
                 f"--resume without --method/--dataset needs a run in {output_dir}, "
                 "but it holds no config.json"
             )
         saved = read_run_config(output_dir)
-        for key in ENGINE_KEYS:
-            if key in settings:
-                setattr(saved.engine, key, settings[key])
-        run = api.train_config(
-            saved, output_dir, resume=True, evaluate=settings.get("evaluate", True),
-            progress=settings.get("progress"),
-            trust_torchscript=bool(settings.get("trust_torchscript")),
-        )  # fmt: skip
+        run_fields, engine, call, _ = split_train_kwargs(settings)
+        if "root" in run_fields:  # the data moved: not part of the run's identity
+            saved.root = str(Path(run_fields["root"]).expanduser().resolve())
+        saved = replace(saved, engine=replace(saved.engine, **engine))
+        run = api.train_config(saved, **call)
     else:
         for key in ("method", "dataset"):
             if key not in settings:
                 raise CliError(f"train needs --{key} (or a --config file that sets it)")
         method = settings.pop("method")
         dataset = settings.pop("dataset")
-        run = api.train(method, dataset, output_dir=output_dir, **settings, **method_settings)
+        run = api.train(method, dataset, **settings, **method_settings)
     _print_run_summary(run)
     return 0
 
@@ -524,11 +507,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from vlprompt.executors import RayOptions
     from vlprompt.protocols import run_bench
 
-    train_kwargs = {}
-    if args.trust_torchscript:
-        train_kwargs["trust_torchscript"] = True
-    if args.tensorboard:
-        train_kwargs["tensorboard"] = True
+    train_kwargs = _train_options_given(args, "bench")  # every run's settings (root, device, ...)
     ray = None
     if args.executor == "ray":
         ray = RayOptions(
@@ -543,17 +522,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         seeds=_csv(args.seeds),
         shots=_csv(args.shots),
         targets=_csv(args.targets),
-        root=args.root,
-        backbone=args.backbone,
-        pretrained=args.pretrained,
         output_dir=args.output_dir,
         config_overrides=everyone or None,
         method_overrides=per_method or None,
         preset=_csv(args.preset),
-        device=args.device,
         keep_going=args.keep_going,
         report=args.report,
-        train_kwargs=train_kwargs or None,
+        train_kwargs=train_kwargs,
         executor=args.executor,
         ray=ray,
         progress=False if args.quiet else None,
@@ -576,7 +551,7 @@ def _split_settings(
             everyone[key] = value
             continue
         if methods is not None and method not in methods:
-            from vlprompt.protocols import BenchError
+            from vlprompt.errors import BenchError
 
             raise BenchError(
                 f"--set {key}=...: {method!r} is not among the sweep's methods "
@@ -656,35 +631,13 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mini_function(module: str, name: str) -> Any:
-    import importlib
-
-    try:
-        function = getattr(importlib.import_module(module), name, None)
-    except ImportError:
-        function = None
-    if function is None:
-        raise CliError(
-            f"the mini world's `{name}` is not available in this installation yet "
-            f"({module}.{name} is missing)"
-        )
-    return function
-
-
-def _call_with_known(function: Any, **kwargs: Any) -> Any:
-    """Call `function` with those of `kwargs` its signature names."""
-    import inspect
-
-    names = inspect.signature(function).parameters
-    return function(**{k: v for k, v in kwargs.items() if k in names})
-
-
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    quickstart = _mini_function("vlprompt.mini", "quickstart")
-    _call_with_known(
-        quickstart, output_dir=args.output_dir, device=args.device, verbose=args.verbose,
-        progress=False if args.quiet else None, tensorboard=args.tensorboard,
+    from vlprompt.quickstart import quickstart
+
+    quickstart(
+        output_dir=args.output_dir, verbose=args.verbose, progress=False if args.quiet else None,
         executor=args.executor, **({"methods": _csv(args.methods)} if args.methods else {}),
+        **_train_options_given(args, "quickstart"),
     )  # fmt: skip
     return 0
 
@@ -708,7 +661,8 @@ def _register_model_config(path: str) -> str:
 
 
 def cmd_mini(args: argparse.Namespace) -> int:
-    pretrain = _mini_function("vlprompt.mini.pretrain", "pretrain")
+    from vlprompt.mini.pretrain import pretrain
+
     model = {"model": _register_model_config(args.model_config)} if args.model_config else {}
     try:
         pretrain(

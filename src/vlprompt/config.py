@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt._version import __version__
-from vlprompt.errors import VlpromptError
+from vlprompt.errors import (
+    ConfigError,
+    RunError,
+    TrainingDivergedError,  # noqa: F401  (its old home)
+    VlpromptError,
+)
 
 CONFIG_FILE = "config.json"
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
@@ -25,31 +30,10 @@ SUBSAMPLE_CHOICES = ("all", "base", "new")
 DEFAULT_BACKBONE = "ViT-B-16"  # the papers' backbone
 DEFAULT_PRETRAINED = "openai"  # OpenAI weights (QuickGELU is chosen by vlprompt.load_clip)
 
-# keys (dotted) that may differ between two invocations of the same run
-NON_IDENTITY_KEYS = frozenset(
-    {
-        "root",
-        "vlprompt_version",
-        "engine.device",
-        "engine.num_workers",
-        "engine.eval_batch_size",
-        "engine.keep_checkpoints",
-        "preset",  # provenance: the resolved method_config is what identifies the run
-    }
-)
-
-
-class RunError(VlpromptError, ValueError):
-    """A run folder that cannot be used as asked (not a run, another run's config, ...)."""
-
-
-class ConfigError(VlpromptError, ValueError):
-    """A configuration file or setting that cannot be read or is not valid."""
-
-
-class TrainingDivergedError(VlpromptError, RuntimeError):
-    """The training loss or the learned parameters became NaN or infinite; the last good
-    checkpoint is kept."""
+SPLIT_NAMES = ("train", "val", "test")
+# a field's verbs: the commands that offer it as a flag (vlprompt.cli makes them from the fields)
+TRAIN_ONLY = ("train",)
+TRAIN_AND_BENCH = ("train", "bench")
 
 
 @dataclass
@@ -57,12 +41,15 @@ class EngineSettings:
     """How the engine runs. Only `precision`, `deterministic`, `view_pool` and `crop_min_scale`
     can change the numbers."""
 
-    # Each field's "help" is its `vlprompt train --FIELD-NAME` flag's help (the CLI makes one
-    # flag per field; vlprompt.precision.effective_precision decides what a precision runs as).
+    # Each field is a train option (see TrainOptions): its "help" is its `--FIELD-NAME` flag's
+    # help on `vlprompt train` and `bench` ("verbs"); "runtime" marks a setting that is not part
+    # of the run's identity. vlprompt.precision.effective_precision decides what a precision
+    # runs as.
     device: str = field(
         default="cpu",
         metadata={"help": "cpu, cuda, cuda:1, ... (default cpu; under DDP each process picks "
-                  "cuda:LOCAL_RANK itself)"},
+                  "cuda:LOCAL_RANK itself)", "runtime": True,
+                  "verbs": ("train", "bench", "quickstart")},
     )  # fmt: skip
     precision: str = field(
         default="auto",
@@ -77,15 +64,19 @@ class EngineSettings:
                   "seeded loader workers"},
     )  # fmt: skip
     num_workers: int | None = field(
-        default=None, metadata={"help": "DataLoader workers (default 0 on CPU, 4 on CUDA)"}
+        default=None,
+        metadata={"help": "DataLoader workers (default 0 on CPU, 4 on CUDA)", "runtime": True},
     )
     eval_batch_size: int = field(
         default=100,
-        metadata={"help": "images per evaluation batch (default 100, Dassl's test batch size)"},
-    )
+        metadata={"help": "images per evaluation batch (default 100, Dassl's test batch size)",
+                  "runtime": True},
+    )  # fmt: skip
     keep_checkpoints: int = field(
-        default=1, metadata={"help": "per-epoch checkpoints kept, the latest ones (default 1)"}
-    )
+        default=1,
+        metadata={"help": "per-epoch checkpoints kept, the latest ones (default 1)",
+                  "runtime": True},
+    )  # fmt: skip
     view_pool: int = field(
         default=0,
         metadata={"help": "pre-compute N augmented views per training image once and reuse them "
@@ -137,6 +128,135 @@ class EngineSettings:
 
 # the engine settings' names: api.train's keywords, the CLI's flags, config.json's "engine" keys
 ENGINE_KEYS = tuple(f.name for f in fields(EngineSettings))
+
+
+PRESET_HELP = (
+    "a paper preset: the official settings for the run's data set and shots (`vlprompt presets` "
+    "lists them); --set and method flags win over it"
+)
+TRUST_HELP = (
+    "allow a TorchScript archive (OpenAI's original .pt) as --pretrained; such an archive can run "
+    "code when loaded, so pass this only for a file from a source you trust"
+)
+
+
+def _option(default: Any, help: str = "", *, run: bool = False, identity: bool = True,
+            verbs: tuple[str, ...] = TRAIN_ONLY, **cli: Any) -> Any:  # fmt: skip
+    """A TrainOptions field. `run`: a RunConfig field (saved in config.json), part of the run's
+    identity unless `identity=False`; otherwise an option of this call only. `verbs`: the
+    commands that offer it as a flag (none: Python only); `cli`: the flag's own argparse
+    settings (flags, choices, metavar)."""
+    return field(default=default, metadata={"help": help, "run": run,
+                                            "identity": run and identity, "verbs": verbs, **cli})  # fmt: skip
+
+
+@dataclass
+class TrainOptions:
+    """The options of one training call besides the method, the data set and the method's own
+    settings, declared once (with EngineSettings' fields): `vlprompt.train`'s keywords, the
+    flags of `vlprompt train`, `bench` and `quickstart`, a sweep's per-run settings and which
+    keys `config_differences` compares all come from these fields
+    (tests/test_train_options.py checks each of them)."""
+
+    # ---- what the run is: RunConfig fields, saved in config.json ----
+    root: str | None = _option(
+        None, "data root (benchmarks) or your folder/CSV", run=True, identity=False,
+        verbs=TRAIN_AND_BENCH,
+    )  # fmt: skip
+    backbone: str | None = _option(
+        None, f"open_clip model name (default {DEFAULT_BACKBONE}; vlprompt-mini-vit, the shipped "
+        "tiny CLIP, for a mini_* data set)", run=True, verbs=TRAIN_AND_BENCH,
+    )  # fmt: skip
+    pretrained: str | None = _option(
+        DEFAULT_PRETRAINED, f"pretrained tag or local checkpoint (default {DEFAULT_PRETRAINED}; "
+        "the shipped weights for the mini world's vlprompt-mini-vit)", run=True,
+        verbs=TRAIN_AND_BENCH,
+    )  # fmt: skip
+    shots: int = _option(16, "training images per class (default 16; 0 = all)", run=True)
+    seed: int = _option(1, "few-shot sampling/training seed (default 1)", run=True)
+    subsample: str = _option(
+        "all", "classes to train on (default all)", run=True, choices=SUBSAMPLE_CHOICES
+    )
+    # provenance only: the resolved method_config is what identifies the run
+    preset: str | None = _option(None, PRESET_HELP, run=True, identity=False, metavar="NAME")
+    # ---- how this call runs ----
+    output_dir: str | None = _option(None, "run folder", flags=("-o", "--output-dir"))
+    resume: bool = _option(False, "continue from the last checkpoint")
+    overwrite: bool = _option(False, "replace a run in the folder")
+    evaluate: bool = _option(
+        True, "do not evaluate the last epoch on the test split", flags=("--no-eval",)
+    )
+    trust_torchscript: bool = _option(False, TRUST_HELP, verbs=TRAIN_AND_BENCH)
+    tensorboard: bool = _option(
+        False, "write per-epoch loss, lr and accuracy and the final evaluations under "
+        "RUN/tensorboard/ (pip install 'vlprompt[tensorboard]')",
+        verbs=("train", "bench", "quickstart"),
+    )  # fmt: skip
+    progress: bool | None = _option(None, "a progress bar (default: when stderr is a terminal)",
+                                    verbs=())  # fmt: skip
+    echo: bool = _option(True, "the run's lines also to the `vlprompt` logger", verbs=())
+    on_epoch_end: Any = _option(None, "called with each epoch's EpochStats", verbs=())
+
+
+@dataclass(frozen=True)
+class TrainOption:
+    """One train option as the CLI, the API and the sweeps see it."""
+
+    name: str
+    owner: str  # "run" (RunConfig), "engine" (EngineSettings) or "call" (this call only)
+    default: Any
+    annotation: Any
+    metadata: Any
+
+    @property
+    def identity(self) -> bool:
+        """Part of the run's identity: another value is another run."""
+        if self.owner == "engine":
+            return not self.metadata.get("runtime", False)
+        return bool(self.metadata.get("identity"))
+
+    @property
+    def verbs(self) -> tuple[str, ...]:
+        return tuple(self.metadata.get("verbs", TRAIN_AND_BENCH))
+
+
+def train_options() -> list[TrainOption]:
+    """Every train option: TrainOptions' fields, then EngineSettings'."""
+    import typing
+
+    out = []
+    for cls in (TrainOptions, EngineSettings):
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            owner = "engine" if cls is EngineSettings else ("run" if f.metadata["run"] else "call")
+            out.append(TrainOption(f.name, owner, f.default, hints[f.name], f.metadata))
+    return out
+
+
+def split_train_kwargs(
+    kwargs: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A train call's keywords as (run fields, engine settings, call options, method settings):
+    whatever is not a train option is a setting of the method."""
+    owner = {o.name: o.owner for o in train_options()}
+    parts: dict[str, dict[str, Any]] = {"run": {}, "engine": {}, "call": {}, "method": {}}
+    for key, value in kwargs.items():
+        parts[owner.get(key, "method")][key] = value
+    return parts["run"], parts["engine"], parts["call"], parts["method"]
+
+
+def non_identity_keys() -> frozenset[str]:
+    """config.json's keys (dotted) that may differ between two invocations of the same run."""
+    keys = {"vlprompt_version"}
+    for option in train_options():
+        if option.owner != "call" and not option.identity:
+            keys.add(f"engine.{option.name}" if option.owner == "engine" else option.name)
+    return frozenset(keys)
+
+
+RUNTIME_ENGINE_KEYS = tuple(
+    f.name for f in fields(EngineSettings) if f.metadata.get("runtime", False)
+)
 
 
 def _check_whole(name: str, value: Any) -> None:
@@ -251,9 +371,10 @@ def config_differences(saved: RunConfig, wanted: RunConfig) -> list[str]:
     """Human-readable `key: saved -> wanted` for every identity key that differs."""
     a, b = flatten(_jsonable(saved.to_dict())), flatten(_jsonable(wanted.to_dict()))
     runtime = {f"method_config.{k}" for k in method_runtime_settings(saved.method)}
+    exempt = non_identity_keys()
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if key in NON_IDENTITY_KEYS or key in runtime:
+        if key in exempt or key in runtime:
             continue
         if a.get(key, "<unset>") != b.get(key, "<unset>"):
             diffs.append(f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from vlprompt.config import RunError
+from vlprompt.errors import RunError
 
 
 @dataclass

@@ -29,8 +29,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from vlprompt.config import EngineSettings, RunError, TrainingDivergedError
+from vlprompt.config import EngineSettings
 from vlprompt.distributed import Dist, all_finite, all_reduce_gradients, parameters_finite
+from vlprompt.errors import RunError, TrainingDivergedError
 from vlprompt.precision import autocast_for, effective_precision
 from vlprompt.schedule import (
     build_optimizer,

@@ -21,14 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlprompt.errors import VlpromptError
+from vlprompt.errors import ExecutorError
 
 EXECUTORS = ("local", "ray")
 RAY_INSTALL_HINT = "pip install 'vlprompt[ray]' (or: pip install ray)"
-
-
-class ExecutorError(VlpromptError, ValueError):
-    """An executor that cannot be used as asked (Ray missing, bad resources, ...)."""
 
 
 @dataclass(frozen=True)

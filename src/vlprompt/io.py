@@ -9,19 +9,15 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import save_file
+if TYPE_CHECKING:
+    import torch
 
-from vlprompt.errors import VlpromptError
+from vlprompt.errors import ResultsFileError, VlpromptError
 
 RESULTS_FILE = "results.jsonl"  # one JSON line per evaluation, in a run folder or a sweep folder
 log = logging.getLogger(__name__)
-
-
-class ResultsFileError(VlpromptError, ValueError):
-    """A results file (JSON lines) with a broken line that is not the last."""
 
 
 def _current_umask() -> int:
@@ -68,6 +64,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def atomic_save_tensors(
     path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
+    from safetensors.torch import save_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -118,6 +116,8 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
 
 def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
     """Names of the floating-point tensors that hold a NaN or an infinity, sorted."""
+    import torch
+
     return sorted(
         name
         for name, value in tensors.items()

@@ -7,7 +7,7 @@ import contextlib
 
 import torch
 
-from vlprompt.config import RunError
+from vlprompt.errors import RunError
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -34,7 +34,7 @@ from types import MappingProxyType
 from typing import Any
 
 from vlprompt.data.templates import IMAGENET_TEMPLATES
-from vlprompt.errors import VlpromptError
+from vlprompt.errors import PresetError
 
 # the official repositories read, at these commits
 SOURCES: dict[str, str] = {
@@ -51,11 +51,6 @@ SOURCES: dict[str, str] = {
     "gaopengcuhk/Tip-Adapter": "d0e2d6f8c5feb8b6ce937b757810761f7155d4d5",
 }
 FEWSHOT_SHOTS = (1, 2, 4, 8, 16)  # the shots of every few-shot table
-
-
-class PresetError(VlpromptError, ValueError):
-    """A preset that does not exist, belongs to another method, or has no official values for
-    the run's shots."""
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlprompt.errors import VlpromptError
+from vlprompt.errors import BenchError, VlpromptError
 from vlprompt.executors import (
     EXECUTORS,
     Job,
@@ -45,7 +45,6 @@ from vlprompt.executors import (
     run_on_ray,
 )
 from vlprompt.io import RESULTS_FILE, append_jsonl, atomic_write_text, read_jsonl
-from vlprompt.presets import presets_for_methods, resolve_preset
 from vlprompt.run_folder import claim_folder, folder_lock, holds_lock
 
 log = logging.getLogger(__name__)
@@ -57,10 +56,6 @@ DEFAULT_SHOTS: dict[str, tuple[int, ...]] = {
     "xd": (16,),
     "dg": (16,),
 }
-
-
-class BenchError(VlpromptError, ValueError):
-    """A sweep that cannot be planned or run as asked (unknown protocol, no targets, ...)."""
 
 
 @dataclass(frozen=True)
@@ -173,33 +168,23 @@ def _refuse_closed_set_methods(methods: Sequence[str]) -> None:
             )
 
 
-# train() keywords that are not part of a run's identity (see vlprompt.api.train)
-_NOT_CONFIG = (
-    "output_dir", "resume", "overwrite", "evaluate", "progress", "on_epoch_end", "trust_torchscript",
-    "echo", "tensorboard",
-)  # fmt: skip
-_RUN_FIELDS = ("root", "backbone", "pretrained", "shots", "seed", "subsample", "preset")
-
-
 def _check_saved_config(run_dir: Path, method: str, dataset: str, kwargs: dict[str, Any]) -> None:
     """Refuse to reuse a run folder trained with another config than this sweep asks for
     (otherwise a sweep re-run with new settings would silently report the old runs)."""
     from vlprompt import api
     from vlprompt.config import (
         CONFIG_FILE,
-        ENGINE_KEYS,
         EngineSettings,
         config_differences,
         read_run_config,
+        split_train_kwargs,
     )
 
     if not (run_dir / CONFIG_FILE).is_file():
         return
-    rest = {k: v for k, v in kwargs.items() if k not in _NOT_CONFIG}
-    engine = {k: rest.pop(k) for k in ENGINE_KEYS if k in rest}
-    named = {k: rest.pop(k) for k in _RUN_FIELDS if k in rest}
+    named, engine, _, overrides = split_train_kwargs(kwargs)
     wanted = api.resolve_config(
-        method, dataset, engine=EngineSettings(**engine), overrides=rest, **named
+        method, dataset, engine=EngineSettings(**engine), overrides=overrides, **named
     )
     diffs = config_differences(read_run_config(run_dir), wanted)
     if diffs:
@@ -493,6 +478,8 @@ def run_bench(
     if backend.check is not None:
         evaluated = {e.dataset for s in specs for e in s.evaluations}
         backend.check(sorted({s.method for s in specs}), sorted(evaluated))
+    from vlprompt.presets import presets_for_methods, resolve_preset
+
     by_method = presets_for_methods(preset, sorted({s.method for s in specs}))
     for spec in specs:  # a preset without values for a run's shots fails before any work
         resolve_preset(by_method.get(spec.method), spec.method, spec.dataset, spec.shots)

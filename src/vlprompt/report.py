@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from vlprompt.errors import VlpromptError
+from vlprompt.errors import ReportError
 from vlprompt.io import RESULTS_FILE, atomic_write_text, publish_temp_file, read_jsonl
 
 SUMMARY_MD = "summary.md"
@@ -59,10 +59,6 @@ PROTOCOL_TITLES = {
     "xd": "Cross-data-set transfer",
     "dg": "Domain generalisation",
 }
-
-
-class ReportError(VlpromptError, ValueError):
-    """A results file the report cannot read."""
 
 
 @dataclass(frozen=True)

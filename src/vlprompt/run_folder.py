@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from vlprompt.config import RunError
+from vlprompt.errors import FolderError
 from vlprompt.io import atomic_write_json
 
 MARKER_FILE = ".vlprompt-folder"
@@ -34,10 +34,6 @@ KINDS = ("run", "sweep")
 
 # locks this process holds: path -> (open file, depth); one OS lock per folder and process
 _HELD: dict[str, tuple[object, int]] = {}
-
-
-class FolderError(RunError):
-    """An output folder vlprompt may not or cannot write into (a user's folder, one in use, ...)."""
 
 
 def read_marker(folder: str | Path) -> dict | None:

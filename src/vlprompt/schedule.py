@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from vlprompt.config import RunError
+from vlprompt.errors import RunError
 
 
 def lr_at_epoch(

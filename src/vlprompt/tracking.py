@@ -11,13 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlprompt.errors import VlpromptError
+from vlprompt.errors import TrackingError
 
 TENSORBOARD_DIR = "tensorboard"
-
-
-class TrackingError(VlpromptError, ValueError):
-    """Tracking asked for but not possible (the package is missing)."""
 
 
 class TensorBoardLog:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from vlprompt.config import RunError
+from vlprompt.errors import RunError
 from vlprompt.io import atomic_write_json, non_finite_tensors
 
 CHECKPOINT_DIR = "checkpoints"

@@ -48,7 +48,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vlprompt.attention import KeyValues
-from vlprompt.errors import VlpromptError
+from vlprompt.errors import ViewPoolError
 from vlprompt.seeding import seed_worker
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,6 @@ KINDS = ("features", "frozen_state", "images_and_features", "images")
 DEFAULT_MAX_BYTES = 8 * 1024**3  # pool memory above which a method's pool falls back to images
 _VIEW_SEED = 7_919  # separates the views' augmentation seeds from the training seed
 _DRAW_SEED = 104_729  # separates the per-epoch view draws from everything else
-
-
-class ViewPoolError(VlpromptError, ValueError):
-    """A view pool that cannot be built as asked (too big, no views, ...)."""
 
 
 def pool_kind(method: Any) -> str:

@@ -452,6 +452,10 @@ class PromptMethod(nn.Module):
     ) -> PromptMethod:
         return load_learned(directory, clip, classnames, expected=cls)
 
+    def size_to_saved(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Before saved tensors are loaded: resize what the fitted data sized (Tip-Adapter's
+        cache rows) to the saved `tensors`' shapes. Nothing for a method of fixed sizes."""
+
 
 class FrozenImageMixin:
     """Methods whose image side is frozen CLIP (`frozen_image_encoder`): images reach the

@@ -33,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vlprompt.attention import CollectKeyValues, KeyValues, ReadOnlyRows, check_block
 from vlprompt.backbone import ClipBackbone
-from vlprompt.errors import MethodError
+from vlprompt.errors import RPOError
 from vlprompt.methods.base import (
     IMPLEMENTATIONS,
     RUNTIME,
@@ -51,10 +51,6 @@ INITS = ("special", "random")
 # official ST-init: each prompt vector moves by its own random direction of norm 0.1
 INIT_NOISE_NORM = 0.1
 _CACHE_CHUNK = 128  # classes per chunk when caching the frozen text keys/values (bounds memory)
-
-
-class RPOError(MethodError):
-    """RPO cannot be set up as asked (K < 1, a backbone without a ViT image tower, ...)."""
 
 
 @dataclass

@@ -128,6 +128,7 @@ def load_learned(
             f"{prompts_path} is not a readable safetensors file ({type(exc).__name__}: "
             f"{_first_line(exc)}); it may be truncated or damaged: {_retrain(directory)}"
         ) from None
+    method.size_to_saved(tensors)
     own = method.learned_state_dict()
     unexpected = sorted(set(tensors) - set(own))
     if unexpected:

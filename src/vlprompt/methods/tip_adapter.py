@@ -75,7 +75,6 @@ Departures:
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -99,7 +98,6 @@ from vlprompt.methods.base import (
     validate_classnames,
 )
 from vlprompt.methods.registry import register_method
-from vlprompt.methods.saving import PROMPTS_FILE
 from vlprompt.methods.zeroshot import cached_ensemble_features
 
 if TYPE_CHECKING:
@@ -110,8 +108,6 @@ logger = logging.getLogger(__name__)
 GRID_START = 0.1  # the first value of the official alpha and beta grids
 # -F's epoch views: the view seeds of run seed s + 2^31, apart from every run's cache views
 EPOCH_STREAM = 2**31
-# cache rows of the method being loaded (`TipAdapter.load` sizes the buffers before loading)
-_LOADING_ROWS: contextvars.ContextVar[int] = contextvars.ContextVar("tip_rows", default=0)
 
 
 # ---- settings -----------------------------------------------------------------------------------
@@ -353,9 +349,9 @@ class TipAdapter(FrozenImageMixin, PromptMethod):
 
     def __init__(self, clip: ClipBackbone, classnames: list[str], config: TipAdapterConfig) -> None:
         super().__init__(clip, classnames, config)
-        rows, device = _LOADING_ROWS.get(), clip.device
-        self.register_buffer("cache_keys", torch.zeros(rows, clip.embed_dim, device=device))
-        self.register_buffer("cache_values", torch.zeros(rows, len(self.classnames), device=device))
+        device = clip.device
+        self.register_buffer("cache_keys", torch.zeros(0, clip.embed_dim, device=device))
+        self.register_buffer("cache_values", torch.zeros(0, len(self.classnames), device=device))
         self.register_buffer("alpha", torch.zeros((), device=device))
         self.register_buffer("beta", torch.zeros((), device=device))
         self._text_cache = KeyedCache()
@@ -541,14 +537,17 @@ class TipAdapter(FrozenImageMixin, PromptMethod):
         cls, directory: str | Path, clip: ClipBackbone, classnames: list[str] | None = None
     ) -> PromptMethod:
         """Rebuild a saved cache on its fitted classes, then point it at `classnames`."""
-        token = _LOADING_ROWS.set(_saved_cache_rows(directory))
-        try:
-            method = super().load(directory, clip)
-        finally:
-            _LOADING_ROWS.reset(token)
+        method = super().load(directory, clip)
         if classnames is not None:
             method.set_classnames(list(classnames))
         return method
+
+    def size_to_saved(self, tensors: dict[str, torch.Tensor]) -> None:
+        """The cache has as many rows as the saved keys (shots x classes x views)."""
+        rows = tensors["cache_keys"].shape[0] if "cache_keys" in tensors else 0
+        device = self.cache_keys.device
+        self.cache_keys = torch.zeros(rows, self.cache_keys.shape[1], device=device)
+        self.cache_values = torch.zeros(rows, self.cache_values.shape[1], device=device)
 
 
 @register_method
@@ -570,18 +569,6 @@ def _normalized(x: torch.Tensor) -> torch.Tensor:
 def _run_seed() -> int:
     """The run's seed (vlprompt seeds torch with it before building the method)."""
     return torch.initial_seed() % 2**31
-
-
-def _saved_cache_rows(directory: str | Path) -> int:
-    """The number of cache rows in a saved method's tensors (0 when unreadable: loading then
-    reports the problem)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(Path(directory) / PROMPTS_FILE), framework="pt") as f:
-            return int(f.get_slice("cache_keys").get_shape()[0])
-    except Exception:  # missing/damaged file: `load_learned` says what is wrong
-        return 0
 
 
 def augmented_view_features(

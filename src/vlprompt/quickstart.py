@@ -140,13 +140,14 @@ def quickstart(
     log: Callable[[str], None] = print,
     verbose: bool = False,
     progress: bool | None = None,
-    tensorboard: bool = False,
     executor: str = "local",
+    **train_options: Any,
 ) -> Any:
     """Base-to-new on the mini world for `methods` over `seeds`; print the Markdown table and
     the plots' paths. `quick=True`: one seed and one data set (a smoke run of about a minute).
     The terminal shows a progress bar and a line per finished run (`verbose`: every run's
-    per-epoch lines too). Returns the sweep's `BenchResult`."""
+    per-epoch lines too). `train_options` are every run's train options (vlprompt.config.
+    TrainOptions, e.g. ``tensorboard=True``). Returns the sweep's `BenchResult`."""
     if quick:
         seeds, datasets = tuple(seeds)[:1], tuple(datasets)[:1]
     start = time.time()
@@ -166,7 +167,7 @@ def quickstart(
         verbose=verbose,
         progress=progress,
         executor=executor,
-        train_kwargs={"tensorboard": True} if tensorboard else {},
+        train_kwargs=train_options,
     )
     summary = result.summary
     log(f"quickstart finished in {time.time() - start:.0f}s")
