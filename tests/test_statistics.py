@@ -123,7 +123,9 @@ def test_holm_is_applied_across_the_pairs_of_methods():
              (("a", 0.0), ("b", 0.3), ("c", 0.8))}  # fmt: skip
     pairs = compare_methods(table)
     assert [frozenset((p.first, p.second)) for p in pairs] == [
-        frozenset("ab"), frozenset("ac"), frozenset("bc")
+        frozenset("ab"),
+        frozenset("ac"),
+        frozenset("bc"),
     ]
     assert [p.p_holm for p in pairs] == pytest.approx(holm([p.p_value for p in pairs]))
 

@@ -228,9 +228,17 @@ def compare_methods(
     adjusted = dict(zip(tested, holm([raw[i][3].p_value for i in tested])))
     return [
         PairComparison(
-            a, b, metric, int(diff.size), test.n,
-            float(diff.mean()) if diff.size else math.nan, int((diff > 0).sum()),
-            test.rank_biserial, test.p_value, adjusted.get(i, math.nan), alpha,
+            a,
+            b,
+            metric,
+            int(diff.size),
+            test.n,
+            float(diff.mean()) if diff.size else math.nan,
+            int((diff > 0).sum()),
+            test.rank_biserial,
+            test.p_value,
+            adjusted.get(i, math.nan),
+            alpha,
         )  # fmt: skip
         for i, (a, b, diff, test) in enumerate(raw)
     ]
@@ -282,11 +290,26 @@ def friedman(table: Mapping[str, Mapping[str, float]]) -> RankTest:
     n = len(datasets)
     nan = math.nan
     if k < 3:
-        return RankTest(ranks, n, nan, nan, nan, nan, f"{k} method{'s' if k != 1 else ''}: the "
-                        "Friedman test needs at least 3 (two are compared by the pairwise test)")
+        return RankTest(
+            ranks,
+            n,
+            nan,
+            nan,
+            nan,
+            nan,
+            f"{k} method{'s' if k != 1 else ''}: the "
+            "Friedman test needs at least 3 (two are compared by the pairwise test)",
+        )
     if n < 2:
-        return RankTest(ranks, n, nan, nan, nan, nan,
-                        f"{n} shared data set{'s' if n != 1 else ''}: ranks need at least 2")
+        return RankTest(
+            ranks,
+            n,
+            nan,
+            nan,
+            nan,
+            nan,
+            f"{n} shared data set{'s' if n != 1 else ''}: ranks need at least 2",
+        )
     from scipy import stats
 
     columns = [[table[m][d] for d in datasets] for m in sorted(table)]
@@ -483,10 +506,7 @@ def compare_spreads(cells: Mapping[str, Cells], alpha: float = ALPHA) -> list[Sp
     ]
     tested = [i for i, t in enumerate(tests) if not math.isnan(t.p_value)]
     adjusted = dict(zip(tested, holm([tests[i].p_value for i in tested])))
-    return [
-        replace(t, p_holm=adjusted.get(i, math.nan))
-        for i, t in enumerate(tests)
-    ]
+    return [replace(t, p_holm=adjusted.get(i, math.nan)) for i, t in enumerate(tests)]
 
 
 def spread_verdict(test: SpreadTest, alpha: float = ALPHA) -> str:
