@@ -387,9 +387,11 @@ def cd_diagram(
     step, bar_step = 0.3, 0.12
     first_line = 0.25 + bar_step * len(groups)
     bottom = first_line + step * rows
-    fig = Figure(figsize=(7.0, 1.4 + 0.45 * rows + 0.15 * len(groups)), dpi=90)
+    lines = title.count("\n") + 1
+    height = 1.0 + 0.18 * lines + 0.4 * rows + 0.15 * len(groups)
+    fig = Figure(figsize=(7.5, height), dpi=90)
     FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.22, 0.02, 0.56, 0.78))
+    ax = fig.add_axes((0.25, 0.03, 0.5, 1 - 0.03 - (0.2 + 0.17 * lines) / height))
     ax.set_axis_off()
     high = max(k, math.ceil(max(ranks.values())))
     ax.set_xlim(1, high)
@@ -417,8 +419,8 @@ def cd_diagram(
     for i, group in enumerate(groups):
         y = -(0.15 + bar_step * i)
         low_rank, high_rank = min(ranks[m] for m in group), max(ranks[m] for m in group)
-        ax.hlines(y, low_rank - 0.03, high_rank + 0.03, color="black", linewidth=4)
-    fig.suptitle(title, fontsize=9)
+        ax.hlines(y, low_rank - 0.08, high_rank + 0.08, color="black", linewidth=4)
+    fig.suptitle(title, fontsize=8)
     return fig
 
 
