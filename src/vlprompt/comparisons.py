@@ -239,15 +239,18 @@ def _ranks_md(a: Analysis, cd_paths: Sequence[str]) -> list[str]:
             "at least 3; the pairwise test compares two).",
             "",
         ]
-    elif cd_paths:
-        how = (
-            "Nemenyi's critical difference" if a.posthoc == "nemenyi" else "pairwise Wilcoxon/Holm"
-        )
-        links = ", ".join(f"`{p}`" for p in cd_paths)
-        bars = "; ".join(" = ".join(g) for g in a.groups) or "none (every pair distinguishable)"
-        out += [f"Critical-difference diagram (post-hoc: {how}): {links}. Bars: {bars}.", ""]
     else:
-        out += ["Critical-difference diagram: not drawn (summary written without plots).", ""]
+        if a.posthoc == "nemenyi":
+            how = f"Nemenyi's critical difference, CD = {a.cd:.2f}"
+        else:
+            how = "pairwise Wilcoxon/Holm"
+        links = ", ".join(f"`{p}`" for p in cd_paths) or "not drawn (summary written without plots)"
+        bars = "; ".join(" = ".join(g) for g in a.groups) or "none (every pair distinguishable)"
+        out += [
+            f"Critical-difference diagram (post-hoc: {how}): {links}. Methods joined by a bar, "
+            f"not distinguishable at alpha = {a.alpha:g}: {bars}.",
+            "",
+        ]
     return out
 
 
