@@ -13,7 +13,14 @@ import pytest
 
 from test_report import b2n, rec, write
 from vlprompt.latex import escape, render_latex
-from vlprompt.report import harmonic_mean, render_markdown, summarize, write_summary
+from vlprompt.report import (
+    AVERAGE,
+    PROTOCOL_TITLES,
+    harmonic_mean,
+    render_markdown,
+    summarize,
+    write_summary,
+)
 from vlprompt.statistics import t_half_width
 
 DATASETS = ("caltech", "pets", "cars", "food", "dtd", "eurosat")
@@ -187,7 +194,7 @@ def check_structure(tex):
 
 def test_latex_base2new_table_bold_best_zero_shot_first_and_escaped():
     records = b2n_sweep(methods=(("rpo", 2.0), ("zsclip", -5.0), ("co_op%&#", 0.0)))
-    tex = render_latex(summarize(records))
+    tex = render_latex(summarize(records), PROTOCOL_TITLES, AVERAGE)
     ((spec, body),) = check_structure(tex)
     assert spec == "llrrr"
     rows = [r for r in body.splitlines() if r.endswith(r" \\")][1:]
@@ -211,7 +218,7 @@ def test_latex_fewshot_and_dg_tables():
                     records.append(rec("fewshot", method, d, d, "all", seed, acc, shots))
             for d in ("inet", "v2"):
                 records.append(rec("dg", method, "inet", d, "all", seed, 60 + shift))
-    tex = render_latex(summarize(records))
+    tex = render_latex(summarize(records), PROTOCOL_TITLES, AVERAGE)
     (fewshot, dg) = check_structure(tex)
     assert fewshot[0] == "llrrr" and "Data set & Method & 1 & 2 & 4" in fewshot[1]
     assert "Average (2) & coop & 52.50 & 53.50 & 55.50" in fewshot[1]

@@ -11,14 +11,13 @@ sources). Each part states the seeds and data sets behind it, or why it is omitt
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from vlprompt import statistics as st
+from vlprompt.statistics import harmonic_mean
 
 HEADLINE = {"base2new": "H", "fewshot": "accuracy", "xd": "accuracy", "dg": "accuracy"}
 POSTHOCS = ("wilcoxon", "nemenyi")
@@ -59,8 +58,6 @@ class Block:
 
 def blocks(groups: dict[tuple, dict[int, float]]) -> list[Block]:
     """Comparison blocks from `report.per_seed` groups, in a stable order."""
-    from vlprompt.report import harmonic_mean
-
     found: dict[tuple, Block] = {}
     for (backbone, protocol, method, source, dataset, sub, shots), values in groups.items():
         if protocol == "base2new":
@@ -86,12 +83,6 @@ def blocks(groups: dict[tuple, dict[int, float]]) -> list[Block]:
         block.means.setdefault(method, {})[dataset] = mean
     order = {p: i for i, p in enumerate(HEADLINE)}
     return [found[k] for k in sorted(found, key=lambda k: (k[0], order[k[1]], k[2], k[3]))]
-
-
-def cd_plot_stem(block: Block, prefix: str = "") -> str:
-    from vlprompt.report import _slug
-
-    return _slug(prefix, "cd", block.protocol, block.source, f"shots{block.shots}")
 
 
 @dataclass
@@ -145,9 +136,9 @@ def analyse(block: Block, alpha: float = st.ALPHA, posthoc: str = "wilcoxon") ->
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    from vlprompt.report import _table as table
-
-    return table(header, rows)
+    """A markdown table and a blank line (the layout of report.py's tables)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
 
 
 def _f(value: float, digits: int = 2) -> str:
@@ -284,34 +275,18 @@ def _spread_md(a: Analysis) -> list[str]:
     return out + _table(header, rows)
 
 
-# ----------------------------------------------------------------------------- plots
-
-
-def write_cd_plots(a: Analysis, stem: str, plots_dir: Path) -> list[Path]:
-    """The CD diagram as PNG and PDF (nothing when it cannot be drawn)."""
-    from vlprompt.report import _save_figure
-
-    if not a.can_draw_cd:
-        return []
-    fig = st.cd_diagram(a.ranks.average_ranks, a.groups, a.cd_title(), a.cd)
-    return [_save_figure(fig, plots_dir / f"{stem}{suffix}") for suffix in (".png", ".pdf")]
-
-
 def analyses(groups: dict[tuple, dict[int, float]], posthoc: str = "wilcoxon") -> list[Analysis]:
     return [analyse(b, posthoc=posthoc) for b in blocks(groups)]
 
 
 def comparisons_md(
-    found: Sequence[Analysis], titles: dict[str, str], plots_dir: str | None, prefixes: Any
+    found: Sequence[Analysis], titles: dict[str, str], cd_paths: Callable[[Block], list[str]]
 ) -> dict[tuple[str, str], list[str]]:
-    """Markdown per (backbone, protocol); `prefixes[backbone]` names the CD plots (None: no
-    plots written)."""
+    """Markdown per (backbone, protocol); `cd_paths(block)`: where its CD diagram is written
+    (empty: not written)."""
     out: dict[tuple[str, str], list[str]] = {}
     for a in found:
         b = a.block
-        paths: list[str] = []
-        if plots_dir is not None and a.can_draw_cd:
-            stem = cd_plot_stem(b, prefixes.get(b.backbone, ""))
-            paths = [f"{plots_dir}/{stem}.png", f"{plots_dir}/{stem}.pdf"]
+        paths = cd_paths(b) if a.can_draw_cd else []
         out.setdefault((b.backbone, b.protocol), []).extend(block_md(a, titles, paths))
     return out

@@ -10,7 +10,8 @@ first (H of the averaged accuracies); few-shot: accuracy by shots; xd and dg: ac
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 ZERO_SHOT = ("zsclip", "zeroshot", "zero_shot", "clip")  # printed first, in this order
 _SPECIALS = {
@@ -80,26 +81,34 @@ def _seeds(cells: Sequence) -> str:
     return ", ".join(map(str, seeds)) or "-"
 
 
-def _base2new(cells: Sequence, backbone: str, shots: int) -> str:
-    from vlprompt.report import AVERAGE, _index, _ordered
+def _index(cells: Sequence) -> dict[tuple, Any]:
+    return {
+        (c.backbone, c.protocol, c.method, c.source, c.dataset, c.shots, c.metric): c for c in cells
+    }
 
+
+def _ordered(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _base2new(cells: Sequence, backbone: str, shots: int, average: str) -> str:
     index = _index(cells)
     methods = method_order({c.method for c in cells})
-    datasets = _ordered(c.dataset for c in cells if c.dataset != AVERAGE)
-    panels = ([AVERAGE] if any(c.dataset == AVERAGE for c in cells) else []) + datasets
+    datasets = _ordered(c.dataset for c in cells if c.dataset != average)
+    panels = ([average] if any(c.dataset == average for c in cells) else []) + datasets
     body: list[list[str] | None] = []
     for i, d in enumerate(panels):
         here = [m for m in methods if (backbone, "base2new", m, d, d, shots, "base") in index]
-        metrics = ("base", "new", "H_of_avg" if d == AVERAGE else "H")
+        metrics = ("base", "new", "H_of_avg" if d == average else "H")
         numbers = [[_mean(index, backbone, "base2new", m, d, d, shots, k) for k in metrics]
                    for m in here]  # fmt: skip
-        name = f"Average ({len(datasets)})" if d == AVERAGE else escape(d)
+        name = f"Average ({len(datasets)})" if d == average else escape(d)
         if i:
             body.append(None)
         for j, (m, row) in enumerate(zip(here, _bold_best(numbers))):
             body.append([name if j == 0 else "", escape(m), *row])
     caption = (
-        f"{escape('Base-to-new generalisation')}, {escape(backbone)}, {shots} shots: accuracy "
+        f"Base-to-new generalisation, {escape(backbone)}, {shots} shots: accuracy "
         r"(\%) on base and new classes and their harmonic mean H, mean over seeds "
         f"{_seeds(cells)}. Average: over data sets, H of the averaged base and new accuracies. "
         "Best per column and data set in bold."
@@ -113,20 +122,18 @@ def _mean(index: dict, *key: object) -> float | None:
     return None if cell is None else cell.mean
 
 
-def _fewshot(cells: Sequence, backbone: str) -> str:
-    from vlprompt.report import AVERAGE, _index, _ordered
-
+def _fewshot(cells: Sequence, backbone: str, average: str) -> str:
     index = _index(cells)
     methods = method_order({c.method for c in cells})
     shots = sorted({c.shots for c in cells})
-    datasets = _ordered(c.dataset for c in cells if c.dataset != AVERAGE)
-    panels = ([AVERAGE] if len(datasets) > 1 else []) + datasets
+    datasets = _ordered(c.dataset for c in cells if c.dataset != average)
+    panels = ([average] if len(datasets) > 1 else []) + datasets
     body: list[list[str] | None] = []
     for i, d in enumerate(panels):
         here = [m for m in methods if any(c.method == m and c.dataset == d for c in cells)]
         numbers = [[_mean(index, backbone, "fewshot", m, d, d, k, "accuracy") for k in shots]
                    for m in here]  # fmt: skip
-        name = f"Average ({len(datasets)})" if d == AVERAGE else escape(d)
+        name = f"Average ({len(datasets)})" if d == average else escape(d)
         if i:
             body.append(None)
         for j, (m, row) in enumerate(zip(here, _bold_best(numbers))):
@@ -139,21 +146,19 @@ def _fewshot(cells: Sequence, backbone: str) -> str:
     return _table(caption, _label("fewshot", backbone), header, body, "ll" + "r" * len(shots))
 
 
-def _transfer(cells: Sequence, backbone: str, protocol: str) -> list[str]:
-    from vlprompt.report import AVERAGE, PROTOCOL_TITLES, _index, _ordered
-
+def _transfer(cells: Sequence, backbone: str, protocol: str, title: str, average: str) -> list[str]:
     index = _index(cells)
     tables = []
     for source, shots in sorted({(c.source, c.shots) for c in cells}):
         here = [c for c in cells if c.source == source and c.shots == shots]
         methods = method_order({c.method for c in here})
-        targets = _ordered(c.dataset for c in here if c.dataset not in (source, AVERAGE))
-        columns = [source, *targets, AVERAGE]
+        targets = _ordered(c.dataset for c in here if c.dataset not in (source, average))
+        columns = [source, *targets, average]
         numbers = [[_mean(index, backbone, protocol, m, source, d, shots, "accuracy")
                     for d in columns] for m in methods]  # fmt: skip
         body = [[escape(m), *row] for m, row in zip(methods, _bold_best(numbers))]
         caption = (
-            f"{PROTOCOL_TITLES[protocol]}, {escape(backbone)}: accuracy (\\%) trained on "
+            f"{escape(title)}, {escape(backbone)}: accuracy (\\%) trained on "
             f"{escape(source)} with {shots} shots, mean over seeds {_seeds(here)}. Average: over "
             "the targets. Best per column in bold."
         )
@@ -163,8 +168,9 @@ def _transfer(cells: Sequence, backbone: str, protocol: str) -> list[str]:
     return tables
 
 
-def render_latex(cells: Sequence) -> str:
-    """summary.tex from `report.summarize`'s cells (a comment only when there are none)."""
+def render_latex(cells: Sequence, titles: Mapping[str, str], average: str) -> str:
+    """summary.tex from `report.summarize`'s cells (a comment only when there are none);
+    `titles`: the protocols' names, `average`: the data set name of an average row."""
     cells = list(cells)
     out = [
         "% Generated by vlprompt from a sweep's results.jsonl: means over seeds, best in bold.",
@@ -175,14 +181,16 @@ def render_latex(cells: Sequence) -> str:
         mine = [c for c in cells if c.backbone == backbone]
         base2new = [c for c in mine if c.protocol == "base2new"]
         for shots in sorted({c.shots for c in base2new}):
-            out.append(_base2new([c for c in base2new if c.shots == shots], backbone, shots))
+            out.append(
+                _base2new([c for c in base2new if c.shots == shots], backbone, shots, average)
+            )
         fewshot = [c for c in mine if c.protocol == "fewshot"]
         if fewshot:
-            out.append(_fewshot(fewshot, backbone))
+            out.append(_fewshot(fewshot, backbone, average))
         for protocol in ("xd", "dg"):
             transfer = [c for c in mine if c.protocol == protocol]
             if transfer:
-                out += _transfer(transfer, backbone, protocol)
+                out += _transfer(transfer, backbone, protocol, titles[protocol], average)
     if not cells:
         out.append("% No results yet.")
     return "\n".join(out).rstrip() + "\n"

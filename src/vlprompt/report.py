@@ -34,8 +34,11 @@ from typing import Any
 
 import numpy as np
 
+from vlprompt import comparisons
 from vlprompt.errors import VlpromptError
 from vlprompt.io import RESULTS_FILE, atomic_write_text, publish_temp_file, read_jsonl
+from vlprompt.latex import render_latex
+from vlprompt.statistics import cd_diagram, harmonic_mean, t_half_width
 
 SUMMARY_MD = "summary.md"
 SUMMARY_CSV = "summary.csv"
@@ -99,8 +102,6 @@ class Cell:
     @property
     def ci95(self) -> float:
         """Half-width of the 95% t interval over the seeds (nan with one seed)."""
-        from vlprompt.statistics import t_half_width
-
         return t_half_width(self.std, len(self.seeds))
 
     def ci_text(self) -> str:
@@ -121,11 +122,6 @@ class SummaryFiles:
 
 
 # ----------------------------------------------------------------------------- numbers
-
-
-def harmonic_mean(base: float, new: float) -> float:
-    """H = 2BN/(B+N); 0 when both are 0."""
-    return 0.0 if base + new == 0 else 2.0 * base * new / (base + new)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -558,14 +554,19 @@ def render_markdown(
 ) -> str:
     """summary.md; with the per-seed `groups` also the intervals and the "Comparisons" part per
     protocol (`plots_dir`: where its CD diagrams are, None when no plots are written)."""
-    from vlprompt import comparisons
-
     cells = list(cells)
     extra: dict[tuple[str, str], list[str]] = {}
     if groups is not None:
+        prefixes = _plot_prefixes(cells)
+
+        def cd_paths(block: comparisons.Block) -> list[str]:
+            if plots_dir is None:
+                return []
+            stem = _cd_stem(block, prefixes.get(block.backbone, ""))
+            return [f"{plots_dir}/{stem}.png", f"{plots_dir}/{stem}.pdf"]
+
         found = comparisons.analyses(groups, posthoc)
-        extra = comparisons.comparisons_md(found, PROTOCOL_TITLES, plots_dir,
-                                           _plot_prefixes(cells))  # fmt: skip
+        extra = comparisons.comparisons_md(found, PROTOCOL_TITLES, cd_paths)
     out = ["# Benchmark summary", ""]
     source = f" from {n_records} evaluations in `{RESULTS_FILE}`" if n_records is not None else ""
     out += [
@@ -822,8 +823,6 @@ def write_plots(
     when a base2new sweep has several), per-seed spread per protocol (box plots from
     BOX_MIN_SEEDS seeds), a critical-difference diagram (PNG and PDF) per comparison of three
     methods or more over two data sets or more."""
-    from vlprompt import comparisons
-
     plots_dir = Path(plots_dir)
     cells = list(cells)
     prefixes = _plot_prefixes(cells)
@@ -846,9 +845,17 @@ def write_plots(
                 if path is not None:
                     paths.append(path)
     for analysis in comparisons.analyses(groups, posthoc):
-        stem = comparisons.cd_plot_stem(analysis.block, prefixes.get(analysis.block.backbone, ""))
-        paths += comparisons.write_cd_plots(analysis, stem, plots_dir)
+        if analysis.can_draw_cd:
+            stem = _cd_stem(analysis.block, prefixes.get(analysis.block.backbone, ""))
+            fig = cd_diagram(analysis.ranks.average_ranks, analysis.groups, analysis.cd_title(),
+                             analysis.cd)  # fmt: skip
+            paths += [_save_figure(fig, plots_dir / f"{stem}{ext}") for ext in (".png", ".pdf")]
     return paths
+
+
+def _cd_stem(block: comparisons.Block, prefix: str) -> str:
+    """The file name (without suffix) of a comparison block's critical-difference diagram."""
+    return _slug(prefix, "cd", block.protocol, block.source, f"shots{block.shots}")
 
 
 def write_summary(
@@ -860,8 +867,6 @@ def write_summary(
     """Read `<output_dir>/results.jsonl` (or `results`) and write summary.md, summary.csv,
     summary.tex and plots/*.png (CD diagrams also as PDF) into `output_dir`, each atomically.
     `posthoc`: the CD diagram's post-hoc test, "wilcoxon" (with Holm) or "nemenyi"."""
-    from vlprompt.latex import render_latex
-
     output_dir = Path(output_dir)
     records = load_results(results or output_dir / RESULTS_FILE)
     cells = summarize(records)
@@ -871,7 +876,7 @@ def write_summary(
     atomic_write_text(files.csv, render_csv(cells))
     markdown = render_markdown(cells, len(records), groups, PLOTS_DIR if plots else None, posthoc)
     atomic_write_text(files.markdown, markdown)
-    atomic_write_text(files.tex, render_latex(cells))
+    atomic_write_text(files.tex, render_latex(cells, PROTOCOL_TITLES, AVERAGE))
     if plots:
         files.plots = write_plots(cells, groups, output_dir / PLOTS_DIR, posthoc)
     return files

@@ -43,6 +43,11 @@ EXACT_MAX_PAIRS = 400  # the exact signed-rank distribution up to this many pair
 Cells = Mapping[Hashable, float]  # (data set, seed) -> value
 
 
+def harmonic_mean(base: float, new: float) -> float:
+    """H = 2BN/(B+N); 0 when both are 0."""
+    return 0.0 if base + new == 0 else 2.0 * base * new / (base + new)
+
+
 # ----------------------------------------------------------------------------- intervals
 
 
