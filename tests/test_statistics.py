@@ -218,6 +218,10 @@ def test_spread_needs_two_seeds_and_says_so():
     (test,) = compare_spreads(one_seed)
     assert math.isnan(test.p_value)
     assert "no shared data set with two seeds or more" in spread_verdict(test)
+    constant = {"a": cells([1.0] * 6, 2, 3), "b": cells([2.0] * 6, 2, 3)}
+    assert "neither varies over seeds on the 2 shared data sets" in spread_verdict(
+        compare_spreads(constant)[0]
+    )
     rows = spread_table({"a": cells([1.0, 3.0, 2.0, 10.0, 10.0, 16.0], 2, 3)})
     assert rows[0].n_datasets == 2 and rows[0].max_range == 6.0
     assert rows[0].pooled_std == pytest.approx(math.sqrt((1.0 + 12.0) / 2))

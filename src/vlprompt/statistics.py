@@ -519,6 +519,8 @@ def compare_spreads(cells: Mapping[str, Cells], alpha: float = ALPHA) -> list[Sp
 def spread_verdict(test: SpreadTest, alpha: float = ALPHA) -> str:
     """One sentence: whose seed spread is lower, or that the two are not distinguishable."""
     a, b = test.first, test.second
+    if math.isnan(test.p_value) and test.n_datasets:
+        return f"{a} vs {b}: neither varies over seeds on the {test.n_datasets} shared data sets"
     if math.isnan(test.p_value):
         return f"{a} vs {b}: no shared data set with two seeds or more (no spread to compare)"
     p = test.p_holm if not math.isnan(test.p_holm) else test.p_value
