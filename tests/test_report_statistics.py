@@ -105,6 +105,12 @@ def test_one_seed_says_why_intervals_and_variance_tests_are_omitted(tmp_path):
     assert "cd_base2new_shots16.png" in {p.name for p in files.plots}  # 3 methods, 2 data sets
     _no_empty_tables(text)
 
+    write(tmp_path / "results.jsonl", b2n_sweep(seeds=(1, 2)))
+    text = write_summary(tmp_path, plots=False).markdown.read_text()
+    assert "Omitted: 2 seeds per data set; the test needs 3 (with 2 seeds both deviations" in text
+    assert "Omitted: one seed per number" not in text
+    _no_empty_tables(text)
+
 
 def test_one_method_and_one_data_set_say_why_parts_are_omitted(tmp_path):
     write(tmp_path / "results.jsonl", b2n_sweep(methods=(("coop", 0.0),)))

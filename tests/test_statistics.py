@@ -20,6 +20,7 @@ from vlprompt.statistics import (
     min_attainable_p,
     nemenyi_cd,
     nemenyi_groups,
+    seed_intervals,
     signed_rank_test,
     spread_table,
     spread_verdict,
@@ -41,6 +42,12 @@ def test_t_interval_is_the_textbook_formula_and_one_seed_has_none():
     assert (iv.low, iv.high) == pytest.approx((2 - iv.half_width, 2 + iv.half_width))
     one = t_interval([5.0])
     assert math.isnan(one.half_width) and one.note == "one seed: no interval"
+
+
+def test_seed_intervals_per_method_and_data_set():
+    found = seed_intervals({"rpo": {("pets", 1): 1.0, ("pets", 2): 3.0, ("dtd", 1): 7.0}})
+    assert found["rpo", "pets"] == t_interval([1.0, 3.0])
+    assert found["rpo", "dtd"].n == 1 and math.isnan(found["rpo", "dtd"].half_width)
 
 
 def test_t_interval_covers_the_true_mean_at_the_nominal_rate():
@@ -213,15 +220,21 @@ def test_brown_forsythe_on_one_data_set_is_scipys_levene_with_the_median():
     )
 
 
-def test_spread_needs_two_seeds_and_says_so():
-    one_seed = {"a": cells([1.0, 2.0], 2, 1), "b": cells([3.0, 5.0], 2, 1)}
-    (test,) = compare_spreads(one_seed)
-    assert math.isnan(test.p_value)
-    assert "no shared data set with two seeds or more" in spread_verdict(test)
+def test_spread_needs_three_seeds_and_says_so():
+    two_seeds = {"a": cells([1.0, 2.0, 3.0, 5.0], 2, 2), "b": cells([3.0, 5.0, 1.0, 1.5], 2, 2)}
+    (test,) = compare_spreads(two_seeds)
+    assert math.isnan(test.p_value) and test.n_datasets == 0
+    assert "no shared data set with 3 seeds or more" in spread_verdict(test)
+    flat = brown_forsythe(cells([1.0, 2.0, 3.0], 1), cells([1.0, 3.0, 5.0], 1))
+    assert not math.isnan(flat.p_value)  # |deviations| 1,0,1 vs 2,0,2 vary: testable
+    flat = brown_forsythe(cells([1.0, 1.0, 3.0, 3.0], 1, 4), cells([1.0, 1.0, 5.0, 5.0], 1, 4))
+    assert math.isnan(flat.p_value) and "too few to test" in spread_verdict(flat)
     constant = {"a": cells([1.0] * 6, 2, 3), "b": cells([2.0] * 6, 2, 3)}
-    assert "neither varies over seeds on the 2 shared data sets" in spread_verdict(
+    assert "do not vary within either method on the 2 shared" in spread_verdict(
         compare_spreads(constant)[0]
     )
+    same = brown_forsythe(cells([1.0, 2.0, 3.0], 1), cells([5.0, 6.0, 7.0], 1))
+    assert (same.statistic, same.p_value) == (0.0, 1.0)  # equal spreads, no 0/0
     rows = spread_table({"a": cells([1.0, 3.0, 2.0, 10.0, 10.0, 16.0], 2, 3)})
     assert rows[0].n_datasets == 2 and rows[0].max_range == 6.0
     assert rows[0].pooled_std == pytest.approx(math.sqrt((1.0 + 12.0) / 2))

@@ -127,8 +127,9 @@ def analyse(block: Block, alpha: float = st.ALPHA, posthoc: str = "wilcoxon") ->
             groups = st.nemenyi_groups(ranks.average_ranks, ranks.n_datasets, alpha)
         else:
             groups = st.wilcoxon_holm_groups(ranks.average_ranks, pairs)
-    spreads = st.compare_spreads(block.cells, alpha) if block.max_seeds >= 2 else []
-    rows = st.spread_table(block.cells) if block.max_seeds >= 2 else []
+    enough = block.max_seeds >= st.SPREAD_MIN_SEEDS
+    spreads = st.compare_spreads(block.cells, alpha) if enough else []
+    rows = st.spread_table(block.cells) if enough else []
     return Analysis(block, pairs, ranks, groups, cd, spreads, rows, posthoc, alpha)
 
 
@@ -247,11 +248,18 @@ def _ranks_md(a: Analysis, cd_paths: Sequence[str]) -> list[str]:
 
 def _spread_md(a: Analysis) -> list[str]:
     out = ["#### Seed variance (Brown–Forsythe)", ""]
-    if a.block.max_seeds < 2:
+    n = a.block.max_seeds
+    if n < 2:
         return out + ["Omitted: one seed per data set, so no seed variance to compare.", ""]
+    if n < st.SPREAD_MIN_SEEDS:
+        return out + [
+            f"Omitted: {n} seeds per data set; the test needs {st.SPREAD_MIN_SEEDS} (with 2 seeds "
+            "both deviations from the median are equal).",
+            "",
+        ]
     out += [
-        "Per method: seed std within each data set pooled over data sets (with at least two "
-        "seeds), the mean absolute deviation from each data set's median, the largest "
+        f"Per method: seed std within each data set pooled over the data sets with at least "
+        f"{st.SPREAD_MIN_SEEDS} seeds, the mean absolute deviation from each data set's median, the largest "
         "max − min of one data set.",
         "",
     ]

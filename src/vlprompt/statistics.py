@@ -5,7 +5,7 @@ knowledge of results files. Seeds draw different shots, so a method's seed sprea
 result, and with 3 seeds on few data sets the tests below have little power: a non-significant
 result reads "not distinguishable", never "equal".
 
-- `t_interval`: Student's t interval over seeds (n - 1 degrees of freedom).
+- `t_interval`, `seed_intervals`: Student's t interval over seeds (n - 1 degrees of freedom).
 - `signed_rank_test`, `compare_methods`: Wilcoxon's signed-rank test (Wilcoxon 1945) on paired
   differences, exact at every n (the null distribution is enumerated over the 2^n sign flips
   with a dynamic programme, conditional on the mid-ranks, so ties keep an exact p), Holm's
@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 ALPHA = 0.05
+SPREAD_MIN_SEEDS = 3  # with 2 seeds both deviations from the median are equal: nothing to test
 EXACT_MAX_PAIRS = 400  # the exact signed-rank distribution up to this many pairs, normal beyond
 
 Cells = Mapping[Hashable, float]  # (data set, seed) -> value
@@ -91,6 +92,21 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
     std = float(array.std(ddof=1)) if array.size > 1 else math.nan
     return Interval(float(array.mean()), std, int(array.size),
                     t_half_width(std, int(array.size), confidence), confidence)  # fmt: skip
+
+
+def seed_intervals(
+    cells: Mapping[str, Cells], confidence: float = 0.95
+) -> dict[tuple[str, Hashable], Interval]:
+    """Per (method, data set): mean, std and t interval over its seeds (cells keyed (data set,
+    seed))."""
+    out = {}
+    for method in sorted(cells):
+        by_data: dict[Hashable, list[float]] = {}
+        for (dataset, _seed), value in sorted(cells[method].items(), key=lambda kv: repr(kv[0])):
+            by_data.setdefault(dataset, []).append(value)
+        for dataset, values in by_data.items():
+            out[(method, dataset)] = t_interval(values, confidence)
+    return out
 
 
 # ----------------------------------------------------------------------------- paired tests
@@ -481,7 +497,7 @@ def brown_forsythe(
 ) -> SpreadTest:
     """Brown-Forsythe test (Levene's test with the median as centre, Brown & Forsythe 1974) of
     equal seed variances of `a` and `b` (cells keyed (data set, seed)) over the data sets both
-    have with at least two seeds: the absolute deviations from each data set's median, pooled
+    have with at least SPREAD_MIN_SEEDS seeds: the absolute deviations from each data set's median, pooled
     per method, compared by one-way ANOVA (for one data set this is exactly
     scipy.stats.levene(center="median")). alternative="less" asks "is a's seed variance lower
     than b's?": the one-sided two-sample t test on the absolute deviations (F = t²)."""
@@ -490,7 +506,8 @@ def brown_forsythe(
     if alternative not in ("two-sided", "less"):
         raise ValueError(f"alternative must be 'two-sided' or 'less', not {alternative!r}")
     dev_a, dev_b = median_deviations(a), median_deviations(b)
-    shared = [d for d in dev_a if d in dev_b and len(dev_a[d]) > 1 and len(dev_b[d]) > 1]
+    enough = SPREAD_MIN_SEEDS
+    shared = [d for d in dev_a if d in dev_b and min(len(dev_a[d]), len(dev_b[d])) >= enough]
     z_a = np.abs(np.concatenate([dev_a[d] for d in shared])) if shared else np.zeros(0)
     z_b = np.abs(np.concatenate([dev_b[d] for d in shared])) if shared else np.zeros(0)
     keep_a = {k: v for k, v in a.items() if k[0] in shared}
@@ -499,6 +516,12 @@ def brown_forsythe(
     if not shared or (np.all(z_a == 0) and np.all(z_b == 0)):
         return SpreadTest(names[0], names[1], z_a.size, z_b.size, len(shared), std_a, std_b,
                           math.nan, math.nan, alternative)  # fmt: skip
+    scale = 1e-9 * (1.0 + max(z_a.max(), z_b.max()))
+    if max(np.ptp(z_a), np.ptp(z_b)) <= scale:  # no variation within either method: no test
+        equal = abs(z_a.mean() - z_b.mean()) <= scale
+        return SpreadTest(names[0], names[1], z_a.size, z_b.size, len(shared), std_a, std_b,
+                          0.0 if equal else math.nan, 1.0 if equal else math.nan,
+                          alternative)  # fmt: skip
     t, p = stats.ttest_ind(z_a, z_b, alternative=alternative)
     return SpreadTest(names[0], names[1], int(z_a.size), int(z_b.size), len(shared), std_a,
                       std_b, float(t) ** 2, float(p), alternative)  # fmt: skip
@@ -520,9 +543,11 @@ def spread_verdict(test: SpreadTest, alpha: float = ALPHA) -> str:
     """One sentence: whose seed spread is lower, or that the two are not distinguishable."""
     a, b = test.first, test.second
     if math.isnan(test.p_value) and test.n_datasets:
-        return f"{a} vs {b}: neither varies over seeds on the {test.n_datasets} shared data sets"
+        return (f"{a} vs {b}: the deviations from the median do not vary within either method "
+                f"on the {test.n_datasets} shared data sets; too few to test")  # fmt: skip
     if math.isnan(test.p_value):
-        return f"{a} vs {b}: no shared data set with two seeds or more (no spread to compare)"
+        return (f"{a} vs {b}: no shared data set with {SPREAD_MIN_SEEDS} seeds or more (no "
+                "spread to test)")  # fmt: skip
     p = test.p_holm if not math.isnan(test.p_holm) else test.p_value
     stds = f"pooled seed std {test.std_first:.2f} vs {test.std_second:.2f}"
     if p <= alpha:
@@ -537,7 +562,7 @@ class Spread:
     """A method's seed spread over its data sets (cells keyed (data set, seed))."""
 
     method: str
-    n_datasets: int  # with at least two seeds
+    n_datasets: int  # with at least SPREAD_MIN_SEEDS seeds
     n_cells: int
     pooled_std: float
     mean_abs_deviation: float  # from each data set's median
@@ -547,7 +572,9 @@ class Spread:
 def spread_table(cells: Mapping[str, Cells]) -> list[Spread]:
     rows = []
     for method in sorted(cells):
-        deviations = {d: v for d, v in median_deviations(cells[method]).items() if len(v) > 1}
+        deviations = {
+            d: v for d, v in median_deviations(cells[method]).items() if len(v) >= SPREAD_MIN_SEEDS
+        }
         flat = np.abs(np.concatenate(list(deviations.values()))) if deviations else np.zeros(0)
         ranges = [max(v) - min(v) for v in deviations.values()]
         rows.append(Spread(method, len(deviations), int(flat.size), pooled_std(cells[method])[0],
