@@ -16,6 +16,7 @@ from vlprompt.latex import escape, render_latex
 from vlprompt.report import (
     AVERAGE,
     PROTOCOL_TITLES,
+    ReportError,
     harmonic_mean,
     render_markdown,
     summarize,
@@ -151,6 +152,8 @@ def test_nemenyi_is_the_option_and_named(tmp_path):
     # k=3, N=6: CD = 2.343 * sqrt(3*4 / 36) = 1.35 > the 1.00 between neighbours, < 2.00
     assert "(post-hoc: Nemenyi's critical difference, CD = 1.35): not drawn" in text
     assert "at alpha = 0.05: rpo = coop; coop = zsclip." in text
+    with pytest.raises(ReportError, match=r"posthoc='holm': expected one of wilcoxon, nemenyi"):
+        write_summary(tmp_path, posthoc="holm")
 
 
 def test_fewshot_and_transfer_compare_per_shots_and_on_targets_only():

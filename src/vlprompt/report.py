@@ -575,6 +575,13 @@ def render_markdown(
         "harmonic mean of the mean base and new accuracies; its ± is over per-seed H.",
         "",
     ]
+    if groups is not None and cells:
+        out += [
+            "Each protocol ends with the 95% t intervals over seeds and a Comparisons part: paired "
+            "tests between methods, average ranks over data sets and a test of the seed "
+            "variances, each with the seeds and data sets behind it.",
+            "",
+        ]
     if not cells:
         out += ["No results yet.", ""]
     for backbone in sorted({c.backbone for c in cells}):
@@ -867,6 +874,11 @@ def write_summary(
     """Read `<output_dir>/results.jsonl` (or `results`) and write summary.md, summary.csv,
     summary.tex and plots/*.png (CD diagrams also as PDF) into `output_dir`, each atomically.
     `posthoc`: the CD diagram's post-hoc test, "wilcoxon" (with Holm) or "nemenyi"."""
+    if posthoc not in comparisons.POSTHOCS:
+        raise ReportError(
+            f"posthoc={posthoc!r}: expected one of {', '.join(comparisons.POSTHOCS)} (the "
+            "critical-difference diagram's post-hoc test)"
+        )
     output_dir = Path(output_dir)
     records = load_results(results or output_dir / RESULTS_FILE)
     cells = summarize(records)
