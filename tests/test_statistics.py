@@ -124,6 +124,12 @@ def test_too_few_pairs_are_refused_not_called():
     assert compare_methods(six)[0].significant  # n=6, all one way: p = 0.03125
 
 
+def test_methods_without_shared_cells_get_no_p_value():
+    (pair,) = compare_methods({"a": cells([1.0, 2.0], 1, 2), "b": {("other", 1): 3.0}})
+    assert pair.n_pairs == 0 and math.isnan(pair.p_value) and math.isnan(pair.p_holm)
+    assert pair.verdict() == "a vs b on H: no shared cells to pair"
+
+
 def test_holm_is_applied_across_the_pairs_of_methods():
     rng = np.random.default_rng(4)
     table = {m: cells(70 + shift + rng.normal(0, 1, 33)) for m, shift in

@@ -257,10 +257,10 @@ def compare_methods(
             float(diff.mean()) if diff.size else math.nan,
             int((diff > 0).sum()),
             test.rank_biserial,
-            test.p_value,
+            test.p_value if diff.size else math.nan,
             adjusted.get(i, math.nan),
             alpha,
-        )  # fmt: skip
+        )
         for i, (a, b, diff, test) in enumerate(raw)
     ]
 
