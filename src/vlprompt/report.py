@@ -1,4 +1,5 @@
-"""Tables and plots from a sweep's `results.jsonl`: `summary.md`, `summary.csv`, `plots/*.png`.
+"""Tables and plots from a sweep's `results.jsonl`: `summary.md`, `summary.csv`, `summary.tex`,
+`plots/*.png` (and the critical-difference diagrams as PDF too).
 
 Every number is a mean over seeds with the *sample* standard deviation (ddof=1) beside it; with one
 seed the deviation is shown as "-" (empty in the CSV). Accuracies are reported as the engine
@@ -10,6 +11,11 @@ with both conventions that papers mix: H of the averaged base and new accuracies
 MaPLe, PromptSRC) and the average of the per-data-set H.
 An average row's ± is the deviation over seeds of the per-seed averages, taken over the seeds every
 averaged data set has.
+
+Beside the standard deviation: the half-width of the 95% Student-t interval over seeds (the CSV's
+`ci95`, a table of its own in summary.md), and a "Comparisons" part per protocol
+(vlprompt.comparisons: paired tests, average ranks with a critical-difference diagram, the seed
+variance test). summary.tex holds the paper tables (vlprompt.latex).
 """
 
 from __future__ import annotations
@@ -28,11 +34,15 @@ from typing import Any
 
 import numpy as np
 
+from vlprompt import comparisons
 from vlprompt.errors import ReportError
 from vlprompt.io import RESULTS_FILE, atomic_write_text, publish_temp_file, read_jsonl
+from vlprompt.latex import render_latex
+from vlprompt.statistics import cd_diagram, harmonic_mean, t_half_width
 
 SUMMARY_MD = "summary.md"
 SUMMARY_CSV = "summary.csv"
+SUMMARY_TEX = "summary.tex"
 PLOTS_DIR = "plots"
 AVERAGE = "average"  # the `dataset` of rows averaged over data sets (or over xd/dg targets)
 CSV_COLUMNS = (
@@ -51,6 +61,7 @@ CSV_COLUMNS = (
     "n_seeds",
     "seeds",
     "n_datasets",
+    "ci95",
 )
 REQUIRED = ("protocol", "method", "source", "dataset", "subsample", "shots", "seed", "accuracy")
 PROTOCOL_TITLES = {
@@ -84,6 +95,16 @@ class Cell:
         spread = "-" if math.isnan(self.std) else f"{self.std:.2f}"
         return f"{self.mean:.2f} ± {spread}"
 
+    @property
+    def ci95(self) -> float:
+        """Half-width of the 95% t interval over the seeds (nan with one seed)."""
+        return t_half_width(self.std, len(self.seeds))
+
+    def ci_text(self) -> str:
+        if len(self.seeds) < 2:
+            return f"{self.mean:.2f} (one seed)"
+        return f"{self.mean:.2f} ± {self.ci95:.2f} (std {self.std:.2f})"
+
 
 @dataclass
 class SummaryFiles:
@@ -93,14 +114,10 @@ class SummaryFiles:
     csv: Path
     plots: list[Path] = field(default_factory=list)
     cells: list[Cell] = field(default_factory=list)
+    tex: Path | None = None
 
 
 # ----------------------------------------------------------------------------- numbers
-
-
-def harmonic_mean(base: float, new: float) -> float:
-    """H = 2BN/(B+N); 0 when both are 0."""
-    return 0.0 if base + new == 0 else 2.0 * base * new / (base + new)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -284,7 +301,7 @@ def render_csv(cells: Sequence[Cell]) -> str:
             c.backbone, c.protocol, c.method, c.source, c.dataset, c.subsample, c.shots,
             c.metric, repr(c.mean), _number(c.std), _number(c.minimum), _number(c.maximum),
             len(c.seeds),
-            ";".join(map(str, c.seeds)), c.n_datasets,
+            ";".join(map(str, c.seeds)), c.n_datasets, _number(c.ci95),
         ])  # fmt: skip
     return buffer.getvalue()
 
@@ -494,8 +511,58 @@ def _fixed(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}"
 
 
-def render_markdown(cells: Sequence[Cell], n_records: int | None = None) -> str:
+def _ci_md(cells: list[Cell], backbone: str, protocol: str) -> list[str]:
+    """The 95% t interval over seeds of every row's numbers (base, new and H for base2new)."""
+    mine = [c for c in cells if c.backbone == backbone and c.protocol == protocol]
+    title = f"### 95% confidence intervals over seeds — {PROTOCOL_TITLES[protocol]}"
+    if max((len(c.seeds) for c in mine), default=0) < 2:
+        return [title, "", "Omitted: one seed per number; an interval needs at least two.", ""]
+    index = _index(mine)
+    metrics = ("base", "new", "H") if protocol == "base2new" else ("accuracy",)
+    rows = []
+    for c in sorted(
+        (c for c in mine if c.metric in ("base", "accuracy")
+         and not (c.dataset == AVERAGE and c.n_datasets < 2)),
+        key=lambda c: (c.dataset == AVERAGE, c.source, c.dataset, c.shots, c.method),
+    ):  # fmt: skip
+        key = (backbone, protocol, c.method, c.source, c.dataset, c.shots)
+        found = [index.get(key + ("H_of_avg" if c.dataset == AVERAGE and m == "H" else m,))
+                 for m in metrics]  # fmt: skip
+        where = c.dataset if c.dataset == c.source else f"{c.source} → {c.dataset}"
+        rows.append([c.method, where, str(c.shots), str(len(c.seeds))]
+                    + [x.ci_text() if x is not None else "" for x in found])  # fmt: skip
+    note = (
+        "mean ± half-width of the 95% Student-t interval over seeds (n − 1 degrees of freedom), "
+        "the sample std beside it; an average row's interval is over the per-seed averages"
+        + ("; H's interval is that of the per-seed H around the H of the means" if
+           protocol == "base2new" else "") + "."
+    )  # fmt: skip
+    header = ["method", "data set", "shots", "seeds", *metrics]
+    return [title, "", note, ""] + _table(header, rows)
+
+
+def render_markdown(
+    cells: Sequence[Cell],
+    n_records: int | None = None,
+    groups: dict[Group, SeedValues] | None = None,
+    plots_dir: str | None = None,
+    posthoc: str = "wilcoxon",
+) -> str:
+    """summary.md; with the per-seed `groups` also the intervals and the "Comparisons" part per
+    protocol (`plots_dir`: where its CD diagrams are, None when no plots are written)."""
     cells = list(cells)
+    extra: dict[tuple[str, str], list[str]] = {}
+    if groups is not None:
+        prefixes = _plot_prefixes(cells)
+
+        def cd_paths(block: comparisons.Block) -> list[str]:
+            if plots_dir is None:
+                return []
+            stem = _cd_stem(block, prefixes.get(block.backbone, ""))
+            return [f"{plots_dir}/{stem}.png", f"{plots_dir}/{stem}.pdf"]
+
+        found = comparisons.analyses(groups, posthoc)
+        extra = comparisons.comparisons_md(found, PROTOCOL_TITLES, cd_paths)
     out = ["# Benchmark summary", ""]
     source = f" from {n_records} evaluations in `{RESULTS_FILE}`" if n_records is not None else ""
     out += [
@@ -504,6 +571,13 @@ def render_markdown(cells: Sequence[Cell], n_records: int | None = None) -> str:
         "harmonic mean of the mean base and new accuracies; its ± is over per-seed H.",
         "",
     ]
+    if groups is not None and cells:
+        out += [
+            "Each protocol ends with the 95% t intervals over seeds and a Comparisons part: paired "
+            "tests between methods, average ranks over data sets and a test of the seed "
+            "variances, each with the seeds and data sets behind it.",
+            "",
+        ]
     if not cells:
         out += ["No results yet.", ""]
     for backbone in sorted({c.backbone for c in cells}):
@@ -520,7 +594,19 @@ def render_markdown(cells: Sequence[Cell], n_records: int | None = None) -> str:
             else:
                 out += _transfer_md(mine, backbone, protocol)
             out += _spread_md(mine, backbone, protocol)
+            if groups is not None:
+                out += _ci_md(mine, backbone, protocol)
+                out += extra.get((backbone, protocol)) or [
+                    f"### Comparisons — {PROTOCOL_TITLES[protocol]} — {backbone}", "",
+                    "Omitted: no number with per-seed values to compare.", "",
+                ]  # fmt: skip
     return "\n".join(out).rstrip() + "\n"
+
+
+def _plot_prefixes(cells: Sequence[Cell]) -> dict[str, str]:
+    """The file-name prefix of each backbone's plots (none with one backbone)."""
+    backbones = sorted({c.backbone for c in cells})
+    return {b: _slug(b) if len(backbones) > 1 else "" for b in backbones}
 
 
 # ----------------------------------------------------------------------------- plots
@@ -537,12 +623,14 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _save_figure(fig: Any, path: Path) -> Path:
-    """PNG via a temp file in the same folder and a rename (atomic like vlprompt.io)."""
+    """PNG (or PDF, by the suffix) via a temp file in the same folder and a rename (atomic like
+    vlprompt.io)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    fmt = path.suffix.lstrip(".") or "png"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".{fmt}")
     os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format=fmt)
         publish_temp_file(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -729,17 +817,20 @@ def _spread_plot(
 
 
 def write_plots(
-    cells: Sequence[Cell], groups: dict[Group, SeedValues], plots_dir: str | Path
+    cells: Sequence[Cell],
+    groups: dict[Group, SeedValues],
+    plots_dir: str | Path,
+    posthoc: str = "wilcoxon",
 ) -> list[Path]:
     """few-shot curves per data set, base/new/H bars per method (and against shots with bands
     when a base2new sweep has several), per-seed spread per protocol (box plots from
-    BOX_MIN_SEEDS seeds)."""
+    BOX_MIN_SEEDS seeds), a critical-difference diagram (PNG and PDF) per comparison of three
+    methods or more over two data sets or more."""
     plots_dir = Path(plots_dir)
     cells = list(cells)
-    backbones = sorted({c.backbone for c in cells})
+    prefixes = _plot_prefixes(cells)
     paths: list[Path] = []
-    for backbone in backbones:
-        prefix = _slug(backbone) if len(backbones) > 1 else ""
+    for backbone, prefix in prefixes.items():
         mine = [c for c in cells if c.backbone == backbone]
         fewshot = [c for c in mine if c.protocol == "fewshot"]
         if fewshot:
@@ -756,20 +847,44 @@ def write_plots(
                 path = _spread_plot(groups, protocol, prefix, backbone, plots_dir)
                 if path is not None:
                     paths.append(path)
+    for analysis in comparisons.analyses(groups, posthoc):
+        if analysis.can_draw_cd:
+            stem = _cd_stem(analysis.block, prefixes.get(analysis.block.backbone, ""))
+            fig = cd_diagram(analysis.ranks.average_ranks, analysis.groups, analysis.cd_title(),
+                             analysis.cd)  # fmt: skip
+            paths += [_save_figure(fig, plots_dir / f"{stem}{ext}") for ext in (".png", ".pdf")]
     return paths
 
 
+def _cd_stem(block: comparisons.Block, prefix: str) -> str:
+    """The file name (without suffix) of a comparison block's critical-difference diagram."""
+    return _slug(prefix, "cd", block.protocol, block.source, f"shots{block.shots}")
+
+
 def write_summary(
-    output_dir: str | Path, results: str | Path | None = None, plots: bool = True
+    output_dir: str | Path,
+    results: str | Path | None = None,
+    plots: bool = True,
+    posthoc: str = "wilcoxon",
 ) -> SummaryFiles:
-    """Read `<output_dir>/results.jsonl` (or `results`) and write summary.md, summary.csv and
-    plots/*.png into `output_dir`, each atomically."""
+    """Read `<output_dir>/results.jsonl` (or `results`) and write summary.md, summary.csv,
+    summary.tex and plots/*.png (CD diagrams also as PDF) into `output_dir`, each atomically.
+    `posthoc`: the CD diagram's post-hoc test, "wilcoxon" (with Holm) or "nemenyi"."""
+    if posthoc not in comparisons.POSTHOCS:
+        raise ReportError(
+            f"posthoc={posthoc!r}: expected one of {', '.join(comparisons.POSTHOCS)} (the "
+            "critical-difference diagram's post-hoc test)"
+        )
     output_dir = Path(output_dir)
     records = load_results(results or output_dir / RESULTS_FILE)
     cells = summarize(records)
-    files = SummaryFiles(output_dir / SUMMARY_MD, output_dir / SUMMARY_CSV, cells=cells)
+    groups = per_seed(records)
+    files = SummaryFiles(output_dir / SUMMARY_MD, output_dir / SUMMARY_CSV, cells=cells,
+                         tex=output_dir / SUMMARY_TEX)  # fmt: skip
     atomic_write_text(files.csv, render_csv(cells))
-    atomic_write_text(files.markdown, render_markdown(cells, n_records=len(records)))
+    markdown = render_markdown(cells, len(records), groups, PLOTS_DIR if plots else None, posthoc)
+    atomic_write_text(files.markdown, markdown)
+    atomic_write_text(files.tex, render_latex(cells, PROTOCOL_TITLES, AVERAGE))
     if plots:
-        files.plots = write_plots(cells, per_seed(records), output_dir / PLOTS_DIR)
+        files.plots = write_plots(cells, groups, output_dir / PLOTS_DIR, posthoc)
     return files
