@@ -270,6 +270,17 @@ def test_base_trained_run_evaluates_on_new_classes(world, tmp_path):
     assert len(run.results()) == 2
 
 
+def test_a_closed_set_method_refuses_other_classes_at_evaluation(world, tmp_path, monkeypatch):
+    """`classifies_new_classes = False` is the contract, whatever the method's set_classnames
+    does: evaluating such a run on other classes is one clear error, not a number."""
+    run = _train(world, tmp_path / "run", epochs=1, subsample="base")
+    monkeypatch.setattr(TinyMethod, "classifies_new_classes", False)
+    with pytest.raises(RunError, match="classifies only the 2 classes it was trained on"):
+        vlprompt.evaluate(run, subsample="new")
+    assert len(run.results()) == 1  # nothing recorded
+    assert vlprompt.evaluate(run, subsample="base")["n_classes"] == 2  # its own classes: fine
+
+
 def test_unknown_names_fail_with_the_choices(world, tmp_path):
     with pytest.raises(RunError, match="unknown method 'nope'.*Choices:.*test_tiny"):
         vlprompt.train("nope", "imagefolder", output_dir=tmp_path / "r")
