@@ -202,3 +202,21 @@ def test_crop_min_scale_flag_reaches_the_run_config(world, tmp_path):
     run = tmp_path / "run"
     assert main(_train_argv(world, run, "--crop-min-scale", "1")) == 0
     assert json.loads((run / "config.json").read_text())["engine"]["crop_min_scale"] == 1.0
+
+
+def test_resume_accepts_a_moved_data_folder(world, tmp_path):
+    """The data root is not part of a run's identity: `--resume --root NEW` continues the run
+    on the moved data (the old root is gone)."""
+    import shutil
+
+    old, new = tmp_path / "data-old", tmp_path / "data-new"
+    shutil.copytree(world["data"], old)
+    run = tmp_path / "run"
+    argv = ["train", "--method", "test_tiny", "--dataset", "imagefolder", "--root", str(old),
+            "--backbone", TINY_VIT, "--pretrained", str(world["ckpt"]), "--shots", "2",
+            "--epochs", "2", "-q", "-o", str(run)]  # fmt: skip
+    assert main(argv) == 0
+    (run / "status.json").unlink()  # as if killed after its last checkpoint
+    old.rename(new)
+    assert main(["train", "--resume", "--root", str(new), "-q", "-o", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["root"] == str(new.resolve())

@@ -85,7 +85,7 @@ def _edited_run(edit: Callable[[Path], None], command: str, *words: str) -> Call
         argv = {
             "eval": ["eval", str(run)],
             "predict": ["predict", str(run), image],
-            "resume": ["train", "--resume", "--epochs", "2", "-q", "-o", str(run)],
+            "resume": ["train", "--resume", "-q", "-o", str(run)],
         }[command]
         return argv, [str(run), *words]
 
@@ -157,7 +157,41 @@ CASES: dict[str, Callable] = {
         "state.safetensors",
     ),  # fmt: skip
     "garbage clip weights": _garbage_weights,
+    # settings that would be silently dropped or would hang
+    "epochs on an iterations recipe": lambda tmp, world: (
+        _train(world, tmp / "out", method="clip_lora"),
+        ["iterations=", "--iterations"],
+    ),
+    "ray flags without ray": lambda tmp, world: (
+        [*_bench(tmp), "--gpus-per-run", "1", "--ray-address", "auto"],
+        ["--ray-address, --gpus-per-run", "--executor ray"],
+    ),
+    "ray address where nothing listens": lambda tmp, world: (
+        [*_bench(tmp), "--executor", "ray", "--ray-address", "127.0.0.1:1"],
+        ["127.0.0.1:1", "nothing answers"],
+    ),
+    "resume with a preset": lambda tmp, world: (
+        ["train", "--resume", "--preset", "coop", "-q", "-o", str(_trained(world, tmp))],
+        ["--preset 'coop'", "another run"],
+    ),
+    "resume with a method setting": lambda tmp, world: (
+        ["train", "--resume", "--lr", "0.25", "-q", "-o", str(_trained(world, tmp))],
+        ["--lr 0.25", "another run"],
+    ),
+    "datasets root missing": lambda tmp, world: (
+        ["datasets", "--root", str(tmp / "nope")],
+        [str(tmp / "nope"), "does not exist"],
+    ),
+    "eval on cuda without cuda": lambda tmp, world: (
+        ["eval", str(_trained(world, tmp)), "--device", "cuda"],
+        ["CUDA is not available"],
+    ),
 }
+
+
+def _bench(tmp: Path) -> list[str]:
+    return ["bench", "fewshot", "--methods", "coop", "--datasets", "mini_shapes", "--seeds",
+            "1", "-q", "-o", str(tmp / "out")]  # fmt: skip
 
 
 def _snapshot(root: Path, skip: tuple[Path, ...]) -> dict[str, bytes]:

@@ -136,6 +136,7 @@ def load_run(
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
+    device = str(resolve_device(device, Dist()))  # CUDA asked for on a machine without: one line
     if not is_run_finished(run_dir):
         ckpt = latest_checkpoint(run_dir) if (run_dir / CHECKPOINT_DIR).is_dir() else None
         where = f"its last checkpoint is {ckpt.name}" if ckpt else "it has no checkpoint yet"
@@ -208,10 +209,12 @@ def resolve_config(
         raise RunError(str(exc)) from None
     info = get_dataset_info(dataset)  # DataError listing the choices
     backbone, pretrained = _default_backbone(dataset, backbone, pretrained)
-    overrides = {**resolve_preset(preset, method, dataset, shots), **(overrides or {})}
+    asked = dict(overrides or {})
+    overrides = {**resolve_preset(preset, method, dataset, shots), **asked}
     template = cls.template_for(dataset, info.template)
     if "template" not in overrides and template is not None:
         overrides["template"] = template
+    _refuse_ignored_epochs(method, cls, asked, overrides)
     try:
         method_config = make_config(method, **overrides).to_dict()
     except (TypeError, ValueError) as exc:
@@ -232,6 +235,27 @@ def resolve_config(
         engine=engine or EngineSettings(),
         preset=preset,
     )
+
+
+def _refuse_ignored_epochs(
+    method: str, cls: Any, asked: dict[str, Any], overrides: dict[str, Any]
+) -> None:
+    """A recipe counted in optimizer steps (`iterations`, e.g. CLIP-LoRA's) ignores `epochs`.
+    Epochs asked for where the recipe's (or a preset's) iterations rule are refused, never
+    silently dropped; asked for beside iterations, they are said to be unused."""
+    if "epochs" not in asked:
+        return
+    iterations = overrides.get("iterations", getattr(cls.config_class(), "iterations", 0))
+    if not iterations or iterations <= 0:
+        return
+    if "iterations" not in asked:
+        raise RunError(
+            f"method {method!r} trains for iterations={iterations} optimizer steps, so epochs="
+            f"{asked['epochs']} would be ignored; set --iterations N instead (or "
+            "--iterations 0 to train by epochs)"
+        )
+    log.warning("%s: iterations=%s sets the length; epochs=%s is unused", method, iterations,
+                asked["epochs"])  # fmt: skip
 
 
 def _prepare_run_dir_on_main(

@@ -402,6 +402,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         saved = read_run_config(output_dir)
         run_fields, engine, call, _ = split_train_kwargs(settings)
+        _refuse_other_identity(output_dir, saved, run_fields, engine, method_settings)
         if "root" in run_fields:  # the data moved: not part of the run's identity
             saved.root = str(Path(run_fields["root"]).expanduser().resolve())
         saved = replace(saved, engine=replace(saved.engine, **engine))
@@ -415,6 +416,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = api.train(method, dataset, **settings, **method_settings)
     _print_run_summary(run)
     return 0
+
+
+def _refuse_other_identity(output_dir, saved, run_fields, engine, method_settings) -> None:
+    """`--resume` alone continues the saved run with its saved config: a setting that would
+    make it another run (method settings, shots, a preset, precision, ...) is refused, never
+    dropped. The data root and the runtime settings (device, workers, ...) may change."""
+    from vlprompt.config import train_options
+
+    identity = {o.name for o in train_options() if o.identity}
+    asked = {**{k: v for k, v in run_fields.items() if k != "root"}, **method_settings}
+    asked.update({k: v for k, v in engine.items() if k in identity})
+    saved_values = {**saved.to_dict(), **saved.method_config, **vars(saved.engine)}
+    differ = [f"--{k.replace('_', '-')} {v!r} (saved: {saved_values.get(k, '<unset>')!r})"
+              for k, v in asked.items() if saved_values.get(k, "<unset>") != v]  # fmt: skip
+    if differ:
+        raise CliError(
+            f"--resume continues the run in {output_dir} with its saved config, but "
+            f"{'; '.join(differ)} would make it another run; leave {'it' if len(differ) == 1 else 'them'} "
+            "out, or start a new run with another --output-dir (or --overwrite)"
+        )
 
 
 def _print_run_summary(run: Any) -> None:
@@ -508,6 +529,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from vlprompt.protocols import run_bench
 
     train_kwargs = _train_options_given(args, "bench")  # every run's settings (root, device, ...)
+    _refuse_ray_flags_without_ray(args)
     ray = None
     if args.executor == "ray":
         ray = RayOptions(
@@ -536,6 +558,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     _print_bench_result(result, args.output_dir)
     return 0 if result.ok else 1
+
+
+RAY_FLAGS = {"ray_address": None, "cpus_per_run": 1.0, "gpus_per_run": 0.0, "max_retries": 2}
+
+
+def _refuse_ray_flags_without_ray(args: argparse.Namespace) -> None:
+    """The executor flags act under --executor ray only: set without it they would be dropped."""
+    if args.executor == "ray":
+        return
+    given = [k for k, default in RAY_FLAGS.items() if getattr(args, k) != default]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise CliError(
+            f"{flags} apply to Ray runs only, but the sweep would run locally; add "
+            "--executor ray (or leave them out)"
+        )
 
 
 def _split_settings(
@@ -623,6 +661,13 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     )
 
     if args.root:
+        root = Path(args.root).expanduser()
+        if not root.is_dir():
+            what = "is a file, not a folder" if root.exists() else "does not exist"
+            raise CliError(
+                f"--root {args.root} {what}; give the folder that holds the data sets "
+                "(e.g. ~/data with oxford_pets/, dtd/, ... inside)"
+            )
         print(format_datasets_table(describe_datasets(args.root)))
         return 0
     for name in list_datasets():

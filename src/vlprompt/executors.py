@@ -15,6 +15,8 @@ and the other jobs go on.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from typing import Any
 from vlprompt.errors import ExecutorError
 
 EXECUTORS = ("local", "ray")
+ADDRESS_TIMEOUT_S = 5.0  # how long an address may take to answer before Ray joins it
 RAY_INSTALL_HINT = "pip install 'vlprompt[ray]' (or: pip install ray)"
 
 
@@ -103,21 +106,81 @@ def import_ray() -> Any:
     return ray
 
 
-def run_on_ray(jobs: Sequence[Job], options: RayOptions, work: Work) -> Iterator[JobOutcome]:
-    """Every job as a Ray task running `work(job)` (a module-level function, which Ray sends
-    to its workers by reference), outcomes in the order they finish. Uses a Ray instance already
-    started in this process (`ray.init(...)`) as it is; otherwise starts or joins one as
-    `options.address` says and shuts it down at the end. Ctrl-C cancels the jobs not finished."""
+def _check_address(address: str) -> None:
+    """A HOST:PORT address must answer before Ray is asked to join it: Ray itself retries for
+    minutes against an address where nothing listens."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ExecutorError(
+            f"--ray-address {address!r}: expected auto or HOST:PORT (e.g. 10.0.0.5:6379, the "
+            "address `ray start --head` prints)"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ExecutorError(
+            f"--ray-address {address}: nothing answers there ({reason}); start the cluster "
+            "with `ray start --head` on that machine, or leave out --ray-address to start a "
+            "local Ray"
+        ) from None
+
+
+def _check_resources(ray: Any, options: RayOptions) -> None:
+    """Refuse a run size the cluster can never schedule (Ray would wait for it forever)."""
+    total = ray.cluster_resources()
+    for what, flag, want in (("GPU", "--gpus-per-run", options.gpus_per_run),
+                             ("CPU", "--cpus-per-run", options.cpus_per_run)):  # fmt: skip
+        have = float(total.get(what, 0))
+        if want > have:
+            raise ExecutorError(
+                f"{flag} {want:g}: the Ray cluster has {have:g} {what}(s) in all, so no run "
+                f"could ever start; lower {flag}" + (" (0 runs on CPUs)" if what == "GPU" else "")
+            )
+
+
+@contextlib.contextmanager
+def ray_session(options: RayOptions) -> Iterator[Any]:
+    """Ray started or joined as `options` say, its resources checked against one run's, and shut
+    down at the end if it was started here. A Ray instance already started in this process
+    (`ray.init(...)`) is used as it is."""
     ray = import_ray()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(
-            address=options.address,
-            include_dashboard=False,
-            log_to_driver=options.verbose,
-            configure_logging=False,
-        )
+        if options.address not in (None, "auto"):
+            _check_address(options.address)
+        try:
+            ray.init(
+                address=options.address,
+                include_dashboard=False,
+                log_to_driver=options.verbose,
+                configure_logging=False,
+            )
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = "running on this machine" if options.address == "auto" else "reachable"
+            raise ExecutorError(
+                f"--ray-address {options.address}: no Ray cluster is {where} "
+                f"({_first_line(exc)}); start one with `ray start --head`, or leave out "
+                "--ray-address to start a local Ray"
+            ) from None
     try:
+        _check_resources(ray, options)
+        yield ray
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def run_on_ray(jobs: Sequence[Job], options: RayOptions, work: Work) -> Iterator[JobOutcome]:
+    """Every job as a Ray task running `work(job)` (a module-level function, which Ray sends
+    to its workers by reference), outcomes in the order they finish, in a `ray_session`.
+    Ctrl-C cancels the jobs not finished."""
+    with ray_session(options) as ray:
         task = ray.remote(_ray_task).options(
             num_cpus=options.cpus_per_run,
             num_gpus=options.gpus_per_run,
@@ -139,9 +202,6 @@ def run_on_ray(jobs: Sequence[Job], options: RayOptions, work: Work) -> Iterator
             for ref in pending:
                 ray.cancel(ref, force=True)
             raise
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def _ray_task(job: Job, work: Work, threads: int, verbose: bool) -> JobOutcome:

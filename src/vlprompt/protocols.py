@@ -26,6 +26,7 @@ from its last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -41,6 +42,7 @@ from vlprompt.executors import (
     JobOutcome,
     RayOptions,
     import_ray,
+    ray_session,
     run_locally,
     run_on_ray,
 )
@@ -498,29 +500,32 @@ def run_bench(
             **(method_overrides or {}).get(spec.method, {}),
         }
 
-    output_dir = claim_folder(output_dir, "sweep", what="sweep folder")
-    with folder_lock(output_dir):  # one sweep per folder: it is the only writer of its results
-        if backend.check_run is not None:  # before any work: a run folder of other settings
+    # Ray is started (or joined) and its resources checked before the sweep folder is touched
+    session = ray_session(ray) if executor == "ray" else contextlib.nullcontext()
+    with session:
+        output_dir = claim_folder(output_dir, "sweep", what="sweep folder")
+        with folder_lock(output_dir):  # one sweep per folder: it is the only writer of its results
+            if backend.check_run is not None:  # before any work: a run folder of other settings
+                for spec in specs:
+                    identity = dict(shots=spec.shots, seed=spec.seed, subsample=spec.subsample)
+                    kwargs = {**kwargs_of(spec), **identity}
+                    backend.check_run(spec.run_dir(output_dir), spec.method, spec.dataset, kwargs)
+            results_path = output_dir / RESULTS_FILE
+            _repair_tail(results_path)
+            recorded = {r.get("key") for r in read_records(results_path)}
+            outcome = BenchResult(output_dir=output_dir, planned=[s.key for s in specs])
+            jobs = []
             for spec in specs:
-                identity = dict(shots=spec.shots, seed=spec.seed, subsample=spec.subsample)
-                kwargs = {**kwargs_of(spec), **identity}
-                backend.check_run(spec.run_dir(output_dir), spec.method, spec.dataset, kwargs)
-        results_path = output_dir / RESULTS_FILE
-        _repair_tail(results_path)
-        recorded = {r.get("key") for r in read_records(results_path)}
-        outcome = BenchResult(output_dir=output_dir, planned=[s.key for s in specs])
-        jobs = []
-        for spec in specs:
-            missing = tuple(e for e in spec.evaluations if spec.eval_key(e) not in recorded)
-            if missing:
-                jobs.append(Job(spec, missing, spec.run_dir(output_dir), kwargs_of(spec)))
+                missing = tuple(e for e in spec.evaluations if spec.eval_key(e) not in recorded)
+                if missing:
+                    jobs.append(Job(spec, missing, spec.run_dir(output_dir), kwargs_of(spec)))
+                else:
+                    outcome.skipped.append(spec.key)
+            if executor == "ray":
+                outcomes = run_on_ray(jobs, ray, run_engine_job)
             else:
-                outcome.skipped.append(spec.key)
-        if executor == "ray":
-            outcomes = run_on_ray(jobs, ray, run_engine_job)
-        else:
-            outcomes = run_locally(jobs, lambda job: run_job(job, backend), keep_going)
-        _collect(outcomes, outcome, len(specs), results_path, report, plots, progress)
+                outcomes = run_locally(jobs, lambda job: run_job(job, backend), keep_going)
+            _collect(outcomes, outcome, len(specs), results_path, report, plots, progress)
     return outcome
 
 
