@@ -130,7 +130,7 @@ def compute_logits(
         for start in range(0, feats.shape[0], batch_size):
             batch = feats[start : start + batch_size].to(device)
             with autocast:
-                chunks.append(method.forward_features(batch).float().cpu())
+                chunks.append(method.logits_from_features(batch).float().cpu())
     else:
         loader = DataLoader(
             ImageListDataset(mine, transform),

@@ -140,7 +140,7 @@ class CLIPAdapter(FrozenImageMixin, PromptMethod):
             mixed = ratio * self.adapter(x) + (1 - ratio) * x
             return mixed / mixed.norm(dim=-1, keepdim=True)
 
-    def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
+    def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         """Logits [B, C] from normalised frozen image features [B, E]."""
         text = self.zeroshot_text_features().to(image_features.device)
         return clip_logits(self.clip, self.adapted_features(image_features), text)

@@ -90,7 +90,7 @@ class CoCoOp(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
         bias = self.meta_net(image_features.float())  # [B, D]
         return self.ctx[None] + bias[:, None]
 
-    def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
+    def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         """Logits [B, C] from normalised frozen image features [B, E]."""
         ctx = self.shifted_context(image_features).to(self.clip.dtype)  # [B, n, D]
         n_cls, layout = len(self.classnames), self.layout

@@ -297,7 +297,7 @@ class TCP(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
         return self._text_cache.get(key, self.compute_text_features)
 
     # ---- logits and loss ---------------------------------------------------------------------
-    def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
+    def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         """Logits from normalised frozen image features [B, E] (no image-encoder pass)."""
         return clip_logits(self.clip, image_features, self.text_features())
 

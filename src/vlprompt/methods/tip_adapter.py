@@ -405,7 +405,7 @@ class TipAdapter(FrozenImageMixin, PromptMethod):
         return clip_logits(self.clip, image_features, self.text_features())
 
     # ---- classifying ---------------------------------------------------------------------------
-    def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
+    def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         if self.cache_keys.shape[0] == 0:
             raise MethodError(
                 f"{self.name} is not fitted: call fit(...) or fit_features(...) first"
