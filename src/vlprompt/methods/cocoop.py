@@ -68,6 +68,8 @@ class CoCoOp(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
     name: ClassVar[str] = "cocoop"
     config_class: ClassVar[type[MethodConfig]] = CoCoOpConfig
     config: CoCoOpConfig
+    # each image's meta-net shift enters the prompts of every class: no constant class side
+    text_depends_on_image: ClassVar[bool] = True
 
     def __init__(self, clip: ClipBackbone, classnames: list[str], config: CoCoOpConfig) -> None:
         super().__init__(clip, classnames, config)

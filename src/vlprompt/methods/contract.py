@@ -208,17 +208,14 @@ class PromptMethod(nn.Module):
     def _class_side_key(self) -> tuple:
         """What the class side depends on: the class list, each learned tensor (version and
         storage: an optimizer step, a load or `copy_` changes it) and the autocast dtype."""
-        own = [self.named_parameters(recurse=False), self.named_buffers(recurse=False)]
+        own = [self.parameters(recurse=False), self.buffers(recurse=False)]
         own += [
-            chain
+            group
             for name, child in self.named_children()
             if name != "clip"
-            for chain in (child.parameters(), child.buffers())
+            for group in (child.parameters(), child.buffers())
         ]
-        tensors = tuple(
-            (t._version, t.data_ptr(), t.dtype) for group in own for t in group
-            if isinstance(t, torch.Tensor)
-        )
+        tensors = tuple((t._version, t.data_ptr(), t.dtype) for group in own for t in group)
         return (*features_key(self.clip, self.classnames), tensors)
 
     @contextlib.contextmanager

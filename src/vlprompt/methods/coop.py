@@ -169,4 +169,4 @@ class CoOp(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
 
     def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         """Logits from normalised frozen image features [B, E] (no image-encoder pass)."""
-        return clip_logits(self.clip, image_features, self.text_features())
+        return clip_logits(self.clip, image_features, self.class_side())

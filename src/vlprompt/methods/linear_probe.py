@@ -201,12 +201,17 @@ class LinearProbe(FrozenImageMixin, PromptMethod):
         self.c_value.fill_(c)
 
     # ---- classifying -------------------------------------------------------------------------
+    def class_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fitted classifier: weights [C, E] and biases [C]."""
+        return self.weight, self.bias
+
     def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         if float(self.c_value) == 0.0:
             raise MethodError("the linear probe is not fitted: call fit_features(...) first")
+        weight, bias = self.class_side()
         x = nn.functional.normalize(image_features.float(), dim=-1)
         with full_precision(x.device):  # the fitted fp32 classifier, under autocast too
-            return x @ self.weight.t() + self.bias
+            return x @ weight.t() + bias
 
     def set_classnames(self, classnames: list[str]) -> None:
         names = validate_classnames(classnames)

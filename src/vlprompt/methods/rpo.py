@@ -168,7 +168,7 @@ class RPO(PromptMethod):
         """Logits and the frozen CLIP image features (normalised CLS output), which ProGrad's
         teacher reuses so it needs no image pass of its own."""
         image_prompts, cls_features = self.encode_image(images)
-        logits = self.pair_logits(image_prompts, self.text_features())
+        logits = self.pair_logits(image_prompts, self.class_side())
         return TrainOutput(logits, F.normalize(cls_features.detach(), dim=-1))
 
     def pair_logits(self, image_prompts: torch.Tensor, text_prompts: torch.Tensor) -> torch.Tensor:

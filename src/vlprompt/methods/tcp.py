@@ -299,7 +299,7 @@ class TCP(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
     # ---- logits and loss ---------------------------------------------------------------------
     def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         """Logits from normalised frozen image features [B, E] (no image-encoder pass)."""
-        return clip_logits(self.clip, image_features, self.text_features())
+        return clip_logits(self.clip, image_features, self.class_side())
 
     def forward_train(self, images: torch.Tensor) -> TCPTrainOutput:
         feats = self.image_features(images)

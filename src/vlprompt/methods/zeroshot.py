@@ -87,4 +87,4 @@ class ZeroShotCLIP(FrozenImageMixin, PromptMethod):
         return cached_ensemble_features(self.clip, self.classnames, self.templates(), self._cache)
 
     def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
-        return clip_logits(self.clip, image_features, self.text_features())
+        return clip_logits(self.clip, image_features, self.class_side())
