@@ -63,7 +63,9 @@ def test_linear_probe_fits_above_chance(tiny_clip):
 
 @pytest.mark.parametrize("name", FROZEN_IMAGE_METHODS)
 @pytest.mark.parametrize("backbone", ["tiny_clip", "tiny_rn_clip"])
-def test_logits_from_features_equals_forward_and_train_returns_the_features(name, backbone, request):
+def test_logits_from_features_equals_forward_and_train_returns_the_features(
+    name, backbone, request
+):
     clip = request.getfixturevalue(backbone)
     method = _ready(name, clip)
     images, _ = _batch(4)

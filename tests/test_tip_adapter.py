@@ -151,7 +151,9 @@ def test_new_classes_get_zero_shot_logits_and_are_reported(name, tiny_clip, capl
         assert torch.equal(mixed[:, 1:3], zero_shot[:, 1:3])
         assert torch.allclose(mixed[:, [0, 3]], base[:, [1, 0]], atol=1e-5)
         method.set_classnames(BASE)
-        assert method.uncached_classes == [] and torch.equal(method.logits_from_features(feats), base)
+        assert method.uncached_classes == [] and torch.equal(
+            method.logits_from_features(feats), base
+        )
 
 
 # ---- Tip-Adapter-F ----------------------------------------------------------------------------

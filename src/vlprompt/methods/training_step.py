@@ -16,6 +16,7 @@ from vlprompt.methods.gradient_rules import prograd_backward, prograd_kl
 if TYPE_CHECKING:
     from vlprompt.methods.contract import PromptMethod
 
+
 @dataclass
 class TrainOutput:
     """A training forward: the logits and, when the method has them for free, the frozen CLIP
