@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from test_method_matrix import CLASSNAMES, _method, own_methods
+from test_method_matrix import CASES, CLASSNAMES, _method, own_methods
 from vlprompt.data import ImageListDataset, transform_for
 from vlprompt.data.types import Datum
 from vlprompt.evaluation import compute_logits
@@ -145,3 +145,30 @@ def test_training_inside_never_reads_a_held_class_side(tiny_clip):
     with method.classifier(), torch.enable_grad():
         text = method.class_side()
     assert text.requires_grad and method._held_class_side.value is None
+
+
+@pytest.mark.usefixtures("isolated_home")
+def test_predict_runs_the_text_side_once_per_call(world, tmp_path, monkeypatch):
+    """`Run.predict` over 3 batches runs the prompted text tower as often as over 1 batch, with
+    the same top-k."""
+    import vlprompt
+    from test_engine_helpers import TINY_VIT
+
+    run = vlprompt.train(
+        "ivlp", "imagefolder", root=world["data"], backbone=TINY_VIT, pretrained=world["ckpt"],
+        output_dir=tmp_path / "run", shots=2, progress=False, evaluate=False, epochs=1,
+        **CASES["ivlp"][0],
+    )  # fmt: skip
+    images = sorted((world["data"] / "test").rglob("*.png"))[:3]
+    passes = TextPasses(run.clip, monkeypatch)
+    counts, answers = [], []
+    for batch_size in (1, 3):
+        passes.count = 0
+        answers.append(run.predict(images, topk=2, batch_size=batch_size))
+        counts.append(passes.count)
+    assert counts == [1, 1]
+    assert [[name for name, _ in a] for a in answers[0]] == [
+        [name for name, _ in a] for a in answers[1]
+    ]
+    for a, b in zip(answers[0], answers[1], strict=True):
+        assert [p for _, p in a] == pytest.approx([p for _, p in b], abs=1e-5)

@@ -27,10 +27,8 @@ import torch.nn.functional as F
 
 from vlprompt.attention import SharedPrefixRows, check_block
 from vlprompt.backbone import ClipBackbone
-from vlprompt.chunking import CHECKPOINT_MODES, encode_in_chunks
+from vlprompt.chunking import encode_in_chunks
 from vlprompt.errors import MethodError
-
-__all__ = ["CHECKPOINT_MODES"]  # re-exported: the settings checks read it from here
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 PLACEHOLDER = "X"  # the official placeholder word for context slots (one BPE token)
