@@ -7,6 +7,8 @@ Methods whose image encoder is frozen (`frozen_image_encoder = True`: zero-shot 
 KgCoOp, ProGrad, linear probe) are evaluated from image features: encoded once through
 `vlprompt.feature_cache` and read back on later evaluations, so a warm cache means no image-encoder
 pass at all. Other methods (e.g. RPO, whose prompts enter the image encoder) run on the images.
+Either way the method runs as `method.classifier()`: a method whose class side does not depend on
+the image (all but CoCoOp) computes it once per call, not once per batch.
 Under DDP every process evaluates a strided shard and the logits are gathered on every process.
 """
 
