@@ -31,7 +31,15 @@ fp32. Numbers do not depend on the weights, only on shapes. What is measured:
    method, beyond this machine, so it is measured at `--ref-text-classes` (default 50, 100) and
    extrapolated linearly (least squares) to 1000: labelled "extrapolated" in the report (every
    activation of the reference text side is per class, so its memory is linear in classes).
-4. Evaluation from a warm feature cache: for each frozen-image method, evaluating 4 PNG images
+4. Evaluation: the class side once per call. For IVLP, MaPLe and PromptSRC (prompted text
+   towers) at `--eval-classes` (1000, ImageNet's count), `--eval-images` random images in
+   batches of `--eval-batch`, without autograd, timed once each: "per batch" calls the method
+   on every batch (each forward runs the prompted text tower for all classes again: the
+   evaluation before the class side entered the method contract) and "once per call" runs the
+   same batches inside `method.classifier()` (`vlprompt.evaluation.compute_logits` and
+   `Run.predict` do this: the text side once, then only the image tower per batch); with the
+   max abs logit difference between the two.
+5. Evaluation from a warm feature cache: for each frozen-image method, evaluating 4 PNG images
    twice through `vlprompt.evaluation.compute_logits` with a `FeatureCache`, counting calls of
    the visual tower (a forward hook on `clip.visual`), `clip.encode_image` and
    `clip.vision_embed`: the second evaluation must make none and give the same logits.
@@ -93,6 +101,7 @@ TEXT_SIDE = {
     ),
     "maple (coupled deep prompts; default chunks)": ("maple", {}),
 }
+CLASS_SIDE = ("ivlp", "maple", "promptsrc")  # text side once per evaluation call vs per batch
 FROZEN_IMAGE = (
     "coop",
     "kgcoop",
@@ -327,6 +336,47 @@ def measure_text_side(methods: list[str], clip, args) -> list[TextSide]:
     return out
 
 
+@dataclass
+class ClassSideEval:
+    method: str
+    batches: int
+    per_batch_s: float  # every batch's forward runs the text side
+    once_s: float  # inside `method.classifier()`: the text side once
+    max_diff: float
+
+
+def measure_class_side(methods: list[str], clip, args) -> list[ClassSideEval]:
+    """Evaluation time of the text-prompted methods, per batch vs once per call (same batches,
+    same logits), at `args.eval_classes` classes."""
+    gen = torch.Generator().manual_seed(3)
+    size = clip.image_size
+    images = torch.randn(args.eval_images, 3, size, size, generator=gen)
+    batches = images.split(args.eval_batch)
+    out = []
+    for method in [m for m in CLASS_SIDE if m in methods]:
+        model = build(method, clip, classnames(args.eval_classes), "fast").eval()
+
+        def per_batch(model=model) -> torch.Tensor:
+            with torch.no_grad():
+                return torch.cat([model(b) for b in batches])
+
+        def once(model=model) -> torch.Tensor:
+            with model.classifier():
+                return torch.cat([model(b) for b in batches])
+
+        say(f"{method} evaluation at {args.eval_classes} classes, {len(batches)} batches ...")
+        start = time.perf_counter()
+        old = per_batch()
+        old_s = time.perf_counter() - start
+        start = time.perf_counter()
+        new = once()
+        new_s = time.perf_counter() - start
+        diff = float((old - new).abs().max())
+        out.append(ClassSideEval(method, len(batches), old_s, new_s, diff))
+        say(f"  per batch {old_s:.1f}s, once per call {new_s:.1f}s ({old_s / new_s:.1f}x)")
+    return out
+
+
 def check_warm_cache_eval(methods: list[str], clip, args) -> list[tuple[str, int, int, float]]:
     """(method, image-tower calls cold, calls warm, max |logit diff| cold vs warm)."""
     from PIL import Image
@@ -413,7 +463,7 @@ def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**met**" if ok else "**not met**")
 
 
-def render(steps, texts, evals, info, args) -> str:
+def render(steps, texts, evals, info, args, class_side=()) -> str:
     by = {(v.method, v.label): v for v in steps}
     lines = [
         "# Benchmarks",
@@ -503,6 +553,23 @@ def render(steps, texts, evals, info, args) -> str:
                 f"| {t.layout} | {fmt(t.ours_mb, 0)} | {measured} | "
                 f"{fmt(t.ref_at_target_mb, 0)} | {fmt(ratio(t.ours_mb, t.ref_at_target_mb))}x |"
             )
+    if class_side:
+        lines += [
+            "",
+            f"## Evaluation at {args.eval_classes} classes: the class side once per call",
+            "",
+            f"{args.eval_images} images in batches of {args.eval_batch}, no autograd, timed "
+            "once each.",
+            "",
+            "| method | batches | per batch s (text side every batch) | once per call s "
+            "(`method.classifier()`) | speed-up | max abs logit diff |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in class_side:
+            lines.append(
+                f"| {c.method} | {c.batches} | {c.per_batch_s:.1f} | {c.once_s:.1f} | "
+                f"{fmt(ratio(c.once_s, c.per_batch_s))}x | {c.max_diff:.1e} |"
+            )
     if evals:
         lines += ["", "## Evaluation from a warm feature cache", ""]
         for method, cold, warm, diff in evals:
@@ -569,7 +636,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text-classes", type=int, default=1000, help="ours, measured")
     parser.add_argument("--ref-text-classes", default="50,100",
                         help="reference text side, measured then extrapolated")  # fmt: skip
-    parser.add_argument("--skip", default="", help="parts to skip: steps,text,eval")
+    parser.add_argument("--skip", default="",
+                        help="parts to skip: steps,text,classside,eval")  # fmt: skip
+    parser.add_argument("--eval-classes", type=int, default=1000,
+                        help="classes of the class-side evaluation")  # fmt: skip
+    parser.add_argument("--eval-images", type=int, default=8,
+                        help="images of the class-side evaluation")  # fmt: skip
+    parser.add_argument("--eval-batch", type=int, default=2,
+                        help="batch of the class-side evaluation")  # fmt: skip
     parser.add_argument("--out", default="BENCHMARKS.md", help="Markdown report to write")
     parser.add_argument("--model", default="ViT-B-16", help="open_clip architecture")
     parser.add_argument("--note", default="", help="a line about the run, added to the report")
@@ -580,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     args.ref_text_classes = [int(n) for n in args.ref_text_classes.split(",") if n]
     if args.quick:
         args.classes, args.text_classes, args.ref_text_classes = 10, 40, [10, 20]
+        args.eval_classes = min(args.eval_classes, 40)
         args.repeats = min(args.repeats, 2)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -595,10 +670,12 @@ def main(argv: list[str] | None = None) -> int:
     clip.requires_grad_(False)
     steps = measure_steps(methods, clip, args) if "steps" not in skip else []
     texts = measure_text_side(methods, clip, args) if "text" not in skip else []
+    class_side = measure_class_side(methods, clip, args) if "classside" not in skip else []
     evals = check_warm_cache_eval(methods, clip, args) if "eval" not in skip else []
     info["load_end"] = load_average()[0]
     info["wall_min"] = (time.perf_counter() - started) / 60
-    report = with_analysis(render(steps, texts, evals, info, args), Path(args.out))
+    report = render(steps, texts, evals, info, args, class_side)
+    report = with_analysis(report, Path(args.out))
     atomic_write_text(args.out, report)
     print(report)
     say(f"vlprompt {vlprompt.__version__}: wrote {args.out}")

@@ -81,8 +81,8 @@ def test_the_scale_of_the_feature_does_not_change_the_logits(clip):
     feats = clip.encode_image(_batch(clip)[0], normalize=False)
     with torch.no_grad():
         torch.testing.assert_close(
-            method.forward_features(feats * 37.0),
-            method.forward_features(F.normalize(feats, dim=-1)),
+            method.logits_from_features(feats * 37.0),
+            method.logits_from_features(F.normalize(feats, dim=-1)),
             atol=1e-5, rtol=0,
         )  # fmt: skip
 

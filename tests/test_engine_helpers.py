@@ -41,13 +41,13 @@ class TinyMethod(PromptMethod):
         super().__init__(clip, classnames, config)
         self.shift = nn.Parameter(0.01 * torch.randn(clip.embed_dim))
 
-    def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
+    def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         feats = F.normalize(image_features.float() + self.shift, dim=-1)
         text = self.zeroshot_text_features().float()
         return self.clip.logit_scale * feats @ text.t()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(self.clip.encode_image(images, normalize=True))
+        return self.logits_from_features(self.clip.encode_image(images, normalize=True))
 
 
 if "test_tiny" not in _METHODS:

@@ -51,7 +51,7 @@ def test_the_base_class_declares_every_capability_with_its_default(tiny_clip):
     with pytest.raises(NotImplementedError):
         PromptMethod.frozen_image_state(method, torch.zeros(1, 3, 32, 32))
     with pytest.raises(NotImplementedError):
-        PromptMethod.forward_features(method, torch.zeros(1, 4))
+        PromptMethod.logits_from_features(method, torch.zeros(1, 4))
 
 
 def test_capabilities_of_the_built_in_methods(tiny_clip):

@@ -48,12 +48,12 @@ class BiasOnly(PromptMethod):
         super().__init__(clip, classnames, config)
         self.bias = nn.Parameter(torch.zeros(clip.embed_dim))
 
-    def forward_features(self, image_features):
+    def logits_from_features(self, image_features):
         text = F.normalize(self.zeroshot_text_features().float() + self.bias, dim=-1)
         return self.clip.logit_scale * image_features.float() @ text.t()
 
     def forward(self, images):
-        return self.forward_features(self.clip.encode_image(images, normalize=True))
+        return self.logits_from_features(self.clip.encode_image(images, normalize=True))
 '''
 
 

@@ -63,7 +63,9 @@ def test_linear_probe_fits_above_chance(tiny_clip):
 
 @pytest.mark.parametrize("name", FROZEN_IMAGE_METHODS)
 @pytest.mark.parametrize("backbone", ["tiny_clip", "tiny_rn_clip"])
-def test_forward_features_equals_forward_and_train_returns_the_features(name, backbone, request):
+def test_logits_from_features_equals_forward_and_train_returns_the_features(
+    name, backbone, request
+):
     clip = request.getfixturevalue(backbone)
     method = _ready(name, clip)
     images, _ = _batch(4)
@@ -71,7 +73,7 @@ def test_forward_features_equals_forward_and_train_returns_the_features(name, ba
         feats = clip.encode_image(images, normalize=True)
         logits = method(images)
         assert logits.shape == (4, len(CLASSNAMES))
-        torch.testing.assert_close(method.forward_features(feats), logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(method.logits_from_features(feats), logits, atol=1e-5, rtol=1e-5)
         out = method.forward_train(images)
     torch.testing.assert_close(out.image_features, feats)
     torch.testing.assert_close(out.logits, logits, atol=1e-5, rtol=1e-5)

@@ -227,11 +227,11 @@ def test_evaluation_cache_follows_a_step():
     m = _method(clip)
     feats = clip.encode_image(_images(clip), normalize=True)
     with torch.no_grad():
-        before = m.forward_features(feats)
+        before = m.logits_from_features(feats)
         m.meta_net.linear2.bias.add_(torch.randn_like(m.meta_net.linear2.bias))
-        after = m.forward_features(feats)
+        after = m.logits_from_features(feats)
         m._text_cache.clear()
-        torch.testing.assert_close(after, m.forward_features(feats), atol=0, rtol=0)
+        torch.testing.assert_close(after, m.logits_from_features(feats), atol=0, rtol=0)
     assert not torch.allclose(before, after)
 
 

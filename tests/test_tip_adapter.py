@@ -125,10 +125,10 @@ def test_alpha_zero_gives_the_zero_shot_logits(tiny_clip, templates):
     zsclip = create_method("zsclip", tiny_clip, BASE, templates=templates)
     feats, _ = _features(tiny_clip, 8, seed=5)
     with torch.no_grad():
-        assert torch.equal(method.forward_features(feats), zsclip.forward_features(feats))
+        assert torch.equal(method.logits_from_features(feats), zsclip.logits_from_features(feats))
         assert not torch.equal(
-            _fitted("tip_adapter", tiny_clip, templates=templates).forward_features(feats),
-            zsclip.forward_features(feats),
+            _fitted("tip_adapter", tiny_clip, templates=templates).logits_from_features(feats),
+            zsclip.logits_from_features(feats),
         )  # with the searched alpha the cache does change the logits
 
 
@@ -137,21 +137,23 @@ def test_new_classes_get_zero_shot_logits_and_are_reported(name, tiny_clip, capl
     method = _fitted(name, tiny_clip, epochs=2)
     feats, _ = _features(tiny_clip, 8, seed=5)
     with torch.no_grad():
-        base = method.forward_features(feats)
+        base = method.logits_from_features(feats)
         with caplog.at_level(logging.WARNING, logger="vlprompt.methods.tip_adapter"):
             method.set_classnames(NEW)
         assert method.uncached_classes == NEW and "no images of 2 of the 2 classes" in caplog.text
 
         def zsclip(names):
-            return create_method("zsclip", tiny_clip, names).forward_features(feats)
+            return create_method("zsclip", tiny_clip, names).logits_from_features(feats)
 
-        assert torch.equal(method.forward_features(feats), zsclip(NEW))
+        assert torch.equal(method.logits_from_features(feats), zsclip(NEW))
         method.set_classnames(["cat", *NEW, "dog"])  # a mixed list: cache columns for cat, dog
-        mixed, zero_shot = method.forward_features(feats), zsclip(["cat", *NEW, "dog"])
+        mixed, zero_shot = method.logits_from_features(feats), zsclip(["cat", *NEW, "dog"])
         assert torch.equal(mixed[:, 1:3], zero_shot[:, 1:3])
         assert torch.allclose(mixed[:, [0, 3]], base[:, [1, 0]], atol=1e-5)
         method.set_classnames(BASE)
-        assert method.uncached_classes == [] and torch.equal(method.forward_features(feats), base)
+        assert method.uncached_classes == [] and torch.equal(
+            method.logits_from_features(feats), base
+        )
 
 
 # ---- Tip-Adapter-F ----------------------------------------------------------------------------
@@ -230,10 +232,10 @@ def test_save_then_load_gives_identical_logits(name, tiny_clip, tmp_path):
     loaded = get_method_class(name).load(tmp_path, tiny_clip)
     feats, _ = _features(tiny_clip, 8, seed=5)
     with torch.no_grad():
-        assert torch.equal(loaded.forward_features(feats), method.forward_features(feats))
+        assert torch.equal(loaded.logits_from_features(feats), method.logits_from_features(feats))
         on_new = get_method_class(name).load(tmp_path, tiny_clip, classnames=NEW)
         zsclip = create_method("zsclip", tiny_clip, NEW)
-        assert torch.equal(on_new.forward_features(feats), zsclip.forward_features(feats))
+        assert torch.equal(on_new.logits_from_features(feats), zsclip.logits_from_features(feats))
     with pytest.raises(MethodError, match="while it points at the classes it was fitted on"):
         on_new.save(tmp_path / "again")
 
@@ -264,6 +266,6 @@ def test_unfitted_or_mislabelled_is_a_clear_error(tiny_clip):
     method = create_method("tip_adapter", tiny_clip, BASE)
     feats, labels = _features(tiny_clip, 4, seed=0)
     with pytest.raises(MethodError, match="tip_adapter is not fitted"):
-        method.forward_features(feats)
+        method.logits_from_features(feats)
     with pytest.raises(MethodError, match=r"training labels must lie in 0..3, got 0..4"):
         method.fit_features(feats, torch.tensor([0, 1, 2, 4]))

@@ -100,20 +100,20 @@ class Run:
         transform = transform_for(self.clip, train=False)
         k = min(topk, len(self.classnames))
         out: list[list[tuple[str, float]]] = []
-        self.method.eval()
-        for start in range(0, len(images), batch_size):
-            batch = []
-            for image in images[start : start + batch_size]:
-                if isinstance(image, Image.Image):
-                    image = to_rgb(image)
-                else:
-                    image = open_image(str(image))
-                batch.append(transform(image))
-            logits = self.method(torch.stack(batch).to(self.clip.device)).float()
-            probs = logits.softmax(dim=-1).cpu()
-            values, indices = probs.topk(k, dim=-1)
-            for vals, idxs in zip(values.tolist(), indices.tolist()):
-                out.append([(self.classnames[i], float(v)) for v, i in zip(vals, idxs)])
+        with self.method.classifier():  # the class side once for all batches, not per batch
+            for start in range(0, len(images), batch_size):
+                batch = []
+                for image in images[start : start + batch_size]:
+                    if isinstance(image, Image.Image):
+                        image = to_rgb(image)
+                    else:
+                        image = open_image(str(image))
+                    batch.append(transform(image))
+                logits = self.method(torch.stack(batch).to(self.clip.device)).float()
+                probs = logits.softmax(dim=-1).cpu()
+                values, indices = probs.topk(k, dim=-1)
+                for vals, idxs in zip(values.tolist(), indices.tolist()):
+                    out.append([(self.classnames[i], float(v)) for v, i in zip(vals, idxs)])
         return out
 
 

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from vlprompt.attention import check_block, pooled_rows_forward
 from vlprompt.backbone import ClipBackbone, ReplaceTokens
+from vlprompt.chunking import encode_in_chunks
 from vlprompt.errors import MethodError
 
 # The official depth of IVLP, PromptSRC and MaPLe on ViT-B/16 (12 blocks per tower).
@@ -127,25 +127,15 @@ def chunked_deep_text_features(
 ) -> torch.Tensor:
     """`deep_text_features` (pooled rows only) of `chunk_size` classes at a time, each chunk
     cut at its own longest EOS: the same numbers (the classes do not interact and the mask is
-    causal). While training, chunks are checkpointed ('auto': when there is more than one;
-    'always'; 'never'), so the text side's activation memory is one chunk's, not 1000 classes'
-    (ImageNet), at the cost of recomputing each chunk's forward in the backward."""
-    n = prompts.shape[0]
-    ckpt = torch.is_grad_enabled() and (
-        checkpoint_mode == "always" or (checkpoint_mode == "auto" and n > chunk_size)
-    )
-    outs = []
-    for start in range(0, n, chunk_size):
-        part = slice(start, start + chunk_size)
-        eot = eot_index[part]
-        chunk = prompts[part, : int(eot.max()) + 1]
-        parts = [d[part] if d.dim() == 3 else d for d in deep]  # per-class deep prompts: sliced
+    causal). Chunks and checkpointing: `vlprompt.chunking.encode_in_chunks`."""
 
-        def encode(chunk=chunk, eot=eot, parts=parts) -> torch.Tensor:
-            return deep_text_features(clip, chunk, eot, parts, pooled_only=True)
+    def encode(rows: slice) -> torch.Tensor:
+        eot = eot_index[rows]
+        chunk = prompts[rows, : int(eot.max()) + 1]
+        parts = [d[rows] if d.dim() == 3 else d for d in deep]  # per-class deep prompts: sliced
+        return deep_text_features(clip, chunk, eot, parts, pooled_only=True)
 
-        outs.append(checkpoint(encode, use_reentrant=False) if ckpt else encode())
-    return torch.cat(outs)
+    return encode_in_chunks(encode, prompts.shape[0], chunk_size, checkpoint_mode)
 
 
 class DeepTextFeaturesMixin:

@@ -7,6 +7,8 @@ Methods whose image encoder is frozen (`frozen_image_encoder = True`: zero-shot 
 KgCoOp, ProGrad, linear probe) are evaluated from image features: encoded once through
 `vlprompt.feature_cache` and read back on later evaluations, so a warm cache means no image-encoder
 pass at all. Other methods (e.g. RPO, whose prompts enter the image encoder) run on the images.
+Either way the method runs as `method.classifier()`: a method whose class side does not depend on
+the image (all but CoCoOp) computes it once per call, not once per batch.
 Under DDP every process evaluates a strided shard and the logits are gathered on every process.
 """
 
@@ -105,10 +107,9 @@ def compute_logits(
     """Logits [N, C] (float32, CPU) of `method` on `items` (Datums), in order; and whether
     they were computed from frozen image features. `feature_cache`: a FeatureCache (or None).
     `precision` as in training (`vlprompt.precision.effective_precision`: CPU bf16 runs under
-    autocast, CUDA `auto` under fp16 autocast)."""
-    from torch.utils.data import DataLoader
-
-    from vlprompt.data import ImageListDataset, transform_for
+    autocast, CUDA `auto` under fp16 autocast). The method runs as `method.classifier()`: its
+    class side (e.g. prompted text features) is computed once for all batches."""
+    from vlprompt.data import transform_for
 
     ctx = ctx or Dist()
     clip = method.clip
@@ -117,7 +118,27 @@ def compute_logits(
     if use_features is None:
         use_features = method.frozen_image_encoder
     mine = [items[i] for i in _shard(len(items), ctx)]
-    method.eval()
+    with method.classifier():  # the class side once for all batches, not once per batch
+        chunks = _logit_chunks(
+            method, mine, transform, batch_size, num_workers, precision, ctx, feature_cache,
+            use_features,
+        )  # fmt: skip
+    n_classes = len(method.classnames)
+    local = torch.cat(chunks) if chunks else torch.zeros(0, n_classes)
+    return _gather_rows(local, len(items), ctx, _comm_device(device, ctx)), use_features
+
+
+def _logit_chunks(
+    method: Any, mine: Sequence[Any], transform: Any, batch_size: int, num_workers: int,
+    precision: str, ctx: Dist, feature_cache: Any, use_features: bool,
+) -> list[torch.Tensor]:  # fmt: skip
+    """The logits (float32, CPU) of this process's items, batch by batch."""
+    from torch.utils.data import DataLoader
+
+    from vlprompt.data import ImageListDataset
+
+    clip = method.clip
+    device = clip.device
     autocast = autocast_for(device, precision)  # the training steps' autocast (engine.fit)
     chunks = []
     if use_features:
@@ -130,7 +151,7 @@ def compute_logits(
         for start in range(0, feats.shape[0], batch_size):
             batch = feats[start : start + batch_size].to(device)
             with autocast:
-                chunks.append(method.forward_features(batch).float().cpu())
+                chunks.append(method.logits_from_features(batch).float().cpu())
     else:
         loader = DataLoader(
             ImageListDataset(mine, transform),
@@ -141,9 +162,7 @@ def compute_logits(
         for images, _ in loader:
             with autocast:
                 chunks.append(method(images.to(device)).float().cpu())
-    n_classes = len(method.classnames)
-    local = torch.cat(chunks) if chunks else torch.zeros(0, n_classes)
-    return _gather_rows(local, len(items), ctx, _comm_device(device, ctx)), use_features
+    return chunks
 
 
 def _comm_device(device: torch.device, ctx: Dist) -> torch.device:

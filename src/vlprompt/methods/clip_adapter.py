@@ -140,7 +140,11 @@ class CLIPAdapter(FrozenImageMixin, PromptMethod):
             mixed = ratio * self.adapter(x) + (1 - ratio) * x
             return mixed / mixed.norm(dim=-1, keepdim=True)
 
-    def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
+    def class_features(self) -> torch.Tensor:
+        """The frozen text features of the hand-crafted prompt [C, E] (fp32)."""
+        return self.zeroshot_text_features()
+
+    def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         """Logits [B, C] from normalised frozen image features [B, E]."""
-        text = self.zeroshot_text_features().to(image_features.device)
+        text = self.class_side().to(image_features.device)
         return clip_logits(self.clip, self.adapted_features(image_features), text)

@@ -401,7 +401,7 @@ class CLIPLoRA(PromptMethod):
             return self.clip.encode_image(images, normalize=True)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        text = self.text_features()
+        text = self.class_side()
         image = self.lora_image_features(images)
         with full_precision(image.device):
             scale = self.config.logit_scale or self.clip.logit_scale.float()

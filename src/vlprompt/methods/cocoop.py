@@ -68,6 +68,8 @@ class CoCoOp(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
     name: ClassVar[str] = "cocoop"
     config_class: ClassVar[type[MethodConfig]] = CoCoOpConfig
     config: CoCoOpConfig
+    # each image's meta-net shift enters the prompts of every class: no constant class side
+    text_depends_on_image: ClassVar[bool] = True
 
     def __init__(self, clip: ClipBackbone, classnames: list[str], config: CoCoOpConfig) -> None:
         super().__init__(clip, classnames, config)
@@ -90,7 +92,7 @@ class CoCoOp(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
         bias = self.meta_net(image_features.float())  # [B, D]
         return self.ctx[None] + bias[:, None]
 
-    def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
+    def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         """Logits [B, C] from normalised frozen image features [B, E]."""
         ctx = self.shifted_context(image_features).to(self.clip.dtype)  # [B, n, D]
         n_cls, layout = len(self.classnames), self.layout

@@ -167,6 +167,6 @@ class CoOp(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
             key, lambda: te.normalize(self.encode_prompts(self.prompt_embeddings()))
         )
 
-    def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
+    def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         """Logits from normalised frozen image features [B, E] (no image-encoder pass)."""
-        return clip_logits(self.clip, image_features, self.text_features())
+        return clip_logits(self.clip, image_features, self.class_side())

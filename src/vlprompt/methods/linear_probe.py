@@ -8,10 +8,10 @@ round fits both ends and keeps the better half, ties to the smaller C); the clas
 round is kept, as in the official script. Without validation features C = `default_c`.
 
 The fitted weights are stored as tensors (`weight` [C, E], `bias` [C]) so the probe saves as
-safetensors and classifies with `forward` / `forward_features` like every method.
+safetensors and classifies with `forward` / `logits_from_features` like every method.
 
 Departure: CoOp's `lpclip` fits unnormalised features; we normalise them so the probe shares the
-feature cache and `forward_features` contract of the other methods (the C sweep absorbs the scale).
+feature cache and `logits_from_features` contract of the other methods (the C sweep absorbs the scale).
 """
 
 from __future__ import annotations
@@ -201,12 +201,17 @@ class LinearProbe(FrozenImageMixin, PromptMethod):
         self.c_value.fill_(c)
 
     # ---- classifying -------------------------------------------------------------------------
-    def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
+    def class_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fitted classifier: weights [C, E] and biases [C]."""
+        return self.weight, self.bias
+
+    def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         if float(self.c_value) == 0.0:
             raise MethodError("the linear probe is not fitted: call fit_features(...) first")
+        weight, bias = self.class_side()
         x = nn.functional.normalize(image_features.float(), dim=-1)
         with full_precision(x.device):  # the fitted fp32 classifier, under autocast too
-            return x @ self.weight.t() + self.bias
+            return x @ weight.t() + bias
 
     def set_classnames(self, classnames: list[str]) -> None:
         names = validate_classnames(classnames)

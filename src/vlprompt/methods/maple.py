@@ -283,4 +283,4 @@ class MaPLe(DeepTextFeaturesMixin, PromptLayoutMixin, PromptMethod):
 
     def forward_train(self, images: torch.Tensor) -> TrainOutput:
         img = F.normalize(self.encode_image(images), dim=-1)
-        return TrainOutput(clip_logits(self.clip, img, self.text_features()))
+        return TrainOutput(clip_logits(self.clip, img, self.class_side()))

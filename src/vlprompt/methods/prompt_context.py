@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbone import ClipBackbone
+from vlprompt.chunking import CHECKPOINT_MODES
 from vlprompt.errors import MethodError
 from vlprompt.methods import text_encoding as te
 from vlprompt.methods.base import IMPLEMENTATIONS, RUNTIME, MethodConfig, validate_classnames
@@ -75,9 +76,9 @@ def check_text_chunking(config: MethodConfig) -> None:
     class chunks, shared by the context methods and MaPLe)."""
     if config.text_chunk_size < 1:
         raise MethodError(f"text_chunk_size must be >= 1, got {config.text_chunk_size}")
-    if config.text_checkpoint not in te.CHECKPOINT_MODES:
+    if config.text_checkpoint not in CHECKPOINT_MODES:
         raise MethodError(
-            f"text_checkpoint must be one of {te.CHECKPOINT_MODES}, got {config.text_checkpoint!r}"
+            f"text_checkpoint must be one of {CHECKPOINT_MODES}, got {config.text_checkpoint!r}"
         )
 
 

@@ -293,7 +293,7 @@ class PromptSRC(IVLP):
     def _prompted(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, normalised prompted image features, normalised prompted text features)."""
         img = F.normalize(self.encode_image(images), dim=-1)
-        text = self.text_features()
+        text = self.class_side()
         return clip_logits(self.clip, img, text), img, text
 
     def forward_train(self, images: torch.Tensor) -> PromptSRCTrainOutput:

@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vlprompt.attention import CollectKeyValues, KeyValues, ReadOnlyRows, check_block
 from vlprompt.backbone import ClipBackbone
+from vlprompt.chunking import encode_in_chunks
 from vlprompt.errors import RPOError
 from vlprompt.methods.base import (
     IMPLEMENTATIONS,
@@ -75,10 +76,10 @@ class RPOConfig(MethodConfig):
     text_chunk_size: int = field(
         default=256,
         metadata={
-            "help": "fast path, training only: classes per chunk of the text forward, each "
-            "chunk recomputed in backward (activation checkpointing) so peak memory stays "
-            "bounded at 1000 classes; costs one extra text forward per step, same numbers. Only "
-            "used with more classes than this; 0 = all classes at once",
+            "help": "fast path: classes per chunk of the text forward (training and "
+            "evaluation); while training with more than one chunk, each chunk is recomputed in "
+            "backward (activation checkpointing) so peak memory stays bounded at 1000 classes; "
+            "costs one extra text forward per step, same numbers; 0 = all classes at once",
             **RUNTIME,
         },
     )
@@ -164,7 +165,7 @@ class RPO(PromptMethod):
         """Logits and the frozen CLIP image features (normalised CLS output), which ProGrad's
         teacher reuses so it needs no image pass of its own."""
         image_prompts, cls_features = self.encode_image(images)
-        logits = self.pair_logits(image_prompts, self.text_features())
+        logits = self.pair_logits(image_prompts, self.class_side())
         return TrainOutput(logits, F.normalize(cls_features.detach(), dim=-1))
 
     def pair_logits(self, image_prompts: torch.Tensor, text_prompts: torch.Tensor) -> torch.Tensor:
@@ -260,17 +261,13 @@ class RPO(PromptMethod):
         """Text prompt outputs [C, K, E] (ln_final + projection, not normalised): only the
         prompt rows go through each block, reading the cached frozen keys/values."""
         cache = self._frozen_text()
-        n_classes = cache.key_mask.shape[0]
         prompt = self.text_prompt.to(self.clip.dtype)
-        chunk = self.config.text_chunk_size
-        if chunk == 0 or chunk >= n_classes or not torch.is_grad_enabled():
-            return self._text_rows(prompt, cache, 0, n_classes)
-        return torch.cat(
-            [
-                checkpoint(self._text_rows, prompt, cache, s, s + chunk, use_reentrant=False)
-                for s in range(0, n_classes, chunk)
-            ]
-        )
+
+        def encode(rows: slice) -> torch.Tensor:
+            return self._text_rows(prompt, cache, rows.start, rows.stop)
+
+        n_classes, chunk = cache.key_mask.shape[0], self.config.text_chunk_size
+        return encode_in_chunks(encode, n_classes, chunk, "auto", checkpoint_fn=checkpoint)
 
     def _text_rows(
         self, prompt: torch.Tensor, cache: _TextCache, start: int, stop: int

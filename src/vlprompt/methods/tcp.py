@@ -53,9 +53,9 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from vlprompt.backbone import ClipBackbone, ReplaceTokens
+from vlprompt.chunking import encode_in_chunks
 from vlprompt.errors import DataError, MethodError
 from vlprompt.methods import text_encoding as te
 from vlprompt.methods.base import (
@@ -262,20 +262,12 @@ class TCP(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
         tokens = tokens.to(prompts.dtype)
         if self.config.implementation == "reference":
             return self.encode_chunk(prompts, self.eot_index, tokens)
-        cfg, n = self.config, prompts.shape[0]
-        chunk = cfg.text_chunk_size
-        records = torch.is_grad_enabled()
-        mode = cfg.text_checkpoint
-        use_ckpt = records and (mode == "always" or (mode == "auto" and n > chunk))
-        outs = []
-        for start in range(0, n, chunk):
-            part = slice(start, start + chunk)
-            args = (prompts[part], self.eot_index[part], tokens[part])
-            if use_ckpt:
-                outs.append(checkpoint(self.encode_chunk, *args, use_reentrant=False))
-            else:
-                outs.append(self.encode_chunk(*args))
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+
+        def encode(rows: slice) -> torch.Tensor:
+            return self.encode_chunk(prompts[rows], self.eot_index[rows], tokens[rows])
+
+        cfg = self.config
+        return encode_in_chunks(encode, prompts.shape[0], cfg.text_chunk_size, cfg.text_checkpoint)
 
     def encode_chunk(
         self, prompts: torch.Tensor, eot_index: torch.Tensor, tokens: torch.Tensor
@@ -297,9 +289,9 @@ class TCP(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
         return self._text_cache.get(key, self.compute_text_features)
 
     # ---- logits and loss ---------------------------------------------------------------------
-    def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
+    def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         """Logits from normalised frozen image features [B, E] (no image-encoder pass)."""
-        return clip_logits(self.clip, image_features, self.text_features())
+        return clip_logits(self.clip, image_features, self.class_side())
 
     def forward_train(self, images: torch.Tensor) -> TCPTrainOutput:
         feats = self.image_features(images)

@@ -14,7 +14,8 @@ Two implementations, chosen by `implementation`:
   encoded. Prompts are assembled with one `gather` instead of a Python loop. Classes are encoded
   in chunks of `chunk_size` sequences and, while training on many classes, each chunk runs under
   `torch.utils.checkpoint` so that activation memory is bounded by one chunk (its forward is
-  recomputed in the backward pass: exact, a little slower, much less memory).
+  recomputed in the backward pass: exact, a little slower, much less memory); the loop is
+  `vlprompt.chunking.encode_in_chunks`, shared with every other text side.
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from vlprompt.attention import SharedPrefixRows, check_block
 from vlprompt.backbone import ClipBackbone
+from vlprompt.chunking import encode_in_chunks
 from vlprompt.errors import MethodError
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
-CHECKPOINT_MODES = ("auto", "always", "never")
 PLACEHOLDER = "X"  # the official placeholder word for context slots (one BPE token)
 
 
@@ -188,31 +188,22 @@ def encode_fast(
 ) -> torch.Tensor:
     """prompts [N, L', D] (L' >= max EOS + 1) -> features [N, E], `chunk_size` sequences at a time.
 
-    With `use_checkpoint` "auto", chunks are checkpointed only when autograd records and there is
-    more than one chunk (many classes); "always"/"never" force it. `shared_prefix` = P > 1 says
+    Chunks and their checkpointing as `vlprompt.chunking.encode_in_chunks` (0: one chunk; while
+    autograd records, "auto" checkpoints when there is more than one chunk). `shared_prefix` = P > 1 says
     that the first P positions of every sequence are equal (SOS + a shared context): they are
     then encoded once per chunk (`encode_shared_prefix`), when the text blocks allow it."""
     length = int(eot_index.max()) + 1
     prompts = prompts[:, :length]
-    n = prompts.shape[0]
-    chunk = max(1, int(chunk_size)) if chunk_size else n
-    records = torch.is_grad_enabled() and prompts.requires_grad
-    ckpt = records and (use_checkpoint == "always" or (use_checkpoint == "auto" and n > chunk))
     mask = clip.text_causal_mask(length)
-    encode = clip.encode_text_embeddings
-    if can_share_prefix(clip, shared_prefix, eot_index):
+    shared = can_share_prefix(clip, shared_prefix, eot_index)
 
-        def encode(x, e, _mask):
+    def encode(rows: slice) -> torch.Tensor:
+        x, e = prompts[rows], eot_index[rows]
+        if shared:
             return encode_shared_prefix(clip, x, e, shared_prefix)
+        return clip.encode_text_embeddings(x, e, mask)
 
-    outs = []
-    for start in range(0, n, chunk):
-        x, e = prompts[start : start + chunk], eot_index[start : start + chunk]
-        if ckpt:
-            outs.append(checkpoint(encode, x, e, mask, use_reentrant=False))
-        else:
-            outs.append(encode(x, e, mask))
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+    return encode_in_chunks(encode, prompts.shape[0], int(chunk_size or 0), use_checkpoint)
 
 
 def can_share_prefix(clip: ClipBackbone, prefix_len: int, eot_index: torch.Tensor) -> bool:

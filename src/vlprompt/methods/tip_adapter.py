@@ -333,6 +333,19 @@ def fine_tune_keys(
 
 
 # ---- the methods --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TipClassSide:
+    """What Tip-Adapter's logits read of the classes (`class_features`): all constant, so an
+    exported model is CLIP's image encoder followed by these products."""
+
+    text: torch.Tensor  # [C, E] normalised text features of the template(s)
+    keys: torch.Tensor  # [N, E] cache keys
+    values: torch.Tensor  # [N, C] the value columns of the current classes
+    alpha: float
+    beta: float
+    cached: bool  # whether any current class has a cache column
+
+
 @register_method
 class TipAdapter(FrozenImageMixin, PromptMethod):
     """Tip-Adapter: zero-shot CLIP plus a cache of the few-shot features, no training."""
@@ -401,19 +414,30 @@ class TipAdapter(FrozenImageMixin, PromptMethod):
         return clip_logits(self.clip, image_features, self.text_features())
 
     # ---- classifying ---------------------------------------------------------------------------
-    def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
+    def class_features(self) -> TipClassSide:
+        """The text features and the cache (keys, the current classes' value columns, alpha,
+        beta): constants of the class list once fitted."""
+        return TipClassSide(
+            self.text_features(),
+            self.cache_keys,
+            self._current_values(),
+            float(self.alpha),
+            float(self.beta),
+            cached=len(self.uncached_classes) < len(self.classnames),
+        )
+
+    def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         if self.cache_keys.shape[0] == 0:
             raise MethodError(
                 f"{self.name} is not fitted: call fit(...) or fit_features(...) first"
             )
-        zero_shot = self.zero_shot_of(image_features)
-        if len(self.uncached_classes) == len(self.classnames):
+        side = self.class_side()
+        zero_shot = clip_logits(self.clip, image_features, side.text)
+        if not side.cached:
             return zero_shot  # no class has a cache column: exactly zero-shot CLIP
         with full_precision(image_features.device):
-            cache = cache_logits(
-                image_features.float(), self.cache_keys, self._current_values(), float(self.beta)
-            )
-            return tip_logits(zero_shot, cache, float(self.alpha))
+            cache = cache_logits(image_features.float(), side.keys, side.values, side.beta)
+            return tip_logits(zero_shot, cache, side.alpha)
 
     # ---- fitting -------------------------------------------------------------------------------
     def fit(

@@ -86,5 +86,5 @@ class ZeroShotCLIP(FrozenImageMixin, PromptMethod):
         """The ensemble's text features (`cached_ensemble_features`)."""
         return cached_ensemble_features(self.clip, self.classnames, self.templates(), self._cache)
 
-    def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
-        return clip_logits(self.clip, image_features, self.text_features())
+    def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
+        return clip_logits(self.clip, image_features, self.class_side())

@@ -1,0 +1,262 @@
+"""A method's settings: the `MethodConfig` dataclass every method config extends (the training
+recipe's shared defaults), the checks of its values, and the `RUNTIME` mark of settings that
+change only speed or memory. Each field carries its help text in `field(metadata={"help": ...})`,
+which `vlprompt train --method NAME --help` shows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from vlprompt.errors import DataError, MethodError
+
+GRADIENT_RULES = ("none", "prograd", "kd")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("epoch", "step")  # the learning rate set per epoch, or per optimizer step
+# the two implementations of a method with a fast path: "fast" (same numbers, less work) and
+# "reference" (the paper's computation, the fast path's oracle in the tests)
+IMPLEMENTATIONS = ("fast", "reference")
+# field metadata of a setting that changes only speed or memory, never a number (e.g. chunk
+# sizes): it is not part of a run's identity, so a resume may change it
+RUNTIME = {"runtime": True}
+
+
+def runtime_settings(config_class: type) -> frozenset[str]:
+    """The settings of a method config marked `RUNTIME`."""
+    return frozenset(f.name for f in fields(config_class) if f.metadata.get("runtime"))
+
+
+@dataclass
+class MethodConfig:
+    """Settings shared by all methods (the training recipe's defaults, which the engine reads
+    unless the user overrides them). Subclasses add theirs, each with its help text."""
+
+    template: str = field(
+        default="a photo of a {}.",
+        metadata={"help": "hand-crafted prompt, used by zero-shot parts and init"},
+    )
+    optimizer: str = field(
+        default="sgd",
+        metadata={"help": "'sgd', 'adam' (weight decay as L2, as Dassl's) or 'adamw' (decoupled)"},
+    )
+    lr: float = field(default=0.002, metadata={"help": "peak learning rate after warm-up"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "optimizer weight decay"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "Adam / AdamW epsilon"})
+    epochs: int = field(
+        default=10, metadata={"help": "training epochs (the last one is evaluated)"}
+    )
+    batch_size: int = field(default=32, metadata={"help": "images per step"})
+    warmup_epochs: int = field(
+        default=1, metadata={"help": "epochs at constant warmup_lr before the cosine schedule"}
+    )
+    warmup_lr: float = field(default=1e-5, metadata={"help": "learning rate during warm-up"})
+    lr_schedule: str = field(
+        default="epoch",
+        metadata={
+            "help": "'epoch' (the learning rate is set once per epoch: warm-up, then cosine over "
+            "the epochs) or 'step' (cosine from lr to min_lr set at every optimizer step over "
+            "the whole training, torch's CosineAnnealingLR stepped per iteration; no warm-up)"
+        },
+    )
+    min_lr: float = field(
+        default=0.0, metadata={"help": "lowest learning rate of the 'step' cosine (eta_min)"}
+    )
+    iterations: int = field(
+        default=0,
+        metadata={
+            "help": "training length in optimizer steps (0: `epochs` epochs); when > 0 it "
+            "replaces `epochs`: ceil(iterations / batches per epoch) epochs, the last one "
+            "stopping part-way"
+        },
+    )
+    gradient_rule: str = field(
+        default="none",
+        metadata={
+            "help": "'none' (plain loss gradient), 'prograd' (project the loss gradient when it "
+            "conflicts with the gradient of the KL towards zero-shot CLIP) or 'kd' (knowledge "
+            "distillation, the ProGrad paper's comparison: loss + lambda * that KL, plainly "
+            "added); any method can use either"
+        },
+    )
+    prograd_lambda: float = field(
+        default=1.0,
+        metadata={
+            "help": "lambda of the gradient rule (ProGrad: 0.8 for 8/16-shot Flowers, DTD, EuroSAT)"
+        },
+    )
+    prograd_temperature: float = field(
+        default=1.0, metadata={"help": "temperature T of the KL towards zero-shot CLIP"}
+    )
+
+    def __post_init__(self) -> None:
+        check_setting_types(self)
+        check_templates(self)
+        if self.lr <= 0:
+            raise MethodError(f"lr must be > 0, got {self.lr}")
+        if self.epochs < 1:
+            raise MethodError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise MethodError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.warmup_epochs < 0:
+            raise MethodError(
+                f"warmup_epochs must be >= 0 (0 = no warm-up), got {self.warmup_epochs}"
+            )
+        if self.warmup_epochs > 0 and self.warmup_lr <= 0:
+            raise MethodError(
+                f"warmup_lr must be > 0 when warmup_epochs is {self.warmup_epochs}, got "
+                f"{self.warmup_lr}; set warmup_epochs=0 to train without warm-up"
+            )
+        check_schedule(self)
+        if not 0 <= self.momentum < 1:
+            raise MethodError(
+                f"momentum must be in [0, 1) (SGD's default 0.9), got {self.momentum}"
+            )
+        if self.weight_decay < 0:
+            raise MethodError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.gradient_rule not in GRADIENT_RULES:
+            raise MethodError(
+                f"gradient_rule must be one of {', '.join(GRADIENT_RULES)}, got "
+                f"{self.gradient_rule!r}"
+            )
+        if self.prograd_lambda < 0:
+            raise MethodError(
+                f"prograd_lambda must be >= 0 (ProGrad uses 1.0 or 0.8), got {self.prograd_lambda}"
+            )
+        if self.prograd_temperature <= 0:
+            raise MethodError(
+                f"prograd_temperature must be > 0 (ProGrad uses 1.0), got "
+                f"{self.prograd_temperature}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise MethodError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
+        if not self.adam_eps > 0:
+            raise MethodError(f"adam_eps must be > 0, got {self.adam_eps}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- settings checks ---------------------------------------------------------------------------
+_SCALAR_KINDS = ("float", "int", "bool", "str")
+
+
+def _setting_kind(annotation: Any) -> tuple[str | None, bool, bool]:
+    """(scalar kind, is a sequence of it, None allowed) of a config field's annotation, read from
+    its text ("float", "int | None", "tuple[float, ...]"); (None, ...) for any other type."""
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    parts = [p for p in text.replace(" ", "").split("|") if p]
+    optional = "None" in parts
+    parts = [p for p in parts if p != "None"]
+    if len(parts) != 1:
+        return None, False, optional
+    part = parts[0]
+    for kind in _SCALAR_KINDS:
+        if part == kind:
+            return kind, False, optional
+        if part in (f"tuple[{kind},...]", f"list[{kind}]"):
+            return kind, True, optional
+    return None, False, optional
+
+
+def _check_scalar(name: str, value: Any, kind: str) -> None:
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MethodError(f"{name} must be a number, got {_describe(value)}")
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an int too large for a float
+            finite = False
+        if not finite:
+            raise MethodError(f"{name} must be a finite number, got {value!r}")
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MethodError(f"{name} must be a whole number, got {_describe(value)}")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise MethodError(f"{name} must be true or false, got {_describe(value)}")
+    elif kind == "str" and not isinstance(value, str):
+        raise MethodError(f"{name} must be text, got {_describe(value)}")
+
+
+def _describe(value: Any) -> str:
+    """A value as an error message shows it, saying what kind of value it is where that helps."""
+    if isinstance(value, bool):
+        return f"{value!r} (a true/false value)"
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return f"the text {value!r}"
+        return (
+            f"the text {value!r}; write the number without quotes (YAML reads forms such as "
+            "2e-3 as text: write 2.0e-3)"
+        )
+    return f"{value!r} ({type(value).__name__})"
+
+
+def check_setting_types(config: MethodConfig) -> None:
+    """Every field of a method config holds a value of its annotated kind: numbers for float
+    fields (finite: no NaN or infinity; bools refused), whole numbers for int fields, true/false
+    for bool fields, text for str fields, lists of them for tuple fields. Raises MethodError
+    naming the setting."""
+    for f in fields(config):
+        kind, is_sequence, optional = _setting_kind(f.type)
+        if kind is None:
+            continue
+        value = getattr(config, f.name)
+        if value is None and optional:
+            continue
+        if not is_sequence:
+            _check_scalar(f.name, value, kind)
+            continue
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise MethodError(f"{f.name} must be a list, got {_describe(value)}")
+        for i, item in enumerate(value):
+            _check_scalar(f"{f.name}[{i}]", item, kind)
+
+
+def _check_template(name: str, template: Any) -> None:
+    from vlprompt.data.templates import check_template
+
+    try:
+        check_template(template)
+    except DataError as exc:  # its message quotes the template; say which setting holds it
+        raise MethodError(str(exc) if name == "template" else f"{name}: {exc}") from None
+
+
+def check_templates(config: MethodConfig) -> None:
+    """`template` and every entry of a template list (`templates`) is a usable template
+    (`vlprompt.data.templates.check_template`). Raises MethodError naming the setting."""
+    for f in fields(config):
+        if f.name not in ("template", "templates"):
+            continue
+        value = getattr(config, f.name)
+        if isinstance(value, (list, tuple)):
+            for i, template in enumerate(value):
+                _check_template(f"{f.name}[{i}]", template)
+        else:
+            _check_template(f.name, value)
+
+
+def check_schedule(config: MethodConfig) -> None:
+    """The per-step schedule's settings (`lr_schedule`, `min_lr`, `iterations`)."""
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise MethodError(
+            f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {config.lr_schedule!r}"
+        )
+    if config.iterations < 0:
+        raise MethodError(
+            f"iterations must be >= 0 (0 = train for `epochs` epochs), got {config.iterations}"
+        )
+    if not 0 <= config.min_lr <= config.lr:
+        raise MethodError(f"min_lr must be in [0, lr={config.lr}], got {config.min_lr}")
+    if config.lr_schedule == "step" and config.warmup_epochs > 0:
+        raise MethodError(
+            f"warmup_epochs must be 0 with lr_schedule 'step' (it has no warm-up), got "
+            f"{config.warmup_epochs}"
+        )
