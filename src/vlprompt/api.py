@@ -7,9 +7,10 @@
     run = vlprompt.load_run("runs/rpo_pets")
     run.predict(["cat.jpg"], topk=3)   # [[("abyssinian", 0.91), ...]]
 
-A run folder holds (docs/architecture.md): `config.json` (the resolved `RunConfig`), the learned prompts
-(`prompts.safetensors` + `method.json`), `results.jsonl` (one line per evaluation), `log.txt`,
-`checkpoints/` and `status.json` (written last: the run finished).
+A run folder holds (docs/architecture.md, "The run folder"; vlprompt.run_folder names and writes
+every file): `config.json` (the resolved `RunConfig`), the learned prompts (`prompts.safetensors`
++ `method.json`), `results.jsonl` (one line per evaluation), `log.txt`, `checkpoints/` and
+`status.json` (written last: the run finished).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,7 +28,6 @@ from typing import Any
 import torch
 
 from vlprompt.config import (
-    CONFIG_FILE,
     DEFAULT_BACKBONE,
     DEFAULT_PRETRAINED,
     ENGINE_KEYS,
@@ -41,20 +40,33 @@ from vlprompt.config import (
 )
 from vlprompt.distributed import Dist, init_distributed, resolve_device
 from vlprompt.engine import EpochStats, fit
-from vlprompt.io import RESULTS_FILE, append_jsonl, atomic_write_json, read_jsonl
-from vlprompt.methods.saving import METHOD_FILE, PROMPTS_FILE, load_learned, read_method_info
+from vlprompt.methods.saving import load_learned, read_method_info
 from vlprompt.precision import effective_precision
-from vlprompt.run_folder import claim_folder, folder_lock, not_writable, require_ours
-from vlprompt.run_status import STATUS_FILE, is_run_finished
+from vlprompt.run_folder import (
+    CHECKPOINT_DIR,
+    LOG_FILE,
+    PROMPTS_FILE,
+    append_log,
+    append_result,
+    claim_folder,
+    clear_run,
+    folder_lock,
+    has_config,
+    is_run_finished,
+    not_writable,
+    read_results,
+    read_status,
+    require_ours,
+    write_config,
+    write_status,
+)
+from vlprompt.run_folder import RUN_FILES as RUN_FILES
 from vlprompt.seeding import seed_everything
-from vlprompt.train_state import CHECKPOINT_DIR, latest_checkpoint
+from vlprompt.train_state import latest_checkpoint
 
 log = logging.getLogger("vlprompt")
 # decoded training images kept in memory across epochs (per data-loader process)
 KEEP_DECODED_TRAIN_BYTES = 256 * 2**20
-
-LOG_FILE = "log.txt"
-RUN_FILES = (CONFIG_FILE, PROMPTS_FILE, METHOD_FILE, RESULTS_FILE, LOG_FILE, STATUS_FILE)
 
 
 # ---- the run object ---------------------------------------------------------------------------
@@ -78,7 +90,7 @@ class Run:
 
     def results(self) -> list[dict[str, Any]]:
         """The evaluations recorded in the run's `results.jsonl`."""
-        return read_jsonl(self.run_dir / RESULTS_FILE, RunError)
+        return read_results(self.run_dir, RunError)
 
     def evaluate(self, **kwargs: Any) -> dict[str, Any]:
         """`vlprompt.evaluate(self, **kwargs)`."""
@@ -117,11 +129,7 @@ class Run:
 
 
 def _read_status(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / STATUS_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except json.JSONDecodeError:
-        return {}
+    return read_status(run_dir)
 
 
 def load_run(
@@ -254,8 +262,7 @@ def _prepare_run_dir_on_main(
             stack.enter_context(folder_lock(run_dir))
             outcome = _prepare_run_dir(run_dir, wanted, resume=resume, overwrite=overwrite)
             if not outcome[1]:
-                _write_or_refuse(run_dir, lambda: atomic_write_json(
-                    run_dir / CONFIG_FILE, outcome[0].to_dict()))  # fmt: skip
+                _write_or_refuse(run_dir, lambda: write_config(run_dir, outcome[0].to_dict()))
         except Exception as e:  # noqa: BLE001  (re-raised below, on every rank)
             error = e
     shared = ctx.from_main(outcome if error is None else str(error))
@@ -279,10 +286,9 @@ def _prepare_run_dir(
 ) -> tuple[RunConfig, bool]:
     """Check a claimed and locked run folder against the wanted config. Returns the config to
     use and whether the folder holds that run, finished."""
-    saved_path = run_dir / CONFIG_FILE
     if overwrite:
         _write_or_refuse(run_dir, lambda: _clear_run(run_dir))
-    if not saved_path.is_file():
+    if not has_config(run_dir):
         return wanted, False
     saved = read_run_config(run_dir)
     diffs = config_differences(saved, wanted)
@@ -317,9 +323,7 @@ def _prepare_run_dir(
 
 def _clear_run(run_dir: Path) -> None:
     """Remove what a run writes in its (marked) folder; other files in it stay."""
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    clear_run(run_dir)
 
 
 class _RunLog:
@@ -328,6 +332,7 @@ class _RunLog:
 
     def __init__(self, run_dir: Path, ctx: Dist, to_file: bool = True, echo: bool = True) -> None:
         self.path = run_dir / LOG_FILE
+        self.run_dir = run_dir
         self.ctx = ctx
         self.to_file = to_file
         self.echo = echo
@@ -337,13 +342,7 @@ class _RunLog:
             log.log(logging.INFO if self.echo else logging.DEBUG, message)
             if not self.to_file:
                 return
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-
-            def write() -> None:
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(f"{stamp}  {message}\n")
-
-            _write_or_refuse(self.path.parent, write)
+            _write_or_refuse(self.run_dir, lambda: append_log(self.run_dir, message))
 
 
 # ---- training ---------------------------------------------------------------------------------
@@ -480,7 +479,7 @@ def _train_and_evaluate(config, run_dir, *, resume, evaluate, progress, on_epoch
             "n_classes": len(splits.classnames),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        atomic_write_json(run_dir / STATUS_FILE, status)
+        write_status(run_dir, status)
         say(f"saved the learned prompts to {run_dir} ({wall_s:.1f} s of training)")
     ctx.barrier()
     run = Run(run_dir, config, method, _read_status(run_dir))
@@ -659,5 +658,5 @@ def _evaluate_run(run: Run, splits: Any, *, split: str, ctx: Dist, say: Callable
     )
     if record and ctx.is_main:
         with folder_lock(run.run_dir):
-            _write_or_refuse(run.run_dir, lambda: append_jsonl(run.run_dir / RESULTS_FILE, rec))
+            _write_or_refuse(run.run_dir, lambda: append_result(run.run_dir, rec))
     return rec

@@ -23,3 +23,7 @@ class DataError(VlpromptError, ValueError):
 
 class MethodError(VlpromptError, ValueError):
     """A method that cannot be built or used as asked (bad setting, class list, saved prompts)."""
+
+
+class RunError(VlpromptError, ValueError):
+    """A run folder that cannot be used as asked (not a run, another run's config, ...)."""

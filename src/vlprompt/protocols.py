@@ -44,9 +44,18 @@ from vlprompt.executors import (
     run_locally,
     run_on_ray,
 )
-from vlprompt.io import RESULTS_FILE, append_jsonl, atomic_write_text, read_jsonl
+from vlprompt.io import read_jsonl
 from vlprompt.presets import presets_for_methods, resolve_preset
-from vlprompt.run_folder import claim_folder, folder_lock, holds_lock
+from vlprompt.run_folder import (
+    RESULTS_FILE,
+    append_result,
+    claim_folder,
+    folder_lock,
+    has_config,
+    holds_lock,
+    refuse_links_below,
+    write_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -185,15 +194,9 @@ def _check_saved_config(run_dir: Path, method: str, dataset: str, kwargs: dict[s
     """Refuse to reuse a run folder trained with another config than this sweep asks for
     (otherwise a sweep re-run with new settings would silently report the old runs)."""
     from vlprompt import api
-    from vlprompt.config import (
-        CONFIG_FILE,
-        ENGINE_KEYS,
-        EngineSettings,
-        config_differences,
-        read_run_config,
-    )
+    from vlprompt.config import ENGINE_KEYS, EngineSettings, config_differences, read_run_config
 
-    if not (run_dir / CONFIG_FILE).is_file():
+    if not has_config(run_dir):
         return
     rest = {k: v for k, v in kwargs.items() if k not in _NOT_CONFIG}
     engine = {k: rest.pop(k) for k in ENGINE_KEYS if k in rest}
@@ -345,10 +348,10 @@ def _repair_tail(path: Path) -> None:
     head, _, last = text.rpartition("\n")
     try:
         json.loads(last)
-        atomic_write_text(path, text + "\n")
+        write_file(path.parent, path.name, text + "\n")
     except json.JSONDecodeError:
         log.warning("%s: removing a truncated last line", path)
-        atomic_write_text(path, head + "\n" if head else "")
+        write_file(path.parent, path.name, head + "\n" if head else "")
 
 
 def _record(spec: RunSpec, evaluation: Evaluation, result: dict[str, Any]) -> dict[str, Any]:
@@ -513,6 +516,8 @@ def run_bench(
 
     output_dir = claim_folder(output_dir, "sweep", what="sweep folder")
     with folder_lock(output_dir):  # one sweep per folder: it is the only writer of its results
+        for spec in specs:  # a run folder reached through a link would write outside the sweep
+            refuse_links_below(output_dir, spec.run_dir(output_dir))
         if backend.check_run is not None:  # before any work: a run folder of other settings
             for spec in specs:
                 identity = dict(shots=spec.shots, seed=spec.seed, subsample=spec.subsample)
@@ -587,7 +592,7 @@ def _append_record(results_path: Path, record: dict[str, Any]) -> None:
             f"{results_path} is written only by the sweep's driver, which holds the lock of "
             f"{results_path.parent}; this process does not"
         )
-    append_jsonl(results_path, record)
+    append_result(results_path.parent, record)
 
 
 def _write_summary(output_dir: Path, plots: bool) -> Any:

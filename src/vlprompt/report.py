@@ -17,9 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,11 +27,10 @@ from typing import Any
 import numpy as np
 
 from vlprompt.errors import VlpromptError
-from vlprompt.io import RESULTS_FILE, atomic_write_text, publish_temp_file, read_jsonl
+from vlprompt.io import read_jsonl
+from vlprompt.run_folder import RESULTS_FILE, SUMMARY_CSV, SUMMARY_MD, write_file
+from vlprompt.run_folder import plots_dir as sweep_plots_dir
 
-SUMMARY_MD = "summary.md"
-SUMMARY_CSV = "summary.csv"
-PLOTS_DIR = "plots"
 AVERAGE = "average"  # the `dataset` of rows averaged over data sets (or over xd/dg targets)
 CSV_COLUMNS = (
     "backbone",
@@ -541,17 +538,10 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _save_figure(fig: Any, path: Path) -> Path:
-    """PNG via a temp file in the same folder and a rename (atomic like vlprompt.io)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        publish_temp_file(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """PNG written atomically (vlprompt.run_folder.write_file; `plots/` is in a sweep folder)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return write_file(path.parent, path.name, buffer.getvalue(), owner=path.parent.parent)
 
 
 def _slug(*parts: Any) -> str:
@@ -772,8 +762,8 @@ def write_summary(
     records = load_results(results or output_dir / RESULTS_FILE)
     cells = summarize(records)
     files = SummaryFiles(output_dir / SUMMARY_MD, output_dir / SUMMARY_CSV, cells=cells)
-    atomic_write_text(files.csv, render_csv(cells))
-    atomic_write_text(files.markdown, render_markdown(cells, n_records=len(records)))
+    write_file(output_dir, SUMMARY_CSV, render_csv(cells))
+    write_file(output_dir, SUMMARY_MD, render_markdown(cells, n_records=len(records)))
     if plots:
-        files.plots = write_plots(cells, per_seed(records), output_dir / PLOTS_DIR)
+        files.plots = write_plots(cells, per_seed(records), sweep_plots_dir(output_dir))
     return files
