@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from vlprompt.methods.saving import load_learned, read_method_info
 from vlprompt.precision import effective_precision
 from vlprompt.run_folder import (
     CHECKPOINT_DIR,
+    CONFIG_FILE,
     LOG_FILE,
     PROMPTS_FILE,
     append_log,
@@ -67,6 +68,8 @@ from vlprompt.train_state import latest_checkpoint
 log = logging.getLogger("vlprompt")
 # decoded training images kept in memory across epochs (per data-loader process)
 KEEP_DECODED_TRAIN_BYTES = 256 * 2**20
+# predict decodes a larger image at a short side of this many times the model's input size
+PREDICT_SIDE_FACTOR = 4
 
 
 # ---- the run object ---------------------------------------------------------------------------
@@ -96,36 +99,65 @@ class Run:
         """`vlprompt.evaluate(self, **kwargs)`."""
         return evaluate(self, **kwargs)
 
-    @torch.no_grad()
     def predict(
         self, images: Sequence[Any], topk: int = 5, batch_size: int = 32
     ) -> list[list[tuple[str, float]]]:
         """Top-k (class name, probability) for each image (a path or a PIL image), in order.
-        An unreadable image raises DataError naming the file."""
+        An unreadable image raises DataError naming the file. Images are decoded one batch at
+        a time (see `iter_predictions`)."""
+        return [preds for _, preds, _ in self.iter_predictions(images, topk, batch_size)]
+
+    @torch.no_grad()
+    def iter_predictions(
+        self,
+        images: Iterable[Any],
+        topk: int = 5,
+        batch_size: int = 32,
+        *,
+        skip_unreadable: bool = False,
+    ) -> Iterator[tuple[Any, list[tuple[str, float]] | None, str | None]]:
+        """`(image, top-k predictions, None)` for each image, in order, decoded and classified
+        one batch at a time, so memory is bounded by the batch, not by the number of images.
+        A file is opened only if it is a regular file and decoded at a bounded size
+        (`open_image_bounded`: the short side at most PREDICT_SIDE_FACTOR times the model's
+        input; smaller images are decoded exactly). With `skip_unreadable` an unreadable file
+        yields `(image, None, reason)` at once instead of raising DataError."""
         from PIL import Image
 
-        from vlprompt.data import open_image, to_rgb, transform_for
+        from vlprompt.data import open_image_bounded, to_rgb, transform_for
+        from vlprompt.errors import DataError
 
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
         transform = transform_for(self.clip, train=False)
+        bound = PREDICT_SIDE_FACTOR * self.clip.image_size
         k = min(topk, len(self.classnames))
-        out: list[list[tuple[str, float]]] = []
         self.method.eval()
-        for start in range(0, len(images), batch_size):
-            batch = []
-            for image in images[start : start + batch_size]:
+        pending: list[tuple[Any, torch.Tensor]] = []
+        for image in images:
+            try:
                 if isinstance(image, Image.Image):
-                    image = to_rgb(image)
+                    pixels = to_rgb(image)
                 else:
-                    image = open_image(str(image))
-                batch.append(transform(image))
-            logits = self.method(torch.stack(batch).to(self.clip.device)).float()
-            probs = logits.softmax(dim=-1).cpu()
-            values, indices = probs.topk(k, dim=-1)
-            for vals, idxs in zip(values.tolist(), indices.tolist()):
-                out.append([(self.classnames[i], float(v)) for v, i in zip(vals, idxs)])
-        return out
+                    pixels = open_image_bounded(str(image), bound)
+            except DataError as exc:
+                if not skip_unreadable:
+                    raise
+                yield image, None, str(exc)
+                continue
+            pending.append((image, transform(pixels)))
+            del pixels
+            if len(pending) == batch_size:
+                yield from self._classify(pending, k)
+                pending = []
+        if pending:
+            yield from self._classify(pending, k)
+
+    def _classify(self, batch: list[tuple[Any, torch.Tensor]], k: int):
+        logits = self.method(torch.stack([t for _, t in batch]).to(self.clip.device)).float()
+        values, indices = logits.softmax(dim=-1).cpu().topk(k, dim=-1)
+        for (image, _), vals, idxs in zip(batch, values.tolist(), indices.tolist()):
+            yield image, [(self.classnames[i], float(v)) for v, i in zip(vals, idxs)], None
 
 
 def _read_status(run_dir: Path) -> dict[str, Any]:
@@ -133,16 +165,26 @@ def _read_status(run_dir: Path) -> dict[str, Any]:
 
 
 def load_run(
-    run_dir: str | Path | Run, device: str = "cpu", *, trust_torchscript: bool = False
+    run_dir: str | Path | Run,
+    device: str = "cpu",
+    *,
+    trust_torchscript: bool = False,
+    allow_remote_weights: bool = False,
 ) -> Run:
     """Load a finished run: its backbone (from the config's name + pretrained tag/path) and the
-    learned prompts. A folder that is not a finished run raises RunError. Loading only reads."""
+    learned prompts. A folder that is not a finished run raises RunError. Loading only reads.
+
+    A run's config.json may come from someone else: a backbone it names as `hf-hub:org/repo` or
+    `local-dir:/path` (open_clip downloads or reads those weights itself) loads only with
+    `allow_remote_weights=True` (CLI: --allow-remote-weights); a local `pretrained` file is
+    read with vlprompt's own checks (no pickle code, TorchScript only if trusted)."""
     if isinstance(run_dir, Run):
         return run_dir
     from vlprompt.backbone import load_clip
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
+    check_weights_source(config.backbone, run_dir, allow_remote_weights)
     if not is_run_finished(run_dir):
         ckpt = latest_checkpoint(run_dir) if (run_dir / CHECKPOINT_DIR).is_dir() else None
         where = f"its last checkpoint is {ckpt.name}" if ckpt else "it has no checkpoint yet"
@@ -158,6 +200,22 @@ def load_run(
     method = _load_method(run_dir, clip)
     method.eval()
     return Run(run_dir, config, method, _read_status(run_dir))
+
+
+def check_weights_source(backbone: str, run_dir: Path, allowed: bool) -> None:
+    """RunError when a run's config names a backbone with its own weights source and the caller
+    did not allow it (a shared run folder must not make vlprompt download a repository)."""
+    from vlprompt.backbone import external_source
+
+    where = external_source(backbone)
+    if where is None or allowed:
+        return
+    raise RunError(
+        f"{run_dir / CONFIG_FILE} names the backbone {backbone!r}, whose weights open_clip would "
+        f"take from {where} without vlprompt's checks of weight files; a run folder does not "
+        "choose that on its own: if you trust this run, pass --allow-remote-weights "
+        "(allow_remote_weights=True), or name the backbone yourself with --backbone"
+    )
 
 
 def _load_method(run_dir: Path, clip: Any) -> Any:
@@ -291,6 +349,8 @@ def _prepare_run_dir(
     if not has_config(run_dir):
         return wanted, False
     saved = read_run_config(run_dir)
+    if saved.backbone != wanted.backbone:  # resuming would load the saved config's backbone
+        check_weights_source(saved.backbone, run_dir, allowed=False)
     diffs = config_differences(saved, wanted)
     if diffs and not resume:
         raise RunError(
@@ -436,7 +496,9 @@ def train_config(
         if finished:
             log.info("%s: finished earlier with the same config; loading it", run_dir)
             device = str(resolve_device(config.engine.device, ctx))
-            return load_run(run_dir, device=device, trust_torchscript=trust_torchscript)
+            # the backbone is the caller's (checked by _prepare_run_dir)
+            return load_run(run_dir, device, trust_torchscript=trust_torchscript,
+                            allow_remote_weights=True)  # fmt: skip
         board = None
         if tensorboard and ctx.is_main:
             from vlprompt.tracking import TensorBoardLog
@@ -566,19 +628,21 @@ def evaluate(
     record: bool = True,
     reuse: bool = True,
     trust_torchscript: bool = False,
+    allow_remote_weights: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a finished run on `split` of `dataset` (default: the run's own data set) with
     the `subsample` classes (default: the run's own for its data set, else "all"). Returns the
     result record (accuracy in percent) and, with `record=True`, appends it to the run's
     `results.jsonl`. With `reuse=True` an identical evaluation already recorded for the same
     learned prompts is returned without recomputing. Recording needs a run folder vlprompt
-    created (`record=False` evaluates any run read-only)."""
+    created (`record=False` evaluates any run read-only). `allow_remote_weights`: see load_run."""
     if record:  # checked before anything is loaded
         run_dir = run.run_dir if isinstance(run, Run) else Path(run)
         read_run_config(run_dir)  # a folder that is no run at all says so first
         require_ours(run_dir, "run", action="record results (evaluate without recording: "
                      "--no-record, or record=False)")  # fmt: skip
-    run = load_run(run, device=device, trust_torchscript=trust_torchscript)
+    run = load_run(run, device=device, trust_torchscript=trust_torchscript,
+                   allow_remote_weights=allow_remote_weights)  # fmt: skip
     ctx = init_distributed(run.config.engine.device)
     say = _RunLog(run.run_dir, ctx, to_file=record, echo=False)  # the caller shows the result
     own = dataset is None or dataset == run.config.dataset

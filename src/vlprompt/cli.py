@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import typing
+from collections.abc import Iterator
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,10 @@ OTHER_KEYS = (
 TRUST_HELP = (
     "allow a TorchScript archive (OpenAI's original .pt) as --pretrained; such an archive can run "
     "code when loaded, so pass this only for a file from a source you trust"
+)
+REMOTE_HELP = (
+    "load a backbone that the run's config.json names as hf-hub:ORG/REPO (a download) or "
+    "local-dir:PATH (read by open_clip itself); pass this only for a run you trust"
 )
 
 
@@ -268,6 +273,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the result record as JSON")
     p.add_argument("--trust-torchscript", action="store_true", help=TRUST_HELP)
+    p.add_argument("--allow-remote-weights", action="store_true", help=REMOTE_HELP)
 
     p = sub.add_parser("predict", help="classify images with a run", epilog=PREDICT_EXAMPLE,
                        formatter_class=RAW, description="Top-k class names with probabilities.")  # fmt: skip
@@ -277,6 +283,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--trust-torchscript", action="store_true", help=TRUST_HELP)
+    p.add_argument("--allow-remote-weights", action="store_true", help=REMOTE_HELP)
 
     p = sub.add_parser("bench", help="run a protocol sweep (base2new, fewshot, xd, dg)",
                        epilog=BENCH_EXAMPLE, formatter_class=RAW,
@@ -415,6 +422,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "but it holds no config.json"
             )
         saved = read_run_config(output_dir)
+        api.check_weights_source(saved.backbone, Path(output_dir),
+                                 allowed=settings.get("backbone") == saved.backbone)  # fmt: skip
         for key in ENGINE_KEYS:
             if key in settings:
                 setattr(saved.engine, key, settings[key])
@@ -454,6 +463,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     record = api.evaluate(
         args.run_dir, args.dataset, subsample=args.subsample, split=args.split, root=args.root,
         device=args.device, record=args.record, trust_torchscript=args.trust_torchscript,
+        allow_remote_weights=args.allow_remote_weights,
     )  # fmt: skip
     if args.json:
         print(json.dumps(record, indent=2, sort_keys=True))
@@ -466,51 +476,61 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_files(paths: list[str]) -> list[Path]:
-    files: list[Path] = []
+def _not_regular(path: Path) -> None:
+    print(f"vlprompt: skipping {path}: not a regular image file (a named pipe, device or socket)",
+          file=sys.stderr)  # fmt: skip
+
+
+def _image_files(paths: list[str]) -> Iterator[Path]:
+    """The files named or found in the named folders, in order; anything else is skipped with a
+    line on stderr (a named pipe is never opened)."""
     for text in paths:
         path = Path(text).expanduser()
         if path.is_dir():
-            files += sorted(
-                p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
-            )
+            for p in sorted(path.rglob("*")):
+                if p.name.startswith(".") or p.is_dir():
+                    continue
+                if p.is_file():
+                    yield p
+                else:
+                    _not_regular(p)
         elif path.is_file():
-            files.append(path)
+            yield path
+        elif path.exists():
+            _not_regular(path)
         else:
             print(f"vlprompt: skipping {path}: no such file or folder", file=sys.stderr)
-    return files
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from vlprompt import api
-    from vlprompt.data import open_image
 
     if args.topk < 1:
         raise CliError(f"--topk must be >= 1, got {args.topk}")
-    run = api.load_run(args.run_dir, device=args.device, trust_torchscript=args.trust_torchscript)
-    readable, images, skipped = [], [], []
-    for path in _image_files(args.images):
-        try:
-            images.append(open_image(str(path)))
-            readable.append(path)
-        except VlpromptError as exc:
-            skipped.append((path, str(exc)))
+    run = api.load_run(args.run_dir, device=args.device, trust_torchscript=args.trust_torchscript,
+                       allow_remote_weights=args.allow_remote_weights)  # fmt: skip
+    results, skipped, n_read = [], [], 0
+    # decoded one batch at a time; text lines are printed as each batch is classified
+    for path, preds, why in run.iter_predictions(
+        _image_files(args.images), topk=args.topk, skip_unreadable=True
+    ):
+        if preds is None:
+            skipped.append((path, why))
             print(f"vlprompt: skipping {path}: not a readable image", file=sys.stderr)
-    if not images:
-        raise CliError(f"no readable image among {', '.join(args.images)}")
-    predictions = run.predict(images, topk=args.topk)
-    if args.json:
-        out = [
-            {"image": str(p), "predictions": [{"class": c, "probability": v} for c, v in preds]}
-            for p, preds in zip(readable, predictions)
-        ]
-        out += [{"image": str(p), "error": why} for p, why in skipped]
-        print(json.dumps(out, indent=2))
-    else:
-        for path, preds in zip(readable, predictions):
+            continue
+        n_read += 1
+        if args.json:
+            results.append({"image": str(path), "predictions": [
+                {"class": c, "probability": v} for c, v in preds]})  # fmt: skip
+        else:
             print(path)
             for name, prob in preds:
                 print(f"  {prob:6.3f}  {name}")
+    if not n_read:
+        raise CliError(f"no readable image among {', '.join(args.images)}")
+    if args.json:
+        results += [{"image": str(p), "error": why} for p, why in skipped]
+        print(json.dumps(results, indent=2))
     return 0
 
 

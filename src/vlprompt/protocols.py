@@ -26,6 +26,7 @@ from its last checkpoint.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -141,7 +142,8 @@ def default_backend() -> Backend:
     return Backend(
         train=api.train,
         evaluate=api.evaluate,
-        load_run=api.load_run,
+        # a sweep's runs have the sweep's backbone (check_run compares their configs with it)
+        load_run=functools.partial(api.load_run, allow_remote_weights=True),
         is_finished=run_status.is_run_finished,
         check=_check_names,
         check_run=_check_saved_config,
