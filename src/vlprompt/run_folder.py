@@ -222,6 +222,7 @@ def claim_folder(folder: str | Path, kind: str, *, what: str = "output folder") 
 def require_ours(folder: str | Path, kind: str, *, action: str) -> Path:
     """`folder` if vlprompt marked it as `kind`; else FolderError saying `action` was refused."""
     folder = Path(folder)
+    refuse_link(folder / MARKER_FILE)
     if folder_kind(folder) != kind:
         raise FolderError(
             f"{folder} has no {MARKER_FILE} marker of a vlprompt {kind}, so vlprompt does not "
