@@ -65,8 +65,10 @@ def _snapshot(path: Path) -> dict[str, tuple[bytes, int]]:
     """A file's bytes and mtime, or every file's under a folder (the listing, with bytes)."""
     files = [path] if path.is_file() else sorted(path.rglob("*"))
     return {
-        str(p.relative_to(path.parent)): (p.read_bytes() if p.is_file() else b"<dir>",
-                                          p.stat().st_mtime_ns)  # fmt: skip
+        str(p.relative_to(path.parent)): (
+            p.read_bytes() if p.is_file() else b"<dir>",
+            p.stat().st_mtime_ns,
+        )
         for p in files
     }
 
