@@ -59,19 +59,16 @@ def _shared_run(trained, tmp_path, backbone, pretrained=None):
 def no_network(monkeypatch):
     """open_clip must not be asked for a schema model: that would be the download."""
 
-    def refuse(name, *args, **kwargs):
-        if str(name).startswith(("hf-hub:", "local-dir:")):
-            raise AssertionError(f"open_clip was asked for {name}")
-        return real_create(name, *args, **kwargs)
+    def guard(real):
+        def call(name, *args, **kwargs):
+            if str(name).startswith(("hf-hub:", "local-dir:")):
+                raise AssertionError(f"open_clip was asked for {name}")
+            return real(name, *args, **kwargs)
 
-    real_create = open_clip.create_model
-    monkeypatch.setattr(open_clip, "create_model", refuse)
-    real_tokenizer = open_clip.get_tokenizer
-    monkeypatch.setattr(
-        open_clip, "get_tokenizer",
-        lambda name, *a, **k: refuse(name) if name.startswith("hf-hub:") else real_tokenizer(
-            name, *a, **k),
-    )  # fmt: skip
+        return call
+
+    monkeypatch.setattr(open_clip, "create_model", guard(open_clip.create_model))
+    monkeypatch.setattr(open_clip, "get_tokenizer", guard(open_clip.get_tokenizer))
 
 
 def _local_dir(folder, weights: str):
