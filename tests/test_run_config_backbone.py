@@ -108,18 +108,20 @@ def test_a_schema_backbone_in_a_runs_config_needs_the_flag(
         vlprompt.evaluate(run, record=False)
     image = sorted((world["data"] / "test").rglob("*.png"))[0]
     for argv in (["eval", str(run), "--no-record"], ["eval", str(run)],
-                 ["predict", str(run), str(image)],
-                 ["train", "--resume", "-o", str(run), "-q"]):  # fmt: skip
+                 ["predict", str(run), str(image)]):  # fmt: skip
         assert main(argv) == 2, argv
         line = _error_line(capsys)
-        assert backbone in line and "--allow-remote-weights" in line, (argv, line)
+        assert backbone in line and "pass --allow-remote-weights" in line, (argv, line)
+    # `train --resume` without --method trains the saved config: its backbone must be named
+    assert main(["train", "--resume", "-o", str(run), "-q"]) == 2
+    assert f"name it yourself: --backbone {backbone}" in _error_line(capsys)
 
 
 def test_resuming_a_run_whose_config_names_another_schema_backbone_is_refused(
     world, trained, tmp_path, no_network
 ):
     run = _shared_run(trained, tmp_path, "hf-hub:someone/their-clip")
-    with pytest.raises(RunError, match="hf-hub:someone/their-clip"):
+    with pytest.raises(RunError, match="name it yourself: --backbone hf-hub:someone/their-clip"):
         vlprompt.train(
             "test_tiny", "imagefolder", root=world["data"], backbone=TINY_VIT,
             pretrained=world["ckpt"], output_dir=run, shots=4, epochs=1, deterministic=True,

@@ -334,3 +334,25 @@ def test_the_next_summary_write_removes_the_temp_files_of_a_killed_one_and_nothi
     assert not any(p.exists() for p in stale)
     assert {n: (sweep / n).read_bytes() for n in others} == others
     assert (sweep / ".summary.md.zzzzzzzz.tmp").is_symlink() and linked.read_text() == "mine\n"
+
+
+def test_a_run_folders_stale_temp_files_and_checkpoint_folders_go_when_its_lock_is_taken(
+    world, tmp_path, capsys
+):
+    run = claim_folder(tmp_path / "run", "run")
+    (run / "checkpoints").mkdir()
+    stale = [run / ".prompts.safetensors.a1b2c3d4.tmp", run / ".status.json.zz_99xyz.tmp",
+             run / "checkpoints" / ".latest.json.abcdefgh.tmp"]  # fmt: skip
+    for path in stale:
+        path.write_bytes(b"cut short")
+    stale_checkpoint = run / "checkpoints" / ".epoch-0003.k2m4n6p8.tmp"
+    stale_checkpoint.mkdir()
+    (stale_checkpoint / "state.json").write_text("{")
+    kept = [run / ".notes.md.abcdefgh.tmp", run / "checkpoints" / ".epoch-3.abcdefgh.tmp",
+            run / "checkpoints" / "epoch-0003.abcdefgh.tmp"]  # fmt: skip
+    for path in kept:
+        path.write_bytes(b"not ours")
+    assert main(_train_argv(world, run)) == 0
+    capsys.readouterr()
+    assert not any(p.exists() for p in [*stale, stale_checkpoint])
+    assert all(p.read_bytes() == b"not ours" for p in kept)

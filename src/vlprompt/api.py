@@ -57,6 +57,7 @@ from vlprompt.run_folder import (
     not_writable,
     read_results,
     read_status,
+    remove_stale_temps_of_run,
     require_ours,
     write_config,
     write_status,
@@ -202,19 +203,26 @@ def load_run(
     return Run(run_dir, config, method, _read_status(run_dir))
 
 
-def check_weights_source(backbone: str, run_dir: Path, allowed: bool) -> None:
+def check_weights_source(
+    backbone: str, run_dir: Path, allowed: bool, *, training: bool = False
+) -> None:
     """RunError when a run's config names a backbone with its own weights source and the caller
-    did not allow it (a shared run folder must not make vlprompt download a repository)."""
+    did not allow it (a shared run folder must not make vlprompt download a repository).
+    `training`: the advice for `train --resume`, which names a backbone with --backbone."""
     from vlprompt.backbone import external_source
 
     where = external_source(backbone)
     if where is None or allowed:
         return
+    remedy = (
+        f"name it yourself: --backbone {backbone} (backbone=...)"
+        if training
+        else "pass --allow-remote-weights (allow_remote_weights=True)"
+    )
     raise RunError(
         f"{run_dir / CONFIG_FILE} names the backbone {backbone!r}, whose weights open_clip would "
         f"take from {where} without vlprompt's checks of weight files; a run folder does not "
-        "choose that on its own: if you trust this run, pass --allow-remote-weights "
-        "(allow_remote_weights=True), or name the backbone yourself with --backbone"
+        f"choose that on its own: if you trust this run, {remedy}"
     )
 
 
@@ -318,6 +326,7 @@ def _prepare_run_dir_on_main(
         try:
             claim_folder(run_dir, "run")
             stack.enter_context(folder_lock(run_dir))
+            _write_or_refuse(run_dir, lambda: remove_stale_temps_of_run(run_dir))
             outcome = _prepare_run_dir(run_dir, wanted, resume=resume, overwrite=overwrite)
             if not outcome[1]:
                 _write_or_refuse(run_dir, lambda: write_config(run_dir, outcome[0].to_dict()))
@@ -349,8 +358,6 @@ def _prepare_run_dir(
     if not has_config(run_dir):
         return wanted, False
     saved = read_run_config(run_dir)
-    if saved.backbone != wanted.backbone:  # resuming would load the saved config's backbone
-        check_weights_source(saved.backbone, run_dir, allowed=False)
     diffs = config_differences(saved, wanted)
     if diffs and not resume:
         raise RunError(
@@ -358,6 +365,9 @@ def _prepare_run_dir(
             "Choose another --output-dir, pass --resume to continue the saved run with its own "
             "config, or --overwrite to replace it"
         )
+    # resuming loads the saved config's backbone, which the caller did not name
+    check_weights_source(saved.backbone, run_dir, saved.backbone == wanted.backbone,
+                         training=True)  # fmt: skip
     if diffs:
         log.warning("resuming %s with its saved config; ignoring: %s", run_dir, "; ".join(diffs))
     # the saved run's identity, this call's runtime settings (device, workers, ...)

@@ -423,7 +423,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         saved = read_run_config(output_dir)
         api.check_weights_source(saved.backbone, Path(output_dir),
-                                 allowed=settings.get("backbone") == saved.backbone)  # fmt: skip
+                                 settings.get("backbone") == saved.backbone, training=True)  # fmt: skip
         for key in ENGINE_KEYS:
             if key in settings:
                 setattr(saved.engine, key, settings[key])

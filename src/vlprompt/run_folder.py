@@ -29,6 +29,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import stat
 import time
@@ -426,6 +427,26 @@ def tensorboard_dir(run_dir: str | Path) -> Path:
 def plots_dir(sweep_dir: str | Path) -> Path:
     """The sweep's `plots/` (not created), or FolderError when it is a link."""
     return refuse_link(Path(sweep_dir) / PLOTS_DIR)
+
+
+_CHECKPOINT_TEMP = re.compile(r"\.epoch-\d{4,}\.[a-z0-9_]{8}\.tmp")  # train_state's mkdtemp names
+
+
+def remove_stale_temps_of_run(run_dir: str | Path) -> None:
+    """Remove the temp files and checkpoint temp folders that killed writes left in a run folder
+    (only those named exactly as vlprompt names them). Only the lock holder calls this."""
+    run_dir = Path(run_dir)
+    if not holds_lock(run_dir):
+        return
+    for name in (*RUN_FILES, MARKER_FILE):
+        remove_stale_temps(run_dir / name)
+    checkpoints = checkpoint_dir(run_dir)
+    if not checkpoints.is_dir():
+        return
+    remove_stale_temps(checkpoints / LATEST_FILE)
+    for entry in checkpoints.iterdir():
+        if _CHECKPOINT_TEMP.fullmatch(entry.name) and entry.is_dir() and not is_link(entry):
+            shutil.rmtree(entry)
 
 
 def clear_run(run_dir: str | Path) -> None:
