@@ -182,8 +182,8 @@ def open_image_bounded(path: str | os.PathLike, min_short_side: int) -> Image.Im
         with Image.open(path) as img:
             short = min(img.size)
             if img.format == "JPEG" and short > 2 * min_short_side:
-                factor = min_short_side / short
-                img.draft("RGB", (img.size[0] * factor, img.size[1] * factor))
+                factor = min_short_side / short  # draft keeps at least this size
+                img.draft("RGB", (round(img.size[0] * factor), round(img.size[1] * factor)))
             img.load()
             if img.mode in ("RGB", "L") and "transparency" not in img.info:
                 return to_rgb(_reduced(img, min_short_side))  # no full-size RGB copy
