@@ -409,6 +409,7 @@ def _train_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str,
 def cmd_train(args: argparse.Namespace) -> int:
     from vlprompt import api
     from vlprompt.config import read_run_config
+    from vlprompt.run_folder import has_config
 
     settings, method_settings = _train_settings(args)
     output_dir = settings.pop("output_dir", None)
@@ -416,7 +417,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CliError("train needs --output-dir (the run folder to write)")
     resume = bool(settings.get("resume"))
     if resume and ("method" not in settings or "dataset" not in settings):
-        if not (Path(output_dir) / "config.json").is_file():
+        if not has_config(output_dir):
             raise CliError(
                 f"--resume without --method/--dataset needs a run in {output_dir}, "
                 "but it holds no config.json"
@@ -607,6 +608,8 @@ def _split_settings(
 
 
 def _print_bench_result(result: Any, output_dir: str) -> None:
+    from vlprompt.run_folder import RESULTS_FILE
+
     for key, why in result.failed.items():
         print(f"  failed: {key}: {' '.join(why.split())}", file=sys.stderr)
     summary = getattr(result, "summary", None)
@@ -617,7 +620,7 @@ def _print_bench_result(result: Any, output_dir: str) -> None:
     failed = f"{len(result.failed)} failed" + (" (exit status 1)" if result.failed else "")
     print(
         f"{len(result.trained)} run(s) trained or evaluated, {len(result.skipped)} already done, "
-        f"{failed}; results in {Path(output_dir) / 'results.jsonl'}"
+        f"{failed}; results in {Path(output_dir) / RESULTS_FILE}"
     )
 
 
