@@ -29,9 +29,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vlprompt.io import RESULTS_FILE, atomic_write_text
+from vlprompt.io import atomic_write_text
 from vlprompt.quickstart import ALL_MINI_DATASETS, mini_bench
 from vlprompt.report import load_results, write_summary
+from vlprompt.run_folder import RESULTS_FILE
 
 
 @dataclass(frozen=True)

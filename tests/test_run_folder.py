@@ -276,3 +276,83 @@ def test_eval_of_a_run_that_cannot_be_written_is_one_clear_line(world, tmp_path,
         assert _snapshot(run) == before
     finally:
         subprocess.run(undo, check=True)
+
+
+# ---- temp files of a killed write ---------------------------------------------------------------
+def _summary_records() -> str:
+    lines = []
+    for seed in (1, 2):
+        for subsample, accuracy in (("base", 70.0 + seed), ("new", 60.0 - seed)):
+            lines.append(json.dumps({
+                "protocol": "base2new", "method": "coop", "source": "d", "dataset": "d",
+                "subsample": subsample, "seed": seed, "accuracy": accuracy, "shots": 16,
+                "split": "test", "backbone": "ViT-B-16",
+            }))  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def test_the_next_summary_write_removes_the_temp_files_of_a_killed_one_and_nothing_else(tmp_path):
+    import tempfile
+
+    from vlprompt.report import write_summary
+
+    sweep = claim_folder(tmp_path / "sweep", "sweep")
+    (sweep / "results.jsonl").write_text(_summary_records())
+    # named exactly as vlprompt.io's atomic writes name their temp files (what a kill leaves)
+    stale = []
+    for name in ("summary.csv", "summary.md", "summary.csv"):
+        fd, tmp = tempfile.mkstemp(dir=sweep, prefix=f".{name}.", suffix=".tmp")
+        os.write(fd, b"half a table")
+        os.close(fd)
+        stale.append(Path(tmp))
+    (sweep / "plots").mkdir()
+    plot = sweep / "plots" / "base2new_shots16.png"
+    fd, plot_tmp = tempfile.mkstemp(dir=plot.parent, prefix=f".{plot.name}.", suffix=".tmp")
+    os.close(fd)
+    stale.append(Path(plot_tmp))
+    others = {
+        ".summary.csv.tmp": b"no random part",
+        ".summary.csv.abc.tmp": b"too short to be ours",
+        ".summary.csv.abcdefghi.tmp": b"too long to be ours",
+        "summary.csv.abcdefgh.tmp": b"no leading dot",
+        ".summary.csv.ABCDEFGH.tmp": b"mkstemp writes lower case",
+        ".summary.csv.abcdefgh.tmp.bak": b"another suffix",
+        ".results.jsonl.abcdefgh.tmp": b"another file's",
+        "notes.md": b"the user's",
+    }
+    for name, data in others.items():
+        (sweep / name).write_bytes(data)
+    linked = tmp_path / "linked.txt"
+    linked.write_text("mine\n")
+    os.symlink(linked, sweep / ".summary.md.zzzzzzzz.tmp")  # named like ours, but a link
+
+    write_summary(sweep)  # without the lock: another process may be writing; nothing removed
+    assert all(p.exists() for p in stale)
+    with folder_lock(sweep):
+        files = write_summary(sweep)
+    assert files.csv.is_file() and plot in files.plots
+    assert not any(p.exists() for p in stale)
+    assert {n: (sweep / n).read_bytes() for n in others} == others
+    assert (sweep / ".summary.md.zzzzzzzz.tmp").is_symlink() and linked.read_text() == "mine\n"
+
+
+def test_a_run_folders_stale_temp_files_and_checkpoint_folders_go_when_its_lock_is_taken(
+    world, tmp_path, capsys
+):
+    run = claim_folder(tmp_path / "run", "run")
+    (run / "checkpoints").mkdir()
+    stale = [run / ".prompts.safetensors.a1b2c3d4.tmp", run / ".status.json.zz_99xyz.tmp",
+             run / "checkpoints" / ".latest.json.abcdefgh.tmp"]  # fmt: skip
+    for path in stale:
+        path.write_bytes(b"cut short")
+    stale_checkpoint = run / "checkpoints" / ".epoch-0003.k2m4n6p8.tmp"
+    stale_checkpoint.mkdir()
+    (stale_checkpoint / "state.json").write_text("{")
+    kept = [run / ".notes.md.abcdefgh.tmp", run / "checkpoints" / ".epoch-3.abcdefgh.tmp",
+            run / "checkpoints" / "epoch-0003.abcdefgh.tmp"]  # fmt: skip
+    for path in kept:
+        path.write_bytes(b"not ours")
+    assert main(_train_argv(world, run)) == 0
+    capsys.readouterr()
+    assert not any(p.exists() for p in [*stale, stale_checkpoint])
+    assert all(p.read_bytes() == b"not ours" for p in kept)

@@ -7,9 +7,10 @@
     run = vlprompt.load_run("runs/rpo_pets")
     run.predict(["cat.jpg"], topk=3)   # [[("abyssinian", 0.91), ...]]
 
-A run folder holds (docs/architecture.md): `config.json` (the resolved `RunConfig`), the learned prompts
-(`prompts.safetensors` + `method.json`), `results.jsonl` (one line per evaluation), `log.txt`,
-`checkpoints/` and `status.json` (written last: the run finished).
+A run folder holds (docs/architecture.md, "The run folder"; vlprompt.run_folder names and writes
+every file): `config.json` (the resolved `RunConfig`), the learned prompts (`prompts.safetensors`
++ `method.json`), `results.jsonl` (one line per evaluation), `log.txt`, `checkpoints/` and
+`status.json` (written last: the run finished).
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import contextlib
 import hashlib
 import json
 import logging
-import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,6 @@ from typing import Any
 import torch
 
 from vlprompt.config import (
-    CONFIG_FILE,
     DEFAULT_BACKBONE,
     DEFAULT_PRETRAINED,
     RUNTIME_ENGINE_KEYS,
@@ -42,20 +41,37 @@ from vlprompt.config import (
 from vlprompt.distributed import Dist, init_distributed, resolve_device
 from vlprompt.engine import EpochStats, fit
 from vlprompt.errors import RunError
-from vlprompt.io import RESULTS_FILE, append_jsonl, atomic_write_json, read_jsonl
-from vlprompt.methods.saving import METHOD_FILE, PROMPTS_FILE, load_learned, read_method_info
+from vlprompt.methods.saving import load_learned, read_method_info
 from vlprompt.precision import effective_precision
-from vlprompt.run_folder import claim_folder, folder_lock, not_writable, require_ours
-from vlprompt.run_status import STATUS_FILE, is_run_finished
+from vlprompt.run_folder import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LOG_FILE,
+    PROMPTS_FILE,
+    append_log,
+    append_result,
+    claim_folder,
+    clear_run,
+    folder_lock,
+    has_config,
+    is_run_finished,
+    not_writable,
+    read_results,
+    read_status,
+    remove_stale_temps_of_run,
+    require_ours,
+    write_config,
+    write_status,
+)
+from vlprompt.run_folder import RUN_FILES as RUN_FILES
 from vlprompt.seeding import seed_everything
-from vlprompt.train_state import CHECKPOINT_DIR, latest_checkpoint
+from vlprompt.train_state import latest_checkpoint
 
 log = logging.getLogger("vlprompt")
 # decoded training images kept in memory across epochs (per data-loader process)
 KEEP_DECODED_TRAIN_BYTES = 256 * 2**20
-
-LOG_FILE = "log.txt"
-RUN_FILES = (CONFIG_FILE, PROMPTS_FILE, METHOD_FILE, RESULTS_FILE, LOG_FILE, STATUS_FILE)
+# predict decodes a larger image at a short side of this many times the model's input size
+PREDICT_SIDE_FACTOR = 4
 
 
 # ---- the run object ---------------------------------------------------------------------------
@@ -79,57 +95,100 @@ class Run:
 
     def results(self) -> list[dict[str, Any]]:
         """The evaluations recorded in the run's `results.jsonl`."""
-        return read_jsonl(self.run_dir / RESULTS_FILE, RunError)
+        return read_results(self.run_dir, RunError)
 
     def evaluate(self, **kwargs: Any) -> dict[str, Any]:
         """`vlprompt.evaluate(self, **kwargs)`."""
         return evaluate(self, **kwargs)
 
-    @torch.no_grad()
     def predict(
         self, images: Sequence[Any], topk: int = 5, batch_size: int = 32
     ) -> list[list[tuple[str, float]]]:
         """Top-k (class name, probability) for each image (a path or a PIL image), in order.
-        An unreadable image raises DataError naming the file."""
-        from PIL import Image
+        An unreadable image raises DataError naming the file. Images are decoded one batch at
+        a time (see `iter_predictions`)."""
+        return [preds for _, preds, _ in self.iter_predictions(images, topk, batch_size)]
 
-        from vlprompt.data import open_image, to_rgb, transform_for
+    @torch.no_grad()
+    def iter_predictions(
+        self,
+        images: Iterable[Any],
+        topk: int = 5,
+        batch_size: int = 32,
+        *,
+        skip_unreadable: bool = False,
+    ) -> Iterator[tuple[Any, list[tuple[str, float]] | None, str | None]]:
+        """`(image, top-k predictions, None)` for each image, in order, decoded and classified
+        one batch at a time, so memory is bounded by the batch, not by the number of images.
+        A file is opened only if it is a regular file and decoded at a bounded size
+        (`open_image_bounded`: the short side at most PREDICT_SIDE_FACTOR times the model's
+        input; smaller images are decoded exactly). With `skip_unreadable` an unreadable file
+        yields `(image, None, reason)` at once instead of raising DataError."""
+
+        from vlprompt.data import transform_for
 
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
         transform = transform_for(self.clip, train=False)
+        bound = PREDICT_SIDE_FACTOR * self.clip.image_size
         k = min(topk, len(self.classnames))
-        out: list[list[tuple[str, float]]] = []
-        with self.method.classifier():  # the class side once for all batches, not per batch
-            for start in range(0, len(images), batch_size):
-                batch = []
-                for image in images[start : start + batch_size]:
-                    if isinstance(image, Image.Image):
-                        image = to_rgb(image)
-                    else:
-                        image = open_image(str(image))
-                    batch.append(transform(image))
-                logits = self.method(torch.stack(batch).to(self.clip.device)).float()
-                probs = logits.softmax(dim=-1).cpu()
-                values, indices = probs.topk(k, dim=-1)
-                for vals, idxs in zip(values.tolist(), indices.tolist()):
-                    out.append([(self.classnames[i], float(v)) for v, i in zip(vals, idxs)])
-        return out
+        self.method.eval()
+        with self.method.holding_class_side():  # the class side once for all batches
+            yield from self._predict_batches(images, transform, bound, k, batch_size,
+                                             skip_unreadable)  # fmt: skip
+
+    def _predict_batches(self, images, transform, bound, k, batch_size, skip_unreadable):
+        from PIL import Image
+
+        from vlprompt.data import open_image_bounded, to_rgb
+        from vlprompt.errors import DataError
+
+        pending: list[tuple[Any, torch.Tensor]] = []
+        for image in images:
+            try:
+                if isinstance(image, Image.Image):
+                    pixels = to_rgb(image)
+                else:
+                    pixels = open_image_bounded(str(image), bound)
+            except DataError as exc:
+                if not skip_unreadable:
+                    raise
+                yield image, None, str(exc)
+                continue
+            pending.append((image, transform(pixels)))
+            del pixels
+            if len(pending) == batch_size:
+                yield from self._classify(pending, k)
+                pending = []
+        if pending:
+            yield from self._classify(pending, k)
+
+    @torch.no_grad()
+    def _classify(self, batch: list[tuple[Any, torch.Tensor]], k: int):
+        logits = self.method(torch.stack([t for _, t in batch]).to(self.clip.device)).float()
+        values, indices = logits.softmax(dim=-1).cpu().topk(k, dim=-1)
+        for (image, _), vals, idxs in zip(batch, values.tolist(), indices.tolist()):
+            yield image, [(self.classnames[i], float(v)) for v, i in zip(vals, idxs)], None
 
 
 def _read_status(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / STATUS_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except json.JSONDecodeError:
-        return {}
+    return read_status(run_dir)
 
 
 def load_run(
-    run_dir: str | Path | Run, device: str = "cpu", *, trust_torchscript: bool = False
+    run_dir: str | Path | Run,
+    device: str = "cpu",
+    *,
+    trust_torchscript: bool = False,
+    allow_remote_weights: bool = False,
 ) -> Run:
     """Load a finished run: its backbone (from the config's name + pretrained tag/path) and the
-    learned prompts. A folder that is not a finished run raises RunError. Loading only reads."""
+    learned prompts. A folder that is not a finished run raises RunError. Loading only reads.
+
+    A run's config.json may come from someone else: a backbone it names as `hf-hub:org/repo` or
+    `local-dir:/path` (open_clip downloads or reads those weights itself) loads only with
+    `allow_remote_weights=True` (CLI: --allow-remote-weights); a local `pretrained` file is
+    read with vlprompt's own checks (no pickle code, TorchScript only if trusted)."""
     if isinstance(run_dir, Run):
         return run_dir
     from vlprompt.backbone import load_clip
@@ -137,6 +196,7 @@ def load_run(
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     device = str(resolve_device(device, Dist()))  # CUDA asked for on a machine without: one line
+    check_weights_source(config.backbone, run_dir, allow_remote_weights)
     if not is_run_finished(run_dir):
         ckpt = latest_checkpoint(run_dir) if (run_dir / CHECKPOINT_DIR).is_dir() else None
         where = f"its last checkpoint is {ckpt.name}" if ckpt else "it has no checkpoint yet"
@@ -152,6 +212,29 @@ def load_run(
     method = _load_method(run_dir, clip)
     method.eval()
     return Run(run_dir, config, method, _read_status(run_dir))
+
+
+def check_weights_source(
+    backbone: str, run_dir: Path, allowed: bool, *, training: bool = False
+) -> None:
+    """RunError when a run's config names a backbone with its own weights source and the caller
+    did not allow it (a shared run folder must not make vlprompt download a repository).
+    `training`: the advice for `train --resume`, which names a backbone with --backbone."""
+    from vlprompt.backbone import external_source
+
+    where = external_source(backbone)
+    if where is None or allowed:
+        return
+    remedy = (
+        f"name it yourself: --backbone {backbone} (backbone=...)"
+        if training
+        else "pass --allow-remote-weights (allow_remote_weights=True)"
+    )
+    raise RunError(
+        f"{run_dir / CONFIG_FILE} names the backbone {backbone!r}, whose weights open_clip would "
+        f"take from {where} without vlprompt's checks of weight files; a run folder does not "
+        f"choose that on its own: if you trust this run, {remedy}"
+    )
 
 
 def _load_method(run_dir: Path, clip: Any) -> Any:
@@ -277,10 +360,10 @@ def _prepare_run_dir_on_main(
         try:
             claim_folder(run_dir, "run")
             stack.enter_context(folder_lock(run_dir))
+            _write_or_refuse(run_dir, lambda: remove_stale_temps_of_run(run_dir))
             outcome = _prepare_run_dir(run_dir, wanted, resume=resume, overwrite=overwrite)
             if not outcome[1]:
-                _write_or_refuse(run_dir, lambda: atomic_write_json(
-                    run_dir / CONFIG_FILE, outcome[0].to_dict()))  # fmt: skip
+                _write_or_refuse(run_dir, lambda: write_config(run_dir, outcome[0].to_dict()))
         except Exception as e:  # noqa: BLE001  (re-raised below, on every rank)
             error = e
     shared = ctx.from_main(outcome if error is None else str(error))
@@ -304,10 +387,9 @@ def _prepare_run_dir(
 ) -> tuple[RunConfig, bool]:
     """Check a claimed and locked run folder against the wanted config. Returns the config to
     use and whether the folder holds that run, finished."""
-    saved_path = run_dir / CONFIG_FILE
     if overwrite:
         _write_or_refuse(run_dir, lambda: _clear_run(run_dir))
-    if not saved_path.is_file():
+    if not has_config(run_dir):
         return wanted, False
     saved = read_run_config(run_dir)
     diffs = config_differences(saved, wanted)
@@ -317,6 +399,9 @@ def _prepare_run_dir(
             "Choose another --output-dir, pass --resume to continue the saved run with its own "
             "config, or --overwrite to replace it"
         )
+    # resuming loads the saved config's backbone, which the caller did not name
+    check_weights_source(saved.backbone, run_dir, saved.backbone == wanted.backbone,
+                         training=True)  # fmt: skip
     if diffs:
         log.warning("resuming %s with its saved config; ignoring: %s", run_dir, "; ".join(diffs))
     # the saved run's identity, this call's runtime settings (device, workers, ...)
@@ -341,9 +426,7 @@ def _prepare_run_dir(
 
 def _clear_run(run_dir: Path) -> None:
     """Remove what a run writes in its (marked) folder; other files in it stay."""
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    clear_run(run_dir)
 
 
 class _RunLog:
@@ -352,6 +435,7 @@ class _RunLog:
 
     def __init__(self, run_dir: Path, ctx: Dist, to_file: bool = True, echo: bool = True) -> None:
         self.path = run_dir / LOG_FILE
+        self.run_dir = run_dir
         self.ctx = ctx
         self.to_file = to_file
         self.echo = echo
@@ -361,13 +445,7 @@ class _RunLog:
             log.log(logging.INFO if self.echo else logging.DEBUG, message)
             if not self.to_file:
                 return
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-
-            def write() -> None:
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(f"{stamp}  {message}\n")
-
-            _write_or_refuse(self.path.parent, write)
+            _write_or_refuse(self.run_dir, lambda: append_log(self.run_dir, message))
 
 
 # ---- training ---------------------------------------------------------------------------------
@@ -459,7 +537,9 @@ def train_config(
         if finished:
             log.info("%s: finished earlier with the same config; loading it", run_dir)
             device = str(resolve_device(config.engine.device, ctx))
-            return load_run(run_dir, device=device, trust_torchscript=trust_torchscript)
+            # the backbone is the caller's (checked by _prepare_run_dir)
+            return load_run(run_dir, device, trust_torchscript=trust_torchscript,
+                            allow_remote_weights=True)  # fmt: skip
         board = None
         if tensorboard and ctx.is_main:
             from vlprompt.tracking import TensorBoardLog
@@ -502,7 +582,7 @@ def _train_and_evaluate(config, run_dir, *, resume, evaluate, progress, on_epoch
             "n_classes": len(splits.classnames),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        atomic_write_json(run_dir / STATUS_FILE, status)
+        write_status(run_dir, status)
         say(f"saved the learned prompts to {run_dir} ({wall_s:.1f} s of training)")
     ctx.barrier()
     run = Run(run_dir, config, method, _read_status(run_dir))
@@ -589,19 +669,21 @@ def evaluate(
     record: bool = True,
     reuse: bool = True,
     trust_torchscript: bool = False,
+    allow_remote_weights: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a finished run on `split` of `dataset` (default: the run's own data set) with
     the `subsample` classes (default: the run's own for its data set, else "all"). Returns the
     result record (accuracy in percent) and, with `record=True`, appends it to the run's
     `results.jsonl`. With `reuse=True` an identical evaluation already recorded for the same
     learned prompts is returned without recomputing. Recording needs a run folder vlprompt
-    created (`record=False` evaluates any run read-only)."""
+    created (`record=False` evaluates any run read-only). `allow_remote_weights`: see load_run."""
     if record:  # checked before anything is loaded
         run_dir = run.run_dir if isinstance(run, Run) else Path(run)
         read_run_config(run_dir)  # a folder that is no run at all says so first
         require_ours(run_dir, "run", action="record results (evaluate without recording: "
                      "--no-record, or record=False)")  # fmt: skip
-    run = load_run(run, device=device, trust_torchscript=trust_torchscript)
+    run = load_run(run, device=device, trust_torchscript=trust_torchscript,
+                   allow_remote_weights=allow_remote_weights)  # fmt: skip
     ctx = init_distributed(run.config.engine.device)
     say = _RunLog(run.run_dir, ctx, to_file=record, echo=False)  # the caller shows the result
     own = dataset is None or dataset == run.config.dataset
@@ -689,5 +771,5 @@ def _evaluate_run(run: Run, splits: Any, *, split: str, ctx: Dist, say: Callable
     )
     if record and ctx.is_main:
         with folder_lock(run.run_dir):
-            _write_or_refuse(run.run_dir, lambda: append_jsonl(run.run_dir / RESULTS_FILE, rec))
+            _write_or_refuse(run.run_dir, lambda: append_result(run.run_dir, rec))
     return rec

@@ -124,8 +124,22 @@ def list_models() -> list[str]:
     return open_clip.list_models()
 
 
+# open_clip model names that bring their own weights: a Hugging Face Hub repository (downloaded)
+# or a local folder (config + weights read by open_clip itself, not by vlprompt.clip_weights)
+EXTERNAL_SCHEMAS = {"hf-hub:": "a Hugging Face Hub repository", "local-dir:": "a local folder"}
+
+
+def external_source(name: str) -> str | None:
+    """Where an open_clip schema name (`hf-hub:org/repo`, `local-dir:/path`) takes its weights
+    from, in words; None for a plain architecture name."""
+    for prefix, where in EXTERNAL_SCHEMAS.items():
+        if str(name).startswith(prefix):
+            return f"{where} ({str(name)[len(prefix) :]})"
+    return None
+
+
 def _check_model_name(name: str) -> None:
-    if name.startswith(("hf-hub:", "local-dir:")):
+    if external_source(name):
         return
     known = open_clip.list_models()
     if name not in known:
@@ -420,10 +434,11 @@ def load_clip(
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    if not name.startswith(("hf-hub:", "local-dir:")):
+    if not external_source(name):
         name = name.replace("/", "-")  # OpenAI spells "ViT-B/16", open_clip "ViT-B-16"
     _check_model_name(name)
-    tokenizer = open_clip.get_tokenizer(name)
+    with _external_errors(name):
+        tokenizer = open_clip.get_tokenizer(name)
 
     if pretrained is not None and is_local_source(pretrained):
         ckpt = read_checkpoint(Path(pretrained), trust_torchscript=trust_torchscript)
@@ -438,7 +453,7 @@ def load_clip(
         source = tag
     else:
         qg = bool(quick_gelu)
-        with quiet_random_init():  # random weights are what the caller asked for
+        with quiet_random_init(), _external_errors(name):  # random or the schema's own weights
             model = open_clip.create_model(name, pretrained=None, force_quick_gelu=qg)
         source = None
 
@@ -446,6 +461,26 @@ def load_clip(
     if precision != "fp32":
         model = model.to(dtype=PRECISIONS[precision])
     return ClipBackbone(model, tokenizer, name, source, qg, precision)
+
+
+@contextmanager
+def _external_errors(name: str) -> Iterator[None]:
+    """open_clip's errors for a schema name (a missing folder or config, a pickle holding more
+    than tensors, no network) as one CheckpointError line; plain names pass through."""
+    where = external_source(name)
+    if where is None:
+        yield
+        return
+    try:
+        yield
+    except Exception as exc:  # open_clip raises FileNotFoundError, ValueError, UnpicklingError, ...
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+        raise CheckpointError(
+            f"cannot load {name!r} from {where}: {type(exc).__name__}: {detail[:300]}. open_clip "
+            "reads it with torch.load(weights_only=True), which refuses files holding anything but "
+            "tensors; use a folder with open_clip_config.json and .safetensors weights, or "
+            "--backbone ARCH --pretrained /path/to/weights"
+        ) from None
 
 
 def _create_from_tag(

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import typing
+from collections.abc import Iterator
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,11 @@ MINI_EXAMPLE = """examples:
   vlprompt train --method rpo --dataset mini_shapes --backbone vlprompt-mini-vit \\
       --pretrained my-mini-clip.safetensors -o runs/mini
 """
+
+REMOTE_HELP = (
+    "load a backbone that the run's config.json names as hf-hub:ORG/REPO (a download) or "
+    "local-dir:PATH (read by open_clip itself); pass this only for a run you trust"
+)
 
 
 # ---- parser -------------------------------------------------------------------------------------
@@ -214,6 +220,7 @@ def _add_eval_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the result record as JSON")
     p.add_argument("--trust-torchscript", action="store_true", help=TRUST_HELP)
+    p.add_argument("--allow-remote-weights", action="store_true", help=REMOTE_HELP)
 
 
 def _add_predict_parser(p: argparse.ArgumentParser) -> None:
@@ -223,6 +230,7 @@ def _add_predict_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--trust-torchscript", action="store_true", help=TRUST_HELP)
+    p.add_argument("--allow-remote-weights", action="store_true", help=REMOTE_HELP)
 
 
 def _add_bench_parser(p: argparse.ArgumentParser) -> None:
@@ -389,13 +397,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from vlprompt import api
     from vlprompt.config import read_run_config, split_train_kwargs
+    from vlprompt.run_folder import has_config
 
     settings, method_settings = _train_settings(args)
     output_dir = settings.get("output_dir")
     if not output_dir:
         raise CliError("train needs --output-dir (the run folder to write)")
     if settings.get("resume") and ("method" not in settings or "dataset" not in settings):
-        if not (Path(output_dir) / "config.json").is_file():
+        if not has_config(output_dir):
             raise CliError(
                 f"--resume without --method/--dataset needs a run in {output_dir}, "
                 "but it holds no config.json"
@@ -403,6 +412,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = read_run_config(output_dir)
         run_fields, engine, call, _ = split_train_kwargs(settings)
         _refuse_other_identity(output_dir, saved, run_fields, engine, method_settings)
+        api.check_weights_source(saved.backbone, Path(output_dir),
+                                 run_fields.get("backbone") == saved.backbone, training=True)  # fmt: skip
         if "root" in run_fields:  # the data moved: not part of the run's identity
             saved.root = str(Path(run_fields["root"]).expanduser().resolve())
         saved = replace(saved, engine=replace(saved.engine, **engine))
@@ -458,6 +469,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     record = api.evaluate(
         args.run_dir, args.dataset, subsample=args.subsample, split=args.split, root=args.root,
         device=args.device, record=args.record, trust_torchscript=args.trust_torchscript,
+        allow_remote_weights=args.allow_remote_weights,
     )  # fmt: skip
     if args.json:
         print(json.dumps(record, indent=2, sort_keys=True))
@@ -470,51 +482,61 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_files(paths: list[str]) -> list[Path]:
-    files: list[Path] = []
+def _not_regular(path: Path) -> None:
+    print(f"vlprompt: skipping {path}: not a regular image file (a named pipe, device or socket)",
+          file=sys.stderr)  # fmt: skip
+
+
+def _image_files(paths: list[str]) -> Iterator[Path]:
+    """The files named or found in the named folders, in order; anything else is skipped with a
+    line on stderr (a named pipe is never opened)."""
     for text in paths:
         path = Path(text).expanduser()
         if path.is_dir():
-            files += sorted(
-                p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
-            )
+            for p in sorted(path.rglob("*")):
+                if p.name.startswith(".") or p.is_dir():
+                    continue
+                if p.is_file():
+                    yield p
+                else:
+                    _not_regular(p)
         elif path.is_file():
-            files.append(path)
+            yield path
+        elif path.exists():
+            _not_regular(path)
         else:
             print(f"vlprompt: skipping {path}: no such file or folder", file=sys.stderr)
-    return files
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from vlprompt import api
-    from vlprompt.data import open_image
 
     if args.topk < 1:
         raise CliError(f"--topk must be >= 1, got {args.topk}")
-    run = api.load_run(args.run_dir, device=args.device, trust_torchscript=args.trust_torchscript)
-    readable, images, skipped = [], [], []
-    for path in _image_files(args.images):
-        try:
-            images.append(open_image(str(path)))
-            readable.append(path)
-        except VlpromptError as exc:
-            skipped.append((path, str(exc)))
+    run = api.load_run(args.run_dir, device=args.device, trust_torchscript=args.trust_torchscript,
+                       allow_remote_weights=args.allow_remote_weights)  # fmt: skip
+    results, skipped, n_read = [], [], 0
+    # decoded one batch at a time; text lines are printed as each batch is classified
+    for path, preds, why in run.iter_predictions(
+        _image_files(args.images), topk=args.topk, skip_unreadable=True
+    ):
+        if preds is None:
+            skipped.append((path, why))
             print(f"vlprompt: skipping {path}: not a readable image", file=sys.stderr)
-    if not images:
-        raise CliError(f"no readable image among {', '.join(args.images)}")
-    predictions = run.predict(images, topk=args.topk)
-    if args.json:
-        out = [
-            {"image": str(p), "predictions": [{"class": c, "probability": v} for c, v in preds]}
-            for p, preds in zip(readable, predictions)
-        ]
-        out += [{"image": str(p), "error": why} for p, why in skipped]
-        print(json.dumps(out, indent=2))
-    else:
-        for path, preds in zip(readable, predictions):
+            continue
+        n_read += 1
+        if args.json:
+            results.append({"image": str(path), "predictions": [
+                {"class": c, "probability": v} for c, v in preds]})  # fmt: skip
+        else:
             print(path)
             for name, prob in preds:
                 print(f"  {prob:6.3f}  {name}")
+    if not n_read:
+        raise CliError(f"no readable image among {', '.join(args.images)}")
+    if args.json:
+        results += [{"image": str(p), "error": why} for p, why in skipped]
+        print(json.dumps(results, indent=2))
     return 0
 
 
@@ -600,6 +622,8 @@ def _split_settings(
 
 
 def _print_bench_result(result: Any, output_dir: str) -> None:
+    from vlprompt.run_folder import RESULTS_FILE
+
     for key, why in result.failed.items():
         print(f"  failed: {key}: {' '.join(why.split())}", file=sys.stderr)
     summary = getattr(result, "summary", None)
@@ -610,7 +634,7 @@ def _print_bench_result(result: Any, output_dir: str) -> None:
     failed = f"{len(result.failed)} failed" + (" (exit status 1)" if result.failed else "")
     print(
         f"{len(result.trained)} run(s) trained or evaluated, {len(result.skipped)} already done, "
-        f"{failed}; results in {Path(output_dir) / 'results.jsonl'}"
+        f"{failed}; results in {Path(output_dir) / RESULTS_FILE}"
     )
 
 

@@ -17,12 +17,11 @@ from typing import Any
 from vlprompt._version import __version__
 from vlprompt.errors import (
     ConfigError,
-    RunError,
     TrainingDivergedError,  # noqa: F401  (its old home)
     VlpromptError,
 )
+from vlprompt.run_folder import CONFIG_FILE, read_config_data
 
-CONFIG_FILE = "config.json"
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 MAX_SEED = 2**32 - 1  # numpy's limit (np.random.seed)
 DEVICE_EXAMPLES = "cpu, cuda, cuda:1, mps"
@@ -399,24 +398,8 @@ def _jsonable(data: Any) -> Any:
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
     """The `RunConfig` saved in a run folder; a folder that is not a run -> RunError."""
-    run_dir = Path(run_dir)
-    path = run_dir / CONFIG_FILE
-    if not run_dir.is_dir():
-        raise RunError(
-            f"{run_dir} is not a folder; expected a run folder written by `vlprompt train`"
-        )
-    if not path.is_file():
-        raise RunError(
-            f"{run_dir} is not a run folder: it has no {CONFIG_FILE} "
-            "(expected the output folder of `vlprompt train` / vlprompt.train)"
-        )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise RunError(f"{path} is not valid JSON ({exc}); the run folder is damaged") from exc
-    if not isinstance(data, dict):
-        raise RunError(f"{path} does not hold a JSON object; the run folder is damaged")
-    return RunConfig.from_dict(data, source=str(path))
+    data = read_config_data(run_dir)
+    return RunConfig.from_dict(data, source=str(Path(run_dir) / CONFIG_FILE))
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

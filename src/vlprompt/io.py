@@ -1,12 +1,15 @@
-"""Atomic writes (temp file + rename) and JSON-lines results files.
+"""Atomic writes (temp file + rename) and JSON-lines files.
 
-The on-disk format of learned prompts lives with the methods (`vlprompt.methods.saving`)."""
+The layout of run and sweep folders, and every write into them, is `vlprompt.run_folder`'s; the
+on-disk format of learned prompts lives with the methods (`vlprompt.methods.saving`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +19,6 @@ if TYPE_CHECKING:
 
 from vlprompt.errors import ResultsFileError, VlpromptError
 
-RESULTS_FILE = "results.jsonl"  # one JSON line per evaluation, in a run folder or a sweep folder
 log = logging.getLogger(__name__)
 
 
@@ -37,11 +39,41 @@ def publish_temp_file(tmp: str | Path, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+# mkstemp's random part: 8 of "a-z0-9_" (tempfile._RandomNameSequence)
+_TEMP_TAIL = r"[a-z0-9_]{8}\.tmp"
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Remove the temp files that an atomic write of `path` left when it was killed: regular
+    files named exactly as `atomic_write_bytes` names them (`.<name>.XXXXXXXX.tmp`), nothing
+    else. Call it only where no other process writes `path` (a folder's lock holder). Returns
+    what was removed."""
+    path = Path(path)
+    pattern = re.compile(re.escape(_temp_prefix(path)) + _TEMP_TAIL)
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if pattern.fullmatch(entry.name) and stat.S_ISREG(
+            entry.stat(follow_symlinks=False).st_mode
+        ):
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same folder and a rename."""
+    """Write `data` to `path` via a temp file in the same folder and a rename (a link at `path`
+    is replaced, never written through)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -68,7 +100,7 @@ def atomic_save_tensors(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
@@ -105,10 +137,13 @@ def read_jsonl(
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
-    """Append one JSON line; a single write call so a line is never half-written by us."""
+    """Append one JSON line; a single write call so a line is never half-written by us. A link
+    at `path` is not followed (OSError ELOOP); run and sweep folders append through
+    `vlprompt.run_folder`, which names such a link."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())

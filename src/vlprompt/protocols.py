@@ -27,6 +27,7 @@ from its last checkpoint.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -46,8 +47,17 @@ from vlprompt.executors import (
     run_locally,
     run_on_ray,
 )
-from vlprompt.io import RESULTS_FILE, append_jsonl, atomic_write_text, read_jsonl
-from vlprompt.run_folder import claim_folder, folder_lock, holds_lock
+from vlprompt.io import read_jsonl
+from vlprompt.run_folder import (
+    RESULTS_FILE,
+    append_result,
+    claim_folder,
+    folder_lock,
+    has_config,
+    holds_lock,
+    refuse_links_below,
+    write_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +139,8 @@ def default_backend() -> Backend:
     return Backend(
         train=api.train,
         evaluate=api.evaluate,
-        load_run=api.load_run,
+        # a sweep's runs have the sweep's backbone (check_run compares their configs with it)
+        load_run=functools.partial(api.load_run, allow_remote_weights=True),
         is_finished=run_status.is_run_finished,
         check=_check_names,
         check_run=_check_saved_config,
@@ -175,14 +186,13 @@ def _check_saved_config(run_dir: Path, method: str, dataset: str, kwargs: dict[s
     (otherwise a sweep re-run with new settings would silently report the old runs)."""
     from vlprompt import api
     from vlprompt.config import (
-        CONFIG_FILE,
         EngineSettings,
         config_differences,
         read_run_config,
         split_train_kwargs,
     )
 
-    if not (run_dir / CONFIG_FILE).is_file():
+    if not has_config(run_dir):
         return
     named, engine, _, overrides = split_train_kwargs(kwargs)
     wanted = api.resolve_config(
@@ -332,10 +342,10 @@ def _repair_tail(path: Path) -> None:
     head, _, last = text.rpartition("\n")
     try:
         json.loads(last)
-        atomic_write_text(path, text + "\n")
+        write_file(path.parent, path.name, text + "\n")
     except json.JSONDecodeError:
         log.warning("%s: removing a truncated last line", path)
-        atomic_write_text(path, head + "\n" if head else "")
+        write_file(path.parent, path.name, head + "\n" if head else "")
 
 
 def _record(spec: RunSpec, evaluation: Evaluation, result: dict[str, Any]) -> dict[str, Any]:
@@ -505,6 +515,8 @@ def run_bench(
     with session:
         output_dir = claim_folder(output_dir, "sweep", what="sweep folder")
         with folder_lock(output_dir):  # one sweep per folder: it is the only writer of its results
+            for spec in specs:  # a run folder reached through a link would write outside the sweep
+                refuse_links_below(output_dir, spec.run_dir(output_dir))
             if backend.check_run is not None:  # before any work: a run folder of other settings
                 for spec in specs:
                     identity = dict(shots=spec.shots, seed=spec.seed, subsample=spec.subsample)
@@ -579,7 +591,7 @@ def _append_record(results_path: Path, record: dict[str, Any]) -> None:
             f"{results_path} is written only by the sweep's driver, which holds the lock of "
             f"{results_path.parent}; this process does not"
         )
-    append_jsonl(results_path, record)
+    append_result(results_path.parent, record)
 
 
 def _write_summary(output_dir: Path, plots: bool) -> Any:

@@ -23,9 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,14 +34,19 @@ import numpy as np
 
 from vlprompt import comparisons
 from vlprompt.errors import ReportError
-from vlprompt.io import RESULTS_FILE, atomic_write_text, publish_temp_file, read_jsonl
+from vlprompt.io import read_jsonl
 from vlprompt.latex import render_latex
+from vlprompt.run_folder import (
+    PLOTS_DIR,
+    RESULTS_FILE,
+    SUMMARY_CSV,
+    SUMMARY_MD,
+    SUMMARY_TEX,
+    write_file,
+)
+from vlprompt.run_folder import plots_dir as sweep_plots_dir
 from vlprompt.statistics import cd_diagram, harmonic_mean, t_half_width
 
-SUMMARY_MD = "summary.md"
-SUMMARY_CSV = "summary.csv"
-SUMMARY_TEX = "summary.tex"
-PLOTS_DIR = "plots"
 AVERAGE = "average"  # the `dataset` of rows averaged over data sets (or over xd/dg targets)
 CSV_COLUMNS = (
     "backbone",
@@ -623,19 +626,11 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _save_figure(fig: Any, path: Path) -> Path:
-    """PNG (or PDF, by the suffix) via a temp file in the same folder and a rename (atomic like
-    vlprompt.io)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = path.suffix.lstrip(".") or "png"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".{fmt}")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=fmt)
-        publish_temp_file(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """PNG (or PDF, by the suffix) written atomically (vlprompt.run_folder.write_file; `plots/`
+    is in a sweep folder)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png")
+    return write_file(path.parent, path.name, buffer.getvalue(), owner=path.parent.parent)
 
 
 def _slug(*parts: Any) -> str:
@@ -881,10 +876,10 @@ def write_summary(
     groups = per_seed(records)
     files = SummaryFiles(output_dir / SUMMARY_MD, output_dir / SUMMARY_CSV, cells=cells,
                          tex=output_dir / SUMMARY_TEX)  # fmt: skip
-    atomic_write_text(files.csv, render_csv(cells))
+    write_file(output_dir, SUMMARY_CSV, render_csv(cells))
     markdown = render_markdown(cells, len(records), groups, PLOTS_DIR if plots else None, posthoc)
-    atomic_write_text(files.markdown, markdown)
-    atomic_write_text(files.tex, render_latex(cells, PROTOCOL_TITLES, AVERAGE))
+    write_file(output_dir, SUMMARY_MD, markdown)
+    write_file(output_dir, SUMMARY_TEX, render_latex(cells, PROTOCOL_TITLES, AVERAGE))
     if plots:
-        files.plots = write_plots(cells, groups, output_dir / PLOTS_DIR, posthoc)
+        files.plots = write_plots(cells, groups, sweep_plots_dir(output_dir), posthoc)
     return files

@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.errors import TrackingError
-
-TENSORBOARD_DIR = "tensorboard"
+from vlprompt.run_folder import TENSORBOARD_DIR as TENSORBOARD_DIR
+from vlprompt.run_folder import tensorboard_dir
 
 
 class TensorBoardLog:
     """Scalars of one run, appended to its `tensorboard/` folder."""
 
     def __init__(self, run_dir: str | Path) -> None:
+        folder = tensorboard_dir(run_dir)  # never a link: FolderError
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -27,7 +28,7 @@ class TensorBoardLog:
                 "--tensorboard needs the tensorboard package: pip install 'vlprompt[tensorboard]'"
                 " (or: pip install tensorboard)"
             ) from None
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR))
+        self.writer = SummaryWriter(log_dir=str(folder))
 
     def epoch(self, stats: Any) -> None:
         """One `vlprompt.engine.EpochStats`."""

@@ -24,9 +24,9 @@ from safetensors.torch import load_file, save_file
 
 from vlprompt.errors import RunError
 from vlprompt.io import atomic_write_json, non_finite_tensors
+from vlprompt.run_folder import CHECKPOINT_DIR as CHECKPOINT_DIR
+from vlprompt.run_folder import LATEST_FILE, checkpoint_dir, refuse_link
 
-CHECKPOINT_DIR = "checkpoints"
-LATEST_FILE = "latest.json"
 CHECKPOINT_NAME = re.compile(r"epoch-\d{4,}")  # the folder names save_checkpoint writes
 
 
@@ -102,9 +102,10 @@ def save_checkpoint(
 ) -> Path:
     """Write `checkpoints/epoch-NNNN/` (after `epoch` epochs) atomically and point
     `checkpoints/latest.json` at it; remove older checkpoints beyond the newest `keep`."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
+    folder = checkpoint_dir(run_dir)  # never a link: FolderError
     folder.mkdir(parents=True, exist_ok=True)
     name = f"epoch-{epoch:04d}"
+    final = refuse_link(folder / name)
     tensors = {f"learned.{k}": v for k, v in method.learned_state_dict().items()}
     opt_tensors, opt_meta = _optimizer_state(optimizer)
     rng_tensors, rng_meta = _rng_state()
@@ -122,7 +123,6 @@ def save_checkpoint(
             str(tmp / "state.safetensors"),
         )
         (tmp / "state.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        final = folder / name
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -130,7 +130,7 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     atomic_write_json(folder / LATEST_FILE, {"epoch": epoch, "path": name})
-    kept = sorted(p for p in folder.glob("epoch-*") if p.is_dir())
+    kept = sorted(p for p in folder.glob("epoch-*") if p.is_dir() and not p.is_symlink())
     for old in kept[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return folder / name

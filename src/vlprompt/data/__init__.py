@@ -10,7 +10,13 @@ import importlib.util
 
 from vlprompt.data import coop_datasets, imagenet, userdata  # noqa: F401  (register the loaders)
 from vlprompt.data.build import build_dataset, load_full
-from vlprompt.data.dataset import ImageListDataset, drop_bad_images, open_image, to_rgb
+from vlprompt.data.dataset import (
+    ImageListDataset,
+    drop_bad_images,
+    open_image,
+    open_image_bounded,
+    to_rgb,
+)
 from vlprompt.data.describe import describe_datasets, format_datasets_table
 from vlprompt.data.fewshot import few_shot_sample, sample_splits, subsample_classes
 from vlprompt.data.registry import DatasetInfo, get_dataset_info, list_datasets, register_dataset
@@ -37,6 +43,7 @@ __all__ = [
     "list_datasets",
     "load_full",
     "open_image",
+    "open_image_bounded",
     "register_dataset",
     "sample_splits",
     "subsample_classes",

@@ -3,6 +3,8 @@ check for unreadable images."""
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
@@ -134,6 +136,61 @@ def open_image(path: str):
         raise DataError(
             f"cannot read image {path}: {e}. Replace or delete the file, or build the data set "
             "with skip_bad_images=True to leave unreadable images out"
+        ) from e
+
+
+def regular_file_or_error(path: str | os.PathLike) -> None:
+    """DataError unless `path` is a regular file (a named pipe, device or socket is never
+    opened: reading one could block forever); a missing path says so."""
+    try:
+        mode = os.stat(path).st_mode  # follows a link to its target, opens nothing
+    except FileNotFoundError:
+        raise DataError(f"cannot read image {path}: no such file") from None
+    except OSError as e:
+        raise DataError(f"cannot read image {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a named pipe" if stat.S_ISFIFO(mode) else (
+            "a folder" if stat.S_ISDIR(mode) else "a device or socket")  # fmt: skip
+        raise DataError(
+            f"{path} is not a regular image file ({kind}); vlprompt does not read it. Pass image "
+            "files (PNG, JPEG, ...)"
+        )
+
+
+def _reduced(image: Image.Image, min_short_side: int) -> Image.Image:
+    """`image` scaled down (bicubic) so that its short side is `min_short_side`, when it is
+    longer; an image at most that large is returned as it is."""
+    width, height = image.size
+    short = min(width, height)
+    if short <= min_short_side:
+        return image
+    size = (
+        max(1, round(width * min_short_side / short)),
+        max(1, round(height * min_short_side / short)),
+    )
+    return image.resize(size, Image.BICUBIC, reducing_gap=3.0)
+
+
+def open_image_bounded(path: str | os.PathLike, min_short_side: int) -> Image.Image:
+    """`open_image` for inference on photos of any size: only a regular file is opened, a JPEG
+    is decoded at a reduced scale (PIL's `draft`, a DCT-domain reduction) and the image is then
+    scaled down so that its short side is `min_short_side` (a few times the model's input), so a
+    9-megapixel photo costs a fraction of its full decode. An image whose short side is at most
+    `min_short_side` is decoded exactly as `open_image` does."""
+    regular_file_or_error(path)
+    try:
+        with Image.open(path) as img:
+            short = min(img.size)
+            if img.format == "JPEG" and short > 2 * min_short_side:
+                factor = min_short_side / short  # draft keeps at least this size
+                img.draft("RGB", (round(img.size[0] * factor), round(img.size[1] * factor)))
+            img.load()
+            if img.mode in ("RGB", "L") and "transparency" not in img.info:
+                return to_rgb(_reduced(img, min_short_side))  # no full-size RGB copy
+            return _reduced(to_rgb(img), min_short_side)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(
+            f"cannot read image {path}: {e}. Replace or delete the file, or leave it out"
         ) from e
 
 

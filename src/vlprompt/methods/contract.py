@@ -226,11 +226,18 @@ class PromptMethod(nn.Module):
         the method batch by batch, without recomputing the text side per batch (IVLP on 1000
         classes: one prompted text pass per evaluation, not one per batch)."""
         self.eval()
+        with self.holding_class_side(), torch.no_grad():
+            yield self
+
+    @contextlib.contextmanager
+    def holding_class_side(self) -> Iterator[PromptMethod]:
+        """Inside: forwards made without autograd reuse one class side (the part of
+        `classifier()` that is safe to keep open across a generator's yields: it changes no
+        global autograd state)."""
         outer = self._holding
         self._holding = True
         try:
-            with torch.no_grad():
-                yield self
+            yield self
         finally:
             self._holding = outer
             if not outer:

@@ -12,13 +12,12 @@ from safetensors.torch import load_file
 
 from vlprompt.errors import MethodError
 from vlprompt.io import atomic_save_tensors, atomic_write_json, non_finite_tensors
+from vlprompt.run_folder import METHOD_FILE as METHOD_FILE
+from vlprompt.run_folder import PROMPTS_FILE as PROMPTS_FILE
 
 if TYPE_CHECKING:
     from vlprompt.backbone import ClipBackbone
     from vlprompt.methods.base import PromptMethod
-
-PROMPTS_FILE = "prompts.safetensors"
-METHOD_FILE = "method.json"
 
 
 def save_learned(method: PromptMethod, directory: str | Path) -> None:
