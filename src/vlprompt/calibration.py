@@ -128,10 +128,17 @@ def nll(logits: Any, labels: Any, temperature: float = 1.0) -> float:
 
 
 def _nll(z: np.ndarray, y: np.ndarray, temperature: float) -> float:
-    from scipy.special import logsumexp
-
-    s = z / temperature
-    return float(np.mean(logsumexp(s, axis=1) - s[np.arange(len(y)), y]))
+    """Per image log(sum_c exp(d_c)) with d = (z - z_y) / T, via log1p when the true class
+    leads, so the tiny NLL of a confident right answer does not round to 0 (which would make
+    the objective flat near small T)."""
+    rows = np.arange(len(y))
+    d = (z - z[rows, y][:, None]) / temperature
+    d[rows, y] = -np.inf
+    m = np.maximum(d.max(axis=1), 0.0)
+    rest = np.exp(d - m[:, None]).sum(axis=1)
+    with np.errstate(divide="ignore"):
+        per_image = np.where(m > 0, m + np.log(np.exp(-m) + rest), np.log1p(rest))
+    return float(per_image.mean())
 
 
 @dataclass(frozen=True)
@@ -155,18 +162,29 @@ def fit_temperature(
     before = _nll(z, y, 1.0)
     if np.ptp(z, axis=1).max() == 0:  # every row constant: the NLL does not depend on T
         return TemperatureFit(1.0, before, before, None)
+    if _separable(z, y):  # the NLL falls all the way to T -> 0
+        return TemperatureFit(bounds[0], before, _nll(z, y, bounds[0]), "lower")
 
     def objective(u: float) -> float:
         return _nll(z, y, math.exp(u))
 
     res = minimize_scalar(objective, bounds=(lo, hi), method="bounded", options={"xatol": xatol})
-    # Brent stops within xatol of a bound without evaluating it; the bounds themselves compete
+    # Brent stops within xatol of a bound without evaluating it: the bounds compete (first,
+    # so that they win a tie on a plateau where the NLL has rounded to a constant)
     u_best, f_best = min(
-        [(float(res.x), float(res.fun)), (lo, objective(lo)), (hi, objective(hi))],
+        [(lo, objective(lo)), (hi, objective(hi)), (float(res.x), float(res.fun))],
         key=lambda t: t[1],
     )
     at_bound = "lower" if u_best - lo < 1e-3 else "upper" if hi - u_best < 1e-3 else None
     return TemperatureFit(math.exp(u_best), before, f_best, at_bound)
+
+
+def _separable(z: np.ndarray, y: np.ndarray) -> bool:
+    """Every image's true class has the strictly largest logit: then the NLL decreases in 1/T
+    without end (each term log(1 + sum exp(-margin / T)) falls), so T goes to its lower bound."""
+    others = z.copy()
+    others[np.arange(len(y)), y] = -np.inf
+    return bool((z[np.arange(len(y)), y] > others.max(axis=1)).all())
 
 
 # ----------------------------------------------------------------------------- ECE
