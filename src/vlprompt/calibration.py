@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from vlprompt.errors import CalibrationError
+from vlprompt.errors import CalibrationError, VlpromptError
 
 T_MIN, T_MAX = 0.01, 100.0
 N_BINS = 15
@@ -68,31 +68,36 @@ ECE_METHOD = "expected calibration error: equal-width bins over the top-1 confid
 # ----------------------------------------------------------------------------- inputs
 
 
-def as_array(x: Any, name: str, ndim: int) -> np.ndarray:
+def as_array(
+    x: Any, name: str, ndim: int, error: type[VlpromptError] = CalibrationError
+) -> np.ndarray:
     """A numpy float64 copy of an array or a torch tensor with `ndim` dimensions, all finite."""
     if hasattr(x, "detach"):  # a torch tensor, without importing torch here
         x = x.detach().cpu().double().numpy()
-    arr = np.asarray(x, dtype=np.float64)
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise error(f"{name}: expected numbers, got {type(x).__name__} ({exc})") from exc
     if arr.ndim != ndim:
-        raise CalibrationError(f"{name}: expected {ndim} dimensions, got shape {arr.shape}")
+        raise error(f"{name}: expected {ndim} dimensions, got shape {arr.shape}")
     if not np.isfinite(arr).all():
-        raise CalibrationError(f"{name}: holds NaN or infinite values; pass finite numbers")
+        raise error(f"{name}: holds NaN or infinite values; pass finite numbers")
     return arr
 
 
-def as_labels(labels: Any, n: int, n_classes: int) -> np.ndarray:
+def as_labels(
+    labels: Any, n: int, n_classes: int, error: type[VlpromptError] = CalibrationError
+) -> np.ndarray:
     """Integer labels [n] in 0..n_classes-1."""
     if hasattr(labels, "detach"):
         labels = labels.detach().cpu().numpy()
     arr = np.asarray(labels)
     if arr.shape != (n,) or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise CalibrationError(
+        raise error(
             f"labels: expected {n} integer class indices, got shape {arr.shape} ({arr.dtype})"
         )
     if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
-        raise CalibrationError(
-            f"labels: expected values in 0..{n_classes - 1}, got {arr.min()}..{arr.max()}"
-        )
+        raise error(f"labels: expected values in 0..{n_classes - 1}, got {arr.min()}..{arr.max()}")
     return arr.astype(np.int64)
 
 
