@@ -161,9 +161,9 @@ def fit_temperature(
     from scipy.optimize import minimize_scalar
 
     z, y = _inputs(logits, labels, "logits")
-    lo, hi = math.log(bounds[0]), math.log(bounds[1])
     if not (0 < bounds[0] < bounds[1] < math.inf):
         raise CalibrationError(f"temperature bounds: expected 0 < low < high, got {bounds}")
+    lo, hi = math.log(bounds[0]), math.log(bounds[1])
     before = _nll(z, y, 1.0)
     if np.ptp(z, axis=1).max() == 0:  # every row constant: the NLL does not depend on T
         return TemperatureFit(1.0, before, before, None)
