@@ -215,3 +215,20 @@ def test_bad_input_is_one_clear_error(tmp_path, kwargs, fragment):
     with pytest.raises(DiagnosisError, match=fragment):
         dg.write_report(tmp_path / "r", **{**args, **kwargs})
     assert not (tmp_path / "r").exists()
+
+
+def test_the_contact_sheet_works_with_pillows_bitmap_font(monkeypatch):
+    """Pillow < 10.1 has only the bitmap font (no sizes, no text anchors)."""
+    from PIL import ImageFont
+
+    monkeypatch.setattr(dg, "_font", lambda size: ImageFont.load_default_imagefont())
+    rows = [{"file": "/nonexistent/x.png", "true": "a very long class name indeed",
+             "predicted": "another long class name", "confidence": "0.9"}]  # fmt: skip
+    sheet = dg.contact_sheet(rows, n=4)
+    assert sheet.width > 160 and (np.asarray(sheet) == 150).all(axis=2).sum() > 0.5 * 160 * 160
+
+
+def test_a_file_in_place_of_the_folder_is_one_clear_error(tmp_path):
+    (tmp_path / "eval").write_text("x")
+    with pytest.raises(DiagnosisError, match="not a folder"):
+        dg.write_report(tmp_path / "eval", np.eye(2), np.arange(2), ["a", "b"], ["p", "q"])

@@ -120,10 +120,11 @@ def apply_temperature(logits: Any, temperature: float) -> Any:
 
 def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
     """Probabilities [N, C] (float64) of logits / T; rows sum to 1."""
-    z = as_array(apply_temperature(as_array(logits, "logits", 2), temperature), "logits", 2)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    z = apply_temperature(as_array(logits, "logits", 2), temperature)  # a new array
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
 
 
 def nll(logits: Any, labels: Any, temperature: float = 1.0) -> float:
@@ -426,7 +427,8 @@ def conformal_threshold(
     randomized: bool = False,
     rng: Any = None,
 ) -> ConformalThreshold:
-    """The split-conformal threshold for `coverage` from calibration probabilities and labels."""
+    """The split-conformal threshold for `coverage` from calibration probabilities and labels.
+    `randomized` applies to APS only; `rng` (a seed or numpy Generator) draws its U."""
     p, y = _inputs(cal_probs, cal_labels, "calibration probabilities")
     coverage, score = _check_coverage(coverage), _check_score(score)
     randomized = randomized and score == "aps"
@@ -493,6 +495,7 @@ class Calibration:
     conformal_method: str = "split conformal (Angelopoulos & Bates); APS non-randomised"
 
     def threshold(self, coverage: float, score: str = "lac") -> ConformalThreshold:
+        """The threshold for (score, coverage); apply it to `self.probabilities(logits)`."""
         for t in self.conformal:
             if t.score == score and math.isclose(t.coverage, coverage):
                 return t

@@ -298,8 +298,9 @@ def _thumbnail(path: Path, size: int) -> Any:
         tile.paste(small, ((size - small.width) // 2, (size - small.height) // 2))
     except Exception:  # any file a user may point at: missing, truncated, not an image, huge
         tile = Image.new("RGB", (size, size), (150, 150, 150))
-        draw = ImageDraw.Draw(tile)
-        draw.text((size // 2, size // 2), "unreadable", fill="white", font=_font(14), anchor="mm")
+        draw, font = ImageDraw.Draw(tile), _font(14)
+        x = (size - draw.textlength("unreadable", font=font)) / 2  # no anchor: bitmap fonts
+        draw.text((x, size // 2 - 7), "unreadable", fill="white", font=font)
     return tile
 
 
@@ -377,6 +378,8 @@ def write_report(
     if len(pred.labels) == 0:
         raise DiagnosisError("logits: no images to report on; evaluate on a non-empty split")
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DiagnosisError(f"{folder}: exists and is not a folder; give a folder for the report")
     folder.mkdir(parents=True, exist_ok=True)
     cm = confusion_matrix(pred.labels, pred.preds, pred.n_classes)
     errors = error_rows(pred)
