@@ -5,13 +5,16 @@ probabilities [N, C] as numpy arrays or torch tensors, integer labels [N]); no r
 **Temperature scaling** (Guo et al., ICML 2017) divides the logits by one scalar T > 0 fitted on
 validation logits by minimising the mean negative log-likelihood. The NLL is convex in 1/T, so it
 is unimodal in u = log T, and a bounded 1-D Brent search over u
-(`scipy.optimize.minimize_scalar(method="bounded")`) finds its minimum to `xatol` without
-gradients, line searches or a torch dependency; LBFGS on log T would need an unbounded problem.
-T is bounded to [T_MIN, T_MAX] = [0.01, 100] (four decades either side of 1, which covers CLIP's
+(`scipy.optimize.minimize_scalar(method="bounded")`) finds that minimum to `xatol` in log T
+(1e-6) with no gradient, no learning rate and no torch; the usual LBFGS on T has no bound and,
+on a separable set, walks T towards 0 until a tolerance stops it somewhere arbitrary.
+T is bounded to [T_MIN, T_MAX] = [0.01, 100] (two decades either side of 1, which covers CLIP's
 logit scale of 100 and raw cosine similarities): on a validation set that the model separates
-perfectly the NLL keeps falling as T -> 0, and on one it gets all wrong it can keep falling as
-T -> infinity, so T stays finite and `TemperatureFit.at_bound` says when a bound was hit (then
-the validation set could not determine T). Temperature never changes the top-1 prediction.
+perfectly the NLL keeps falling as T -> 0 (such sets get T_MIN directly), and on one it gets
+all wrong it can keep falling as T -> infinity, so T stays finite and `TemperatureFit.at_bound`
+says when a bound was hit (the validation set could not determine T). The NLL is computed
+with log1p so that the tiny loss of confident right answers does not round to a flat 0.
+Temperature never changes the top-1 prediction.
 
 **Expected calibration error**: the top-1 confidences fall into equal-width bins (15 by default,
 as Guo et al.; bin i is (i/M, (i+1)/M]); ECE = sum over bins of (count / N) * |accuracy - mean
