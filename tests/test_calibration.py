@@ -176,6 +176,14 @@ def test_prediction_sets_by_hand():
     assert aps.tolist() == [[True, True, False], [False, True, True]]
 
 
+def test_named_sets_list_the_members_most_probable_first():
+    probs = np.array([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+    sets = cal.prediction_sets(probs, 0.75, "lac")  # p >= 0.25
+    assert cal.named_sets(probs, sets, ["a", "b", "c"]) == [[("b", 0.5), ("c", 0.3)], [("c", 0.8)]]
+    with pytest.raises(CalibrationError, match="class names"):
+        cal.named_sets(probs, sets, ["a", "b"])
+
+
 def test_too_few_calibration_points_give_every_class():
     probs = cal.softmax(np.random.default_rng(9).normal(size=(5, 4)))
     thr = cal.conformal_threshold(probs, [0, 1, 2, 3, 0], 0.9, "aps")

@@ -476,6 +476,24 @@ def prediction_sets(
     return class_scores(p, score, bool(randomized), rng) <= q
 
 
+def named_sets(
+    probs: Any, sets: np.ndarray, class_names: list[str] | tuple[str, ...]
+) -> list[list[tuple[str, float]]]:
+    """Each image's set as (class name, probability), most probable first (for `predict` and
+    `serve` output)."""
+    p = as_array(probs, "probabilities", 2)
+    if sets.shape != p.shape or len(class_names) != p.shape[1]:
+        raise CalibrationError(
+            f"prediction sets {sets.shape}, probabilities {p.shape} and {len(class_names)} class "
+            "names do not match; pass the sets made from these probabilities"
+        )
+    out = []
+    for row, mask in zip(p, sets):
+        order = [c for c in np.argsort(-row, kind="stable") if mask[c]]
+        out.append([(class_names[c], float(row[c])) for c in order])
+    return out
+
+
 # ----------------------------------------------------------------------------- the record
 
 
