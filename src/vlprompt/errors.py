@@ -87,3 +87,12 @@ class ReportError(VlpromptError, ValueError):
 
 class CliError(VlpromptError, ValueError):
     """A command-line usage problem (missing setting, no readable image, ...)."""
+
+
+# ---- calibration and diagnosis ------------------------------------------------------------------
+class CalibrationError(VlpromptError, ValueError):
+    """Logits, labels, a coverage or a saved calibration record that calibration cannot use."""
+
+
+class DiagnosisError(VlpromptError, ValueError):
+    """Logits, labels, class names or image paths that an evaluation report cannot use."""
