@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt._version import __version__
-from vlprompt.errors import (
-    ConfigError,
-    TrainingDivergedError,  # noqa: F401  (its old home)
-    VlpromptError,
-)
+from vlprompt.errors import ConfigError, VlpromptError
+from vlprompt.errors import RunError as RunError  # importable from its old home
+from vlprompt.errors import TrainingDivergedError as TrainingDivergedError  # its old home
 from vlprompt.run_folder import CONFIG_FILE, read_config_data
 
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
