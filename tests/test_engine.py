@@ -157,8 +157,9 @@ def test_train_writes_the_run_folder_and_a_correct_result(world, tmp_path):
     run = _train(world, tmp_path / "run", epochs=2)
     files = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert files == [
-        ".vlprompt-folder", ".vlprompt-lock", "checkpoints", "config.json", "log.txt",
-        "method.json", "prompts.safetensors", "results.jsonl", "status.json",
+        ".vlprompt-folder", ".vlprompt-lock", "calibration.json", "checkpoints", "config.json",
+        "log.txt", "method.json", "prompts.safetensors", "results.jsonl", "splits.json",
+        "status.json",
     ]  # fmt: skip
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["method"] == "test_tiny" and config["method_config"]["epochs"] == 2

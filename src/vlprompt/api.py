@@ -56,11 +56,14 @@ from vlprompt.run_folder import (
     has_config,
     is_run_finished,
     not_writable,
+    read_calibration,
     read_results,
     read_status,
     remove_stale_temps_of_run,
     require_ours,
+    write_calibration,
     write_config,
+    write_splits,
     write_status,
 )
 from vlprompt.run_folder import RUN_FILES as RUN_FILES
@@ -84,6 +87,18 @@ class Run:
     config: RunConfig
     method: Any  # a vlprompt.methods.PromptMethod
     status: dict[str, Any] = field(default_factory=dict)
+    # calibration.json: temperature and conformal thresholds fitted on the validation split
+    calibration: dict[str, Any] | None = None
+
+    @property
+    def temperature(self) -> float:
+        """The temperature predicted probabilities use: the one fitted on the validation split
+        (1.0 when the run has none, or when the fit hit its search bound: a validation split
+        the model gets all right cannot pin it down)."""
+        cal = self.calibration or {}
+        if not cal or cal.get("temperature_at_bound"):
+            return 1.0
+        return float(cal["temperature"])
 
     @property
     def classnames(self) -> list[str]:
@@ -108,6 +123,43 @@ class Run:
         An unreadable image raises DataError naming the file. Images are decoded one batch at
         a time (see `iter_predictions`)."""
         return [preds for _, preds, _ in self.iter_predictions(images, topk, batch_size)]
+
+    def prediction_sets(
+        self, images: Sequence[Any], coverage: float = 0.9, score: str = "lac",
+        batch_size: int = 32,
+    ) -> list[list[tuple[str, float]]]:  # fmt: skip
+        """For each image, the set of classes (most probable first, with probabilities) that
+        holds the true class with probability `coverage` on images exchangeable with the
+        validation split (split-conformal, `score` "lac" or "aps", calibrated when the run was
+        trained; vlprompt.calibration says how loose a small validation split makes it)."""
+        from vlprompt.calibration import named_sets, prediction_sets
+
+        threshold = self._conformal_threshold(coverage, score)
+        fitted = float(self.calibration["temperature"])  # the thresholds' own probabilities
+        rows = [p for _, p, _ in self._iter_probabilities(images, batch_size, fitted)]
+        if not rows:
+            return []
+        probs = torch.stack(rows).numpy()
+        return named_sets(probs, prediction_sets(probs, threshold, score), self.classnames)
+
+    def _conformal_threshold(self, coverage: float, score: str) -> Any:
+        from vlprompt.calibration import Calibration
+
+        if not self.calibration:
+            raise RunError(
+                f"{self.run_dir} has no calibration.json (trained with --no-calibrate, without "
+                "validation images, or by an older vlprompt): prediction sets need one; train "
+                "the run again"
+            )
+        calibration = Calibration.from_dict(self.calibration)
+        for threshold in calibration.conformal:
+            if threshold.score == score and abs(threshold.coverage - coverage) < 1e-9:
+                return threshold
+        known = sorted({f"{t.score} {t.coverage:g}" for t in calibration.conformal})
+        raise RunError(
+            f"coverage {coverage:g} with score {score!r} was not calibrated for this run "
+            f"(calibrated: {', '.join(known)}); use one of those"
+        )
 
     @torch.no_grad()
     def iter_predictions(
@@ -137,7 +189,8 @@ class Run:
             yield from self._predict_batches(images, transform, bound, k, batch_size,
                                              skip_unreadable)  # fmt: skip
 
-    def _predict_batches(self, images, transform, bound, k, batch_size, skip_unreadable):
+    def _predict_batches(self, images, transform, bound, k, batch_size, skip_unreadable,
+                         temperature=None):  # fmt: skip
         from PIL import Image
 
         from vlprompt.data import open_image_bounded, to_rgb
@@ -158,17 +211,44 @@ class Run:
             pending.append((image, transform(pixels)))
             del pixels
             if len(pending) == batch_size:
-                yield from self._classify(pending, k)
+                yield from self._batch_output(pending, k, temperature)
                 pending = []
         if pending:
-            yield from self._classify(pending, k)
+            yield from self._batch_output(pending, k, temperature)
+
+    def _batch_output(self, batch: list[tuple[Any, torch.Tensor]], k: int | None, temperature):
+        """Top-k predictions, or (k None) the whole probability rows."""
+        if k is not None:
+            yield from self._classify(batch, k)
+        else:
+            for image, probs in self._probabilities(batch, temperature):
+                yield image, probs, None
 
     @torch.no_grad()
     def _classify(self, batch: list[tuple[Any, torch.Tensor]], k: int):
+        for image, probs in self._probabilities(batch):
+            values, indices = probs.topk(k)
+            yield image, [(self.classnames[i], float(v)) for v, i in zip(values, indices)], None
+
+    @torch.no_grad()
+    def _probabilities(self, batch: list[tuple[Any, torch.Tensor]], temperature=None):
+        """(image, class probabilities at `temperature`, default the run's) for a batch."""
+        temperature = self.temperature if temperature is None else temperature
         logits = self.method(torch.stack([t for _, t in batch]).to(self.clip.device)).float()
-        values, indices = logits.softmax(dim=-1).cpu().topk(k, dim=-1)
-        for (image, _), vals, idxs in zip(batch, values.tolist(), indices.tolist()):
-            yield image, [(self.classnames[i], float(v)) for v, i in zip(vals, idxs)], None
+        probs = (logits / temperature).softmax(dim=-1).cpu()
+        yield from zip((image for image, _ in batch), probs)
+
+    def _iter_probabilities(self, images: Iterable[Any], batch_size: int, temperature=None):
+        """(image, probabilities, None) per image, decoded one batch at a time."""
+        from vlprompt.data import transform_for
+
+        transform = transform_for(self.clip, train=False)
+        bound = PREDICT_SIDE_FACTOR * self.clip.image_size
+        self.method.eval()
+        with self.method.holding_class_side():
+            yield from self._predict_batches(
+                images, transform, bound, None, batch_size, False, temperature
+            )
 
 
 def _read_status(run_dir: Path) -> dict[str, Any]:
@@ -211,7 +291,7 @@ def load_run(
         )
     method = _load_method(run_dir, clip)
     method.eval()
-    return Run(run_dir, config, method, _read_status(run_dir))
+    return Run(run_dir, config, method, _read_status(run_dir), read_calibration(run_dir))
 
 
 def check_weights_source(
@@ -471,6 +551,7 @@ def train(
     view_pool: int = 0,
     crop_min_scale: float = 0.08,
     evaluate: bool = True,
+    calibrate: bool = True,
     progress: bool | None = None,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
     trust_torchscript: bool = False,
@@ -519,6 +600,7 @@ def train_config(
     resume: bool = False,
     overwrite: bool = False,
     evaluate: bool = True,
+    calibrate: bool = True,
     progress: bool | None = None,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
     trust_torchscript: bool = False,
@@ -550,7 +632,7 @@ def train_config(
         return _train_and_evaluate(
             config, run_dir, resume=resume, evaluate=evaluate, progress=progress,
             on_epoch_end=on_epoch_end, ctx=ctx, say=_RunLog(run_dir, ctx, echo=echo),
-            board=board, trust_torchscript=trust_torchscript,
+            board=board, trust_torchscript=trust_torchscript, calibrate=calibrate,
         )  # fmt: skip
 
 
@@ -564,15 +646,18 @@ def _also(first: Callable[[EpochStats], None], then: Callable[[EpochStats], None
 
 
 def _train_and_evaluate(config, run_dir, *, resume, evaluate, progress, on_epoch_end, ctx, say,
-                        board, trust_torchscript) -> Run:  # fmt: skip
+                        board, trust_torchscript, calibrate=True) -> Run:  # fmt: skip
     from vlprompt.seeding import deterministic_mode
 
     with deterministic_mode(config.engine.deterministic):
         method, splits, wall_s, epochs = _train(
             config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torchscript
         )
+    calibration = _calibrate(method, splits, config, ctx, say) if calibrate else None
     if ctx.is_main:
         method.save(run_dir)
+        if calibration is not None:
+            write_calibration(run_dir, calibration)
         status = {
             "finished": True,
             "epochs": epochs,  # as run: an `iterations` training's epochs follow from its steps
@@ -585,12 +670,44 @@ def _train_and_evaluate(config, run_dir, *, resume, evaluate, progress, on_epoch
         write_status(run_dir, status)
         say(f"saved the learned prompts to {run_dir} ({wall_s:.1f} s of training)")
     ctx.barrier()
-    run = Run(run_dir, config, method, _read_status(run_dir))
+    run = Run(run_dir, config, method, _read_status(run_dir), calibration)
     if evaluate:
         record = _evaluate_run(run, splits, split="test", ctx=ctx, say=say)
         if board is not None:
             board.evaluation(record)
     return run
+
+
+def _calibrate(method: Any, splits: Any, config: RunConfig, ctx: Dist, say) -> dict | None:
+    """Temperature and conformal thresholds fitted on the validation split (never the test
+    split): `calibration.json`. None when there are no validation images."""
+    from vlprompt.calibration import fit_calibration
+    from vlprompt.evaluation import compute_logits
+
+    if not splits.val:
+        say("no validation images: the probabilities stay uncalibrated")
+        return None
+    logits, _ = compute_logits(
+        method, splits.val, batch_size=config.engine.eval_batch_size,
+        num_workers=config.engine.workers(), precision=config.engine.precision, ctx=ctx,
+        feature_cache=_feature_cache(config),
+    )  # fmt: skip
+    labels = torch.tensor([d.label for d in splits.val], dtype=torch.long)
+    calibration = fit_calibration(logits, labels).to_dict()
+    temperature, before, after = (
+        calibration[k] for k in ("temperature", "ece_before", "ece_after")
+    )
+    line = (
+        f"calibration on the {len(labels)} validation images: temperature {temperature:.3g}, "
+        f"expected calibration error {100 * before:.1f}% -> {100 * after:.1f}%"
+    )
+    if calibration.get("temperature_at_bound"):
+        line += (
+            " (at the search's bound: the validation split cannot pin the temperature down, "
+            "so predictions use the model's own probabilities)"
+        )
+    say(line)
+    return calibration
 
 
 def _build_splits(config: RunConfig, dataset: str | None = None, subsample: str | None = None,
@@ -612,11 +729,13 @@ def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torc
     from vlprompt.methods import create_method
 
     device = resolve_device(config.engine.device, ctx)
+    splits = _build_splits(config)  # the data first: a missing folder is not a slow download
+    if ctx.is_main:
+        write_splits(run_dir, _splits_record(config, splits))
     seed_everything(config.seed)
     clip = load_clip(
         config.backbone, config.pretrained, device=device, trust_torchscript=trust_torchscript
     )
-    splits = _build_splits(config)
     method = create_method(config.method, clip, splits.classnames, **config.method_config)
     method.to(device)
     say(
@@ -644,6 +763,30 @@ def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torc
         resume=resume, progress=progress, ctx=ctx, on_epoch_end=on_epoch_end, logger=say,
     )  # fmt: skip
     return method, splits, result.wall_s, result.epochs
+
+
+def _splits_record(config: RunConfig, splits: Any) -> dict[str, Any]:
+    """`splits.json`: every image of the run's splits (paths relative to the data root when
+    inside it) and what each split was read for: the test split only for the final
+    evaluation, after the weights are final."""
+
+    def rel(path: str) -> str:
+        if config.root and Path(path).is_relative_to(config.root):
+            return str(Path(path).relative_to(config.root))
+        return path
+
+    return {
+        "dataset": splits.name,
+        "root": config.root,
+        "classnames": list(splits.classnames),
+        "read_for": {
+            "train": "training",
+            "val": "calibration (temperature, conformal thresholds) and any model selection",
+            "test": "the final evaluation only, after training and calibration",
+        },
+        **{part: [[rel(d.path), d.label] for d in getattr(splits, part)]
+           for part in ("train", "val", "test")},
+    }  # fmt: skip
 
 
 def _feature_cache(config: RunConfig) -> Any:

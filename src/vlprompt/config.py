@@ -183,6 +183,11 @@ class TrainOptions:
     evaluate: bool = _option(
         True, "do not evaluate the last epoch on the test split", flags=("--no-eval",)
     )
+    calibrate: bool = _option(
+        True, "do not fit a temperature (and conformal thresholds) on the validation split after "
+        "training; predicted probabilities then stay the model's own", flags=("--no-calibrate",),
+        verbs=TRAIN_AND_BENCH,
+    )  # fmt: skip
     trust_torchscript: bool = _option(False, TRUST_HELP, verbs=TRAIN_AND_BENCH)
     tensorboard: bool = _option(
         False, "write per-epoch loss, lr and accuracy and the final evaluations under "

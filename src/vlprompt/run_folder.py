@@ -59,6 +59,9 @@ METHOD_FILE = "method.json"  # run: method name, config, class names, backbone f
 CHECKPOINT_DIR = "checkpoints"  # run: epoch-NNNN/ folders and latest.json
 LATEST_FILE = "latest.json"  # in checkpoints/: {"epoch": N, "path": "epoch-NNNN"}
 TENSORBOARD_DIR = "tensorboard"  # run: TensorBoard event files (with --tensorboard)
+SPLITS_FILE = "splits.json"  # run: the files of its train/val/test splits and what read them
+CALIBRATION_FILE = "calibration.json"  # run: temperature and conformal thresholds (val split)
+EVAL_DIR = "eval"  # run: `eval --report` folders, one per (data set, classes, split)
 SUMMARY_MD = "summary.md"  # sweep: tables
 SUMMARY_CSV = "summary.csv"  # sweep: the aggregated numbers
 SUMMARY_TEX = "summary.tex"  # sweep: the tables as booktabs LaTeX
@@ -67,9 +70,10 @@ PLOTS_DIR = "plots"  # sweep: PNG and PDF plots
 MARKER_FORMAT = "vlprompt-folder/1"
 KINDS = ("run", "sweep")
 # what a run writes and `--overwrite` removes (with checkpoints/; tensorboard/ is kept)
-RUN_FILES = (CONFIG_FILE, PROMPTS_FILE, METHOD_FILE, RESULTS_FILE, LOG_FILE, STATUS_FILE)
+RUN_FILES = (CONFIG_FILE, PROMPTS_FILE, METHOD_FILE, RESULTS_FILE, LOG_FILE, STATUS_FILE,
+             SPLITS_FILE, CALIBRATION_FILE)
 LAYOUT = {
-    "run": (MARKER_FILE, LOCK_FILE, *RUN_FILES, CHECKPOINT_DIR, TENSORBOARD_DIR),
+    "run": (MARKER_FILE, LOCK_FILE, *RUN_FILES, CHECKPOINT_DIR, TENSORBOARD_DIR, EVAL_DIR),
     "sweep": (
         MARKER_FILE,
         LOCK_FILE,
@@ -414,6 +418,43 @@ def write_status(run_dir: str | Path, status: dict[str, Any]) -> None:
     write_file(run_dir, STATUS_FILE, status)
 
 
+def write_splits(run_dir: str | Path, splits: dict[str, Any]) -> None:
+    write_file(run_dir, SPLITS_FILE, splits)
+
+
+def read_splits(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's `splits.json`, or None (a run of an older vlprompt has none)."""
+    return _read_json_or_none(Path(run_dir) / SPLITS_FILE)
+
+
+def write_calibration(run_dir: str | Path, calibration: dict[str, Any]) -> None:
+    write_file(run_dir, CALIBRATION_FILE, calibration)
+
+
+def read_calibration(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's `calibration.json`, or None (not calibrated: `train --no-calibrate`, no
+    validation images, or a run of an older vlprompt)."""
+    return _read_json_or_none(Path(run_dir) / CALIBRATION_FILE)
+
+
+def eval_report_dir(run_dir: str | Path, name: str) -> Path:
+    """`eval/<name>/` of a run (not created); FolderError when `eval/` or it is a link."""
+    refuse_link(Path(run_dir) / EVAL_DIR)
+    return refuse_link(Path(run_dir) / EVAL_DIR / name)
+
+
+def _read_json_or_none(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path} is not valid JSON ({exc}); the run folder is damaged") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path} does not hold a JSON object; the run folder is damaged")
+    return data
+
+
 def is_run_finished(run_dir: str | Path) -> bool:
     """True when `run_dir` holds a run whose training finished (its learned prompts are saved)."""
     return bool(read_status(run_dir).get("finished"))
@@ -460,6 +501,6 @@ def clear_run(run_dir: str | Path) -> None:
     run_dir = refuse_links(run_dir, "run")
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
-    checkpoints = checkpoint_dir(run_dir)
-    if checkpoints.is_dir():
-        shutil.rmtree(checkpoints)
+    for folder in (checkpoint_dir(run_dir), run_dir / EVAL_DIR):
+        if folder.is_dir():
+            shutil.rmtree(folder)
