@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from vlprompt._version import code_version
 from vlprompt.config import (
     DEFAULT_BACKBONE,
     DEFAULT_PRETRAINED,
@@ -813,13 +814,21 @@ def evaluate(
     reuse: bool = True,
     trust_torchscript: bool = False,
     allow_remote_weights: bool = False,
+    report: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a finished run on `split` of `dataset` (default: the run's own data set) with
     the `subsample` classes (default: the run's own for its data set, else "all"). Returns the
     result record (accuracy in percent) and, with `record=True`, appends it to the run's
     `results.jsonl`. With `reuse=True` an identical evaluation already recorded for the same
     learned prompts is returned without recomputing. Recording needs a run folder vlprompt
-    created (`record=False` evaluates any run read-only). `allow_remote_weights`: see load_run."""
+    created (`record=False` evaluates any run read-only). `allow_remote_weights`: see load_run.
+    A record returned from `results.jsonl` without recomputing has `"reused": True`.
+
+    `report=True` also writes the evaluation's diagnosis into the run's
+    `eval/<data set>-<classes>-<split>/` (vlprompt.diagnosis: per-class accuracy, confusion
+    matrix, errors.csv, the most confident mistakes, zero-shot CLIP's accuracy on the same
+    images beside the trained one; vlprompt.calibration: the reliability diagram before and
+    after the run's temperature) and returns its folder as `record["report_dir"]`."""
     if record:  # checked before anything is loaded
         run_dir = run.run_dir if isinstance(run, Run) else Path(run)
         read_run_config(run_dir)  # a folder that is no run at all says so first
@@ -835,22 +844,24 @@ def evaluate(
     if split not in ("train", "val", "test"):
         raise RunError(f"split must be train, val or test, got {split!r}")
     digest = _prompts_digest(run.run_dir)
-    if reuse:
+    if reuse and not report:
         for rec in reversed(run.results()):
             if (rec.get("dataset"), rec.get("subsample"), rec.get("split")) == (
                 dataset, subsample, split,
             ) and rec.get("prompts_sha256") == digest:  # fmt: skip
-                return rec
+                return {**rec, "reused": True}
     shots = run.config.shots if (own and split != "test") else 0
     splits = _build_splits(
         run.config, dataset, subsample, shots,
         str(Path(root).expanduser().resolve()) if root is not None else None,
     )  # fmt: skip
-    return _evaluate_run(run, splits, split=split, ctx=ctx, say=say, record=record, digest=digest)
+    return _evaluate_run(run, splits, split=split, ctx=ctx, say=say, record=record, digest=digest,
+                         report=report)  # fmt: skip
 
 
 def _evaluate_run(run: Run, splits: Any, *, split: str, ctx: Dist, say: Callable[[str], None],
-                  record: bool = True, digest: str | None = None) -> dict[str, Any]:  # fmt: skip
+                  record: bool = True, digest: str | None = None,
+                  report: bool = False) -> dict[str, Any]:  # fmt: skip
     from vlprompt.evaluation import evaluate_items
 
     config = run.config
@@ -878,7 +889,9 @@ def _evaluate_run(run: Run, splits: Any, *, split: str, ctx: Dist, say: Callable
             feature_cache=_feature_cache(config),
             split=split,
             dataset=splits.name,
+            keep_logits=report,
         )
+        zero_shot = _zeroshot_accuracy(run, splits, items) if report else None
     finally:
         if list(method.classnames) != saved_names:
             method.set_classnames(saved_names)
@@ -907,7 +920,12 @@ def _evaluate_run(run: Run, splits: Any, *, split: str, ctx: Dist, say: Callable
         "prompts_sha256": digest or _prompts_digest(run.run_dir),
         "run_dir": str(run.run_dir),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "vlprompt_version": code_version(),
     }
+    if report:
+        rec["zero_shot_accuracy"] = zero_shot
+        if ctx.is_main:
+            rec["report_dir"] = str(_write_report(run, splits, split, items, result, zero_shot))
     say(
         f"{split} accuracy on {splits.name} ({subsample} classes, {result.n_images} images): "
         f"{result.accuracy:.2f}% (macro {result.macro_accuracy:.2f}%)"
@@ -916,3 +934,50 @@ def _evaluate_run(run: Run, splits: Any, *, split: str, ctx: Dist, say: Callable
         with folder_lock(run.run_dir):
             _write_or_refuse(run.run_dir, lambda: append_result(run.run_dir, rec))
     return rec
+
+
+def _zeroshot_accuracy(run: Run, splits: Any, items: Sequence[Any]) -> float:
+    """Zero-shot CLIP's accuracy (the data set's template) on the same images and classes: the
+    baseline a trained run must beat (frozen image features: cached, cheap)."""
+    from vlprompt.data import get_dataset_info
+    from vlprompt.evaluation import evaluate_items
+    from vlprompt.methods import create_method
+
+    template = get_dataset_info(run.config.dataset).template
+    zsclip = create_method("zsclip", run.clip, list(splits.classnames), template=template)
+    result = evaluate_items(
+        zsclip, items, batch_size=run.config.engine.eval_batch_size,
+        num_workers=run.config.engine.workers(), feature_cache=_feature_cache(run.config),
+    )  # fmt: skip
+    return result.accuracy
+
+
+def _write_report(run: Run, splits: Any, split: str, items: Sequence[Any], result: Any,
+                  zero_shot: float) -> Path:  # fmt: skip
+    """The diagnosis and reliability diagram of one evaluation in `eval/<name>/`."""
+    import io as bytes_io
+
+    from vlprompt.calibration import reliability_bins, reliability_diagram, softmax
+    from vlprompt.diagnosis import write_report
+    from vlprompt.run_folder import eval_report_dir, write_file
+
+    name = f"{splits.name}-{splits.extra.get('subsample', 'all')}-{split}"
+    folder = eval_report_dir(run.run_dir, name)
+    root = Path(run.config.root) if run.config.root else None
+    paths = [
+        str(Path(d.path).relative_to(root)) if root and Path(d.path).is_relative_to(root)
+        else d.path for d in items
+    ]  # fmt: skip
+    logits, labels = result.logits.numpy(), result.labels.numpy()
+    with folder_lock(run.run_dir):
+        write_report(folder, logits, labels, list(splits.classnames), paths, image_root=root,
+                     zero_shot_accuracy=zero_shot, temperature=run.temperature)  # fmt: skip
+        figure = reliability_diagram(
+            reliability_bins(softmax(logits), labels),
+            reliability_bins(softmax(logits, run.temperature), labels),
+            run.temperature,
+        )
+        buffer = bytes_io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=110)
+        write_file(folder, "reliability.png", buffer.getvalue(), owner=run.run_dir)
+    return folder

@@ -219,6 +219,10 @@ def _add_eval_parser(p: argparse.ArgumentParser) -> None:
         "--no-record", dest="record", action="store_false", help="do not append to results.jsonl"
     )
     p.add_argument("--json", action="store_true", help="print the result record as JSON")
+    p.add_argument("--report", action="store_true",
+                   help="also write RUN/eval/<data set>-<classes>-<split>/: per-class accuracy, "
+                   "confusion matrix (CSV, PNG), errors.csv, the most confident mistakes, the "
+                   "reliability diagram, and zero-shot CLIP's accuracy on the same images")  # fmt: skip
     p.add_argument("--trust-torchscript", action="store_true", help=TRUST_HELP)
     p.add_argument("--allow-remote-weights", action="store_true", help=REMOTE_HELP)
 
@@ -227,6 +231,10 @@ def _add_predict_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run folder written by `vlprompt train`")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--coverage", type=float, metavar="P",
+                   help="instead of the top-k, the set of classes that holds the true one with "
+                   "probability P (0.9 or 0.95; split-conformal, calibrated on the run's "
+                   "validation split)")  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--trust-torchscript", action="store_true", help=TRUST_HELP)
@@ -469,16 +477,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     record = api.evaluate(
         args.run_dir, args.dataset, subsample=args.subsample, split=args.split, root=args.root,
         device=args.device, record=args.record, trust_torchscript=args.trust_torchscript,
-        allow_remote_weights=args.allow_remote_weights,
+        allow_remote_weights=args.allow_remote_weights, report=args.report,
     )  # fmt: skip
     if args.json:
         print(json.dumps(record, indent=2, sort_keys=True))
-    else:
-        print(
-            f"{record['method']} on {record['dataset']} ({record['subsample']} classes, "
-            f"{record['split']} split, {record['n_images']} images): accuracy "
-            f"{record['accuracy']:.2f}% (macro {record['macro_accuracy']:.2f}%)"
-        )
+        return 0
+    print(
+        f"{record['method']} on {record['dataset']} ({record['subsample']} classes, "
+        f"{record['split']} split, {record['n_images']} images): accuracy "
+        f"{record['accuracy']:.2f}% (macro {record['macro_accuracy']:.2f}%)"
+    )
+    if record.get("reused"):
+        print(f"  (recorded at {record.get('time', '?')} for these learned prompts; not "
+              "recomputed: --report recomputes)")  # fmt: skip
+    if "report_dir" in record:
+        summary = Path(record["report_dir"]) / "summary.txt"
+        if summary.is_file():
+            print("  " + summary.read_text(encoding="utf-8").splitlines()[0])
+        print(f"  report: {record['report_dir']}")
     return 0
 
 
@@ -515,6 +531,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CliError(f"--topk must be >= 1, got {args.topk}")
     run = api.load_run(args.run_dir, device=args.device, trust_torchscript=args.trust_torchscript,
                        allow_remote_weights=args.allow_remote_weights)  # fmt: skip
+    if args.coverage is not None:
+        return _predict_sets(run, args)
     results, skipped, n_read = [], [], 0
     # decoded one batch at a time; text lines are printed as each batch is classified
     for path, preds, why in run.iter_predictions(
@@ -537,6 +555,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         results += [{"image": str(p), "error": why} for p, why in skipped]
         print(json.dumps(results, indent=2))
+    return 0
+
+
+def _predict_sets(run: Any, args: argparse.Namespace) -> int:
+    """`predict --coverage P`: each image's conformal set of classes."""
+    from vlprompt.data import open_image
+
+    paths = []
+    for path in _image_files(args.images):
+        try:
+            open_image(str(path))
+            paths.append(path)
+        except VlpromptError:
+            print(f"vlprompt: skipping {path}: not a readable image", file=sys.stderr)
+    if not paths:
+        raise CliError(f"no readable image among {', '.join(args.images)}")
+    sets = run.prediction_sets(paths, coverage=args.coverage)
+    if args.json:
+        print(json.dumps([{"image": str(p), "coverage": args.coverage, "set": [
+            {"class": c, "probability": v} for c, v in members]}
+            for p, members in zip(paths, sets)], indent=2))  # fmt: skip
+        return 0
+    for path, members in zip(paths, sets):
+        names = ", ".join(f"{c} ({v:.2f})" for c, v in members)
+        print(f"{path}\n  {args.coverage:.0%} set ({len(members)} classes): {names}")
     return 0
 
 

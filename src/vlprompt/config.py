@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from vlprompt._version import __version__
+from vlprompt._version import code_version
 from vlprompt.errors import ConfigError, VlpromptError
 from vlprompt.errors import RunError as RunError  # importable from its old home
 from vlprompt.errors import TrainingDivergedError as TrainingDivergedError  # its old home
@@ -328,7 +328,7 @@ class RunConfig:
                 f"{self.method_config!r}"
             )
         if not self.vlprompt_version:
-            self.vlprompt_version = __version__
+            self.vlprompt_version = code_version()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

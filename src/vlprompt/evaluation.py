@@ -63,6 +63,7 @@ class EvalResult:
     predictions: torch.Tensor = field(repr=False)  # [N] predicted labels
     labels: torch.Tensor = field(repr=False)  # [N]
     used_features: bool = False  # evaluated from (possibly cached) frozen image features
+    logits: torch.Tensor | None = field(default=None, repr=False)  # [N, C] with keep_logits
 
 
 def _shard(n: int, ctx: Dist) -> list[int]:
@@ -183,6 +184,7 @@ def evaluate_items(
     feature_cache: Any = None,
     split: str = "evaluation",
     dataset: str | None = None,
+    keep_logits: bool = False,
 ) -> EvalResult:
     """Accuracy of `method` on `items`, whose labels index `method.classnames`. `split` and
     `dataset` only name the images in errors: an empty list raises DataError."""
@@ -215,4 +217,5 @@ def evaluate_items(
         predictions=predictions,
         labels=labels,
         used_features=used,
+        logits=logits if keep_logits else None,
     )

@@ -70,8 +70,16 @@ PLOTS_DIR = "plots"  # sweep: PNG and PDF plots
 MARKER_FORMAT = "vlprompt-folder/1"
 KINDS = ("run", "sweep")
 # what a run writes and `--overwrite` removes (with checkpoints/; tensorboard/ is kept)
-RUN_FILES = (CONFIG_FILE, PROMPTS_FILE, METHOD_FILE, RESULTS_FILE, LOG_FILE, STATUS_FILE,
-             SPLITS_FILE, CALIBRATION_FILE)
+RUN_FILES = (
+    CONFIG_FILE,
+    PROMPTS_FILE,
+    METHOD_FILE,
+    RESULTS_FILE,
+    LOG_FILE,
+    STATUS_FILE,
+    SPLITS_FILE,
+    CALIBRATION_FILE,
+)
 LAYOUT = {
     "run": (MARKER_FILE, LOCK_FILE, *RUN_FILES, CHECKPOINT_DIR, TENSORBOARD_DIR, EVAL_DIR),
     "sweep": (
