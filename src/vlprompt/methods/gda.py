@@ -179,7 +179,7 @@ def search_alpha(
     best_alpha, best_acc = start, 0.0
     for alpha in grid:
         pred = gda_logits(zero_shot, features, weight, bias, alpha).argmax(dim=-1)
-        acc = 100.0 * float((pred == labels).float().mean())
+        acc = 100.0 * int((pred == labels).sum()) / len(labels)
         if acc > best_acc:
             best_alpha, best_acc = alpha, acc
     return best_alpha, best_acc

@@ -196,7 +196,7 @@ def train_lp(
         if val is not None:
             with torch.no_grad():
                 pred = lp_logits(val[0], weight, bias, alpha, text).argmax(dim=-1)
-            acc = 100.0 * float((pred == val[1]).float().mean())
+            acc = 100.0 * int((pred == val[1]).sum()) / len(val[1])
         if best is None or val is None or acc >= best.val_accuracy:
             best = Fitted(weight.detach().clone(), bias.detach().clone(),
                           alpha.detach().clone(), epoch + 1, acc)  # fmt: skip
