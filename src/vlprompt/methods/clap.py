@@ -48,8 +48,9 @@ pooled features, zero-shot prototypes and test features, and the same shuffles (
   the final prototypes.
 
 Departures:
-- fp32 throughout (the official trainer casts the model to fp32 too, but encodes the images
-  with CLIP's fp16 weights by default, PREC fp16).
+- fp32 throughout. Official (PREC fp16, the default): the zero-shot prototypes come from CLIP's
+  fp16 text tower (computed when `CustomCLIP` is built), then the model is cast to fp32, so the
+  image features and the training are fp32.
 - The views and each epoch's shuffle come from generators seeded with the run's seed (official:
   the global torch / numpy RNGs).
 - Class names: `_` becomes a space in the prompts (official: the names as the data set gives
