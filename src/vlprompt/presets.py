@@ -1028,7 +1028,9 @@ register_preset(
         notes=(
             "the official keeps the epoch best on `shots` validation images per class "
             "(main.py generate_fewshot_dataset_(shots, split='val')); vlprompt on the run's "
-            "few-shot val split (min(shots, 4) per class)",
+            "few-shot val split (min(shots, 4) per class); for ImageNet the official "
+            "validation images are `shots` more training images per class, augmented "
+            "(main_imagenet.py, datasets/imagenet.py generate_fewshot_dataset)",
             "configs/base.yaml says shots 4 and tasks 10 (10 seeds: random.seed(i + 1)); the "
             "README runs 16 shots; the preset holds at any shots",
         ),

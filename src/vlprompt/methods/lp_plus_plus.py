@@ -41,8 +41,9 @@ Departures:
 - The initial bias comes from a generator seeded with the run's seed (official: the global RNG).
 - lambda_max by torch's `eigvalsh` (official: scipy's `eigh` of the same fp32 matrix).
 - The epoch is chosen on the run's few-shot validation split (official: `shots` validation
-  images per class, main.py `generate_fewshot_dataset_(shots, split="val")`); without validation
-  features the last epoch is kept.
+  images per class, main.py `generate_fewshot_dataset_(shots, split="val")`; for ImageNet `shots`
+  more *training* images per class under the training augmentation, datasets/imagenet.py
+  `generate_fewshot_dataset`); without validation features the last epoch is kept.
 - Only the fitted class list is classified (one learned row per class; the official code has no
   new-class rule), and every class needs training features (official: the class count is
   N / shots).
