@@ -46,6 +46,9 @@ CASES: dict[str, tuple[dict, dict, str]] = {
     "clip_lora": ({"iterations": 4}, {"rank": 0}, "rank"),
     "tip_adapter": ({"search_step": (5, 4)}, {"search_scale": (-1.0, 3.0)}, "search_scale"),
     "tip_adapter_f": ({"search_step": (5, 4), "epochs": 2}, {"augment_epoch": 0}, "augment_epoch"),
+    "gda": ({}, {"alpha_grid": (-1.0,)}, "alpha_grid"),
+    "lp_plus_plus": ({"epochs": 20}, {"alpha_every": 0}, "alpha_every"),
+    "clap": ({"epochs": 5}, {"constraint": "cosine"}, "constraint"),
 }
 
 

@@ -124,6 +124,17 @@ TIP_FOOD = {**TIP, "init_alpha": 1.17, "search_scale": [10.0, 10.0],
 TIP_SUN = {**TIP, "init_alpha": 1.17, "search_scale": [12.0, 10.0], "template": "a photo of a {}."}
 TIP_PETS = {**TIP, "init_alpha": 1.17, "search_scale": [7.0, 3.0],
             "template": "a photo of a {}, a type of pet."}  # fmt: skip
+GDA = {  # mrflogs/ICLR24 configs/few_shots/*.yaml (augment_epoch) + main_few_shots.py run
+    "augment_epoch": 10, "cache_crop_min_scale": 0.5, "alpha": 0.1,
+    "alpha_grid": [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0],
+}  # fmt: skip
+LPP = {"epochs": 300, "momentum": 0.9, "alpha_every": 10, "cache_crop_min_scale": 0.5}
+CLAP = {  # jusiro/CLAP SGD_lr1e-1_B256_ep300.yaml + Dassl defaults + experiment_CLAP.txt
+    "optimizer": "sgd", "lr": 0.1, "batch_size": 256, "epochs": 300, "warmup_epochs": 1,
+    "warmup_lr": 1e-5, "weight_decay": 0.0, "lr_schedule": "epoch", "momentum": 0.9,
+    "cache_crop_min_scale": 0.08, "constraint": "l2", "augment_epoch": 20,
+}  # fmt: skip
+SEVEN = {"templates": list(IMAGENET_TEMPLATES)}  # datasets/imagenet.py of GDA and LP++
 
 CASES = [
     # (preset, method, data set, shots, expected settings)
@@ -215,6 +226,41 @@ CASES = [
     ("tip_adapter_f", "tip_adapter_f", "dtd", 1, {**TIP_DTD, **TIP_F}),
     ("tip_adapter_f", "tip_adapter_f", "ucf101", 8, {**TIP_UCF, **TIP_F}),
     ("tip_adapter_f", "tip_adapter_f", "stanford_cars", 4, {**TIP_CARS, **TIP_F}),
+    # GDA, LP++, CLAP: datasets/<name>.py templates (Tip-Adapter's table), any shots
+    ("gda_fewshot", "gda", "imagenet", 16, {**GDA, **SEVEN}),
+    (
+        "gda_fewshot",
+        "gda",
+        "fgvc_aircraft",
+        1,
+        {**GDA, "template": "a photo of a {}, a type of aircraft."},
+    ),
+    ("gda_fewshot", "gda", "mini_colors", 4, GDA),
+    ("gda_dg", "gda", "imagenet", 16, {**GDA, **SEVEN}),
+    ("lp_plus_plus_fewshot", "lp_plus_plus", "imagenet", 16, {**LPP, **SEVEN}),
+    ("lp_plus_plus_fewshot", "lp_plus_plus", "dtd", 2, {**LPP, "template": "{} texture."}),
+    (
+        "lp_plus_plus_fewshot",
+        "lp_plus_plus",
+        "ucf101",
+        8,
+        {**LPP, "template": "a photo of a person doing {}."},
+    ),
+    # CLAP's ImageNet: IMAGENET_TEMPLATES_SELECT + CUSTOM_TEMPLATES["ImageNet"]
+    (
+        "clap_fewshot",
+        "clap",
+        "imagenet",
+        16,
+        {**CLAP, "templates": [*IMAGENET_TEMPLATES, "a photo of a {}."]},
+    ),
+    (
+        "clap_fewshot",
+        "clap",
+        "eurosat",
+        1,
+        {**CLAP, "template": "a centered satellite photo of {}."},
+    ),
 ]
 
 

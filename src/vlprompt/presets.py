@@ -49,6 +49,9 @@ SOURCES: dict[str, str] = {
     "htyao89/Textual-based_Class-aware_prompt_tuning": "bd97bec6bd4901baaf318e9e8f073f618d12066e",
     "MaxZanella/CLIP-LoRA": "358f0d7361f59e66c0b2d0b672a3dafb143a759b",
     "gaopengcuhk/Tip-Adapter": "d0e2d6f8c5feb8b6ce937b757810761f7155d4d5",
+    "mrflogs/ICLR24": "560fe211700964c915442ff98dbe47dd09656a35",
+    "FereshteShakeri/FewShot-CLIP-Strong-Baseline": "f81054f995b060f8348d20e7306e15889b70c786",
+    "jusiro/CLAP": "dbdf4095b3d824546474c725539b9f4efff3ca0e",
 }
 FEWSHOT_SHOTS = (1, 2, 4, 8, 16)  # the shots of every few-shot table
 
@@ -917,6 +920,169 @@ register_preset(
             "the official searches alpha / beta on the whole val split (on the test set for "
             "ImageNet); vlprompt on the run's few-shot val split (min(shots, 4) per class)",
             "main.py fixes seed 1; the repository gives no seed list",
+        ),
+    )
+)
+
+
+# ---- GDA, LP++, CLAP: few-shot baselines on frozen features -------------------------------------
+def _per_dataset_templates(
+    repo: str, imagenet: tuple[str, ...], imagenet_source: str
+) -> tuple[Rule, ...]:
+    """Each data set's template (datasets/<name>.py: Tip-Adapter's table, `_TIP_CONFIGS`) and
+    ImageNet's ensemble `imagenet`."""
+    rules = []
+    for name, (official, _, _, template) in _TIP_CONFIGS.items():
+        if template is None:
+            settings: dict[str, Any] = {"templates": list(imagenet)}
+            source = f"{repo} {imagenet_source}"
+        else:
+            settings = {"template": template}
+            source = f"{repo} datasets/{official}.py (template)"
+        rules.append(Rule(settings, source, datasets=frozenset({name})))
+    return tuple(rules)
+
+
+def _gda_rules() -> tuple[Rule, ...]:
+    return (
+        Rule(
+            {"augment_epoch": 10},
+            "mrflogs/ICLR24 configs/few_shots/*.yaml and configs/robustness/*.yaml "
+            "(augment_epoch 10 in every config)",
+        ),
+        Rule(
+            {
+                "cache_crop_min_scale": 0.5,
+                "alpha_grid": [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0],
+                "alpha": 0.1,
+            },
+            "mrflogs/ICLR24 main_few_shots.py and main_robustness.py (train_tranform: "
+            "RandomResizedCrop(224, scale=(0.5, 1)) + a flip; run: the alpha grid, searched "
+            "from best_alpha 0.1)",
+        ),  # fmt: skip
+        *_per_dataset_templates(
+            "mrflogs/ICLR24",
+            _TIP_IMAGENET_TEMPLATES,
+            "datasets/imagenet.py (imagenet_templates: CLIP's 7, ensembled by utils.py "
+            "clip_classifier)",
+        ),  # fmt: skip
+    )
+
+
+_GDA_NOTES = (
+    "the official searches alpha on the whole val split (main_few_shots.py: dataset.val) and "
+    "on the test set for ImageNet (val_features = test_features); vlprompt searches the run's "
+    "few-shot val split (min(shots, 4) per class)",
+    "main_few_shots.py runs seeds 1, 2, 3 and shots 1, 2, 4, 8, 16; the preset holds at any "
+    "shots (the configs' values do not depend on them)",
+)
+register_preset(
+    Preset(
+        "gda_fewshot",
+        "gda",
+        "GDA few-shot, training-free (RN50 in configs/few_shots/*.yaml): 10 augmented views, "
+        "KS-shrunk shared covariance, alpha searched on validation",
+        _gda_rules(),
+        notes=_GDA_NOTES,
+    )
+)
+register_preset(
+    Preset(
+        "gda_dg",
+        "gda",
+        "GDA domain generalisation (ViT-B/16 in configs/robustness/imagenet_vitb16.yaml): "
+        "fitted on 16-shot ImageNet with the few-shot settings, tested on the variants",
+        _gda_rules(),
+        notes=(
+            *_GDA_NOTES,
+            "main_robustness.py maps the 1000 ImageNet logits to ImageNet-A's and -R's 200 "
+            "classes (label_mapping); vlprompt evaluates GDA on its fitted classes only, so "
+            "the dg protocol gives it ImageNet-V2 and -Sketch (the same 1000 classes)",
+        ),
+    )
+)
+register_preset(
+    Preset(
+        "lp_plus_plus_fewshot",
+        "lp_plus_plus",
+        "LP++ few-shot (RN50 in configs/base.yaml): text-blended linear probe, 300 full-batch "
+        "epochs with the data-driven step sizes",
+        (
+            Rule(
+                {"epochs": 300},
+                "FereshteShakeri/FewShot-CLIP-Strong-Baseline configs/base.yaml (train_epoch 300)",
+            ),
+            Rule(
+                {"momentum": 0.9, "alpha_every": 10, "cache_crop_min_scale": 0.5},
+                "FereshteShakeri/FewShot-CLIP-Strong-Baseline methods/linear_probe_p2.py "
+                "(SGD momentum 0.9; alpha stepped when (epoch + 1) % 10 == 0) and main.py "
+                "(train_tranform: RandomResizedCrop(224, scale=(0.5, 1)) + a flip)",
+            ),
+            *_per_dataset_templates(
+                "FereshteShakeri/FewShot-CLIP-Strong-Baseline",
+                _TIP_IMAGENET_TEMPLATES,
+                "datasets/imagenet.py (imagenet_templates: CLIP's 7, ensembled by utils.py "
+                "clip_classifier)",
+            ),  # fmt: skip
+        ),
+        notes=(
+            "the official keeps the epoch best on `shots` validation images per class "
+            "(main.py generate_fewshot_dataset_(shots, split='val')); vlprompt on the run's "
+            "few-shot val split (min(shots, 4) per class); for ImageNet the official "
+            "validation images are `shots` more training images per class, augmented "
+            "(main_imagenet.py, datasets/imagenet.py generate_fewshot_dataset)",
+            "configs/base.yaml says shots 4 and tasks 10 (10 seeds: random.seed(i + 1)); the "
+            "README runs 16 shots; the preset holds at any shots",
+        ),
+    )
+)
+# CLAP's CUSTOM_TEMPLATES (trainers/adapters.py) are CoOp's table; ImageNet adds them to
+# IMAGENET_TEMPLATES_SELECT (datasets/imagenet_templates.py: CLIP's 7)
+_CLAP_IMAGENET_TEMPLATES = (*IMAGENET_TEMPLATES, "a photo of a {}.")
+register_preset(
+    Preset(
+        "clap_fewshot",
+        "clap",
+        "CLAP few-shot (RN50 in experiments/experiment_CLAP.txt): zero-shot-initialised linear "
+        "probe with the class-adaptive l2 constraint, SGD lr 0.1, batch 256, 300 epochs",
+        (
+            Rule(
+                {
+                    "optimizer": "sgd",
+                    "lr": 0.1,
+                    "batch_size": 256,
+                    "epochs": 300,
+                    "warmup_epochs": 1,
+                    "warmup_lr": 1e-5,
+                    "weight_decay": 0.0,
+                    "lr_schedule": "epoch",
+                },
+                "jusiro/CLAP configs/trainers/SGD_lr1e-1_B256_ep300.yaml",
+            ),  # fmt: skip
+            Rule(
+                {"momentum": 0.9, "cache_crop_min_scale": 0.08},
+                "KaiyangZhou/Dassl.pytorch dassl/config/defaults.py (OPTIM.MOMENTUM 0.9, "
+                "INPUT.RRCROP_SCALE (0.08, 1.0))",
+            ),
+            Rule(
+                {"constraint": "l2", "augment_epoch": 20},
+                "jusiro/CLAP experiments/experiment_CLAP.txt (INIT ZS, CONSTRAINT l2) and "
+                "trainers/adapters.py (epochs_aumentation = 20)",
+            ),
+            *_per_dataset_templates(
+                "jusiro/CLAP",
+                _CLAP_IMAGENET_TEMPLATES,
+                "trainers/adapters.py _get_base_text_features (IMAGENET_TEMPLATES_SELECT, "
+                "CLIP's 7, + CUSTOM_TEMPLATES['ImageNet'])",
+            ),  # fmt: skip
+        ),
+        notes=(
+            "validation-free, as the official: the last epoch is kept",
+            "scripts/adapt.sh runs seeds 1, 2, 3; experiment_CLAP.txt shots 1, 2, 4, 8, 16; the "
+            "preset holds at any shots",
+            "the domain-generalisation runs (experiment_CLAP.txt) evaluate the ImageNet model "
+            "on the variants; ImageNet-A's and -R's 200 classes are indices into the 1000 "
+            "prototypes there; vlprompt evaluates CLAP on its fitted classes only",
         ),
     )
 )
