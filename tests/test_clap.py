@@ -102,7 +102,7 @@ def test_training_and_logits_equal_the_paper_formulation(clip, constraint):
     expected = float(scale) * F.normalize(test.double(), dim=-1) @ F.normalize(p, dim=-1).T
     method.prototypes.copy_(got)
     with torch.no_grad():
-        torch.testing.assert_close(method.forward_features(test).double(), expected, atol=1e-5,
+        torch.testing.assert_close(method.logits_from_features(test).double(), expected, atol=1e-5,
                                    rtol=1e-5)  # fmt: skip
     assert 0 < float(lam.min()) and float(lam.max()) < 1
 
@@ -138,7 +138,7 @@ def test_save_then_load_gives_identical_logits(clip, tmp_path):
     loaded = get_method_class("clap").load(tmp_path, clip)
     test, _ = _features(clip, 5, seed=3)
     with torch.no_grad():
-        assert torch.equal(method.forward_features(test), loaded.forward_features(test))
+        assert torch.equal(method.logits_from_features(test), loaded.logits_from_features(test))
 
 
 @pytest.mark.parametrize(
@@ -160,7 +160,7 @@ def test_bad_data_and_use_before_fitting_are_clear_errors(clip):
     method = create_method("clap", clip, CLASSES, epochs=2)
     x, y = _features(clip, 8, seed=1)
     with pytest.raises(MethodError, match="not fitted"):
-        method.forward_features(x)
+        method.logits_from_features(x)
     with pytest.raises(MethodError, match="every class needs training features"):
         method.fit_features(x[y != 0], y[y != 0])
     method.fit_features(x, y)

@@ -76,7 +76,7 @@ def test_logits_equal_the_paper_formulation(clip):
     text = reference_text(clip, [method.config.template])
     expected = float(clip.logit_scale) * test.double() @ text.T + 0.3 * (test.double() @ w.T + b)
     assert expected.abs().max() > 1  # the GDA part is not negligible
-    torch.testing.assert_close(method.forward_features(test).double(), expected, atol=1e-5,
+    torch.testing.assert_close(method.logits_from_features(test).double(), expected, atol=1e-5,
                                rtol=1e-5)  # fmt: skip
 
 
@@ -88,7 +88,7 @@ def test_a_template_ensemble_is_averaged_like_zero_shot_clip(clip):
     method.fit_features(train, labels)
     test, _ = _features(clip, 6, seed=4)
     expected = float(clip.logit_scale) * test.double() @ reference_text(clip, templates).T
-    torch.testing.assert_close(method.forward_features(test).double(), expected, atol=1e-5,
+    torch.testing.assert_close(method.logits_from_features(test).double(), expected, atol=1e-5,
                                rtol=1e-5)  # fmt: skip
 
 
@@ -141,7 +141,7 @@ def test_save_then_load_gives_identical_logits(clip, tmp_path):
     loaded = get_method_class("gda").load(tmp_path, clip)
     test, _ = _features(clip, 5, seed=3)
     with torch.no_grad():
-        assert torch.equal(method.forward_features(test), loaded.forward_features(test))
+        assert torch.equal(method.logits_from_features(test), loaded.logits_from_features(test))
     assert float(loaded.alpha) == float(method.alpha)
     with pytest.raises(MethodError, match="fitted on 4 other classes"):
         get_method_class("gda").load(tmp_path, clip, ["ship", "car"])
@@ -165,7 +165,7 @@ def test_bad_data_and_use_before_fitting_are_clear_errors(clip):
     method = create_method("gda", clip, CLASSES)
     train, labels = _features(clip, 8, seed=1)
     with pytest.raises(MethodError, match="not fitted"):
-        method.forward_features(train)
+        method.logits_from_features(train)
     with pytest.raises(
         MethodError, match=r"every class needs training features; none for \['oak tree'\]"
     ):

@@ -113,7 +113,7 @@ def test_the_method_classifies_with_the_fitted_tensors_and_its_text(clip):
     text = reference_text(clip, [method.config.template])
     expected = test.double() @ method.weight.double().T + method.bias.double()
     expected += method.alpha.double() * (test.double() @ text.T)
-    torch.testing.assert_close(method.forward_features(test).double(), expected, atol=1e-5,
+    torch.testing.assert_close(method.logits_from_features(test).double(), expected, atol=1e-5,
                                rtol=1e-5)  # fmt: skip
 
 
@@ -138,7 +138,7 @@ def test_save_then_load_gives_identical_logits(clip, tmp_path):
     loaded = get_method_class("lp_plus_plus").load(tmp_path, clip)
     test, _ = _features(clip, 5, seed=3)
     with torch.no_grad():
-        assert torch.equal(method.forward_features(test), loaded.forward_features(test))
+        assert torch.equal(method.logits_from_features(test), loaded.logits_from_features(test))
 
 
 @pytest.mark.parametrize(
@@ -159,7 +159,7 @@ def test_bad_data_and_use_before_fitting_are_clear_errors(clip):
     method = create_method("lp_plus_plus", clip, CLASSES, epochs=2)
     x, y = _features(clip, 8, seed=1)
     with pytest.raises(MethodError, match="not fitted"):
-        method.forward_features(x)
+        method.logits_from_features(x)
     with pytest.raises(MethodError, match="every class needs training features"):
         method.fit_features(x[y != 1], y[y != 1])
     method.fit_features(x, y)

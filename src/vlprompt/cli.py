@@ -672,13 +672,36 @@ def _print_bench_result(result: Any, output_dir: str) -> None:
     summary = getattr(result, "summary", None)
     markdown = getattr(summary, "markdown", None)
     if markdown:
-        print(Path(markdown).read_text().rstrip())
-        print(f"summary: {markdown}")
+        print(_terminal_summary(Path(markdown).read_text()))
+        print(f"summary (every table, the tests, the plots): {markdown}")
     failed = f"{len(result.failed)} failed" + (" (exit status 1)" if result.failed else "")
     print(
         f"{len(result.trained)} run(s) trained or evaluated, {len(result.skipped)} already done, "
         f"{failed}; results in {Path(output_dir) / RESULTS_FILE}"
     )
+
+
+def _terminal_summary(markdown: str) -> str:
+    """What a terminal shows of a sweep's summary: the first (average) table with its heading
+    and the pairwise verdicts; summary.md keeps the rest."""
+    from vlprompt.quickstart import first_table
+
+    lines = [first_table(markdown)]
+    verdicts = []
+    rows = markdown.splitlines()
+    for i, line in enumerate(rows):
+        if line.startswith("|") and "| verdict |" in line and "pair" in line:
+            header = [c.strip() for c in line.strip("|").split("|")]
+            at = header.index("verdict")
+            for row in rows[i + 2 :]:
+                if not row.startswith("|"):
+                    break
+                cells = [c.strip() for c in row.strip("|").split("|")]
+                if len(cells) > at and "variance" not in line:
+                    verdicts.append(f"  {cells[at]}")
+    if verdicts:
+        lines += ["", "Pairwise comparisons (paired Wilcoxon, Holm):", *verdicts]
+    return "\n".join(lines)
 
 
 def _length(config) -> str:

@@ -176,11 +176,11 @@ def quickstart(
             log(f"plot: {plot}")
         log(f"tables per data set: {summary.markdown} (CSV: {summary.csv})")
         log("")
-        log(_first_table(Path(summary.markdown).read_text()))
+        log(first_table(Path(summary.markdown).read_text()))
     return result
 
 
-def _first_table(markdown: str) -> str:
+def first_table(markdown: str) -> str:
     """The first Markdown table of a summary (the average over data sets) with its heading."""
     lines = markdown.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))

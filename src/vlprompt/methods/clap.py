@@ -262,12 +262,17 @@ class CLAP(ClosedSetMixin, FrozenImageMixin, PromptMethod):
         key = features_key(self.clip, self.classnames, self.templates(), fp32=True)
         return self._text_cache.get(key, compute)
 
-    def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
+    def class_features(self) -> torch.Tensor:
+        """The class side: the fitted prototypes (constant after fitting)."""
+        return self.prototypes
+
+    def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         if not bool(self.prototypes.any()):
             raise not_fitted(self.name)
+        prototypes = self.class_side()
         with full_precision(image_features.device):
             scale = self.clip.logit_scale.float()
-            return clap_logits(image_features.float(), self.prototypes, scale)
+            return clap_logits(image_features.float(), prototypes, scale)
 
     # ---- fitting -------------------------------------------------------------------------------
     def fit(

@@ -220,13 +220,18 @@ class GDA(ClosedSetMixin, FrozenImageMixin, PromptMethod):
             self.clip, self.classnames, self.templates(), self._text_cache
         )
 
-    def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
+    def class_features(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """The class side: zero-shot text features and the fitted classifier (W, b, alpha)."""
+        return self.text_features(), self.weight, self.bias, float(self.alpha)
+
+    def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         if float(self.alpha) < 0:
             raise not_fitted(self.name)
-        zero_shot = clip_logits(self.clip, image_features, self.text_features())
+        text, weight, bias, alpha = self.class_side()
+        zero_shot = clip_logits(self.clip, image_features, text)
         with full_precision(image_features.device):
             feats = image_features.float()
-            return gda_logits(zero_shot.float(), feats, self.weight, self.bias, float(self.alpha))
+            return gda_logits(zero_shot.float(), feats, weight, bias, alpha)
 
     # ---- fitting -------------------------------------------------------------------------------
     def fit(

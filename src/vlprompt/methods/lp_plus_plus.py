@@ -239,12 +239,16 @@ class LPPlusPlus(ClosedSetMixin, FrozenImageMixin, PromptMethod):
             self.clip, self.classnames, self.templates(), self._text_cache
         )
 
-    def forward_features(self, image_features: torch.Tensor) -> torch.Tensor:
+    def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         if float(self.fitted_epoch) == 0:
             raise not_fitted(self.name)
-        text = self.text_features()
+        text, weight, bias, alpha = self.class_side()
         with full_precision(image_features.device):
-            return lp_logits(image_features.float(), self.weight, self.bias, self.alpha, text)
+            return lp_logits(image_features.float(), weight, bias, alpha, text)
+
+    def class_features(self) -> tuple[torch.Tensor, ...]:
+        """The class side: zero-shot text features and the fitted probe (W, b, per-class alpha)."""
+        return self.text_features(), self.weight, self.bias, self.alpha
 
     # ---- fitting -------------------------------------------------------------------------------
     def fit(
