@@ -39,6 +39,7 @@ from vlprompt.config import (
     read_run_config,
     split_train_kwargs,
 )
+from vlprompt.console import ensure_visible_logging
 from vlprompt.distributed import Dist, init_distributed, resolve_device
 from vlprompt.engine import EpochStats, fit
 from vlprompt.errors import RunError
@@ -588,6 +589,7 @@ def train(
         k: v for k, v in locals().items() if k not in ("method", "dataset", "config_overrides")
     }
     run, engine, call, _ = split_train_kwargs(options)
+    ensure_visible_logging()
     wanted = resolve_config(
         method, dataset, **run, engine=EngineSettings(**engine), overrides=config_overrides
     )
@@ -829,6 +831,7 @@ def evaluate(
     matrix, errors.csv, the most confident mistakes, zero-shot CLIP's accuracy on the same
     images beside the trained one; vlprompt.calibration: the reliability diagram before and
     after the run's temperature) and returns its folder as `record["report_dir"]`."""
+    ensure_visible_logging()
     if record:  # checked before anything is loaded
         run_dir = run.run_dir if isinstance(run, Run) else Path(run)
         read_run_config(run_dir)  # a folder that is no run at all says so first

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,7 +82,9 @@ def _progress_enabled(progress: bool | None, ctx: Dist) -> bool:
     if not ctx.is_main:
         return False
     if progress is None:
-        return sys.stderr.isatty()
+        from vlprompt.console import interactive
+
+        return interactive()
     return progress
 
 

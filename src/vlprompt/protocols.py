@@ -468,6 +468,9 @@ def run_bench(
     is a terminal), one line per finished run, and the runs' per-epoch lines only in each
     run's `log.txt` unless `verbose`.
     """
+    from vlprompt.console import ensure_visible_logging
+
+    ensure_visible_logging()
     if executor not in EXECUTORS:
         raise BenchError(f"unknown executor {executor!r}; choices: {', '.join(EXECUTORS)}")
     if executor == "ray":
@@ -545,13 +548,14 @@ def _collect(outcomes, result: BenchResult, n_runs: int, results_path: Path, rep
              plots: bool, progress: bool | None) -> None:  # fmt: skip
     """The driver's side: append each finished run's records, say one line for it, keep the
     summary current, and show one progress bar over the sweep."""
-    import sys
 
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     output_dir = results_path.parent
-    show = sys.stderr.isatty() if progress is None else progress
+    from vlprompt.console import interactive
+
+    show = interactive() if progress is None else progress
     done = len(result.skipped)
     bar = tqdm(total=n_runs, initial=done, desc="sweep", unit="run", disable=not show,
                dynamic_ncols=True)  # fmt: skip
