@@ -95,8 +95,8 @@ def _cli_value(option) -> list[str]:
     choices = option.metadata.get("choices")
     if choices:
         return [flag, next(c for c in choices if c != option.default)]
-    if option.name in ("root", "backbone", "pretrained", "device"):
-        return [flag, {"device": "cuda:1"}.get(option.name, "x")]
+    if option.name in ("root", "backbone", "pretrained", "device", "split", "classnames_file"):
+        return [flag, {"device": "cuda:1", "split": "0.6,0.2,0.2"}.get(option.name, "x")]
     return [flag, "0.5" if cli._flag_type(option.annotation) is float else "3"]
 
 
@@ -138,10 +138,11 @@ def test_every_train_flag_reaches_the_train_call(monkeypatch, tmp_path):
 
 
 def _changed(option):
-    if option.name in ("root", "preset", "backbone", "pretrained", "device", "subsample",
-                       "precision"):  # fmt: skip
-        return {"root": "/elsewhere", "preset": "coop", "backbone": "RN50", "pretrained": None,
-                "device": "cuda:1", "subsample": "base", "precision": "bf16"}[option.name]  # fmt: skip
+    special = {"root": "/elsewhere", "preset": "coop", "backbone": "RN50", "pretrained": None,
+               "device": "cuda:1", "subsample": "base", "precision": "bf16",
+               "split": "0.6,0.2,0.2", "classnames_file": "/names.json"}  # fmt: skip
+    if option.name in special:
+        return special[option.name]
     if isinstance(option.default, bool):
         return not option.default
     if option.default is None:

@@ -360,6 +360,9 @@ def resolve_config(
     engine: EngineSettings | None = None,
     overrides: dict[str, Any] | None = None,
     preset: str | None = None,
+    split: str | None = None,
+    classnames_file: str | Path | None = None,
+    skip_bad_images: bool = False,
 ) -> RunConfig:
     """The full config of a run; unknown method/data-set names and settings fail here, before
     anything is loaded. The method config is the method's defaults, then `preset`'s values for
@@ -399,6 +402,13 @@ def resolve_config(
         subsample=subsample,
         engine=engine or EngineSettings(),
         preset=preset,
+        split=split,
+        classnames_file=(
+            str(Path(classnames_file).expanduser().resolve())
+            if classnames_file is not None
+            else None
+        ),
+        skip_bad_images=skip_bad_images,
     )
 
 
@@ -542,6 +552,9 @@ def train(
     shots: int = 16,
     seed: int = 1,
     subsample: str = "all",
+    split: str | None = None,
+    classnames_file: str | Path | None = None,
+    skip_bad_images: bool = False,
     resume: bool = False,
     overwrite: bool = False,
     device: str = "cpu",
@@ -717,12 +730,20 @@ def _build_splits(config: RunConfig, dataset: str | None = None, subsample: str 
                   shots: int | None = None, root: str | None = None) -> Any:  # fmt: skip
     from vlprompt.data import build_dataset
 
+    own = dataset is None or dataset == config.dataset
+    loader = {}  # the run's own data options apply to its own data set only
+    if own and config.split is not None:
+        loader["split"] = tuple(float(x) for x in config.split.split(","))
+    if own and config.classnames_file is not None:
+        loader["classnames_file"] = config.classnames_file
     return build_dataset(
         dataset or config.dataset,
         root if root is not None else config.root,
         shots=config.shots if shots is None else shots,
         seed=config.seed,
         subsample=subsample or config.subsample,
+        skip_bad_images=config.skip_bad_images and own,
+        **loader,
     )
 
 
@@ -747,6 +768,11 @@ def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torc
         f"{config.backbone} ({config.pretrained or 'random weights'}) on {device}; "
         f"{method.num_trainable_parameters()} trainable parameters"
     )
+    say(_split_sizes(splits))
+    skipped = splits.extra.get("skipped_images", [])
+    if skipped:
+        say(f"skipped {len(skipped)} unreadable image(s) (listed in splits.json): "
+            + ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else ""))  # fmt: skip
     if config.pretrained is None:
         say("note: random backbone weights (no pretrained tag or checkpoint given)")
     started = time.perf_counter()
@@ -766,6 +792,20 @@ def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torc
         resume=resume, progress=progress, ctx=ctx, on_epoch_end=on_epoch_end, logger=say,
     )  # fmt: skip
     return method, splits, result.wall_s, result.epochs
+
+
+def _split_sizes(splits: Any) -> str:
+    """"images per class: train 16 (16-16), val 4 (2-4), test 300 (30-30)": totals and the
+    smallest and largest class, so a lopsided split shows at once."""
+    parts = []
+    for name in ("train", "val", "test"):
+        items = getattr(splits, name)
+        counts = [0] * len(splits.classnames)
+        for d in items:
+            counts[d.label] += 1
+        spread = f"{min(counts)}-{max(counts)} per class" if counts else "no classes"
+        parts.append(f"{name} {len(items)} ({spread})")
+    return "images: " + ", ".join(parts)
 
 
 def _splits_record(config: RunConfig, splits: Any) -> dict[str, Any]:
@@ -789,6 +829,7 @@ def _splits_record(config: RunConfig, splits: Any) -> dict[str, Any]:
         },
         **{part: [[rel(d.path), d.label] for d in getattr(splits, part)]
            for part in ("train", "val", "test")},
+        "skipped_images": [rel(p) for p in splits.extra.get("skipped_images", [])],
     }  # fmt: skip
 
 

@@ -176,6 +176,20 @@ class TrainOptions:
     )
     # provenance only: the resolved method_config is what identifies the run
     preset: str | None = _option(None, PRESET_HELP, run=True, identity=False, metavar="NAME")
+    # your own images (imagefolder, csv)
+    split: str | None = _option(
+        None, "imagefolder without train/val/test sub-folders: each class's images are shuffled "
+        "(fixed seed) and cut into these train,val,test fractions (default 0.5,0.2,0.3)",
+        run=True, metavar="TRAIN,VAL,TEST",
+    )  # fmt: skip
+    classnames_file: str | None = _option(
+        None, "the class names CLIP reads, per folder or label: a JSON object, or lines "
+        "'folder class name' (default: folder names, '_' as spaces)", run=True, metavar="FILE",
+    )  # fmt: skip
+    skip_bad_images: bool = _option(
+        False, "open every selected image first and leave out (and list) the unreadable ones "
+        "instead of stopping at the first", run=True,
+    )  # fmt: skip
     # ---- how this call runs ----
     output_dir: str | None = _option(None, "run folder", flags=("-o", "--output-dir"))
     resume: bool = _option(False, "continue from the last checkpoint")
@@ -301,6 +315,11 @@ class RunConfig:
     engine: EngineSettings = field(default_factory=EngineSettings)
     # the paper preset whose values method_config starts from (vlprompt.presets), or None
     preset: str | None = None
+    # your own images: the train,val,test fractions of a folder, a class-name file, skipping
+    # unreadable images (None / False: the loader's defaults)
+    split: str | None = None
+    classnames_file: str | None = None
+    skip_bad_images: bool = False
     vlprompt_version: str = ""
 
     def __post_init__(self) -> None:
@@ -327,6 +346,12 @@ class RunConfig:
                 f"method_config must be a mapping of the method's settings, got "
                 f"{self.method_config!r}"
             )
+        if self.split is not None:
+            self.split = _check_split(self.split)
+        if not isinstance(self.skip_bad_images, bool):
+            raise ConfigError(
+                f"skip_bad_images must be true or false, got {self.skip_bad_images!r}"
+            )
         if not self.vlprompt_version:
             self.vlprompt_version = code_version()
 
@@ -345,6 +370,21 @@ class RunConfig:
         if missing:
             raise ConfigError(f"{source}: missing run setting(s) {', '.join(missing)}")
         return cls(**data)
+
+
+def _check_split(split: Any) -> str:
+    """ "0.5,0.2,0.3" (or three numbers): train, val and test fractions that sum to 1."""
+    parts = split.split(",") if isinstance(split, str) else split
+    try:
+        values = [float(x) for x in parts]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 3 or min(values) < 0 or values[0] == 0 or abs(sum(values) - 1) > 1e-6:
+        raise ConfigError(
+            f"split must be three fractions train,val,test that sum to 1 with train > 0, e.g. "
+            f"0.5,0.2,0.3 (val may be 0), got {split!r}"
+        )
+    return ",".join(f"{v:g}" for v in values)
 
 
 def engine_settings(data: dict[str, Any]) -> EngineSettings:
