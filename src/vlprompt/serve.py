@@ -437,7 +437,9 @@ async def _uploads(request: Any, limits: ServeLimits) -> tuple[list[str], list[b
                 "them in several requests",
                 413,
             ) from None
-        raise ServeError(f"the request body is not valid multipart/form-data ({exc.detail})") from None
+        raise ServeError(
+            f"the request body is not valid multipart/form-data ({exc.detail})"
+        ) from None
     try:
         files = form.getlist("files")
         if not files:
@@ -532,6 +534,9 @@ def create_app(model: ServedModel, limits: ServeLimits) -> Any:
             yield
         finally:
             await predictor.stop()
+            done = predictor.batcher
+            print(f"vlprompt: stopped; classified {done.images} images in {done.batches} "
+                  "batches", flush=True)  # fmt: skip
 
     app = FastAPI(title="vlprompt", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)  # fmt: skip
