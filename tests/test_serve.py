@@ -398,7 +398,9 @@ def test_serve_help_imports_neither_torch_nor_the_server():
 
 
 # ---- in this process: the queue, the model holder, the checks -----------------------------------
-def _batches(max_batch: int, max_wait_s: float, gaps: list[float]) -> tuple[list[int], list]:
+def _batches(
+    max_batch: int, max_wait_s: float, gaps: list[float], coming=None
+) -> tuple[list[int], list]:
     """Submit one image per gap (sleeping that long first); the sizes of the batches made and
     each image's row."""
     sizes: list[int] = []
@@ -409,7 +411,7 @@ def _batches(max_batch: int, max_wait_s: float, gaps: list[float]) -> tuple[list
 
     async def go() -> list:
         with ThreadPoolExecutor(1) as pool:
-            batcher = served.Batcher(classify, max_batch, max_wait_s, pool)
+            batcher = served.Batcher(classify, max_batch, max_wait_s, pool, coming)
             batcher.start()
             futures = []
             for i, gap in enumerate(gaps):
@@ -432,6 +434,16 @@ def test_the_batcher_fills_batches_and_gives_each_image_its_row():
 def test_the_batcher_waits_at_most_max_wait():
     sizes, rows = _batches(32, 0.01, [0, 0.3, 0.3])
     assert sizes == [1, 1, 1] and [float(r[0]) for r in rows] == [0.0, 10.0, 20.0]
+
+
+def test_the_batcher_waits_only_while_images_are_coming():
+    start = time.monotonic()
+    sizes, _ = _batches(32, 30.0, [0], coming=lambda: 0)  # a lone image: no wait
+    assert sizes == [1] and time.monotonic() - start < 10
+    start = time.monotonic()
+    sizes, _ = _batches(32, 30.0, [0, 0.3, 0.3], coming=iter([1, 1, 0]).__next__)
+    assert sizes == [3]  # waited while one was announced, ran once none was
+    assert time.monotonic() - start < 10
 
 
 def test_the_batcher_leaves_out_images_whose_request_went_away():

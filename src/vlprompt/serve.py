@@ -220,7 +220,11 @@ class Batcher:
     """Collects images from concurrent requests into batches of at most `max_batch`, waiting at
     most `max_wait_s` after a batch's first image, and runs `classify` (stacked images -> one row
     per image) on `executor`; each image's future gets its own row. Images whose request has gone
-    away (future cancelled) are left out of the batch."""
+    away (future cancelled) are left out of the batch.
+
+    `coming()` (optional) counts images on their way to the queue (being decoded): when the queue
+    is empty and none is coming, the batch runs at once instead of waiting, so a lone request
+    does not pay `max_wait_s`; images that arrive during a forward pass form the next batch."""
 
     def __init__(
         self,
@@ -228,11 +232,13 @@ class Batcher:
         max_batch: int,
         max_wait_s: float,
         executor: ThreadPoolExecutor,
+        coming: Callable[[], int] | None = None,
     ):
         self.classify = classify
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.executor = executor
+        self.coming = coming
         self.batches = 0
         self.images = 0
         self._queue: asyncio.Queue = asyncio.Queue()
@@ -272,7 +278,7 @@ class Batcher:
                 batch.append(self._queue.get_nowait())
                 continue
             left = deadline - loop.time()
-            if left <= 0:
+            if left <= 0 or (self.coming is not None and self.coming() == 0):
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), left))
@@ -311,9 +317,9 @@ class Predictor:
         self.limits = limits
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="vlprompt-model")
         self.decoders = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="vlprompt-decode")
-        self.batcher = Batcher(
-            model.probabilities, limits.max_batch, limits.max_wait_ms / 1000, self.model_thread
-        )
+        self.decoding = 0  # images of requests being read that are not queued yet
+        self.batcher = Batcher(model.probabilities, limits.max_batch, limits.max_wait_ms / 1000,
+                               self.model_thread, coming=lambda: self.decoding)  # fmt: skip
         self._slots: asyncio.Semaphore | None = None
 
     async def start(self) -> None:
@@ -329,10 +335,12 @@ class Predictor:
         self.decoders.shutdown(cancel_futures=True)
 
     async def rows(self, uploads: list[tuple[str, bytes]]) -> list[Any]:
-        """One probability row per upload, in order; the first bad file raises ServeError."""
+        """One probability row per upload, in order; the first bad file raises ServeError.
+        The request's images count as coming (`decoding`) until each is queued."""
         assert self._slots is not None, "start() first"
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future] = []
+        self.decoding += len(uploads)
         try:
             for name, data in uploads:
                 await self._slots.acquire()
@@ -344,6 +352,7 @@ class Predictor:
                     self._slots.release()
                     raise
                 future = self.batcher.submit(tensor)
+                self.decoding -= 1
                 future.add_done_callback(lambda _: self._slots.release())
                 futures.append(future)
             return list(await asyncio.gather(*futures))
@@ -351,6 +360,8 @@ class Predictor:
             for future in futures:
                 future.cancel()
             raise
+        finally:
+            self.decoding -= len(uploads) - len(futures)  # those never queued
 
 
 def _int_param(query: Any, name: str, default: int) -> int:
