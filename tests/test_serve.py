@@ -492,6 +492,26 @@ def test_decode_checks_pixels_before_decoding_and_names_the_file():
         assert info.value.status == 400
 
 
+def test_the_answer_has_conformal_sets_where_the_run_is_calibrated():
+    from vlprompt.calibration import fit_calibration, prediction_sets
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 400)
+    logits = rng.normal(size=(400, 5)) + 3.0 * np.eye(5)[labels]
+    calibration = fit_calibration(logits, labels)
+    model = SimpleNamespace(classnames=list("abcde"), temperature=calibration.temperature,
+                            calibration=calibration)  # fmt: skip
+    probs = calibration.probabilities(logits[:6])
+    answer = served._answer(model, [f"{i}.png" for i in range(6)], list(probs), 2, (0.9, "aps"))
+    want = prediction_sets(probs, calibration.threshold(0.9, "aps"))
+    assert answer["coverage"] == 0.9 and answer["score"] == "aps"
+    for entry, row, mask in zip(answer["predictions"], probs, want):
+        assert {m["class"] for m in entry["set"]} == {"abcde"[c] for c in np.flatnonzero(mask)}
+        assert [t["class"] for t in entry["top"]] == ["abcde"[c] for c in np.argsort(-row)[:2]]
+    with pytest.raises(ServeError, match="no conformal threshold"):
+        served._answer(model, ["0.png"], list(probs[:1]), 2, (0.8, "lac"))
+
+
 def test_upload_names_hosts_limits_and_the_missing_extra(monkeypatch):
     assert served.upload_name("a/b/../c.png", 0) == "c.png"
     assert served.upload_name("x\x00y\n.png", 0) == "xy.png"
