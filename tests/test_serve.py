@@ -446,6 +446,25 @@ def test_the_batcher_waits_only_while_images_are_coming():
     assert time.monotonic() - start < 10
 
 
+def test_a_failing_forward_fails_its_batch_only():
+    def classify(batch: torch.Tensor) -> np.ndarray:
+        if float(batch[0, 0]) == 0.0:
+            raise RuntimeError("out of memory")
+        return batch.numpy()
+
+    async def go() -> tuple[str, float]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = served.Batcher(classify, 8, 0.0, pool)
+            batcher.start()
+            with pytest.raises(RuntimeError) as info:
+                await asyncio.wait_for(batcher.submit(torch.tensor([0.0])), 30)
+            row = await asyncio.wait_for(batcher.submit(torch.tensor([5.0])), 30)
+            await batcher.stop()
+            return str(info.value), float(row[0])
+
+    assert asyncio.run(go()) == ("out of memory", 5.0)
+
+
 def test_the_batcher_leaves_out_images_whose_request_went_away():
     seen: list[list[float]] = []
 

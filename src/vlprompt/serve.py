@@ -289,12 +289,12 @@ class Batcher:
     async def _classify(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
         import torch
 
-        stacked = torch.stack([image for image, _ in batch])
         try:
+            stacked = torch.stack([image for image, _ in batch])
             rows = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self.classify, stacked
             )
-        except Exception as exc:  # noqa: BLE001  (handed to each waiting request)
+        except Exception as exc:  # noqa: BLE001  (handed to each waiting request; the loop goes on)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
