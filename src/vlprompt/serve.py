@@ -98,15 +98,27 @@ def _flag(name: str) -> str:
 def require_packages() -> None:
     """ServeError naming the extra to install when FastAPI, uvicorn or python-multipart is
     missing (checked before a run is loaded)."""
-    missing = []
-    for module, package in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"),
-                            ("multipart", "python-multipart")):  # fmt: skip
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(package)
+    import importlib.util
+
+    wanted = {
+        "fastapi": ["fastapi"],
+        "uvicorn": ["uvicorn"],
+        "python-multipart": ["python_multipart", "multipart"],  # multipart: its old name
+    }
+    missing = [
+        package
+        for package, modules in wanted.items()
+        if not any(_importable(m, importlib.util) for m in modules)
+    ]
     if missing:
         raise ServeError(f"vlprompt serve needs {', '.join(missing)}: {INSTALL_HINT}")
+
+
+def _importable(module: str, util: Any) -> bool:
+    try:
+        return util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules
+        return False
 
 
 def host_warning(host: str) -> str | None:
