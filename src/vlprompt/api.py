@@ -795,7 +795,7 @@ def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torc
 
 
 def _split_sizes(splits: Any) -> str:
-    """"images per class: train 16 (16-16), val 4 (2-4), test 300 (30-30)": totals and the
+    """ "images per class: train 16 (16-16), val 4 (2-4), test 300 (30-30)": totals and the
     smallest and largest class, so a lopsided split shows at once."""
     parts = []
     for name in ("train", "val", "test"):

@@ -72,6 +72,11 @@ QUICKSTART_EXAMPLE = """examples:
   vlprompt quickstart --output-dir qs
   vlprompt quickstart --methods rpo,ivlp,maple,promptsrc   # the seed method beside its peers
 """
+SERVE_EXAMPLE = """examples:
+  vlprompt serve runs/rpo_pets                   # http://127.0.0.1:8000/ (a page to try images)
+  curl -F files=@cat.jpg -F files=@dog.png 'http://127.0.0.1:8000/predict?topk=3'
+  vlprompt serve runs/rpo_pets --port 9000 --max-batch 64 --device cuda
+"""
 MINI_EXAMPLE = """examples:
   vlprompt mini pretrain --output my-mini-clip.safetensors --steps 1000
   vlprompt train --method rpo --dataset mini_shapes --backbone vlprompt-mini-vit \\
@@ -281,6 +286,30 @@ def _add_bench_parser(p: argparse.ArgumentParser) -> None:
                    "last checkpoint (default 2)")  # fmt: skip
 
 
+def _add_serve_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a run folder written by `vlprompt train`")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default %(default)s: this machine only; any "
+                   "other prints a warning: the server has no authentication)")  # fmt: skip
+    p.add_argument("--port", type=int, default=8000, help="default %(default)s; 0: a free one")
+    p.add_argument("--topk", type=int, default=5,
+                   help="classes per image when a request has no ?topk= (default %(default)s)")  # fmt: skip
+    p.add_argument("--max-batch", dest="max_batch", type=int, default=32,
+                   help="images per forward pass, gathered from concurrent requests; a request "
+                   "takes at most 4x this many files (default %(default)s)")  # fmt: skip
+    p.add_argument("--max-wait-ms", dest="max_wait_ms", type=float, default=10.0,
+                   help="how long a batch waits for more images (default %(default)s)")  # fmt: skip
+    p.add_argument("--max-upload-mb", dest="max_upload_mb", type=float, default=10.0,
+                   help="bytes of one request, in MiB (default %(default)s)")  # fmt: skip
+    p.add_argument("--max-pixels", dest="max_pixels", type=int, default=40_000_000,
+                   help="pixels of one image, checked before decoding (default %(default)s)")  # fmt: skip
+    p.add_argument("--body-timeout-s", dest="body_timeout_s", type=float, default=30.0,
+                   help="seconds a request's body may take to arrive (default %(default)s)")  # fmt: skip
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--trust-torchscript", action="store_true", help=TRUST_HELP)
+    p.add_argument("--allow-remote-weights", action="store_true", help=REMOTE_HELP)
+
+
 def _add_methods_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="show every setting")
 
@@ -337,6 +366,10 @@ VERBS: dict[str, tuple[str, str | None, str, Any]] = {
     "bench": ("run a protocol sweep (base2new, fewshot, xd, dg)",
               "Train and evaluate over methods x data sets x shots x seeds; finished runs are "
               "skipped, so an interrupted sweep resumes.", BENCH_EXAMPLE, _add_bench_parser),
+    "serve": ("serve a run over HTTP (predict endpoint and a page)",
+              "Serve a run's classifier over HTTP: POST /predict, GET /health, GET /labels and "
+              "a page at / to try images (needs: pip install 'vlprompt[serve]').",
+              SERVE_EXAMPLE, _add_serve_parser),
     "methods": ("list the methods", None, METHODS_EXAMPLE, _add_methods_parser),
     "presets": ("list the paper presets (official settings)", None, PRESETS_EXAMPLE,
                 _add_presets_parser),
@@ -583,6 +616,20 @@ def _predict_sets(run: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from vlprompt.serve import ServeLimits, serve
+
+    limits = ServeLimits(
+        topk=args.topk, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+        max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
+        body_timeout_s=args.body_timeout_s,
+    )  # fmt: skip
+    serve(args.run_dir, host=args.host, port=args.port, limits=limits, device=args.device,
+          trust_torchscript=args.trust_torchscript,
+          allow_remote_weights=args.allow_remote_weights)  # fmt: skip
+    return 0
+
+
 def _csv(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -814,6 +861,7 @@ COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "predict": cmd_predict,
+    "serve": cmd_serve,
     "bench": cmd_bench,
     "methods": cmd_methods,
     "presets": cmd_presets,

@@ -96,3 +96,13 @@ class CalibrationError(VlpromptError, ValueError):
 
 class DiagnosisError(VlpromptError, ValueError):
     """Logits, labels, class names or image paths that an evaluation report cannot use."""
+
+
+# ---- serving ------------------------------------------------------------------------------------
+class ServeError(VlpromptError, ValueError):
+    """A request the prediction server refuses (too large, not an image, too many files, ...) or
+    a server that cannot start as asked; `status` is the HTTP code of the answer."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status

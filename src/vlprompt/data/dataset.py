@@ -180,18 +180,25 @@ def open_image_bounded(path: str | os.PathLike, min_short_side: int) -> Image.Im
     regular_file_or_error(path)
     try:
         with Image.open(path) as img:
-            short = min(img.size)
-            if img.format == "JPEG" and short > 2 * min_short_side:
-                factor = min_short_side / short  # draft keeps at least this size
-                img.draft("RGB", (round(img.size[0] * factor), round(img.size[1] * factor)))
-            img.load()
-            if img.mode in ("RGB", "L") and "transparency" not in img.info:
-                return to_rgb(_reduced(img, min_short_side))  # no full-size RGB copy
-            return _reduced(to_rgb(img), min_short_side)
+            return decode_bounded(img, min_short_side)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(
             f"cannot read image {path}: {e}. Replace or delete the file, or leave it out"
         ) from e
+
+
+def decode_bounded(img: Image.Image, min_short_side: int) -> Image.Image:
+    """An opened (header read, pixels not yet decoded) image as RGB at a short side of at most
+    `min_short_side`: `open_image_bounded`'s decoding, for images that come from elsewhere
+    than a file (the server's uploads). PIL's errors propagate."""
+    short = min(img.size)
+    if img.format == "JPEG" and short > 2 * min_short_side:
+        factor = min_short_side / short  # draft keeps at least this size
+        img.draft("RGB", (round(img.size[0] * factor), round(img.size[1] * factor)))
+    img.load()
+    if img.mode in ("RGB", "L") and "transparency" not in img.info:
+        return to_rgb(_reduced(img, min_short_side))  # no full-size RGB copy
+    return _reduced(to_rgb(img), min_short_side)
 
 
 class ImageListDataset(Dataset):
