@@ -259,8 +259,8 @@ BAD = {  # name: (request kwargs, status, words of the error)
                             "not a file"),
     "json body": (dict(json={"files": ["a.png"]}), 415, "multipart/form-data"),
     "topk 0": (dict(files=_files(("a.png", _png())), params={"topk": 0}), 400, "topk"),
-    "coverage without calibration": (dict(files=_files(("a.png", _png())),
-                                          params={"coverage": 0.9}), 400, "calibration"),
+    "coverage that was not calibrated": (dict(files=_files(("a.png", _png())),
+                                              params={"coverage": 0.8}), 400, "conformal"),
 }  # fmt: skip
 
 
@@ -556,3 +556,18 @@ def test_sigterm_stops_the_server_within_seconds(server):
     assert code in (0, -signal.SIGTERM), log[-2000:]  # uvicorn re-raises the signal it handled
     assert time.monotonic() - start < 10
     assert "vlprompt: stopped; classified" in log and "Traceback" not in log, log[-2000:]
+
+
+def test_coverage_gives_the_runs_own_conformal_sets(trained, server):
+    """The served run was calibrated when it was trained: ?coverage=0.9 answers with the same
+    sets as `Run.prediction_sets`."""
+    import httpx
+
+    image = trained.images[0]
+    with open(image, "rb") as f:
+        answer = httpx.post(f"{server.url}/predict", params={"coverage": 0.9},
+                            files=[("files", (image.name, f.read(), "image/png"))], timeout=30)  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    want = trained.run.prediction_sets([image], coverage=0.9)[0]
+    got = answer.json()["predictions"][0]["set"]
+    assert [c["class"] for c in got] == [c for c, _ in want]
