@@ -56,7 +56,7 @@ def test_eval_without_report_says_it_reused_the_record(world, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(run)]) == 0
     assert "not recomputed" in capsys.readouterr().out
-    assert vlprompt.evaluate(run)["reused"] is True
+    assert vlprompt.evaluate(run).reused is True
 
 
 def test_a_run_records_its_splits_and_its_calibration(world, tmp_path):

@@ -63,6 +63,7 @@ from vlprompt.run_folder import (
     read_status,
     remove_stale_temps_of_run,
     require_ours,
+    undo_unstarted_run,
     write_calibration,
     write_config,
     write_splits,
@@ -77,6 +78,15 @@ log = logging.getLogger("vlprompt")
 KEEP_DECODED_TRAIN_BYTES = 256 * 2**20
 # predict decodes a larger image at a short side of this many times the model's input size
 PREDICT_SIDE_FACTOR = 4
+
+
+class EvaluationRecord(dict):
+    """An evaluation's result record (a dict, as `results.jsonl` stores it); `reused` says that
+    it was read back from the run's results, not recomputed."""
+
+    def __init__(self, record: dict[str, Any], reused: bool = False) -> None:
+        super().__init__(record)
+        self.reused = reused
 
 
 # ---- the run object ---------------------------------------------------------------------------
@@ -628,10 +638,31 @@ def train_config(
     ctx = init_distributed(wanted.engine.device)
     # a precision the device cannot run is refused before anything is written
     effective_precision(resolve_device(wanted.engine.device, ctx), wanted.engine.precision)
+    created = not run_dir.exists()  # else: marked by this call when it is empty now
+    marked = created or (run_dir.is_dir() and not any(run_dir.iterdir()))
+    fresh = not has_config(run_dir)
+    claimed: list[bool] = []  # set once this call holds the folder (never another process's)
+    try:
+        return _train_in_folder(
+            wanted, run_dir, ctx, resume=resume, overwrite=overwrite, evaluate=evaluate,
+            calibrate=calibrate, progress=progress, on_epoch_end=on_epoch_end,
+            trust_torchscript=trust_torchscript, echo=echo, tensorboard=tensorboard,
+            on_claimed=lambda: claimed.append(True),
+        )  # fmt: skip
+    except BaseException:
+        if ctx.is_main and fresh and claimed:  # refused before its first saved epoch
+            undo_unstarted_run(run_dir, marked=marked, created=created)
+        raise
+
+
+def _train_in_folder(wanted, run_dir, ctx, *, resume, overwrite, evaluate, calibrate, progress,
+                     on_epoch_end, trust_torchscript, echo, tensorboard, on_claimed) -> Run:  # fmt: skip
+    """`train_config` inside the claimed, locked run folder."""
     with contextlib.ExitStack() as stack:  # rank 0 holds the run folder's lock throughout
         config, finished = _prepare_run_dir_on_main(
             run_dir, wanted, resume=resume, overwrite=overwrite, ctx=ctx, stack=stack
         )
+        on_claimed()
         if finished:
             log.info("%s: finished earlier with the same config; loading it", run_dir)
             device = str(resolve_device(config.engine.device, ctx))
@@ -865,7 +896,7 @@ def evaluate(
     `results.jsonl`. With `reuse=True` an identical evaluation already recorded for the same
     learned prompts is returned without recomputing. Recording needs a run folder vlprompt
     created (`record=False` evaluates any run read-only). `allow_remote_weights`: see load_run.
-    A record returned from `results.jsonl` without recomputing has `"reused": True`.
+    A record returned from `results.jsonl` without recomputing has `.reused` True.
 
     `report=True` also writes the evaluation's diagnosis into the run's
     `eval/<data set>-<classes>-<split>/` (vlprompt.diagnosis: per-class accuracy, confusion
@@ -893,7 +924,7 @@ def evaluate(
             if (rec.get("dataset"), rec.get("subsample"), rec.get("split")) == (
                 dataset, subsample, split,
             ) and rec.get("prompts_sha256") == digest:  # fmt: skip
-                return {**rec, "reused": True}
+                return EvaluationRecord(rec, reused=True)
     shots = run.config.shots if (own and split != "test") else 0
     splits = _build_splits(
         run.config, dataset, subsample, shots,

@@ -520,7 +520,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"{record['split']} split, {record['n_images']} images): accuracy "
         f"{record['accuracy']:.2f}% (macro {record['macro_accuracy']:.2f}%)"
     )
-    if record.get("reused"):
+    if getattr(record, "reused", False):
         print(f"  (recorded at {record.get('time', '?')} for these learned prompts; not "
               "recomputed: --report recomputes)")  # fmt: skip
     if "report_dir" in record:

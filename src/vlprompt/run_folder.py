@@ -503,6 +503,32 @@ def remove_stale_temps_of_run(run_dir: str | Path) -> None:
             shutil.rmtree(entry)
 
 
+def undo_unstarted_run(run_dir: str | Path, *, marked: bool, created: bool) -> None:
+    """Leave a run folder as a command refused before training found it: nothing happens once
+    an epoch was saved or the run finished. Otherwise the files a run writes before training
+    (config.json, splits.json, log.txt, results.jsonl, calibration.json) go; the marker and the
+    lock too when this command `marked` the folder, and the folder itself when it `created` it. Only a folder
+    marked as vlprompt's run is touched, and never through a link."""
+    run_dir = Path(run_dir)
+    if folder_kind(run_dir) != "run" or is_run_finished(run_dir):
+        return
+    checkpoints = run_dir / CHECKPOINT_DIR
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        return
+    names = [CONFIG_FILE, SPLITS_FILE, LOG_FILE, RESULTS_FILE, CALIBRATION_FILE]
+    if marked:
+        names += [MARKER_FILE, LOCK_FILE]
+    for name in names:
+        path = run_dir / name
+        if not is_link(path):
+            path.unlink(missing_ok=True)
+    for folder in (checkpoints, run_dir / TENSORBOARD_DIR):
+        if folder.is_dir() and not is_link(folder) and not any(folder.iterdir()):
+            folder.rmdir()
+    if created and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
 def clear_run(run_dir: str | Path) -> None:
     """Remove what a run writes in its (marked) folder; other files in it stay. A link among
     them is refused before anything is removed."""
