@@ -103,3 +103,23 @@ def test_an_error_in_a_dataloader_worker_is_the_original_one_line(world, tmp_pat
     line = _last_error(capsys)
     assert line.startswith(f"vlprompt: error: cannot read image {broken}")
     assert "DataLoader worker" not in line and "Original" not in line
+
+
+@pytest.mark.parametrize("form", [["--params", "q,v"], ["--set", "params=q,v"],
+                                  ["--params", '["q", "v"]']])  # fmt: skip
+def test_a_list_setting_takes_the_comma_form(form, monkeypatch, tmp_path):
+    """CLIP-LoRA's help spells its list `q,v`: the flag and --set accept that form (and JSON)."""
+    import vlprompt.api
+    from vlprompt.cli import main
+
+    seen = {}
+
+    def fake_train(method, dataset, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(vlprompt.api, "train", fake_train)
+    with pytest.raises(SystemExit):
+        main(["train", "--method", "clip_lora", "--dataset", "mini_shapes", "-o",
+              str(tmp_path / "r"), *form])  # fmt: skip
+    assert list(seen["params"]) == ["q", "v"]

@@ -123,6 +123,29 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _lists_from_text(method: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """`--set params=q,v` (text) for a list setting of `method` -> ["q", "v"]."""
+    from vlprompt.methods import get_method_class
+
+    try:
+        config_fields = fields(get_method_class(method).config_class)
+    except (ValueError, VlpromptError):
+        return settings  # an unknown method: the train call names the choices
+    lists = {f.name for f in config_fields
+             if f.default is not MISSING and isinstance(f.default, (list, tuple))}  # fmt: skip
+    return {k: _parse_list(v) if k in lists and isinstance(v, str) else v
+            for k, v in settings.items()}  # fmt: skip
+
+
+def _parse_list(text: str) -> Any:
+    """A list setting's flag value: JSON (`[1, 2]`, `["q", "v"]`) or comma-separated items
+    (`q,v`, `0.5,1`), each read as JSON where it parses (numbers), else as text."""
+    text = text.strip()
+    if text.startswith("["):
+        return _parse_value(text)
+    return [_parse_value(item.strip()) for item in text.split(",") if item.strip()]
+
+
 def _add_method_flags(parser: argparse.ArgumentParser, method: str | None) -> None:
     from vlprompt.methods import MethodConfig, get_method_class
 
@@ -148,6 +171,9 @@ def _add_method_flags(parser: argparse.ArgumentParser, method: str | None) -> No
             )  # fmt: skip
         else:
             kind = type(default) if isinstance(default, (int, float, str)) else _parse_value
+            if isinstance(default, (list, tuple)):
+                kind = _parse_list
+                help_text += "; a list: comma-separated (q,v) or JSON"
             group.add_argument(
                 flag, dest=f"m_{f.name}", type=kind, default=argparse.SUPPRESS,
                 metavar=f.name.upper(), help=help_text,
@@ -465,6 +491,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 raise CliError(f"train needs --{key} (or a --config file that sets it)")
         method = settings.pop("method")
         dataset = settings.pop("dataset")
+        method_settings = _lists_from_text(method, method_settings)
         run = api.train(method, dataset, **settings, **method_settings)
     _print_run_summary(run)
     return 0
@@ -649,6 +676,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             gpus_per_run=args.gpus_per_run, max_retries=args.max_retries, verbose=args.verbose,
         )  # fmt: skip
     everyone, per_method = _split_settings(args.set_pairs, _csv(args.methods))
+    per_method = {m: _lists_from_text(m, values) for m, values in per_method.items()}
     result = run_bench(
         args.protocol,
         _csv(args.methods),

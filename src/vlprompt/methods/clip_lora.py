@@ -2,7 +2,7 @@
 code MaxZanella/CLIP-LoRA at 358f0d7361f59e66c0b2d0b672a3dafb143a759b: `main.py`, `lora.py`,
 `loralib/layers.py`, `loralib/utils.py`, `run_utils.py`, `utils.py`, `datasets/*.py`).
 
-Each selected attention block's query, key and value projections (`--params q k v`; "o" adds the
+Each selected attention block's query, key and value projections (`--params q,k,v`; "o" adds the
 output projection) get a trainable low-rank update: `W x + b + scaling * B A dropout(x)`, with
 A [r, in] Kaiming-uniform (a = sqrt(5)), B [out, r] zero, scaling = alpha / sqrt(r) (the official
 `LoRALayer`; not loralib's alpha / r) and dropout on the LoRA input only, a separate dropout per
