@@ -341,6 +341,13 @@ class CLIPLoRA(PromptMethod):
 
     def __init__(self, clip: ClipBackbone, classnames: list[str], config: CLIPLoRAConfig) -> None:
         super().__init__(clip, classnames, config)
+        widths = {"text": [clip.text_width], "vision": [clip.vision_width],
+                  "both": [clip.text_width, clip.vision_width]}[config.encoder]  # fmt: skip
+        if config.rank > min(widths):
+            raise MethodError(
+                f"rank={config.rank} is above the attention width {min(widths)} of {clip.name}: "
+                f"such an update is no longer low-rank (official rank 2); use at most {min(widths)}"
+            )
         # text first, then vision: the official order of the LoRA modules (and of their init)
         self.lora_text = (
             _lora_modules(clip.text_blocks, config, "text")

@@ -124,6 +124,13 @@ class IVLP(DeepTextFeaturesMixin, PromptLayoutMixin, PromptMethod):
         self.deep_text = nn.ParameterList(
             [normal_tokens(self.n_ctx, clip.text_width, dev) for _ in range(self.depth_text - 1)]
         )
+        image_tokens = int(clip.model.visual.positional_embedding.shape[0])  # CLS + patches
+        if config.n_ctx_vision > image_tokens:
+            raise MethodError(
+                f"n_ctx_vision={config.n_ctx_vision} vision prompt tokens is more than the "
+                f"{image_tokens} image tokens of {clip.name} (the papers use 4); use at most "
+                f"{image_tokens}"
+            )
         self.vision_prompt = normal_tokens(config.n_ctx_vision, clip.vision_width, dev)
         self.deep_vision = nn.ParameterList(
             [
