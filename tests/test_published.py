@@ -23,7 +23,9 @@ def test_the_docs_tables_are_the_rendering_of_the_table():
 
 def test_a_typed_number_between_markers_is_rewritten():
     text = DOCS.read_text(encoding="utf-8")
-    tampered = text.replace("| OxfordPets | oxford_pets | 96.05 |", "| OxfordPets | oxford_pets | 96.50 |")
+    tampered = text.replace(
+        "| OxfordPets | oxford_pets | 96.05 |", "| OxfordPets | oxford_pets | 96.50 |"
+    )
     assert tampered != text
     assert sync_markdown(tampered) == text
 

@@ -27,10 +27,23 @@ from typing import Any
 from vlprompt.errors import ReportError
 
 AVERAGE = "average"
-COLUMNS = ("method", "protocol", "backbone", "shots", "dataset", "metric", "value", "kind", "source")
+COLUMNS = (
+    "method",
+    "protocol",
+    "backbone",
+    "shots",
+    "dataset",
+    "metric",
+    "value",
+    "kind",
+    "source",
+)
 KINDS = ("paper table", "repository file", "computed")
-KIND_LABELS = {"paper table": "paper table", "repository file": "repository file",
-               "computed": "a repository file's 11 rows, averaged here"}
+KIND_LABELS = {
+    "paper table": "paper table",
+    "repository file": "repository file",
+    "computed": "a repository file's 11 rows, averaged here",
+}
 ELEVEN = (
     "imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
     "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
@@ -91,7 +104,9 @@ def parse(text: str, where: str = "published.csv") -> list[Number]:
         except (TypeError, ValueError) as error:
             raise ReportError(f"{where}, line {line}: {error}; expected a number") from None
         if number.kind not in KINDS:
-            raise ReportError(f"{where}, line {line}: kind {number.kind!r}, expected one of {KINDS}")
+            raise ReportError(
+                f"{where}, line {line}: kind {number.kind!r}, expected one of {KINDS}"
+            )
         if number.key in numbers:
             raise ReportError(f"{where}, line {line}: a second row for {number.key}")
         numbers[number.key] = number
@@ -153,9 +168,11 @@ def _base2new_average(numbers: dict[tuple, Number], args: dict[str, str]) -> lis
     """Base, new and H over the 11 data sets per method, with empty columns for a user's own."""
     rows = []
     for method in _csv_arg(args, "methods"):
-        get = lambda m: numbers.get((method, "base2new", "ViT-B-16", 16, AVERAGE, m))  # noqa: E731
-        base, new = get("base"), get("new")
-        h = get("H_of_avg") or get("avg_of_H")
+        base, new, h_of_avg, avg_of_h = (
+            numbers.get((method, "base2new", "ViT-B-16", 16, AVERAGE, m))
+            for m in ("base", "new", "H_of_avg", "avg_of_H")
+        )
+        h = h_of_avg or avg_of_h
         if base is None or new is None or h is None:
             rows.append([_method_title(method), "(none published)", "", "", "", "", "", "", ""])
             continue
