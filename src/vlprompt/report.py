@@ -933,7 +933,7 @@ def write_summary(
         published=comparison_md(cells) if published else (),
     )  # fmt: skip
     write_file(output_dir, SUMMARY_MD, markdown)
-    write_file(output_dir, SUMMARY_TEX, render_latex(cells, PROTOCOL_TITLES, AVERAGE))
+    write_file(output_dir, SUMMARY_TEX, render_latex(cells, PROTOCOL_TITLES, AVERAGE, methods))
     if plots:
         files.plots = write_plots(cells, groups, sweep_plots_dir(output_dir), posthoc)
     return files
