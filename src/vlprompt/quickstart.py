@@ -173,7 +173,8 @@ def quickstart(
     log(f"quickstart finished in {time.time() - start:.0f}s")
     if summary is not None:
         for plot in summary.plots:
-            log(f"plot: {plot}")
+            if Path(plot).suffix != ".pdf":  # each PNG has a PDF beside it
+                log(f"plot: {plot}")
         log(f"tables per data set: {summary.markdown} (CSV: {summary.csv})")
         log("")
         log(first_table(Path(summary.markdown).read_text()))

@@ -54,31 +54,32 @@ def _value_text(value: Any) -> str:
     return json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
 
 
-_BASELINES: dict[tuple, dict[str, Any] | None] = {}
+Baselines = dict[tuple, "dict[str, Any] | None"]
 
 
-def _baseline(config: dict[str, Any]) -> dict[str, Any] | None:
+def _baseline(config: dict[str, Any], cache: Baselines) -> dict[str, Any] | None:
     """The method settings the run would have without any setting given on the command."""
     from vlprompt.api import resolve_config
     from vlprompt.errors import VlpromptError
 
     key = tuple(str(config.get(k)) for k in ("method", "dataset", "shots", "preset", "backbone"))
-    if key not in _BASELINES:
+    if key not in cache:
         try:
-            _BASELINES[key] = resolve_config(
+            cache[key] = resolve_config(
                 config["method"], config["dataset"], backbone=config.get("backbone"),
                 pretrained=config.get("pretrained"), shots=int(config.get("shots", 16)),
                 preset=config.get("preset"),
             ).method_config  # fmt: skip
         except (VlpromptError, ValueError, TypeError):
-            _BASELINES[key] = None
-    return _BASELINES[key]
+            cache[key] = None
+    return cache[key]
 
 
-def overrides(config: dict[str, Any]) -> dict[str, Any] | None:
+def overrides(config: dict[str, Any], cache: Baselines | None = None) -> dict[str, Any] | None:
     """The method settings of a run that its method's defaults and preset do not give (None
-    when those cannot be resolved here, e.g. a method of a plugin not imported)."""
-    base = _baseline(config)
+    when those cannot be resolved here, e.g. a method of a plugin not imported). `cache`: the
+    baselines already resolved, by (method, data set, shots, preset, backbone)."""
+    base = _baseline(config, {} if cache is None else cache)
     if base is None:
         return None
     saved = config["method_config"]
@@ -88,6 +89,7 @@ def overrides(config: dict[str, Any]) -> dict[str, Any] | None:
 def recipes(configs: Iterable[dict[str, Any]]) -> dict[str, MethodRecipe]:
     """Per method, what its runs were trained with."""
     out: dict[str, MethodRecipe] = defaultdict(MethodRecipe)
+    cache: Baselines = {}
     for config in configs:
         r = out[str(config["method"])]
         r.runs += 1
@@ -95,7 +97,7 @@ def recipes(configs: Iterable[dict[str, Any]]) -> dict[str, MethodRecipe]:
         r.backbones.add(str(config.get("backbone")))
         r.weights.add(str(config.get("pretrained")))
         r.versions.add(str(config.get("vlprompt_version") or "unrecorded"))
-        given = overrides(config)
+        given = overrides(config, cache)
         if given is None:
             r.unknown.add(str(config.get("dataset")))
             continue
