@@ -18,7 +18,7 @@ HEADER = ",".join(published.COLUMNS)
 def test_the_docs_tables_are_the_rendering_of_the_table():
     text = DOCS.read_text(encoding="utf-8")
     assert text.count("<!-- published:") == text.count("<!-- /published -->") >= 8
-    assert sync_markdown(text) == text, "run vlprompt.published.sync_file('docs/reproduce.md')"
+    assert sync_markdown(text) == text, "run `make docs` (vlprompt.published.sync_file)"
 
 
 def test_a_typed_number_between_markers_is_rewritten():
@@ -107,3 +107,16 @@ def test_a_mini_sweep_says_that_nothing_is_published():
     text = "\n".join(published.comparison_md(cells))
     assert "Nothing published to compare" in text and "mini_objects" in text
     assert "| published |" not in text
+
+
+def test_few_shot_cells_meet_tip_adapters_rows_and_the_computed_average():
+    def cell(dataset, n_datasets=1):
+        source = AVERAGE if dataset == AVERAGE else dataset
+        return Cell("RN50 (openai)", "fewshot", "tip_adapter", source, dataset, "all", 16,
+                    "accuracy", 88.0, 0.2, (1, 2, 3), n_datasets)  # fmt: skip
+
+    pairs = published.matches([cell("oxford_pets"), cell(AVERAGE, 11), cell(AVERAGE, 4)])
+    assert [(c.dataset, n.text, n.kind) for c, n in pairs] == [
+        ("oxford_pets", "88.14", "repository file"),
+        (AVERAGE, "70.32", "computed"),
+    ]
