@@ -134,3 +134,10 @@ def test_latex_specials_in_names_are_escaped(tmp_path, name):
     assert escaped in tex and name not in tex
     markdown = (tmp_path / "summary.md").read_text()
     assert name in markdown  # Markdown shows the name as it is
+
+
+@pytest.mark.parametrize("posthoc, shown", [("wilcoxon", False), ("nemenyi", True)])
+def test_posthoc_reaches_the_ranks_part(tmp_path, posthoc, shown):
+    sweep(tmp_path)  # 3 methods, 2 data sets: ranks and a CD
+    assert main(["report", str(tmp_path), "--no-plots", "--posthoc", posthoc]) == 0
+    assert ("Nemenyi's critical difference, CD =" in (tmp_path / "summary.md").read_text()) is shown
