@@ -141,3 +141,13 @@ def test_posthoc_reaches_the_ranks_part(tmp_path, posthoc, shown):
     sweep(tmp_path)  # 3 methods, 2 data sets: ranks and a CD
     assert main(["report", str(tmp_path), "--no-plots", "--posthoc", posthoc]) == 0
     assert ("Nemenyi's critical difference, CD =" in (tmp_path / "summary.md").read_text()) is shown
+
+
+def test_a_run_whose_defaults_cannot_be_resolved_still_gives_a_summary(tmp_path):
+    sweep(tmp_path, methods=("coop", "rpo"), datasets=("oxford_pets",))
+    config = _run_folder(tmp_path, "coop", 1)
+    plugin = tmp_path / "base2new" / "oxford_pets" / "plugin_method" / "shots16_seed1"
+    plugin.mkdir(parents=True)
+    (plugin / "config.json").write_text(json.dumps(dict(config, method="plugin_method")))
+    header = write_summary(tmp_path, plots=False).markdown.read_text().split("## Base-to-new")[0]
+    assert "| plugin_method | 1 | `none` | - (unknown for oxford_pets) |" in header

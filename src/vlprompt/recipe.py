@@ -60,7 +60,6 @@ Baselines = dict[tuple, "dict[str, Any] | None"]
 def _baseline(config: dict[str, Any], cache: Baselines) -> dict[str, Any] | None:
     """The method settings the run would have without any setting given on the command."""
     from vlprompt.api import resolve_config
-    from vlprompt.errors import VlpromptError
 
     key = tuple(str(config.get(k)) for k in ("method", "dataset", "shots", "preset", "backbone"))
     if key not in cache:
@@ -70,7 +69,7 @@ def _baseline(config: dict[str, Any], cache: Baselines) -> dict[str, Any] | None
                 pretrained=config.get("pretrained"), shots=int(config.get("shots", 16)),
                 preset=config.get("preset"),
             ).method_config  # fmt: skip
-        except (VlpromptError, ValueError, TypeError):
+        except Exception:  # a plugin's method, a moved data set: the summary is still written
             cache[key] = None
     return cache[key]
 
