@@ -61,7 +61,11 @@ def main() -> None:
             print(f"  {thr.score} {thr.coverage:g}: test coverage {covered:.3f}, mean set size "
                   f"{sets.sum(axis=1).mean():.2f} ({thr.note})")  # fmt: skip
     files = dg.write_report(
-        out / method / "eval", test, y_test, splits.classnames, [d.path for d in splits.test],
+        out / method / "eval",
+        test,
+        y_test,
+        splits.classnames,
+        [d.path for d in splits.test],
         zero_shot_accuracy=zero_shot if method != "zsclip" else None,
     )
     print(files[dg.SUMMARY_TXT].read_text(), end="")

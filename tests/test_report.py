@@ -187,13 +187,11 @@ def test_plots_are_written_atomically_as_valid_pngs(tmp_path):
     )
     files = write_summary(tmp_path)
     names = sorted(p.name for p in files.plots)
-    assert names == [
-        "base2new_shots16.png",
-        "fewshot_d1.png",
-        "seeds_base2new.png",
-        "seeds_fewshot.png",
-    ]
-    for path in files.plots:
+    stems = ["base2new_shots16", "fewshot_d1", "seeds_base2new", "seeds_fewshot"]
+    assert names == sorted(f"{stem}{ext}" for stem in stems for ext in (".pdf", ".png"))
+    for path in (p for p in files.plots if p.suffix == ".pdf"):
+        assert path.read_bytes().startswith(b"%PDF")
+    for path in (p for p in files.plots if p.suffix == ".png"):
         image = mpimg.imread(path)
         assert path.stat().st_size > 0 and image.shape[0] > 100 and image.shape[1] > 100
         assert image.std() > 0  # something was drawn

@@ -55,6 +55,11 @@ BENCH_EXAMPLE = """examples:
   vlprompt bench base2new --methods rpo,cocoop --datasets dtd --preset rpo_base2new,cocoop \\
       -o bench/b2n_official   # each method's official settings (`vlprompt presets`)
 """
+REPORT_EXAMPLE = """examples:
+  vlprompt report bench/b2n                       # rewrite summary.md from results.jsonl
+  vlprompt report bench/b2n --published           # beside the papers' numbers
+  vlprompt report bench/b2n --methods-order zsclip,coop,rpo --latex
+"""
 METHODS_EXAMPLE = """examples:
   vlprompt methods
   vlprompt methods --verbose     # every setting and its default
@@ -336,6 +341,19 @@ def _add_serve_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-remote-weights", action="store_true", help=REMOTE_HELP)
 
 
+def _add_report_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sweep", help="a sweep folder written by `vlprompt bench` (its results.jsonl)")
+    p.add_argument("--latex", action="store_true", help="also print summary.tex's tables")
+    p.add_argument("--published", action="store_true",
+                   help="put the published numbers beside the sweep's (vlprompt.published)")  # fmt: skip
+    p.add_argument("--methods-order", dest="methods_order", metavar="A,B,C",
+                   help="these methods first, in this order, in every table and plot (default: "
+                   "zero-shot CLIP first, then by name)")  # fmt: skip
+    p.add_argument("--posthoc", choices=("wilcoxon", "nemenyi"), default="wilcoxon",
+                   help="the critical-difference diagram's post-hoc test (default: %(default)s)")  # fmt: skip
+    p.add_argument("--no-plots", dest="plots", action="store_false", help="tables only")
+
+
 def _add_methods_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="show every setting")
 
@@ -396,6 +414,10 @@ VERBS: dict[str, tuple[str, str | None, str, Any]] = {
               "Serve a run's classifier over HTTP: POST /predict, GET /health, GET /labels and "
               "a page at / to try images (needs: pip install 'vlprompt[serve]').",
               SERVE_EXAMPLE, _add_serve_parser),
+    "report": ("rewrite a sweep's summary and print it",
+               "Rewrite summary.md, summary.csv, summary.tex and plots/ of a sweep folder from its "
+               "results.jsonl, and print the average table and the pairwise verdicts.",
+               REPORT_EXAMPLE, _add_report_parser),
     "methods": ("list the methods", None, METHODS_EXAMPLE, _add_methods_parser),
     "presets": ("list the paper presets (official settings)", None, PRESETS_EXAMPLE,
                 _add_presets_parser),
@@ -779,6 +801,32 @@ def _terminal_summary(markdown: str) -> str:
     return "\n".join(lines)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from vlprompt.report import write_summary
+
+    files = write_summary(args.sweep, plots=args.plots, posthoc=args.posthoc,
+                          methods_order=_csv(args.methods_order) or (),
+                          published=args.published)  # fmt: skip
+    markdown = files.markdown.read_text(encoding="utf-8")
+    if args.published:
+        print(_section(markdown, "## Published numbers"), end="\n\n")
+    if files.cells:
+        print(_terminal_summary(markdown))
+    if args.latex and files.tex is not None:
+        print("\n" + files.tex.read_text(encoding="utf-8").rstrip())
+    written = f", {len(files.plots)} plot files" if files.plots else ""
+    print(f"summary (every table, the tests, the plots): {files.markdown}{written}")
+    return 0
+
+
+def _section(markdown: str, heading: str) -> str:
+    """One `## ` part of a summary, its heading included."""
+    lines = markdown.splitlines()
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join(lines[start:end]).strip()
+
+
 def _length(config) -> str:
     """A training's length in words: its epochs, or its optimizer steps (CLIP-LoRA)."""
     iterations = getattr(config, "iterations", 0)
@@ -891,6 +939,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "serve": cmd_serve,
     "bench": cmd_bench,
+    "report": cmd_report,
     "methods": cmd_methods,
     "presets": cmd_presets,
     "datasets": cmd_datasets,

@@ -173,17 +173,34 @@ def quickstart(
     log(f"quickstart finished in {time.time() - start:.0f}s")
     if summary is not None:
         for plot in summary.plots:
-            log(f"plot: {plot}")
+            if Path(plot).suffix != ".pdf":  # each PNG has a PDF beside it
+                log(f"plot: {plot}")
         log(f"tables per data set: {summary.markdown} (CSV: {summary.csv})")
         log("")
         log(first_table(Path(summary.markdown).read_text()))
     return result
 
 
+NOT_RESULTS = ("## Recipe", "## Published numbers")  # summary.md's parts before its results
+
+
 def first_table(markdown: str) -> str:
-    """The first Markdown table of a summary (the average over data sets) with its heading."""
+    """The first Markdown table of a summary's results (the average over data sets) with its
+    heading (the recipe and the published numbers are not results)."""
     lines = markdown.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    sections = [""]
+    for line in lines:
+        sections.append(line if line.startswith("#") else sections[-1])
+    start = next(
+        (
+            i
+            for i, line in enumerate(lines)
+            if line.startswith("|") and sections[i + 1] not in NOT_RESULTS
+        ),
+        None,
+    )
+    if start is None:
+        start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
     heading = next((line for line in reversed(lines[:start]) if line.startswith("#")), "")
     return "\n".join([heading, "", *lines[start:end]]).strip()

@@ -1,5 +1,5 @@
 """Tables and plots from a sweep's `results.jsonl`: `summary.md`, `summary.csv`, `summary.tex`,
-`plots/*.png` (and the critical-difference diagrams as PDF too).
+`plots/*.png` and the same as PDF.
 
 Every number is a mean over seeds with the *sample* standard deviation (ddof=1) beside it; with one
 seed the deviation is shown as "-" (empty in the CSV). Accuracies are reported as the engine
@@ -35,7 +35,9 @@ import numpy as np
 from vlprompt import comparisons
 from vlprompt.errors import ReportError
 from vlprompt.io import read_jsonl
-from vlprompt.latex import render_latex
+from vlprompt.latex import ZERO_SHOT, render_latex, sort_by_method
+from vlprompt.published import comparison_md
+from vlprompt.recipe import recipe_md
 from vlprompt.run_folder import (
     PLOTS_DIR,
     RESULTS_FILE,
@@ -347,7 +349,7 @@ def _seeds_text(cells: Sequence[Cell]) -> str:
 def _base2new_md(cells: list[Cell], backbone: str, shots: int) -> list[str]:
     index = _index(cells)
     mine = [c for c in cells if c.backbone == backbone and c.shots == shots]
-    methods = sorted({c.method for c in mine})
+    methods = _ordered(c.method for c in mine)
     datasets = _ordered(c.dataset for c in mine if c.dataset != AVERAGE)
     out = [f"## {PROTOCOL_TITLES['base2new']} — {backbone}, {_shots_text(shots)}", ""]
     averages = [c for c in mine if c.dataset == AVERAGE]
@@ -408,7 +410,7 @@ def _new_class_notes(methods: Sequence[str]) -> list[str]:
 def _fewshot_md(cells: list[Cell], backbone: str) -> list[str]:
     index = _index(cells)
     mine = [c for c in cells if c.backbone == backbone]
-    methods = sorted({c.method for c in mine})
+    methods = _ordered(c.method for c in mine)
     shots = sorted({c.shots for c in mine})
     datasets = _ordered(c.dataset for c in mine if c.dataset != AVERAGE)
     out = [f"## {PROTOCOL_TITLES['fewshot']} — {backbone}", "", "Accuracy by shots per class.", ""]
@@ -431,7 +433,7 @@ def _transfer_md(cells: list[Cell], backbone: str, protocol: str) -> list[str]:
     out = [f"## {PROTOCOL_TITLES[protocol]} — {backbone}", ""]
     for source, shots in sorted({(c.source, c.shots) for c in mine}):
         here = [c for c in mine if c.source == source and c.shots == shots]
-        methods = sorted({c.method for c in here})
+        methods = _ordered(c.method for c in here)
         targets = _ordered(c.dataset for c in here if c.dataset not in (source, AVERAGE))
         seeds = _seeds_text(here)
         out += [f"### source {source}, {shots} shots (seeds {seeds})", ""]
@@ -457,7 +459,7 @@ def _base2new_by_shots_md(cells: list[Cell], backbone: str) -> list[str]:
     datasets = _ordered(c.dataset for c in mine if c.dataset != AVERAGE)
     panel = AVERAGE if len(datasets) > 1 else datasets[0]
     rows = []
-    for m in sorted({c.method for c in mine}):
+    for m in _ordered(c.method for c in mine):
         for metric in ("base", "new", "H"):
             name = "H_of_avg" if panel == AVERAGE and metric == "H" else metric
             rows.append([m, metric] + [_get(index, backbone, "base2new", m, panel, panel, k, name)
@@ -474,6 +476,7 @@ def _spread_md(cells: list[Cell], backbone: str, protocol: str) -> list[str]:
     """Seed spread: std, min and max over seeds of the headline number of every row (per-seed
     H for base2new, with the base and new std beside it; accuracy otherwise)."""
     mine = [c for c in cells if c.backbone == backbone and c.protocol == protocol]
+    rank = {m: i for i, m in enumerate(_ordered(c.method for c in mine))}
     if max((len(c.seeds) for c in mine), default=0) < SPREAD_MIN_SEEDS:
         return []
     index = _index(mine)
@@ -485,7 +488,7 @@ def _spread_md(cells: list[Cell], backbone: str, protocol: str) -> list[str]:
             for c in mine
             if c.metric in headline and not (c.dataset == AVERAGE and c.n_datasets < 2)
         ),
-        key=lambda c: (c.dataset == AVERAGE, c.source, c.dataset, c.shots, c.method),
+        key=lambda c: (c.dataset == AVERAGE, c.source, c.dataset, c.shots, rank[c.method]),
     ):
         row = [c.method, c.dataset if c.dataset == c.source else f"{c.source} → {c.dataset}"]
         row += [str(c.shots), str(len(c.seeds)), f"{c.mean:.2f}", _fixed(c.std),
@@ -517,6 +520,7 @@ def _fixed(value: float) -> str:
 def _ci_md(cells: list[Cell], backbone: str, protocol: str) -> list[str]:
     """The 95% t interval over seeds of every row's numbers (base, new and H for base2new)."""
     mine = [c for c in cells if c.backbone == backbone and c.protocol == protocol]
+    rank = {m: i for i, m in enumerate(_ordered(c.method for c in mine))}
     title = f"### 95% confidence intervals over seeds — {PROTOCOL_TITLES[protocol]}"
     if max((len(c.seeds) for c in mine), default=0) < 2:
         return [title, "", "Omitted: one seed per number; an interval needs at least two.", ""]
@@ -526,7 +530,7 @@ def _ci_md(cells: list[Cell], backbone: str, protocol: str) -> list[str]:
     for c in sorted(
         (c for c in mine if c.metric in ("base", "accuracy")
          and not (c.dataset == AVERAGE and c.n_datasets < 2)),
-        key=lambda c: (c.dataset == AVERAGE, c.source, c.dataset, c.shots, c.method),
+        key=lambda c: (c.dataset == AVERAGE, c.source, c.dataset, c.shots, rank[c.method]),
     ):  # fmt: skip
         key = (backbone, protocol, c.method, c.source, c.dataset, c.shots)
         found = [index.get(key + ("H_of_avg" if c.dataset == AVERAGE and m == "H" else m,))
@@ -550,9 +554,14 @@ def render_markdown(
     groups: dict[Group, SeedValues] | None = None,
     plots_dir: str | None = None,
     posthoc: str = "wilcoxon",
+    recipe: Sequence[str] = (),
+    published: Sequence[str] = (),
 ) -> str:
     """summary.md; with the per-seed `groups` also the intervals and the "Comparisons" part per
-    protocol (`plots_dir`: where its CD diagrams are, None when no plots are written)."""
+    protocol (`plots_dir`: where its CD diagrams are, None when no plots are written).
+    `recipe` and `published`: the lines of the recipe (vlprompt.recipe) in the header and of the
+    published numbers beside the sweep's (vlprompt.published) after the tables. The methods are
+    listed in the order of their first cell (`latex.sort_by_method`)."""
     cells = list(cells)
     extra: dict[tuple[str, str], list[str]] = {}
     if groups is not None:
@@ -581,8 +590,10 @@ def render_markdown(
             "variances, each with the seeds and data sets behind it.",
             "",
         ]
+    out += list(recipe)
     if not cells:
         out += ["No results yet.", ""]
+    out += list(published)
     for backbone in sorted({c.backbone for c in cells}):
         for protocol in ("base2new", "fewshot", "xd", "dg"):
             mine = [c for c in cells if c.backbone == backbone and c.protocol == protocol]
@@ -642,69 +653,97 @@ def _err(cell: Cell | None) -> float:
     return 0.0 if cell is None or math.isnan(cell.std) else cell.std
 
 
+def _save_figures(fig: Any, path: Path) -> list[Path]:
+    """The figure as `path` (PNG) and beside it as PDF (vector, for a paper)."""
+    return [_save_figure(fig, path), _save_figure(fig, path.with_suffix(".pdf"))]
+
+
+def _zero_shot(methods: Sequence[str]) -> str | None:
+    """The zero-shot method of a plot, drawn as a reference line rather than as a method."""
+    return next((m for m in ZERO_SHOT if m in methods), None)
+
+
 def _fewshot_plots(cells: list[Cell], prefix: str, plots_dir: Path) -> list[Path]:
+    """Accuracy against shots per method (± std over seeds), zero-shot CLIP as a dashed
+    reference line with its value in the legend; the legend beside the axes."""
     paths = []
     for dataset in _ordered(c.dataset for c in cells):
-        fig = _figure(5, 3.6)
+        fig = _figure(6.2, 3.6)
         ax = fig.add_subplot()
         here = [c for c in cells if c.dataset == dataset]
-        for method in sorted({c.method for c in here}):
+        methods = _ordered(c.method for c in here)
+        reference = _zero_shot(methods)
+        for j, method in enumerate(m for m in methods if m != reference):
             line = sorted((c for c in here if c.method == method), key=lambda c: c.shots)
-            ax.errorbar(
-                [c.shots for c in line],
-                [c.mean for c in line],
-                yerr=[_err(c) for c in line],
-                marker="o",
-                capsize=3,
-                label=method,
-            )
+            color = f"C{j % 10}"
+            ax.errorbar([c.shots for c in line], [c.mean for c in line],
+                        yerr=[_err(c) for c in line], marker="o", capsize=3, color=color,
+                        label=method)  # fmt: skip
+        if reference is not None:
+            level = float(np.mean([c.mean for c in here if c.method == reference]))
+            ax.axhline(level, color="0.4", linestyle="--", linewidth=1,
+                       label=f"zero-shot CLIP ({level:.1f})")  # fmt: skip
         shots = sorted({c.shots for c in here})
         ax.set_xscale("log", base=2)
         ax.set_xticks(shots, [str(k) for k in shots])
         ax.set_xlabel("shots per class")
-        ax.set_ylabel("accuracy (%)")
+        ax.set_ylabel("accuracy (%), bars: ± std over seeds")
         ax.set_title(
             f"few-shot: {dataset}" if dataset != AVERAGE else "few-shot: average over data sets"
         )
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        paths.append(_save_figure(fig, plots_dir / f"{_slug(prefix, 'fewshot', dataset)}.png"))
+        fig.legend(loc="outside right upper", fontsize=8)
+        paths += _save_figures(fig, plots_dir / f"{_slug(prefix, 'fewshot', dataset)}.png")
     return paths
 
 
-def _base2new_plot(cells: list[Cell], prefix: str, plots_dir: Path) -> Path:
+B2N_MARKERS = (("base", "o", -0.22), ("new", "s", 0.0), ("H", "D", 0.22))
+
+
+def _base2new_plot(cells: list[Cell], prefix: str, plots_dir: Path) -> list[Path]:
+    """Base, new and H per method as dots with ± std over seeds (a dot plot, so that the axis
+    can fit the numbers and a 2-point difference shows), H written beside its dot, zero-shot
+    CLIP's H as a dashed reference line; the legend above the panels."""
     index = _index(cells)
     backbone, shots = cells[0].backbone, cells[0].shots
-    methods = sorted({c.method for c in cells})
+    methods = _ordered(c.method for c in cells)
     datasets = _ordered(c.dataset for c in cells if c.dataset != AVERAGE)
     panels = ([AVERAGE] if any(c.dataset == AVERAGE for c in cells) else []) + datasets
-    columns = min(4, len(panels))
+    columns = min(3, len(panels))
     rows = math.ceil(len(panels) / columns)
-    fig = _figure(max(4.0, 3.2 * columns), 2.8 * rows)
-    metrics = (("base", "base"), ("new", "new"), ("H", "H"))
+    fig = _figure(max(4.5, 4.0 * columns), 0.9 + (0.45 * len(methods) + 0.9) * rows)
+    reference = _zero_shot(methods)
     for i, panel in enumerate(panels):
         ax = fig.add_subplot(rows, columns, i + 1)
-        width = 0.8 / len(metrics)
-        x = np.arange(len(methods))
-        for j, (metric, label) in enumerate(metrics):
+        y = np.arange(len(methods))[::-1].astype(float)
+        for j, (metric, marker, offset) in enumerate(B2N_MARKERS):
             name = "H_of_avg" if panel == AVERAGE and metric == "H" else metric
-            found = [
-                index.get((backbone, "base2new", m, panel, panel, shots, name)) for m in methods
-            ]
-            ax.bar(
-                x + (j - 1) * width,
-                [c.mean if c else 0.0 for c in found],
-                width,
-                yerr=[_err(c) for c in found],
-                capsize=2,
-                label=label,
-            )
-        ax.set_xticks(x, methods, rotation=30, ha="right", fontsize=8)
+            found = [index.get((backbone, "base2new", m, panel, panel, shots, name))
+                     for m in methods]  # fmt: skip
+            at = [(yy + offset, c) for yy, c in zip(y, found) if c is not None]
+            if not at:
+                continue
+            ax.errorbar([c.mean for _, c in at], [yy for yy, _ in at],
+                        xerr=[_err(c) for _, c in at], fmt=marker, color=f"C{j}", capsize=2,
+                        markersize=4, label=metric if i == 0 else None)  # fmt: skip
+            if metric == "H":
+                for yy, c in at:
+                    ax.annotate(f"{c.mean:.1f}", (c.mean + _err(c), yy), fontsize=7,
+                                xytext=(3, 0), textcoords="offset points", va="center")  # fmt: skip
+        if reference is not None:
+            name = "H_of_avg" if panel == AVERAGE else "H"
+            zs = index.get((backbone, "base2new", reference, panel, panel, shots, name))
+            if zs is not None:
+                ax.axvline(zs.mean, color="0.4", linestyle="--", linewidth=1,
+                           label="zero-shot CLIP's H" if i == 0 else None)  # fmt: skip
+        ax.set_yticks(y, methods, fontsize=8)
+        ax.set_ylim(-0.6, len(methods) - 0.4)
+        ax.margins(x=0.12)
+        ax.grid(axis="x", alpha=0.3)
         ax.set_title("average (H of avg)" if panel == AVERAGE else panel, fontsize=9)
-        ax.set_ylabel("accuracy (%)", fontsize=8)
-        if i == 0:
-            ax.legend(fontsize=7)
-    return _save_figure(fig, plots_dir / f"{_slug(prefix, 'base2new', f'shots{shots}')}.png")
+        ax.set_xlabel("accuracy (%), ± std over seeds", fontsize=8)
+    fig.legend(loc="outside upper center", ncols=4, fontsize=8)
+    return _save_figures(fig, plots_dir / f"{_slug(prefix, 'base2new', f'shots{shots}')}.png")
 
 
 BOX_MIN_SEEDS = 5  # a box plot behind the points from this many seeds on
@@ -724,7 +763,7 @@ def _base2new_shots_plots(cells: list[Cell], prefix: str, plots_dir: Path) -> li
         for i, metric in enumerate(("base", "new", "H")):
             ax = fig.add_subplot(1, 3, i + 1)
             name = "H_of_avg" if panel == AVERAGE and metric == "H" else metric
-            for j, method in enumerate(sorted({c.method for c in cells})):
+            for j, method in enumerate(_ordered(c.method for c in cells)):
                 line = [index.get((backbone, "base2new", method, panel, panel, k, name))
                         for k in shots]  # fmt: skip
                 points = [(k, c) for k, c in zip(shots, line) if c is not None]
@@ -742,18 +781,22 @@ def _base2new_shots_plots(cells: list[Cell], prefix: str, plots_dir: Path) -> li
             ax.grid(alpha=0.3)
             if i == 0:
                 ax.set_ylabel("accuracy (%), band: ± std over seeds")
-                ax.legend(fontsize=7)
         title = "average over data sets" if panel == AVERAGE else panel
         fig.suptitle(f"base-to-new by shots: {title}", fontsize=10)
-        paths.append(
-            _save_figure(fig, plots_dir / f"{_slug(prefix, 'base2new_by_shots', panel)}.png")
-        )
+        fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside right upper",
+                   fontsize=7)  # fmt: skip
+        paths += _save_figures(fig, plots_dir / f"{_slug(prefix, 'base2new_by_shots', panel)}.png")
     return paths
 
 
 def _spread_plot(
-    groups: dict[Group, SeedValues], protocol: str, prefix: str, backbone: str, plots_dir: Path
-) -> Path | None:
+    groups: dict[Group, SeedValues],
+    protocol: str,
+    prefix: str,
+    backbone: str,
+    plots_dir: Path,
+    order: Sequence[str] = (),
+) -> list[Path]:
     """Per-seed values (points) and their mean (bar) per data set and method: base2new's H,
     few-shot accuracy at the largest shots, xd/dg accuracy per target."""
     series: dict[tuple[str, str], SeedValues] = {}
@@ -778,9 +821,10 @@ def _spread_plot(
             series[(g[4] if g[4] != g[3] else f"{g[4]} (source)", g[2])] = values
         ylabel = "accuracy per seed"
     if not series:
-        return None
+        return []
     labels = _ordered(k[0] for k in series)
-    methods = sorted({k[1] for k in series})
+    present = {k[1] for k in series}
+    methods = [m for m in order if m in present] + sorted(present - set(order))
     fig = _figure(max(4.5, 1.1 * len(labels) * max(1, len(methods)) ** 0.5 + 2), 3.6)
     ax = fig.add_subplot()
     width = 0.8 / len(methods)
@@ -807,8 +851,8 @@ def _spread_plot(
     what = "points: seeds, line: mean" + (", box: quartiles and whiskers" if boxes else "")
     ax.set_title(f"{protocol}: per-seed spread ({what})", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7)
-    return _save_figure(fig, plots_dir / f"{_slug(prefix, 'seeds', protocol)}.png")
+    fig.legend(loc="outside right upper", fontsize=7)
+    return _save_figures(fig, plots_dir / f"{_slug(prefix, 'seeds', protocol)}.png")
 
 
 def write_plots(
@@ -834,14 +878,11 @@ def write_plots(
         if len({c.shots for c in base2new}) > 1:
             paths += _base2new_shots_plots(base2new, prefix, plots_dir)
         for shots in sorted({c.shots for c in base2new}):
-            paths.append(
-                _base2new_plot([c for c in base2new if c.shots == shots], prefix, plots_dir)
-            )
+            paths += _base2new_plot([c for c in base2new if c.shots == shots], prefix, plots_dir)
+        order = _ordered(c.method for c in mine)
         for protocol in ("base2new", "fewshot", "xd", "dg"):
             if any(c.protocol == protocol for c in mine):
-                path = _spread_plot(groups, protocol, prefix, backbone, plots_dir)
-                if path is not None:
-                    paths.append(path)
+                paths += _spread_plot(groups, protocol, prefix, backbone, plots_dir, order)
     for analysis in comparisons.analyses(groups, posthoc):
         if analysis.can_draw_cd:
             stem = _cd_stem(analysis.block, prefixes.get(analysis.block.backbone, ""))
@@ -861,10 +902,16 @@ def write_summary(
     results: str | Path | None = None,
     plots: bool = True,
     posthoc: str = "wilcoxon",
+    methods_order: Sequence[str] = (),
+    published: bool = False,
 ) -> SummaryFiles:
     """Read `<output_dir>/results.jsonl` (or `results`) and write summary.md, summary.csv,
-    summary.tex and plots/*.png (CD diagrams also as PDF) into `output_dir`, each atomically.
-    `posthoc`: the CD diagram's post-hoc test, "wilcoxon" (with Holm) or "nemenyi"."""
+    summary.tex and plots/ (PNG and PDF) into `output_dir`, each atomically.
+    `posthoc`: the CD diagram's post-hoc test, "wilcoxon" (with Holm) or "nemenyi";
+    `methods_order`: these methods first, in this order, in every table and plot (then zero-shot
+    CLIP, then by name); `published`: a part with the published numbers beside the sweep's
+    (vlprompt.published), or a line saying that none applies. summary.md's header holds the
+    sweep's recipe, read from its runs' config.json files (vlprompt.recipe)."""
     if posthoc not in comparisons.POSTHOCS:
         raise ReportError(
             f"posthoc={posthoc!r}: expected one of {', '.join(comparisons.POSTHOCS)} (the "
@@ -873,13 +920,31 @@ def write_summary(
     output_dir = Path(output_dir)
     records = load_results(results or output_dir / RESULTS_FILE)
     cells = summarize(records)
+    _check_order(methods_order, cells)
+    cells = sort_by_method(cells, methods_order)
     groups = per_seed(records)
     files = SummaryFiles(output_dir / SUMMARY_MD, output_dir / SUMMARY_CSV, cells=cells,
                          tex=output_dir / SUMMARY_TEX)  # fmt: skip
     write_file(output_dir, SUMMARY_CSV, render_csv(cells))
-    markdown = render_markdown(cells, len(records), groups, PLOTS_DIR if plots else None, posthoc)
+    methods = _ordered(c.method for c in cells)
+    markdown = render_markdown(
+        cells, len(records), groups, PLOTS_DIR if plots else None, posthoc,
+        recipe=recipe_md(output_dir, methods),
+        published=comparison_md(cells) if published else (),
+    )  # fmt: skip
     write_file(output_dir, SUMMARY_MD, markdown)
-    write_file(output_dir, SUMMARY_TEX, render_latex(cells, PROTOCOL_TITLES, AVERAGE))
+    write_file(output_dir, SUMMARY_TEX, render_latex(cells, PROTOCOL_TITLES, AVERAGE, methods))
     if plots:
         files.plots = write_plots(cells, groups, sweep_plots_dir(output_dir), posthoc)
     return files
+
+
+def _check_order(methods_order: Sequence[str], cells: Sequence[Cell]) -> None:
+    """A method named in `methods_order` that the sweep does not hold is one clear error."""
+    known = _ordered(c.method for c in cells)
+    unknown = [m for m in methods_order if m not in known]
+    if unknown:
+        raise ReportError(
+            f"methods order: {', '.join(unknown)} not in the sweep's results (its methods: "
+            f"{', '.join(sorted(known)) or 'none'}); name only those"
+        )
