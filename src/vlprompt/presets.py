@@ -1176,8 +1176,10 @@ def get_preset(name: str, method: str | None = None) -> Preset | EveryMethodPres
         raise PresetError(f"unknown preset {name!r}.{hint} Choices: {', '.join(list_presets())}")
     preset = PRESETS[name]
     if method is not None and preset.method != method:
-        own = list_presets(method)
-        theirs = f"its presets: {', '.join(own)}" if own else "it has no presets"
+        own = sorted(n for n, p in PRESETS.items() if p.method == method)
+        every = f"{' and '.join(sorted(EVERY_METHOD))} apply to every method"
+        theirs = (f"its presets: {', '.join(own)}; {every}" if own
+                  else f"it has no presets of its own; {every}")  # fmt: skip
         raise PresetError(
             f"preset {name!r} is for method {preset.method!r}, not {method!r} ({theirs})"
         )
