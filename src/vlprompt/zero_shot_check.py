@@ -57,7 +57,7 @@ def likely_cause(config: Any, status: dict | None = None) -> str | None:
         causes.append(f"the learning rate {lr:g} (the method's default: {default_lr:g})")
     steps = _optimizer_steps(config, status or {})
     if steps is not None and 0 < steps < FEW_STEPS:
-        causes.append(f"only {steps} optimizer steps")
+        causes.append(f"only {steps} optimizer step{'s' if steps > 1 else ''}")
     return "; ".join(causes) or None
 
 
