@@ -127,7 +127,8 @@ def test_the_quickstart_resolves_to_the_same_runs_as_before_the_preset(tmp_path,
         assert _identity(config) == _identity(before), (method, dataset)
 
 
-def test_cli_bench_on_mini_data_resolves_as_the_documented_mini_bench(tmp_path, monkeypatch):
+def test_cli_bench_on_mini_data_resolves_as_the_documented_mini_bench(tmp_path, monkeypatch,
+                                                                     caplog):  # fmt: skip
     """README's `vlprompt bench base2new ... --datasets mini_...` and docs/mini-world.md's
     `mini_bench("base2new", ...)` make the same runs."""
     from vlprompt.cli import main
@@ -141,8 +142,26 @@ def test_cli_bench_on_mini_data_resolves_as_the_documented_mini_bench(tmp_path, 
     monkeypatch.setattr(vlprompt.protocols, "default_backend", engine.backend)
     argv = ["bench", "base2new", "--methods", ",".join(methods), "--datasets", ",".join(datasets),
             "--seeds", "1", "--no-report", "-q", "-o", str(tmp_path / "cli")]  # fmt: skip
+    caplog.set_level("INFO", logger="vlprompt")
     assert main(argv) == 0
+    first = caplog.records[0].getMessage()  # the sweep says first which settings its runs get
+    assert (
+        first.startswith("preset mini (the default with the tiny CLIP)")
+        and "--preset paper" in first
+    )
     assert python.keys() == engine.configs.keys() and len(python) == 8
     for key, config in engine.configs.items():
         assert config.preset == python[key].preset == "mini", key
         assert config.to_dict() | {"root": None} == python[key].to_dict() | {"root": None}, key
+
+
+def test_bench_with_the_papers_recipes_is_not_told_of_mini(tmp_path, caplog):
+    engine = _Resolver()
+    caplog.set_level("INFO", logger="vlprompt")
+    vlprompt.protocols.run_bench("base2new", ["coop"], ["mini_shapes"], seeds=1, preset="paper",
+                                 output_dir=tmp_path / "b", backend=engine.backend(),
+                                 report=False)  # fmt: skip
+    assert not any("preset mini" in r.getMessage() for r in caplog.records)
+    (config,) = engine.configs.values()
+    assert config.preset == "paper" and config.engine.crop_min_scale == 0.08
+    assert config.method_config["epochs"] == 200  # CoOp's own
