@@ -561,7 +561,7 @@ def test_python_train_tells_a_named_crop_from_the_default(monkeypatch, tmp_path)
     assert [c.method_config["epochs"] for c in seen] == [40, 40, 200]
 
 
-def test_bench_takes_mini_and_paper_for_every_method(tmp_path):
+def test_bench_takes_mini_and_paper_for_every_method(tmp_path, capsys):
     from vlprompt.protocols import run_bench
 
     for preset in ("mini", "paper"):
@@ -569,6 +569,10 @@ def test_bench_takes_mini_and_paper_for_every_method(tmp_path):
         run_bench("fewshot", ["coop", "rpo"], ["mini_shapes"], seeds=1, shots=[2], preset=preset,
                   output_dir=tmp_path / preset, backend=engine.backend(), report=False)  # fmt: skip
         assert {c["method"]: c["preset"] for c in engine.calls} == {"coop": preset, "rpo": preset}
+    assert main(["presets", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert "    [engine, every method] crop_min_scale=1.0\n" in out
+    assert "    [rpo] epochs=10, batch_size=4\n" in out
     with pytest.raises(PresetError, match="'mini' applies to every method; name it alone"):
         run_bench("fewshot", ["rpo"], ["dtd"], seeds=1, shots=[16], preset=["mini", "rpo_dg"],
                   output_dir=tmp_path / "x", backend=_Recorder().backend(), report=False)  # fmt: skip

@@ -141,7 +141,8 @@ ENGINE_KEYS = tuple(f.name for f in fields(EngineSettings))
 
 PRESET_HELP = (
     "a paper preset: the official settings for the run's data set and shots (`vlprompt presets` "
-    "lists them); --set and method flags win over it"
+    "lists them); or, for every method, mini (the mini world's settings, the default with the "
+    "tiny CLIP) or paper (each method's own recipe); --set and method flags win over it"
 )
 TRUST_HELP = (
     "allow a TorchScript archive (OpenAI's original .pt) as --pretrained; such an archive can run "

@@ -1238,13 +1238,14 @@ def describe_presets(verbose: bool = False) -> list[str]:
         p = get_preset(name)
         lines.append(f"{name:17s} {p.method:8s} {p.description}")
         if verbose and isinstance(p, EveryMethodPreset):
+            lines.append(f"    from: {p.source}")
             for method, values in sorted(p.method_settings.items()):
                 text = ", ".join(f"{k}={v!r}" for k, v in values.items())
-                lines.append(f"    [{method}] {text}  ({p.source})")
+                lines.append(f"    [{method}] {text}")
             for key, value in p.engine.items():
-                lines.append(f"    [engine, every method] {key}={value!r}  ({p.source})")
-            if not p.method_settings and not p.engine:
-                lines.append(f"    (no values: {p.source})")
+                lines.append(f"    [engine, every method] {key}={value!r}")
+            if p.method_settings:
+                lines.append("    [any other method] its own defaults")
         elif verbose:
             if p.shots is not None:
                 lines.append(f"    shots: {', '.join(map(str, p.shots))}")
