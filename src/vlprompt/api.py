@@ -590,8 +590,9 @@ def train(
     augmentation; see vlprompt.view_pool).
     `crop_min_scale`: the smallest area fraction of a training crop (default 0.08, the papers',
     or the preset's: 1 = no crop under `mini`, the default preset with the tiny CLIP;
-    ``preset="paper"`` is the papers' recipes there). `backbone=None` is the papers' ViT-B/16, or the shipped tiny CLIP for a mini-world
-    data set. `trust_torchscript`: allow a TorchScript archive as `pretrained` (it can run code).
+    ``preset="paper"`` is the papers' recipes there). `backbone=None` is the papers' ViT-B/16,
+    or the shipped tiny CLIP for a mini-world data set. `trust_torchscript`: allow a
+    TorchScript archive as `pretrained` (it can run code).
     `echo=False` keeps the run's lines in its `log.txt` (the logger gets them at DEBUG).
     `tensorboard=True` writes per-epoch loss, learning rate and accuracy and the final
     evaluations under `output_dir/tensorboard/` (needs the `tensorboard` package).
@@ -910,8 +911,8 @@ def evaluate(
 
 
 def _evaluate_run(run: Run, splits: Any, *, split: str, ctx: Dist, say: Callable[[str], None],
-                  record: bool = True, digest: str | None = None,
-                  report: bool = False, compare_zero_shot: bool = False) -> dict[str, Any]:  # fmt: skip
+                  record: bool = True, digest: str | None = None, report: bool = False,
+                  compare_zero_shot: bool = False) -> dict[str, Any]:  # fmt: skip
     from vlprompt.evaluation import evaluate_items
 
     config = run.config
