@@ -1108,7 +1108,6 @@ class EveryMethodPreset:
     source: str  # where the values come from
     method = ALL_METHODS  # the `method` column of `vlprompt presets`
     shots = None  # the values hold at any shots
-    notes: tuple[str, ...] = ()
 
     def resolve_for(self, method: str) -> dict[str, Any]:
         """`method`'s settings under this preset (at any data set and shots)."""
