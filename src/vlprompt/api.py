@@ -760,6 +760,8 @@ def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torc
     from vlprompt.data import ImageListDataset, transform_for
     from vlprompt.methods import create_method
 
+    if config.preset == MINI_PRESET:  # first: these are not the papers' recipes
+        say(mini_preset_line(config.method))
     device = resolve_device(config.engine.device, ctx)
     splits = _build_splits(config)  # the data first: a missing folder is not a slow download
     if ctx.is_main:
@@ -770,8 +772,6 @@ def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torc
     )
     method = create_method(config.method, clip, splits.classnames, **config.method_config)
     method.to(device)
-    if config.preset == MINI_PRESET:
-        say(mini_preset_line(config.method))
     say(
         f"{config.method} on {config.dataset} ({config.subsample} classes: {len(splits.classnames)}, "
         f"{len(splits.train)} training images, shots {config.shots}, seed {config.seed}) with "
