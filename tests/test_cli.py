@@ -220,3 +220,24 @@ def test_resume_accepts_a_moved_data_folder(world, tmp_path):
     old.rename(new)
     assert main(["train", "--resume", "--root", str(new), "-q", "-o", str(run)]) == 0
     assert json.loads((run / "config.json").read_text())["root"] == str(new.resolve())
+
+
+def test_a_run_below_zero_shot_says_so_with_the_likely_cause(tmp_path, capsys):
+    """The papers' recipe on the mini world (--preset paper: the random crop of 8-100%) for one
+    warm-up epoch ends below zero-shot CLIP: train's last line shows zero-shot's accuracy on
+    the same images beside the run's, says BELOW and names the crop; results.jsonl keeps it."""
+    run = tmp_path / "run"
+    argv = ["train", "--method", "coop", "--dataset", "mini_shapes", "--root", str(tmp_path / "m"),
+            "--subsample", "base", "--shots", "2", "--epochs", "1", "--preset", "paper",
+            "--deterministic", "--no-calibrate", "-o", str(run)]  # fmt: skip
+    assert main(argv) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    (record,) = [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines()]
+    zero_shot = record["zero_shot_accuracy"]
+    assert record["accuracy"] < zero_shot
+    assert f"test accuracy {record['accuracy']:.2f}% (zero-shot {zero_shot:.2f}%: BELOW " in last
+    assert "likely cause: the papers' random crop (crop_min_scale 0.08)" in last, last
+    # zero-shot CLIP itself is not compared with itself
+    assert main([*argv[:2], "zsclip", *argv[3:-1], str(tmp_path / "zs")]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "zero-shot" not in last and f"test accuracy {zero_shot:.2f}%" in last

@@ -482,7 +482,10 @@ def test_cli_train_with_an_unknown_preset_is_one_line(tmp_path, capsys):
 def test_presets_verb_lists_every_preset(capsys):
     assert main(["presets"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[:2] for line in lines] == [[n, PRESETS[n].method] for n in sorted(PRESETS)]
+    every = {"mini": "all", "paper": "all"}  # the presets for every method
+    assert [line.split()[:2] for line in lines] == [
+        [n, every[n] if n in every else PRESETS[n].method] for n in sorted([*PRESETS, *every])
+    ]
     assert main(["presets", "--verbose"]) == 0
     out = capsys.readouterr().out
     assert "mlvlab/RPO configs/trainers/RPO/imagenet_k24_ep15.yaml" in out
@@ -492,3 +495,100 @@ def test_presets_verb_lists_every_preset(capsys):
 def test_the_docs_table_is_the_presets_own():
     """docs/reproduce.md holds `markdown_table()` as is, so the docs cannot drift from the code."""
     assert markdown_table() in DOCS.read_text(encoding="utf-8")
+
+
+# ---- the presets for every method: mini (the default with the tiny CLIP) and paper -------------
+def test_every_mini_setting_is_in_config_json_under_its_owner(tmp_path):
+    """Each value of the mini preset lands where it belongs in config.json: the per-method ones
+    in method_config (a setting such as Tip-Adapter's `cache_crop_min_scale` must not bind to
+    the engine's crop), the crop in engine, for every method in MINI_SETTINGS."""
+    from vlprompt.config import ENGINE_KEYS
+    from vlprompt.mini.settings import MINI_CROP_MIN_SCALE, MINI_SETTINGS
+
+    assert MINI_CROP_MIN_SCALE == 1.0
+    for method, values in MINI_SETTINGS.items():
+        saved = resolve_config(method, "mini_shapes", subsample="base").to_dict()  # config.json
+        assert saved["preset"] == "mini", method  # the default with the tiny CLIP
+        assert saved["engine"]["crop_min_scale"] == MINI_CROP_MIN_SCALE, method
+        for key, value in values.items():
+            assert key not in ENGINE_KEYS, (method, key)
+            assert saved["method_config"][key] == value, (method, key)
+        paper = resolve_config(method, "mini_shapes", subsample="base", preset="paper").to_dict()
+        assert paper["engine"]["crop_min_scale"] == 0.08, method  # the papers' crop
+        own = resolve_config(method, "mini_shapes", subsample="base", backbone="RN50")
+        assert own.preset is None and paper["method_config"] == own.method_config, method
+    # one real run: config.json as written by train
+    run_dir = tmp_path / "run"
+    import vlprompt
+
+    vlprompt.train("tip_adapter", "mini_colors", root=tmp_path / "mini", shots=1,
+                   output_dir=run_dir, evaluate=False, calibrate=False, progress=False)  # fmt: skip
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["preset"] == "mini" and saved["engine"]["crop_min_scale"] == 1.0
+    assert saved["method_config"]["cache_crop_min_scale"] == 1.0
+
+
+def test_a_named_crop_wins_over_the_mini_preset_and_paper_gives_the_papers():
+    from vlprompt.config import EngineSettings
+
+    def crop(**kwargs):
+        return resolve_config("coop", "mini_shapes", **kwargs).engine.crop_min_scale
+
+    assert crop() == 1.0
+    assert crop(engine=EngineSettings(crop_min_scale=0.08)) == 0.08  # named: the papers' value
+    assert crop(engine=EngineSettings(crop_min_scale=0.5), preset="mini") == 0.5
+    assert crop(preset="paper") == 0.08
+    assert crop(preset="coop_fewshot") == 0.08  # a paper preset sets method settings only
+    assert type(crop()) is float and type(crop(preset="paper")) is float  # config.json: a number
+    # another backbone: no default preset
+    other = resolve_config("coop", "mini_shapes", backbone="RN50")
+    assert other.preset is None and other.engine.crop_min_scale == 0.08
+    # named settings win over the mini preset's
+    named = resolve_config("coop", "mini_shapes", overrides={"epochs": 3})
+    assert (named.method_config["epochs"], named.method_config["batch_size"]) == (3, 32)
+
+
+def test_python_train_tells_a_named_crop_from_the_default(monkeypatch, tmp_path):
+    import vlprompt
+    from vlprompt import api
+
+    seen = []
+    monkeypatch.setattr(api, "train_config", lambda wanted, **kw: seen.append(wanted))
+    vlprompt.train("coop", "mini_shapes", output_dir=tmp_path / "a")
+    vlprompt.train("coop", "mini_shapes", output_dir=tmp_path / "b", crop_min_scale=0.08)
+    vlprompt.train("coop", "mini_shapes", output_dir=tmp_path / "c", preset="paper")
+    assert [c.engine.crop_min_scale for c in seen] == [1.0, 0.08, 0.08]
+    assert [c.method_config["epochs"] for c in seen] == [40, 40, 200]
+
+
+def test_bench_takes_mini_and_paper_for_every_method(tmp_path, capsys):
+    from vlprompt.protocols import run_bench
+
+    for preset in ("mini", "paper"):
+        engine = _Recorder()
+        run_bench("fewshot", ["coop", "rpo"], ["mini_shapes"], seeds=1, shots=[2], preset=preset,
+                  output_dir=tmp_path / preset, backend=engine.backend(), report=False)  # fmt: skip
+        assert {c["method"]: c["preset"] for c in engine.calls} == {"coop": preset, "rpo": preset}
+    assert main(["presets", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert "    [engine, every method] crop_min_scale=1.0\n" in out
+    assert "    [rpo] epochs=10, batch_size=4\n" in out
+    with pytest.raises(PresetError, match="'mini' applies to every method; name it alone"):
+        run_bench("fewshot", ["rpo"], ["dtd"], seeds=1, shots=[16], preset=["mini", "rpo_dg"],
+                  output_dir=tmp_path / "x", backend=_Recorder().backend(), report=False)  # fmt: skip
+
+
+def test_the_mini_default_is_said_first(tmp_path, capsys, caplog):
+    """A run on the mini world without a preset says first that it gets the mini settings and
+    how to get the papers' recipes; with --preset paper it does not."""
+    run = tmp_path / "run"
+    argv = ["train", "--method", "coop", "--dataset", "mini_colors", "--root", str(tmp_path / "m"),
+            "--shots", "1", "--epochs", "1", "--no-eval", "--no-calibrate", "-o", str(run)]  # fmt: skip
+    assert main(argv) == 0
+    first = (run / "log.txt").read_text().splitlines()[0]
+    assert "preset mini (the default with the tiny CLIP)" in first, first
+    assert "crop_min_scale=1.0" in first and "--preset paper" in first, first
+    assert main([*argv[:-1], str(tmp_path / "paper"), "--preset", "paper"]) == 0
+    assert "preset mini" not in (tmp_path / "paper" / "log.txt").read_text()
+    saved = json.loads((tmp_path / "paper" / "config.json").read_text())
+    assert saved["preset"] == "paper" and saved["engine"]["crop_min_scale"] == 0.08

@@ -297,3 +297,52 @@ def test_keep_going_records_a_failure_and_finishes_the_others(tmp_path):
     with pytest.raises(RuntimeError, match="loss is NaN"):
         run_bench("fewshot", ["alpha"], ["d"], seeds=[1], shots=[2], output_dir=tmp_path,
                   backend=backend, plots=False)  # fmt: skip
+
+
+def test_each_run_line_shows_zero_shot_beside_its_own_evaluation(tmp_path, caplog):
+    """A record with zero-shot CLIP's accuracy (the run's own evaluation) shows it beside the
+    run's; below it, the line says BELOW; a record without one shows the accuracy alone."""
+    engine = FakeEngine()
+
+    def evaluate(run, dataset=None, subsample="all", split="test"):
+        record = engine.evaluate(run, dataset, subsample, split)
+        if subsample == "base":  # the own evaluation: the engine adds zero-shot CLIP's
+            record.update(zero_shot_accuracy=99.5 if run["method"] == "alpha" else 1.0,
+                          n_classes=5)  # fmt: skip
+        return record
+
+    backend = engine.backend()
+    backend.evaluate = evaluate
+    caplog.set_level("INFO", logger="vlprompt")
+    run_bench("base2new", ["alpha", "beta"], ["dtd"], seeds=1, output_dir=tmp_path / "b",
+              backend=backend, report=False)  # fmt: skip
+    lines = {r.getMessage().split("] ")[1].split(":")[0]: r.getMessage() for r in caplog.records
+             if "] base2new" in r.getMessage()}  # fmt: skip
+    alpha, beta = (next(v for k, v in lines.items() if f"/{m}/" in k or m in k) for m in METHODS)
+    assert "(zero-shot 99.50: BELOW zero-shot; " in alpha
+    assert "(zero-shot 1.00)" in beta and "BELOW" not in beta
+    assert "new " in alpha and alpha.count("zero-shot 99.50") == 1  # new classes: no zero-shot
+    records = read_records(tmp_path / "b" / "results.jsonl")
+    assert {r["zero_shot_accuracy"] for r in records if r["subsample"] == "base"} == {99.5, 1.0}
+
+
+def test_the_zero_shot_note_names_chance_and_the_likely_causes():
+    from vlprompt.api import resolve_config
+    from vlprompt.zero_shot_check import zero_shot_note
+
+    record = {"accuracy": 60.0, "zero_shot_accuracy": 70.0, "n_classes": 5}
+    assert zero_shot_note({"accuracy": 60.0}) is None  # no zero-shot: nothing to say
+    assert zero_shot_note({**record, "accuracy": 70.0}) == "zero-shot 70.00%"  # not below
+    assert zero_shot_note(record).startswith("zero-shot 70.00%: BELOW zero-shot; compare the")
+    below_chance = zero_shot_note({**record, "accuracy": 10.0}, percent="")
+    assert below_chance.startswith("zero-shot 70.00: BELOW chance (1/5 = 20.00)")
+    # the causes that fit the config: the papers' crop on the mini world, a far learning rate,
+    # few optimizer steps; none for the mini settings on a long enough run
+    paper = resolve_config("coop", "mini_shapes", preset="paper", overrides={"lr": 0.5})
+    note = zero_shot_note(record, paper, {"epochs": 2, "n_train_images": 80})
+    assert "the papers' random crop (crop_min_scale 0.08)" in note
+    assert "the learning rate 0.5 (the method's default: 0.002)" in note
+    assert "only 6 optimizer steps" in note  # 2 epochs x ceil(80 / 32)
+    mini = resolve_config("coop", "mini_shapes")
+    note = zero_shot_note(record, mini, {"epochs": 40, "n_train_images": 80})
+    assert "likely cause" not in note and "compare the settings" in note

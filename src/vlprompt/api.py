@@ -29,6 +29,7 @@ import torch
 
 from vlprompt._version import code_version
 from vlprompt.config import (
+    CROP_MIN_SCALE_DEFAULT,
     DEFAULT_BACKBONE,
     DEFAULT_PRETRAINED,
     RUNTIME_ENGINE_KEYS,
@@ -45,6 +46,7 @@ from vlprompt.engine import EpochStats, fit
 from vlprompt.errors import RunError
 from vlprompt.methods.saving import load_learned, read_method_info
 from vlprompt.precision import effective_precision
+from vlprompt.presets import MINI_PRESET
 from vlprompt.run_folder import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -376,10 +378,13 @@ def resolve_config(
 ) -> RunConfig:
     """The full config of a run; unknown method/data-set names and settings fail here, before
     anything is loaded. The method config is the method's defaults, then `preset`'s values for
-    (`dataset`, `shots`) (vlprompt.presets), then `overrides`: named settings win."""
+    (`dataset`, `shots`) (vlprompt.presets), then `overrides`: named settings win. No preset
+    named: `mini` with the shipped tiny CLIP (vlprompt.presets.default_preset). A preset's engine
+    values (the mini world's crop) replace the engine's defaults, never a value named in
+    `engine` (vlprompt.config.EngineDefault)."""
     from vlprompt.data import get_dataset_info
     from vlprompt.methods import get_method_class, make_config
-    from vlprompt.presets import resolve_preset
+    from vlprompt.presets import default_preset, preset_engine, resolve_preset
 
     try:
         cls = get_method_class(method)
@@ -387,6 +392,7 @@ def resolve_config(
         raise RunError(str(exc)) from None
     info = get_dataset_info(dataset)  # DataError listing the choices
     backbone, pretrained = _default_backbone(dataset, backbone, pretrained)
+    preset = default_preset(backbone) if preset is None else preset
     asked = dict(overrides or {})
     overrides = {**resolve_preset(preset, method, dataset, shots), **asked}
     template = cls.template_for(dataset, info.template)
@@ -410,7 +416,7 @@ def resolve_config(
         shots=shots,
         seed=seed,
         subsample=subsample,
-        engine=engine or EngineSettings(),
+        engine=_engine_with_preset(engine or EngineSettings(), preset_engine(preset)),
         preset=preset,
         split=split,
         classnames_file=(
@@ -420,6 +426,17 @@ def resolve_config(
         ),
         skip_bad_images=skip_bad_images,
     )
+
+
+def _engine_with_preset(engine: EngineSettings, values: dict[str, Any]) -> EngineSettings:
+    """`engine` with each setting left at its default (an EngineDefault) set to the preset's
+    value, or to the plain default: config.json records what the run used."""
+    from dataclasses import replace
+
+    from vlprompt.config import EngineDefault
+
+    unnamed = {k: v for k, v in vars(engine).items() if isinstance(v, EngineDefault)}
+    return replace(engine, **{k: values.get(k, float(v)) for k, v in unnamed.items()})
 
 
 def _refuse_ignored_epochs(
@@ -574,7 +591,7 @@ def train(
     eval_batch_size: int = 100,
     keep_checkpoints: int = 1,
     view_pool: int = 0,
-    crop_min_scale: float = 0.08,
+    crop_min_scale: float = CROP_MIN_SCALE_DEFAULT,
     evaluate: bool = True,
     calibrate: bool = True,
     progress: bool | None = None,
@@ -594,9 +611,11 @@ def train(
     settings win over the preset; `config.json` records the preset's name. `view_pool=N`
     (N > 0) trains on N augmented views per image pre-computed once (faster, not the papers'
     augmentation; see vlprompt.view_pool).
-    `crop_min_scale`: the smallest area fraction of a training crop (0.08 = the papers; 1 = no
-    crop). `backbone=None` is the papers' ViT-B/16, or the shipped tiny CLIP for a mini-world
-    data set. `trust_torchscript`: allow a TorchScript archive as `pretrained` (it can run code).
+    `crop_min_scale`: the smallest area fraction of a training crop (default 0.08, the papers',
+    or the preset's: 1 = no crop under `mini`, the default preset with the tiny CLIP;
+    ``preset="paper"`` is the papers' recipes there). `backbone=None` is the papers' ViT-B/16,
+    or the shipped tiny CLIP for a mini-world data set. `trust_torchscript`: allow a
+    TorchScript archive as `pretrained` (it can run code).
     `echo=False` keeps the run's lines in its `log.txt` (the logger gets them at DEBUG).
     `tensorboard=True` writes per-epoch loss, learning rate and accuracy and the final
     evaluations under `output_dir/tensorboard/` (needs the `tensorboard` package).
@@ -718,11 +737,21 @@ def _train_and_evaluate(config, run_dir, *, resume, evaluate, progress, on_epoch
         say(f"saved the learned prompts to {run_dir} ({wall_s:.1f} s of training)")
     ctx.barrier()
     run = Run(run_dir, config, method, _read_status(run_dir), calibration)
-    if evaluate:
-        record = _evaluate_run(run, splits, split="test", ctx=ctx, say=say)
+    if evaluate:  # beside zero-shot CLIP on the same images (cached features: cheap)
+        record = _evaluate_run(run, splits, split="test", ctx=ctx, say=say,
+                               compare_zero_shot=config.method != "zsclip")  # fmt: skip
+        _say_below_zero_shot(record, config, say)
         if board is not None:
             board.evaluation(record)
     return run
+
+
+def _say_below_zero_shot(record: dict[str, Any], config: RunConfig, say) -> None:
+    from vlprompt.zero_shot_check import zero_shot_note
+
+    note = zero_shot_note(record, config, _read_status(Path(record["run_dir"])))
+    if note and "BELOW" in note:
+        say(f"warning: test accuracy {record['accuracy']:.2f}%, {note}")
 
 
 def _calibrate(method: Any, splits: Any, config: RunConfig, ctx: Dist, say) -> dict | None:
@@ -783,6 +812,8 @@ def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torc
     from vlprompt.data import ImageListDataset, transform_for
     from vlprompt.methods import create_method
 
+    if config.preset == MINI_PRESET:  # first: these are not the papers' recipes
+        say(mini_preset_line(config.method))
     device = resolve_device(config.engine.device, ctx)
     splits = _build_splits(config)  # the data first: a missing folder is not a slow download
     if ctx.is_main:
@@ -837,6 +868,23 @@ def _split_sizes(splits: Any) -> str:
         spread = f"{min(counts)}-{max(counts)} per class" if counts else "no classes"
         parts.append(f"{name} {len(items)} ({spread})")
     return "images: " + ", ".join(parts)
+
+
+def mini_preset_line(method: str | None = None) -> str:
+    """What a run under the `mini` preset is told first: the mini world's settings, not the
+    papers' recipes, and how to get those. `method` None: a sweep's line for all its methods."""
+    from vlprompt.presets import EVERY_METHOD, PAPER_PRESET
+
+    mini = EVERY_METHOD[MINI_PRESET]
+    values = {**(mini.resolve_for(method) if method else {}), **mini.engine}
+    shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+    whose = f"{method}'s other settings are" if method else "each method's other settings:"
+    return (
+        f"preset {MINI_PRESET} (the default with the tiny CLIP): the mini world's settings, "
+        f"{shown}{' and epochs / batch sizes per method' if not method else ''} (no random "
+        f"crop), as in docs/mini-world.md; {whose} its paper's. The papers' recipes: "
+        f"--preset {PAPER_PRESET} (Python: preset={PAPER_PRESET!r})"
+    )
 
 
 def _splits_record(config: RunConfig, splits: Any) -> dict[str, Any]:
@@ -935,8 +983,8 @@ def evaluate(
 
 
 def _evaluate_run(run: Run, splits: Any, *, split: str, ctx: Dist, say: Callable[[str], None],
-                  record: bool = True, digest: str | None = None,
-                  report: bool = False) -> dict[str, Any]:  # fmt: skip
+                  record: bool = True, digest: str | None = None, report: bool = False,
+                  compare_zero_shot: bool = False) -> dict[str, Any]:  # fmt: skip
     from vlprompt.evaluation import evaluate_items
 
     config = run.config
@@ -966,7 +1014,7 @@ def _evaluate_run(run: Run, splits: Any, *, split: str, ctx: Dist, say: Callable
             dataset=splits.name,
             keep_logits=report,
         )
-        zero_shot = _zeroshot_accuracy(run, splits, items) if report else None
+        zero_shot = _zeroshot_accuracy(run, splits, items) if report or compare_zero_shot else None
     finally:
         if list(method.classnames) != saved_names:
             method.set_classnames(saved_names)
@@ -997,8 +1045,9 @@ def _evaluate_run(run: Run, splits: Any, *, split: str, ctx: Dist, say: Callable
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "vlprompt_version": code_version(),
     }
-    if report:
+    if zero_shot is not None:
         rec["zero_shot_accuracy"] = zero_shot
+    if report:
         if ctx.is_main:
             rec["report_dir"] = str(_write_report(run, splits, split, items, result, zero_shot))
     say(

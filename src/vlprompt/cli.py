@@ -545,9 +545,13 @@ def _print_run_summary(run: Any) -> None:
     records = [r for r in run.results() if r.get("split") == "test"]
     if records:
         r = records[-1]
+        from vlprompt.zero_shot_check import zero_shot_note
+
+        note = zero_shot_note(r, run.config, run.status)
         print(
             f"{r['method']} on {r['dataset']} ({r['subsample']} classes): test accuracy "
-            f"{r['accuracy']:.2f}% on {r['n_images']} images; run folder {run.run_dir}"
+            f"{r['accuracy']:.2f}%{f' ({note})' if note else ''} on {r['n_images']} images; "
+            f"run folder {run.run_dir}"
         )
     else:
         print(f"run folder {run.run_dir}")

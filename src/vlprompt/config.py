@@ -33,6 +33,18 @@ TRAIN_ONLY = ("train",)
 TRAIN_AND_BENCH = ("train", "bench")
 
 
+class EngineDefault(float):
+    """An engine setting's default that a preset may replace (e.g. the `mini` preset's crop):
+    equal to the value, but told apart by its type from the same value named by a caller, so
+    that a named value always wins. `vlprompt.api.resolve_config` turns it into a plain float."""
+
+    def __repr__(self) -> str:
+        return float.__repr__(self)
+
+
+CROP_MIN_SCALE_DEFAULT = EngineDefault(0.08)  # the papers' random resized crop (CoOp / Dassl)
+
+
 @dataclass
 class EngineSettings:
     """How the engine runs. Only `precision`, `deterministic`, `view_pool` and `crop_min_scale`
@@ -81,7 +93,7 @@ class EngineSettings:
                   "augmentations, so accuracy may change; default 0 = off)", "metavar": "N"},
     )  # fmt: skip
     crop_min_scale: float = field(
-        default=0.08,
+        default=CROP_MIN_SCALE_DEFAULT,
         metadata={"help": "smallest area fraction of a training crop (default 0.08 as the "
                   "papers, CoOp / Dassl; raise it for small objects in the frame; 1 = no crop, "
                   "flips only)", "metavar": "F"},
@@ -129,7 +141,8 @@ ENGINE_KEYS = tuple(f.name for f in fields(EngineSettings))
 
 PRESET_HELP = (
     "a paper preset: the official settings for the run's data set and shots (`vlprompt presets` "
-    "lists them); --set and method flags win over it"
+    "lists them); or, for every method, mini (the mini world's settings, the default with the "
+    "tiny CLIP) or paper (each method's own recipe); --set and method flags win over it"
 )
 TRUST_HELP = (
     "allow a TorchScript archive (OpenAI's original .pt) as --pretrained; such an archive can run "

@@ -16,7 +16,11 @@ wins. The run's `config.json` holds the resolved values in `method_config`, as f
 the preset's name in `preset`, so a reader sees where they came from. The name is provenance, not
 identity: a run resolved to the same values with or without the preset is the same run.
 
-A preset sets method settings only. The backbone is the run's: the few-shot tables of CoOp,
+A paper preset sets method settings only. Two presets apply to every method (`EVERY_METHOD`):
+`mini`, the mini world's settings (vlprompt.mini.settings: per-method epochs and batch sizes and
+the engine's `crop_min_scale` 1, no random crop), which a run with the shipped tiny CLIP gets
+when it names no preset; and `paper`, each method's own defaults (its paper's recipe) with the
+engine's defaults. The backbone is the run's: the few-shot tables of CoOp,
 ProGrad, CLIP-Adapter and Tip-Adapter are RN50 (`--backbone RN50`), the others ViT-B/16
 (vlprompt's default). The values were
 read from the official repositories at the commits in `SOURCES`; docs/reproduce.md has the
@@ -54,6 +58,9 @@ SOURCES: dict[str, str] = {
     "jusiro/CLAP": "dbdf4095b3d824546474c725539b9f4efff3ca0e",
 }
 FEWSHOT_SHOTS = (1, 2, 4, 8, 16)  # the shots of every few-shot table
+MINI_PRESET = "mini"  # the mini world's settings: the default with the shipped tiny CLIP
+PAPER_PRESET = "paper"  # each method's own defaults
+ALL_METHODS = "all"  # the method column of a preset for every method
 
 
 @dataclass(frozen=True)
@@ -1088,23 +1095,90 @@ register_preset(
 )
 
 
+# ---- presets for every method ------------------------------------------------------------------
+@dataclass(frozen=True)
+class EveryMethodPreset:
+    """A preset for every method: each method's own settings (a method it does not name keeps
+    its defaults) and settings of the engine (vlprompt.config.EngineSettings) for all of them."""
+
+    name: str
+    description: str
+    method_settings: Mapping[str, Mapping[str, Any]]  # method -> its settings
+    engine: Mapping[str, Any]  # engine setting -> value, for every method's runs
+    source: str  # where the values come from
+    method = ALL_METHODS  # the `method` column of `vlprompt presets`
+    shots = None  # the values hold at any shots
+
+    def resolve_for(self, method: str) -> dict[str, Any]:
+        """`method`'s settings under this preset (at any data set and shots)."""
+        return copy.deepcopy(dict(self.method_settings.get(method, {})))
+
+
+def _mini_preset() -> EveryMethodPreset:
+    from vlprompt.mini.settings import MINI_CROP_MIN_SCALE, MINI_SETTINGS
+
+    return EveryMethodPreset(
+        MINI_PRESET,
+        "the mini world (default with the tiny CLIP vlprompt-mini-vit): epochs scaled down "
+        "per method, no random crop; docs/mini-world.md's tables",
+        MappingProxyType({m: MappingProxyType(dict(v)) for m, v in MINI_SETTINGS.items() if v}),
+        MappingProxyType({"crop_min_scale": MINI_CROP_MIN_SCALE}),
+        "vlprompt.mini.settings (MINI_SETTINGS; MINI_CROP_MIN_SCALE, chosen on the validation "
+        "split by benchmarks/mini_crop_on_val.py)",
+    )
+
+
+EVERY_METHOD: dict[str, EveryMethodPreset] = {
+    MINI_PRESET: _mini_preset(),
+    PAPER_PRESET: EveryMethodPreset(
+        PAPER_PRESET,
+        "each method's own defaults (its paper's recipe, the random crop of 8-100% included); "
+        "on the mini world: no mini settings",
+        MappingProxyType({}),
+        MappingProxyType({}),
+        "each method's config class (vlprompt.methods) and vlprompt.config.EngineSettings",
+    ),
+}
+
+
+def default_preset(backbone: str) -> str | None:
+    """The preset a run gets when it names none: `mini` with the shipped tiny CLIP (whose world
+    the papers' recipes, made for 224-px photos, do not fit), else none."""
+    from vlprompt.mini.settings import TINY_CLIP_NAME
+
+    return MINI_PRESET if backbone == TINY_CLIP_NAME else None
+
+
+def preset_engine(name: str | None) -> dict[str, Any]:
+    """The engine settings preset `name` sets ({} for a paper preset or none)."""
+    if name is None or name not in EVERY_METHOD:
+        return {}
+    return dict(EVERY_METHOD[name].engine)
+
+
 # ---- look-ups ---------------------------------------------------------------------------------
 def list_presets(method: str | None = None) -> list[str]:
-    """The preset names, sorted; only `method`'s with a method named."""
-    return sorted(n for n, p in PRESETS.items() if method is None or p.method == method)
+    """The preset names, sorted (the every-method ones included); only those `method` takes
+    with a method named."""
+    own = [n for n, p in PRESETS.items() if method is None or p.method == method]
+    return sorted([*own, *EVERY_METHOD])
 
 
-def get_preset(name: str, method: str | None = None) -> Preset:
+def get_preset(name: str, method: str | None = None) -> Preset | EveryMethodPreset:
     """The preset `name`; PresetError (one line, with the choices) for an unknown name or one of
     another method than `method`."""
+    if isinstance(name, str) and name in EVERY_METHOD:
+        return EVERY_METHOD[name]
     if not isinstance(name, str) or name not in PRESETS:
-        close = difflib.get_close_matches(str(name), list(PRESETS), n=3)
+        close = difflib.get_close_matches(str(name), list_presets(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise PresetError(f"unknown preset {name!r}.{hint} Choices: {', '.join(list_presets())}")
     preset = PRESETS[name]
     if method is not None and preset.method != method:
-        own = list_presets(method)
-        theirs = f"its presets: {', '.join(own)}" if own else "it has no presets"
+        own = sorted(n for n, p in PRESETS.items() if p.method == method)
+        every = f"{' and '.join(sorted(EVERY_METHOD))} apply to every method"
+        theirs = (f"its presets: {', '.join(own)}; {every}" if own
+                  else f"it has no presets of its own; {every}")  # fmt: skip
         raise PresetError(
             f"preset {name!r} is for method {preset.method!r}, not {method!r} ({theirs})"
         )
@@ -1116,7 +1190,10 @@ def resolve_preset(name: str | None, method: str, dataset: str, shots: int) -> d
     class ({} for no preset). Errors are PresetError."""
     if name is None:
         return {}
-    return get_preset(name, method).resolve(dataset, shots)
+    preset = get_preset(name, method)
+    if isinstance(preset, EveryMethodPreset):
+        return preset.resolve_for(method)
+    return preset.resolve(dataset, shots)
 
 
 def presets_for_methods(
@@ -1128,6 +1205,14 @@ def presets_for_methods(
     if names is None:
         return {}
     names = [names] if isinstance(names, str) else list(names)
+    every = [n for n in names if isinstance(n, str) and n in EVERY_METHOD]
+    if every:
+        if len(names) > 1:
+            raise PresetError(
+                f"preset {every[0]!r} applies to every method; name it alone, not with "
+                f"{', '.join(repr(n) for n in names if n != every[0])}"
+            )
+        return {m: every[0] for m in methods}
     out: dict[str, str] = {}
     for name in names:
         preset = get_preset(name)
@@ -1149,9 +1234,18 @@ def describe_presets(verbose: bool = False) -> list[str]:
     """`vlprompt presets`: one line per preset; with `verbose`, each rule and its source."""
     lines = []
     for name in list_presets():
-        p = PRESETS[name]
+        p = get_preset(name)
         lines.append(f"{name:17s} {p.method:8s} {p.description}")
-        if verbose:
+        if verbose and isinstance(p, EveryMethodPreset):
+            lines.append(f"    from: {p.source}")
+            for method, values in sorted(p.method_settings.items()):
+                text = ", ".join(f"{k}={v!r}" for k, v in values.items())
+                lines.append(f"    [{method}] {text}")
+            for key, value in p.engine.items():
+                lines.append(f"    [engine, every method] {key}={value!r}")
+            if p.method_settings:
+                lines.append("    [any other method] its own defaults")
+        elif verbose:
             if p.shots is not None:
                 lines.append(f"    shots: {', '.join(map(str, p.shots))}")
             for rule in p.rules:
@@ -1169,7 +1263,7 @@ def markdown_table() -> str:
         "| preset | data set / shots | setting | value | official file |",
         "|---|---|---|---|---|",
     ]
-    for name in list_presets():
+    for name in sorted(PRESETS):  # the paper presets' official values
         for rule in PRESETS[name].rules:
             for key, value in rule.settings.items():
                 shown = f'"{value}"' if isinstance(value, str) else repr(value)

@@ -498,6 +498,7 @@ def run_bench(
     by_method = presets_for_methods(preset, sorted({s.method for s in specs}))
     for spec in specs:  # a preset without values for a run's shots fails before any work
         resolve_preset(by_method.get(spec.method), spec.method, spec.dataset, spec.shots)
+    _say_mini_preset(specs, by_method, backbone)
     common: dict[str, Any] = {"device": device, **(train_kwargs or {})}
     common.setdefault("echo", verbose)  # per-epoch lines: the run's log.txt, live with -v
     common.setdefault("progress", False)  # no per-epoch bars under the sweep's bar
@@ -544,6 +545,21 @@ def run_bench(
     return outcome
 
 
+def _say_mini_preset(specs: Sequence[RunSpec], by_method: dict[str, str],
+                     backbone: str | None) -> None:  # fmt: skip
+    """The sweep's first line, when its runs get the mini world's settings (the `mini` preset,
+    the default with the tiny CLIP): which, and how to get the papers' recipes."""
+    from vlprompt.api import _default_backbone, mini_preset_line
+    from vlprompt.presets import MINI_PRESET, default_preset
+
+    def preset_of(spec: RunSpec) -> str | None:
+        named = by_method.get(spec.method)
+        return named or default_preset(_default_backbone(spec.dataset, backbone, None)[0])
+
+    if any(preset_of(spec) == MINI_PRESET for spec in specs):
+        log.info("%s", mini_preset_line())
+
+
 def _collect(outcomes, result: BenchResult, n_runs: int, results_path: Path, report: bool,
              plots: bool, progress: bool | None) -> None:  # fmt: skip
     """The driver's side: append each finished run's records, say one line for it, keep the
@@ -579,12 +595,16 @@ def _collect(outcomes, result: BenchResult, n_runs: int, results_path: Path, rep
 
 
 def _run_line(key: str, item: JobOutcome) -> str:
-    scores = "  ".join(
-        f"{r['subsample'] if r['dataset'] == item.job.spec.dataset else r['dataset']} "
-        f"{r['accuracy']:.2f}"
-        for r in item.records
-    )
-    return f"{key}: {scores}  ({item.wall_s:.0f} s)"
+    """The line "KEY: base 76.00 (zero-shot 74.67)  new 70.00  (12 s)": each evaluation, zero-shot
+    beside the run's own (and a warning with the likely cause when below it)."""
+    from vlprompt.zero_shot_check import note_of_run_dir
+
+    def score(r: dict[str, Any]) -> str:
+        name = r["subsample"] if r["dataset"] == item.job.spec.dataset else r["dataset"]
+        note = note_of_run_dir(r, percent="")
+        return f"{name} {r['accuracy']:.2f}{f' ({note})' if note else ''}"
+
+    return f"{key}: {'  '.join(score(r) for r in item.records)}  ({item.wall_s:.0f} s)"
 
 
 def _append_record(results_path: Path, record: dict[str, Any]) -> None:

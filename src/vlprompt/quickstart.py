@@ -3,11 +3,13 @@
 `quickstart()` is what `vlprompt quickstart` and `make demo` run. It is the real pipeline
 (`vlprompt.protocols.run_bench` -> `vlprompt.train` / `vlprompt.evaluate` on PNG files through the
 normal data path) with the shipped tiny CLIP and per-method settings scaled to the mini world
-(`MINI_SETTINGS`): same optimizers, schedules, context sizes and losses as the papers, fewer
-epochs because a mini data set has 16 shots x 5-8 base classes and the tiny CLIP trains fast.
-`mini_bench()` runs any protocol (base2new, fewshot, xd, dg) with the same settings; it makes the
-tables of docs/mini-world.md. One departure from the papers, for every method alike: no random
-crop (`MINI_CROP_MIN_SCALE`), chosen on the validation split.
+(the preset `mini`, vlprompt.mini.settings' `MINI_SETTINGS`): same optimizers, schedules,
+context sizes and losses as the papers, fewer epochs because a mini data set has 16 shots x 5-8
+base classes and the tiny CLIP trains fast. `mini_bench()` runs any protocol (base2new, fewshot,
+xd, dg) with the same settings; it makes the tables of docs/mini-world.md. One departure from
+the papers, for every method alike: no random crop (`MINI_CROP_MIN_SCALE`), chosen on the
+validation split. `vlprompt train` and `bench` on a mini data set use the same preset by
+default (`--preset paper`: the papers' recipes).
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vlprompt.mini.settings import MINI_CROP_MIN_SCALE, MINI_SETTINGS
 from vlprompt.mini.tiny_clip import MODEL_NAME, checkpoint_path
+
+__all__ = [
+    "ALL_MINI_DATASETS", "MINI_CROP_MIN_SCALE", "MINI_SETTINGS", "QUICKSTART_DATASETS",
+    "QUICKSTART_METHODS", "base2new_methods", "first_table", "mini_bench", "quickstart",
+]  # fmt: skip
 
 
 def base2new_methods() -> tuple[str, ...]:
@@ -48,43 +56,6 @@ ALL_MINI_DATASETS = (
     "mini_scenes",
 )
 
-# Per-method settings on the mini world (the rest is each method's paper recipe). Epoch counts
-# are scaled down from the papers' (CoOp 200, KgCoOp 100, ProGrad 200, CoCoOp 10, RPO 15): a
-# mini data set's base half has only 80-128 training images.
-MINI_SETTINGS: dict[str, dict[str, Any]] = {
-    "coop": {"epochs": 40, "batch_size": 32},
-    "cocoop": {"epochs": 5, "batch_size": 1},  # batch 1 as the paper, half its 10 epochs
-    "kgcoop": {"epochs": 40, "batch_size": 32},
-    "prograd": {"epochs": 40, "batch_size": 32},
-    "rpo": {"epochs": 10, "batch_size": 4},  # batch 4 as the paper, 10 of its 15 epochs
-    # the paper's recipe as it is: 20 epochs, batch 4; prompts in every block of the tiny CLIP
-    # (2 text, 3 vision blocks; the paper's 9 of 12)
-    "ivlp": {},
-    # the paper's 50 epochs scaled down; class-aware tokens at text block 1 of the tiny CLIP's 2
-    "tcp": {"epochs": 20, "batch_size": 32},
-    # CoOp's recipe (CLIP-Adapter's README: "follow CoOp's command") at CoOp's mini epochs
-    "clip_adapter": {"epochs": 40, "batch_size": 32},
-    # the paper's recipe as it is (5 epochs, batch 4; depth: every block of the tiny CLIP's 2)
-    "maple": {},
-    # the paper's recipe as it is (20 epochs, batch 4, GPA mean 15 std 1)
-    "promptsrc": {},
-    # official: 500 iterations per shot (8000 at 16 shots); 480 here, i.e. 120-240 epochs of a
-    # mini base half (80-128 images, 2-4 steps of 32)
-    "clip_lora": {"iterations": 480},
-    # the cache's augmented views without the random crop, as every mini-world training
-    "tip_adapter": {"cache_crop_min_scale": 1.0},
-    "tip_adapter_f": {"cache_crop_min_scale": 1.0},
-    "linear_probe": {},
-    "zsclip": {},
-}
-
-
-# The mini world trains without the papers' random crop (area 8-100%), which in its 64-px scenes
-# often cuts the object out or turns a small one into a large one: chosen on the validation split
-# (benchmarks/mini_crop_on_val.py; CoOp, 2 seeds, all 7 data sets: mean base accuracy 67.4 with
-# crop 0.08, 76.0 with 0.5, 79.2 with 1 = no crop). Every method gets the same augmentation.
-MINI_CROP_MIN_SCALE = 1.0
-
 
 def mini_bench(
     protocol: str,
@@ -99,19 +70,21 @@ def mini_bench(
     pretrained: str | Path | None = None,
     device: str = "cpu",
     plots: bool = True,
-    crop_min_scale: float = MINI_CROP_MIN_SCALE,
+    crop_min_scale: float | None = None,
     **bench_kwargs: Any,
 ) -> Any:
-    """`vlprompt.protocols.run_bench` on the mini world with the tiny CLIP and `MINI_SETTINGS`
-    (override per method with `settings`). `crop_min_scale`: the training crop (default
-    `MINI_CROP_MIN_SCALE`: none; 0.08 = the papers'). `bench_kwargs` go to `run_bench` as they
-    are (e.g. `executor="ray"`, `verbose=True`). Resumable: finished evaluations are not
-    repeated."""
+    """`vlprompt.protocols.run_bench` on the mini world with the tiny CLIP and the `mini` preset
+    (vlprompt.presets: `MINI_SETTINGS` and `MINI_CROP_MIN_SCALE`; override per method with
+    `settings`), the same runs as `vlprompt bench PROTOCOL --methods ... --datasets mini_...`.
+    `crop_min_scale`: the training crop (default: the preset's, none; 0.08 = the papers').
+    `bench_kwargs` go to `run_bench` as they are (e.g. `executor="ray"`, `verbose=True`,
+    `preset="paper"`). Resumable: finished evaluations are not repeated."""
+    from vlprompt.presets import MINI_PRESET
     from vlprompt.protocols import run_bench
 
-    overrides = {m: dict(MINI_SETTINGS.get(m, {})) for m in methods}
-    for method, values in (settings or {}).items():
-        overrides.setdefault(method, {}).update(values)
+    train_kwargs = dict(bench_kwargs.pop("train_kwargs", None) or {})
+    if crop_min_scale is not None:
+        train_kwargs = {"crop_min_scale": crop_min_scale, **train_kwargs}
     return run_bench(
         protocol,
         list(methods),
@@ -122,12 +95,13 @@ def mini_bench(
         backbone=MODEL_NAME,
         pretrained=str(pretrained or checkpoint_path()),
         output_dir=output_dir,
-        method_overrides=overrides,
+        method_overrides={m: dict(v) for m, v in (settings or {}).items()} or None,
         device=device,
         plots=plots,
-        **{**bench_kwargs, "train_kwargs": {"crop_min_scale": crop_min_scale,
-                                             **bench_kwargs.get("train_kwargs", {})}},
-    )  # fmt: skip
+        preset=bench_kwargs.pop("preset", MINI_PRESET),
+        train_kwargs=train_kwargs,
+        **bench_kwargs,
+    )
 
 
 def quickstart(

@@ -8,8 +8,9 @@ from importlib import resources
 from pathlib import Path
 
 from vlprompt.backbone import ClipBackbone, load_clip
+from vlprompt.mini.settings import TINY_CLIP_NAME
 
-MODEL_NAME = "vlprompt-mini-vit"
+MODEL_NAME = TINY_CLIP_NAME
 _ASSETS = resources.files("vlprompt") / "assets"
 # the architecture itself is registered by vlprompt.backbone (assets/vlprompt-mini-vit.json)
 
