@@ -398,6 +398,10 @@ def _add_mini_parser(p: argparse.ArgumentParser) -> None:
                    "its file name) instead of the shipped architecture")  # fmt: skip
 
 
+def _add_adopt_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="a run or sweep folder written by an earlier vlprompt")
+
+
 # verb -> (one-line help, description, examples, what adds its arguments)
 VERBS: dict[str, tuple[str, str | None, str, Any]] = {
     "train": ("train a method on a data set into a run folder",
@@ -418,6 +422,11 @@ VERBS: dict[str, tuple[str, str | None, str, Any]] = {
                "Rewrite summary.md, summary.csv, summary.tex and plots/ of a sweep folder from its "
                "results.jsonl, and print the average table and the pairwise verdicts.",
                REPORT_EXAMPLE, _add_report_parser),
+    "adopt": ("mark a run or sweep folder of an earlier release as vlprompt's",
+              "Mark a folder whose files are a vlprompt run or sweep (config.json, results.jsonl) "
+              "but that has no valid .vlprompt-folder marker, so that this release writes into it "
+              "again (eval, resume, bench). Anything else is refused untouched.",
+              "examples:\n  vlprompt adopt runs/old_rpo\n", _add_adopt_parser),
     "methods": ("list the methods", None, METHODS_EXAMPLE, _add_methods_parser),
     "presets": ("list the paper presets (official settings)", None, PRESETS_EXAMPLE,
                 _add_presets_parser),
@@ -837,6 +846,14 @@ def _length(config) -> str:
     return f"{iterations} iterations" if iterations > 0 else f"{config.epochs} epochs"
 
 
+def cmd_adopt(args: argparse.Namespace) -> int:
+    from vlprompt.run_folder import adopt_folder
+
+    kind = adopt_folder(args.folder)
+    print(f"{args.folder}: a vlprompt {kind}, marked; this release writes into it again")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from vlprompt.methods import get_method_class, list_methods
     from vlprompt.methods.parameter_counts import COUNT_MODEL, parameter_counts
@@ -944,6 +961,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "bench": cmd_bench,
     "report": cmd_report,
+    "adopt": cmd_adopt,
     "methods": cmd_methods,
     "presets": cmd_presets,
     "datasets": cmd_datasets,

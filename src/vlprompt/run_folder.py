@@ -196,6 +196,72 @@ def foreign_entries(folder: Path) -> list[str]:
         ) from None
 
 
+def unmarked_kind(folder: str | Path) -> str | None:
+    """ "run" or "sweep" for an unmarked folder whose files are vlprompt's (a run's config.json
+    with its method settings, or a sweep's results.jsonl of protocol records): what an earlier
+    release wrote before folders were marked. None for anything else."""
+    folder = Path(folder)
+    config = folder / CONFIG_FILE
+    if config.is_file() and not is_link(config):
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            data = None
+        if isinstance(data, dict) and {"method", "dataset", "method_config"} <= set(data):
+            return "run"
+    results = folder / RESULTS_FILE
+    if results.is_file() and not is_link(results):
+        try:
+            first = results.read_text(encoding="utf-8").splitlines()[:1]
+            record = json.loads(first[0]) if first else None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if isinstance(record, dict) and {"protocol", "key", "method"} <= set(record):
+            return "sweep"
+    return None
+
+
+def _not_marked_hint(folder: Path, kind: str) -> str:
+    """What to do about an unmarked or damaged-marker folder, when its files are vlprompt's."""
+    marker = folder / MARKER_FILE
+    found = unmarked_kind(folder)
+    if marker.is_file() and not is_link(marker) and read_marker(folder) is None:
+        head = f"its {MARKER_FILE} marker is damaged (not vlprompt's marker format)"
+    elif found is not None:
+        head = (f"it holds a vlprompt {found} of an earlier release, written before folders "
+                "were marked")  # fmt: skip
+    else:
+        return ""
+    if found is None:
+        return f"; {head}: move your files to a new folder, or remove {marker} if you know the folder is yours"
+    return f"; {head}: to carry it forward, mark it with `vlprompt adopt {folder}`"
+
+
+def adopt_folder(folder: str | Path) -> str:
+    """Mark an unmarked (or damaged-marker) folder whose files are vlprompt's run or sweep
+    (`unmarked_kind`) so that this release writes into it again; returns its kind. Anything
+    else is refused with one line, untouched."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FolderError(f"{folder} is not a folder; expected a run or sweep folder")
+    found = folder_kind(folder)
+    if found is not None:
+        return found
+    kind = unmarked_kind(folder)
+    if kind is None:
+        raise FolderError(
+            f"{folder} holds neither a vlprompt run (config.json with method settings) nor a "
+            "sweep (results.jsonl of protocol records), so it is not marked; nothing was changed"
+        )
+    refuse_links(folder, kind)
+    atomic_write_json(
+        folder / MARKER_FILE,
+        {"format": MARKER_FORMAT, "kind": kind, "id": uuid.uuid4().hex,
+         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "adopted": True},
+    )  # fmt: skip
+    return kind
+
+
 def claim_folder(folder: str | Path, kind: str, *, what: str = "output folder") -> Path:
     """Make `folder` a marked vlprompt folder of `kind` and return it, or refuse it untouched.
 
@@ -221,8 +287,9 @@ def claim_folder(folder: str | Path, kind: str, *, what: str = "output folder") 
             shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
             raise FolderError(
                 f"{what} {folder} is not empty and holds no run of vlprompt (found {shown}; no "
-                f"{MARKER_FILE} marker); vlprompt writes only into a new or empty folder or one "
-                "it created, so nothing was changed: choose a new or empty folder"
+                f"valid {MARKER_FILE} marker); vlprompt writes only into a new or empty folder "
+                "or one it created, so nothing was changed: choose a new or empty folder"
+                + _not_marked_hint(folder, kind)
             )
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -245,6 +312,7 @@ def require_ours(folder: str | Path, kind: str, *, action: str) -> Path:
         raise FolderError(
             f"{folder} has no {MARKER_FILE} marker of a vlprompt {kind}, so vlprompt does not "
             f"{action} there (it writes only into folders it created)"
+            + _not_marked_hint(folder, kind)
         )
     return refuse_links(folder, kind)
 
