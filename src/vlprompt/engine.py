@@ -185,12 +185,33 @@ def fit(
     started = time.perf_counter()
     history: list[EpochStats] = []
     method.train()
+    from tqdm.auto import tqdm
+
+    steps = [steps_in_epoch(cfg, e, len(loader)) for e in range(start_epoch, epochs)]
+    say(f"training: {epochs - start_epoch} epoch(s), {sum(steps)} optimizer steps of batch "
+        f"{cfg.batch_size}" + (f" (from epoch {start_epoch + 1})" if start_epoch else ""))  # fmt: skip
+    show = _progress_enabled(progress, ctx)
+    bar = tqdm(total=sum(steps), desc="training", unit="step", disable=not show,
+               dynamic_ncols=True)  # fmt: skip
     run = _Training(
         method=method, loader=loader, optimizer=optimizer, scaler=scaler, scale=scale,
         params=params, ctx=ctx, device=device, precision=precision,
-        show=_progress_enabled(progress, ctx), run_dir=run_dir, pool=pool, epochs=epochs,
-        lr_of_step=_lr_of_step(cfg, len(loader)),
+        show=show, run_dir=run_dir, pool=pool, epochs=epochs,
+        lr_of_step=_lr_of_step(cfg, len(loader)), bar=bar,
     )  # fmt: skip
+    with bar:
+        _train_epochs(run, cfg, sampler, generator, seed, start_epoch, settings, run_dir,
+                      on_epoch_end, say, history, started, steps)  # fmt: skip
+    method.eval()
+    return FitResult(epochs, start_epoch, time.perf_counter() - started, history)
+
+
+def _train_epochs(run, cfg, sampler, generator, seed, start_epoch, settings, run_dir,
+                  on_epoch_end, say, history, started, steps) -> None:  # fmt: skip
+    """The epoch loop of `fit`: train, check, report (with the whole run's remaining time),
+    checkpoint."""
+    method, loader, optimizer, scaler = run.method, run.loader, run.optimizer, run.scaler
+    params, ctx, epochs = run.params, run.ctx, run.epochs
     for epoch in range(start_epoch, epochs):
         if run.lr_of_step is not None:  # set at every step; reported: the epoch's first
             lr = run.lr_of_step(epoch * len(loader))
@@ -216,9 +237,12 @@ def fit(
                 "(or --resume to continue from that checkpoint)"
             )
         history.append(stats)
+        done = sum(steps[: epoch + 1 - start_epoch])
+        left = (time.perf_counter() - started) / max(done, 1) * (sum(steps) - done)
         say(
             f"epoch {stats.epoch}/{epochs}  lr {lr:.3g}  loss {stats.loss:.4f}  "
             f"acc {stats.accuracy:.2f}%  {stats.images_per_s:.1f} img/s"
+            + (f"  (about {_duration(left)} left)" if epoch + 1 < epochs else "")
         )
         if run_dir is not None and ctx.is_main:
             save_checkpoint(
@@ -229,8 +253,15 @@ def fit(
         ctx.barrier()
         if on_epoch_end is not None:
             on_epoch_end(stats)
-    method.eval()
-    return FitResult(epochs, start_epoch, time.perf_counter() - started, history)
+
+
+def _duration(seconds: float) -> str:
+    """43 s, 12 min, 1 h 35 min."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
 
 
 @dataclass
@@ -252,6 +283,7 @@ class _Training:
     epochs: int = 0  # the epochs of the training (`schedule.planned_epochs`)
     # the learning rate of each 0-based global step (lr_schedule "step"); None: set per epoch
     lr_of_step: Callable[[int], float] | None = None
+    bar: Any = None  # one tqdm bar over every step of the run (its ETA is the whole run's)
 
 
 def _lr_of_step(cfg: Any, steps_per_epoch: int) -> Callable[[int], float] | None:
@@ -265,7 +297,6 @@ def _lr_of_step(cfg: Any, steps_per_epoch: int) -> Callable[[int], float] | None
 def _run_epoch(run: _Training, epoch: int, lr: float) -> EpochStats:
     """One epoch (0-based `epoch`, at learning rate `lr`) over `run.loader`; the loss and
     accuracy are summed over all processes."""
-    from tqdm.auto import tqdm
 
     method, loader, optimizer, scaler = run.method, run.loader, run.optimizer, run.scaler
     ctx, device, pool, show = run.ctx, run.device, run.pool, run.show
@@ -274,9 +305,9 @@ def _run_epoch(run: _Training, epoch: int, lr: float) -> EpochStats:
     started = time.perf_counter()
     steps = steps_in_epoch(method.config, epoch, len(loader))  # fewer in an `iterations` end
     batches = itertools.islice(loader, steps)
-    bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{epochs}", disable=not show,
-               leave=False)  # fmt: skip
-    for step, (images, labels) in enumerate(bar):
+    bar = run.bar
+    bar.set_description(f"epoch {epoch + 1}/{epochs}")
+    for step, (images, labels) in enumerate(batches):
         if run.lr_of_step is not None:
             set_lr(optimizer, run.lr_of_step(epoch * len(loader) + step))
         if pool is not None:  # the loader gives image indices; the pool gives their views
@@ -307,13 +338,13 @@ def _run_epoch(run: _Training, epoch: int, lr: float) -> EpochStats:
         correct += (out.logits.argmax(dim=-1) == labels).sum().item()
         seen += n
         elapsed = time.perf_counter() - started
+        bar.update(1)
         if show:
             bar.set_postfix(
                 loss=f"{total_loss / seen:.4f}",
                 acc=f"{100 * correct / seen:.1f}",
                 ips=f"{seen * ctx.world_size / max(elapsed, 1e-9):.1f}",
             )
-    bar.close()
     sums = torch.tensor([total_loss, correct, seen], dtype=torch.float64)
     if ctx.enabled:
         sums = sums.to(device)
