@@ -96,3 +96,7 @@ class CalibrationError(VlpromptError, ValueError):
 
 class DiagnosisError(VlpromptError, ValueError):
     """Logits, labels, class names or image paths that an evaluation report cannot use."""
+
+
+class ExportError(VlpromptError, ValueError):
+    """A run that cannot be exported as asked (CoCoOp, a missing package, an unknown format)."""
