@@ -160,12 +160,18 @@ def _photo_folder(root: Path) -> Path:
     return root
 
 
+def _snippet(path: Path, heading: str) -> str:
+    """The first python block after `heading` in `path`."""
+    text = path.read_text(encoding="utf-8")
+    return re.search(r"```python\n(.*?)```", text[text.index(heading) :], re.S).group(1)
+
+
 def _docs_snippet() -> str:
-    """The onnxruntime snippet of docs/deploy.md (the block after its "without vlprompt"
-    heading), which the test runs as it is."""
-    text = DOCS.read_text(encoding="utf-8")
-    part = text[text.index("## Classifying without vlprompt") :]
-    return re.search(r"```python\n(.*?)```", part, re.S).group(1)
+    """The onnxruntime snippet of docs/deploy.md, which the test runs as it is; the README
+    shows the same one."""
+    snippet = _snippet(DOCS, "## Classifying without vlprompt")
+    assert _snippet(DOCS.parents[1] / "README.md", "## Deploy") == snippet
+    return snippet
 
 
 def test_a_python_without_vlprompt_classifies_like_predict(runs, tmp_path, capsys):

@@ -27,6 +27,7 @@ import contextlib
 import copy
 import dataclasses
 import io
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -448,6 +449,11 @@ def export_run(
             f"`vlprompt train --resume --output-dir {run.run_dir}`, then export"
         )
     temperature = float(getattr(run, "temperature", 1.0))
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ExportError(
+            f"{run.run_dir}: the run's temperature is {temperature}, expected a finite number "
+            "> 0; calibrate the run again"
+        )
     model = build_exportable(
         run.method, temperature=temperature, features=features, probabilities=probabilities
     )
