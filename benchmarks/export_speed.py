@@ -122,7 +122,7 @@ def main() -> None:
           "(median over rounds)\n")  # fmt: skip
     print("| method | batch | zero-shot CLIP image pass (torch) | vlprompt predict (torch) "
           "| exported ONNX (onnxruntime) | exported time / zero-shot time | max logit diff "
-          "| export s |")  # fmt: skip
+          "| export wall s |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
     for name, batch, s, gap, export_s in rows:
         print(f"| {name} | {batch} | {s['zero-shot']:.1f} | {s['predict']:.1f} | "
