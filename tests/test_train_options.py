@@ -171,7 +171,8 @@ def test_help_imports_neither_torch_nor_open_clip():
     code = (
         "import sys, contextlib, io\n"
         "from vlprompt.cli import main\n"
-        "for argv in (['--help'], ['eval', '--help'], ['bench', '--help'], ['predict', '--help']):\n"
+        "for argv in (['--help'], ['eval', '--help'], ['bench', '--help'], ['predict', '--help'],\n"
+        "             ['export', '--help']):\n"
         "    with contextlib.redirect_stdout(io.StringIO()):\n"
         "        try: main(argv)\n"
         "        except SystemExit: pass\n"

@@ -130,6 +130,13 @@ class Run:
         """`vlprompt.evaluate(self, **kwargs)`."""
         return evaluate(self, **kwargs)
 
+    def export(self, output_dir: str | Path, format: str = "onnx", **kwargs: Any) -> Path:
+        """`vlprompt.export.export_run(self, output_dir, format, **kwargs)`: the run as an ONNX or
+        TorchScript classifier with its labels and preprocessing (docs/deploy.md)."""
+        from vlprompt.export import export_run
+
+        return export_run(self, output_dir, format, **kwargs)
+
     def predict(
         self, images: Sequence[Any], topk: int = 5, batch_size: int = 32
     ) -> list[list[tuple[str, float]]]:

@@ -46,6 +46,10 @@ PREDICT_EXAMPLE = """examples:
   vlprompt predict runs/rpo_pets cat.jpg dog.png --topk 3
   vlprompt predict runs/mine ~/new_photos/ --json > predictions.json
 """
+EXPORT_EXAMPLE = """examples:
+  vlprompt export runs/rpo_pets --format onnx -o exported/rpo_pets
+  vlprompt export runs/rpo_pets --format torchscript --probabilities -o exported/rpo_pets_ts
+"""
 BENCH_EXAMPLE = """examples:
   vlprompt bench base2new --methods rpo,prograd --datasets oxford_pets,dtd --seeds 1,2,3 \\
       --root ~/data --output-dir bench/b2n
@@ -277,6 +281,21 @@ def _add_predict_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-remote-weights", action="store_true", help=REMOTE_HELP)
 
 
+def _add_export_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a finished run folder written by `vlprompt train`")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
+                   help="onnx (needs pip install 'vlprompt[export]') or torchscript")  # fmt: skip
+    p.add_argument("-o", "--output-dir", required=True,
+                   help="a new or empty folder (or an earlier export folder)")  # fmt: skip
+    p.add_argument("--features", action="store_true",
+                   help="a second output: the normalised image features the head reads")  # fmt: skip
+    p.add_argument("--probabilities", action="store_true",
+                   help="an output softmax(logits / T), T the run's calibrated temperature "
+                   "(1 without calibration); the logits stay uncalibrated")  # fmt: skip
+    p.add_argument("--trust-torchscript", action="store_true", help=TRUST_HELP)
+    p.add_argument("--allow-remote-weights", action="store_true", help=REMOTE_HELP)
+
+
 def _add_bench_parser(p: argparse.ArgumentParser) -> None:
     from vlprompt.protocols import PROTOCOLS
 
@@ -411,6 +430,10 @@ VERBS: dict[str, tuple[str, str | None, str, Any]] = {
              EVAL_EXAMPLE, _add_eval_parser),
     "predict": ("classify images with a run", "Top-k class names with probabilities.",
                 PREDICT_EXAMPLE, _add_predict_parser),
+    "export": ("export a run as an ONNX or TorchScript classifier",
+               "Write the run's image path and head as one model (images -> logits) with "
+               "labels.json, preprocess.json and model.json (docs/deploy.md).", EXPORT_EXAMPLE,
+               _add_export_parser),
     "bench": ("run a protocol sweep (base2new, fewshot, xd, dg)",
               "Train and evaluate over methods x data sets x shots x seeds; finished runs are "
               "skipped, so an interrupted sweep resumes.", BENCH_EXAMPLE, _add_bench_parser),
@@ -692,6 +715,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from vlprompt import api
+
+    run = api.load_run(args.run_dir, trust_torchscript=args.trust_torchscript,
+                       allow_remote_weights=args.allow_remote_weights)  # fmt: skip
+    path = run.export(
+        args.output_dir, args.format, features=args.features, probabilities=args.probabilities
+    )
+    print(f"wrote {path} with labels.json, preprocess.json and model.json in {path.parent}")
+    return 0
+
+
 def _csv(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -959,6 +994,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "predict": cmd_predict,
     "serve": cmd_serve,
+    "export": cmd_export,
     "bench": cmd_bench,
     "report": cmd_report,
     "adopt": cmd_adopt,

@@ -106,3 +106,7 @@ class ServeError(VlpromptError, ValueError):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
+
+
+class ExportError(VlpromptError, ValueError):
+    """A run that cannot be exported as asked (CoCoOp, a missing package, an unknown format)."""

@@ -6,8 +6,8 @@ each file). Eval, predict, export and serve read this format.
 
 A user's files are never deleted or appended to. vlprompt writes only into a folder it created
 itself, which it marks first, before anything else, with `.vlprompt-folder`: a JSON file holding
-a fixed format tag, the folder's kind (`run` or `sweep`) and a random id. A user file can take
-that name but not that content by accident, so the marker, not file names such as
+a fixed format tag, the folder's kind (`run`, `sweep` or `export`) and a random id. A user file
+can take that name but not that content by accident, so the marker, not file names such as
 `config.json`, decides whether a folder is ours. A folder that is missing or empty becomes ours;
 a folder holding anything else without a valid marker is refused before it is touched.
 
@@ -66,9 +66,13 @@ SUMMARY_MD = "summary.md"  # sweep: tables
 SUMMARY_CSV = "summary.csv"  # sweep: the aggregated numbers
 SUMMARY_TEX = "summary.tex"  # sweep: the tables as booktabs LaTeX
 PLOTS_DIR = "plots"  # sweep: PNG and PDF plots
+EXPORT_MODELS = ("model.onnx", "model.pt")  # export: the model, ONNX or TorchScript
+EXPORT_LABELS = "labels.json"  # export: the class names in logit order
+EXPORT_PREPROCESS = "preprocess.json"  # export: the eval transform as data
+EXPORT_MODEL_INFO = "model.json"  # export: method, backbone, format, inputs, outputs, temperature
 
 MARKER_FORMAT = "vlprompt-folder/1"
-KINDS = ("run", "sweep")
+KINDS = ("run", "sweep", "export")
 # what a run writes and `--overwrite` removes (with checkpoints/; tensorboard/ is kept)
 RUN_FILES = (
     CONFIG_FILE,
@@ -90,6 +94,14 @@ LAYOUT = {
         SUMMARY_CSV,
         SUMMARY_TEX,
         PLOTS_DIR,
+    ),
+    "export": (
+        MARKER_FILE,
+        LOCK_FILE,
+        *EXPORT_MODELS,
+        EXPORT_LABELS,
+        EXPORT_PREPROCESS,
+        EXPORT_MODEL_INFO,
     ),
 }
 
@@ -179,7 +191,7 @@ def read_marker(folder: str | Path) -> dict | None:
 
 
 def folder_kind(folder: str | Path) -> str | None:
-    """ "run" or "sweep" for a folder vlprompt marked, else None."""
+    """ "run", "sweep" or "export" for a folder vlprompt marked, else None."""
     marker = read_marker(folder)
     return marker["kind"] if marker else None
 
