@@ -109,7 +109,7 @@ def test_the_graph_holds_no_text_tower(runs, tmp_path):
 @pytest.mark.parametrize("name", ["tip_adapter_f", "rpo", "ivlp"])
 def test_features_and_probabilities_outputs(name, runs, tmp_path):
     run = vlprompt.load_run(runs(name))
-    run.temperature = 2.5  # a calibrated run's temperature
+    run.calibration = {"temperature": 2.5}  # a calibrated run (its fitted temperature)
     images = _images(3)
     method = run.method
     with torch.no_grad():
