@@ -497,7 +497,7 @@ def test_the_model_computes_the_class_side_once_and_matches_run_predict(trained,
     for row, path in zip(rows[-1], paths):
         want = trained.expected[path]
         assert np.allclose([row[trained.run.classnames.index(c)] for c, _ in want],
-                           [p for _, p in want], rtol=0, atol=1e-6)  # fmt: skip
+                           [p for _, p in want], rtol=0, atol=1e-5)  # fmt: skip
 
 
 def test_decode_checks_pixels_before_decoding_and_names_the_file():
@@ -548,16 +548,6 @@ def test_upload_names_hosts_limits_and_the_missing_extra(monkeypatch):
 
 
 # ---- last: shutdown (the module's server ends here) ---------------------------------------------
-def test_sigterm_stops_the_server_within_seconds(server):
-    server.proc.send_signal(signal.SIGTERM)
-    start = time.monotonic()
-    code = server.proc.wait(timeout=15)
-    log = server.log.read_text()
-    assert code in (0, -signal.SIGTERM), log[-2000:]  # uvicorn re-raises the signal it handled
-    assert time.monotonic() - start < 10
-    assert "vlprompt: stopped; classified" in log and "Traceback" not in log, log[-2000:]
-
-
 def test_coverage_gives_the_runs_own_conformal_sets(trained, server):
     """The served run was calibrated when it was trained: ?coverage=0.9 answers with the same
     sets as `Run.prediction_sets`."""
@@ -571,3 +561,13 @@ def test_coverage_gives_the_runs_own_conformal_sets(trained, server):
     want = trained.run.prediction_sets([image], coverage=0.9)[0]
     got = answer.json()["predictions"][0]["set"]
     assert [c["class"] for c in got] == [c for c, _ in want]
+
+
+def test_sigterm_stops_the_server_within_seconds(server):
+    server.proc.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    code = server.proc.wait(timeout=15)
+    log = server.log.read_text()
+    assert code in (0, -signal.SIGTERM), log[-2000:]  # uvicorn re-raises the signal it handled
+    assert time.monotonic() - start < 10
+    assert "vlprompt: stopped; classified" in log and "Traceback" not in log, log[-2000:]
