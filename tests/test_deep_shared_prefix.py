@@ -140,13 +140,20 @@ def test_frozen_weights_get_no_gradient_and_no_patch_embedding_backward(tiny_cli
     backward stops at the first prompted block (TCP: the image tower runs without autograd)."""
     method = create_method(name, tiny_clip, CLASSES)
     seen: list[bool] = []
-    conv = tiny_clip.model.visual.conv1
-    handle = conv.register_forward_hook(lambda m, i, out: seen.append(out.requires_grad))
+    visual = tiny_clip.model.visual
+    handles = [
+        visual.conv1.register_forward_hook(lambda m, i, out: seen.append(out.requires_grad)),
+        # ln_pre: recorded only for the (few) prompt tokens, never for CLS + patches
+        visual.ln_pre.register_forward_hook(
+            lambda m, i, out: seen.append(out.requires_grad and out.shape[1] > 4)
+        ),
+    ]
     images = torch.randn(3, 3, tiny_clip.image_size, tiny_clip.image_size)
     try:
         method.backward_step(images, LABELS)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     assert seen and not any(seen)
     for p in tiny_clip.model.parameters():
         assert not p.requires_grad and p.grad is None

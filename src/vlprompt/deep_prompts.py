@@ -291,7 +291,9 @@ def deep_image_features(
     x = clip.vision_embed(images.to(clip.device))
     p = prompts.to(x.dtype)
     p = p.expand(x.shape[0], -1, -1) if p.dim() == 2 else p
-    x = clip.vision_ln_pre(torch.cat([x, p], dim=1))
+    # ln_pre is per token: applied to the frozen tokens and the prompts apart, autograd records
+    # it for the prompts only (the backward stops at the first prompted block)
+    x = torch.cat([clip.vision_ln_pre(x), clip.vision_ln_pre(p)], dim=1)
     blocks = clip.vision_blocks
     hook = DeepPromptHook(
         ReplaceTokens(list(deep), start=None, first_block=1),

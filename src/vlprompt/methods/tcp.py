@@ -274,11 +274,12 @@ class TCP(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
     def encode_chunk(
         self, prompts: torch.Tensor, eot_index: torch.Tensor, tokens: torch.Tensor
     ) -> torch.Tensor:
-        """One chunk's features. Fast path: the positions every class prompt shares (SOS, the
-        context, fixed template words) go through the blocks before `inject_layer` once
-        (`injected_text_features`); the class-aware tokens make every position class-specific
-        from there on."""
-        shared = self.shared_prefix_length()
+        """One chunk's features. Fast path while training (autograd records; evaluation's
+        features are computed once per class list and cached, through the plain pass): the
+        positions every class prompt shares (SOS, the context, fixed template words) go through
+        the blocks before `inject_layer` once (`injected_text_features`); the class-aware tokens
+        make every position class-specific from there on."""
+        shared = self.shared_prefix_length() if torch.is_grad_enabled() else 0
         if shared and can_share_prefix(self.clip, shared, eot_index, []):
             return injected_text_features(
                 self.clip, prompts, eot_index, tokens, self.inject_layer, shared
