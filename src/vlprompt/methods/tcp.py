@@ -38,7 +38,10 @@ Departures:
   precision applies.
 - Widths come from the backbone (official: the meta-net output is reshaped with a hard-coded 512);
   the injection block defaults to 8, or the last block of a tower of 9 blocks or fewer.
-- The text tower runs only up to the longest EOS on the fast path (exact under the causal mask).
+- The text tower runs only up to the longest EOS on the fast path (exact under the causal mask);
+  while training, the positions every class prompt shares (SOS, the context, template words
+  before the name) go through the blocks before the injection once, not once per class, and the
+  last block computes the EOS rows only (exact).
 - `ctx_init` words initialise the context (official: any CTX_INIT means "a photo of a"); the
   class-aware tokens must end before every class prompt's EOS (official: unchecked).
 """
