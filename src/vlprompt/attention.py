@@ -124,23 +124,40 @@ def prefixed_rows_forward(
     return _finish(block, rows, attended)
 
 
+def block_keys_values(block: nn.Module, x: torch.Tensor) -> KeyValues:
+    """The keys and values of `x` [B, S, D] at `block` (ln_1 and the k/v projections only):
+    what later rows read of positions whose own outputs are not needed."""
+    attn = block.attn
+    d = x.shape[-1]
+    weight, bias = attn.in_proj_weight, attn.in_proj_bias
+    kv = F.linear(block.ln_1(x), weight[d:], bias[d:] if bias is not None else None)
+    k, v = (_heads(t, attn.num_heads) for t in kv.chunk(2, dim=-1))
+    return KeyValues(k, v)
+
+
 def pooled_rows_forward(
     block: nn.Module,
     x: torch.Tensor,
     rows: torch.Tensor | None,
     attn_mask: torch.Tensor | None = None,
+    prefix_kv: KeyValues | None = None,
 ) -> torch.Tensor:
     """The output [B, 1, D] of one row per sequence of `block(x, attn_mask=attn_mask)`: row
     `rows[b]` of sequence b (None: row 0, the CLS token). At a tower's last block only the
     pooled row (CLS, or a text's EOS) is read, so the other rows' queries, attention outputs and
     MLP need not be computed; every row still gives its key and value. `attn_mask` [S, S]
-    additive (its row `rows[b]` applies) or None."""
+    additive (its row `rows[b]` applies) or None. With `prefix_kv` ([1 or B, H, P, head_dim]: a
+    shared prefix's keys/values, as `prefixed_rows_forward`), `x` holds the positions after the
+    prefix and `attn_mask` is [S, P + S]."""
     attn = block.attn
     d = x.shape[-1]
     h = block.ln_1(x)
     weight, bias = attn.in_proj_weight, attn.in_proj_bias
     kv = F.linear(h, weight[d:], bias[d:] if bias is not None else None)
     k, v = (_heads(t, attn.num_heads) for t in kv.chunk(2, dim=-1))
+    if prefix_kv is not None:
+        k = torch.cat([prefix_kv.k.expand(x.shape[0], -1, -1, -1), k], dim=2)
+        v = torch.cat([prefix_kv.v.expand(x.shape[0], -1, -1, -1), v], dim=2)
     index = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if rows is None else rows
     batch = torch.arange(x.shape[0], device=x.device)
     row_in, row_h = x[batch, index][:, None], h[batch, index][:, None]

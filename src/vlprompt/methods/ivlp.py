@@ -29,7 +29,9 @@ fp32 run; here they keep the tower's dtype. The number of text context vectors i
 vlprompt's CoOp; official: N_CTX_TEXT tokens of it, equal for "a photo of a" and 4); the official
 code allows vision depth 0 (no vision prompts), here both depths must be >= 1 (the depth of a
 tower with fewer than 9 blocks defaults to all of them); the text encoder
-runs only up to the longest EOS (exact under the causal mask).
+runs only up to the longest EOS and encodes the positions before the class names (SOS and the
+context, the same in every class) once, not once per class (both exact under the causal mask;
+`vlprompt.deep_prompts`).
 """
 
 from __future__ import annotations

@@ -49,7 +49,9 @@ Departures from the official code, on purpose:
 - n_ctx larger than the tokens of ctx_init is an error (official: up to 4 it takes the EOS and
   padding embeddings after ctx_init's last token as context; above 4 it silently ignores
   ctx_init and draws N(0, 0.02^2) behind "X" placeholders, which is ctx_init "" here).
-- The fast path runs the text tower only up to the longest EOS (exact under the causal mask)
+- The fast path runs the text tower only up to the longest EOS (exact under the causal mask),
+  encodes the positions before the class names (SOS, the context, "of a": the same in every
+  class, deep prompts included) once instead of once per class (exact under the causal mask)
   and the last block of each tower on its pooled rows only (EOS, CLS: the rows the heads read);
   `implementation="reference"` runs every row at the full context length, as the official code.
 """

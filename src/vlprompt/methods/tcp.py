@@ -38,7 +38,10 @@ Departures:
   precision applies.
 - Widths come from the backbone (official: the meta-net output is reshaped with a hard-coded 512);
   the injection block defaults to 8, or the last block of a tower of 9 blocks or fewer.
-- The text tower runs only up to the longest EOS on the fast path (exact under the causal mask).
+- The text tower runs only up to the longest EOS on the fast path (exact under the causal mask);
+  while training, the positions every class prompt shares (SOS, the context, template words
+  before the name) go through the blocks before the injection once, not once per class, and the
+  last block computes the EOS rows only (exact).
 - `ctx_init` words initialise the context (official: any CTX_INIT means "a photo of a"); the
   class-aware tokens must end before every class prompt's EOS (official: unchecked).
 """
@@ -56,6 +59,7 @@ from torch import nn
 
 from vlprompt.backbone import ClipBackbone, ReplaceTokens
 from vlprompt.chunking import encode_in_chunks
+from vlprompt.deep_prompts import can_share_prefix, injected_text_features, shared_prefix_length
 from vlprompt.errors import DataError, MethodError
 from vlprompt.methods import text_encoding as te
 from vlprompt.methods.base import (
@@ -207,6 +211,7 @@ class TCP(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
     name: ClassVar[str] = "tcp"
     config_class: ClassVar[type[MethodConfig]] = TCPConfig
     config: TCPConfig
+    share_text_prefix: bool = True  # fast path: shared positions once (False: per class)
 
     @classmethod
     def template_for(cls, dataset: str, dataset_template: str) -> str | None:
@@ -272,8 +277,23 @@ class TCP(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
     def encode_chunk(
         self, prompts: torch.Tensor, eot_index: torch.Tensor, tokens: torch.Tensor
     ) -> torch.Tensor:
+        """One chunk's features. Fast path while training (autograd records; evaluation's
+        features are computed once per class list and cached, through the plain pass): the
+        positions every class prompt shares (SOS, the context, fixed template words) go through
+        the blocks before `inject_layer` once (`injected_text_features`); the class-aware tokens
+        make every position class-specific from there on."""
+        shared = self.shared_prefix_length() if torch.is_grad_enabled() else 0
+        if shared and can_share_prefix(self.clip, shared, eot_index, []):
+            return injected_text_features(
+                self.clip, prompts, eot_index, tokens, self.inject_layer, shared
+            )
         hook = ReplaceTokens([tokens], start=1, first_block=self.inject_layer)
         return self.clip.encode_text_embeddings(prompts, eot_index, hook=hook)
+
+    def shared_prefix_length(self) -> int:
+        """Leading positions equal in every class prompt (0 on the reference path)."""
+        fast = self.config.implementation != "reference"
+        return shared_prefix_length(self.layout) if fast and self.share_text_prefix else 0
 
     def compute_text_features(self) -> torch.Tensor:
         return te.normalize(self.encode(self.prompt_embeddings(), self.class_tokens()))
