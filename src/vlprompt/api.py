@@ -19,6 +19,8 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -282,9 +284,15 @@ def load_run(
     *,
     trust_torchscript: bool = False,
     allow_remote_weights: bool = False,
+    pretrained: str | Path | None = None,
 ) -> Run:
     """Load a finished run: its backbone (from the config's name + pretrained tag/path) and the
     learned prompts. A folder that is not a finished run raises RunError. Loading only reads.
+
+    `run_dir` may also be a bundle written by `vlprompt pack` (vlprompt.pack): it is unpacked
+    into a temporary folder; a run trained on a local weight file then needs `pretrained`, the
+    path of that file here (checked by its sha256). `pretrained` also points a run folder at
+    its weights when they moved.
 
     A run's config.json may come from someone else: a backbone it names as `hf-hub:org/repo` or
     `local-dir:/path` (open_clip downloads or reads those weights itself) loads only with
@@ -295,7 +303,24 @@ def load_run(
     from vlprompt.backbone import load_clip
 
     run_dir = Path(run_dir)
+    keep = None
+    if run_dir.is_file():
+        from vlprompt.pack import is_bundle, resolve_weights, unpack
+
+        if not is_bundle(run_dir):
+            raise RunError(f"{run_dir} is a file but not a vlprompt bundle (`vlprompt pack`)")
+        keep = tempfile.TemporaryDirectory(prefix="vlprompt-bundle-")
+        manifest = unpack(run_dir, keep.name)
+        pretrained = resolve_weights(manifest, pretrained, run_dir)
+        run_dir = Path(keep.name)
     config = read_run_config(run_dir)
+    if pretrained is not None:
+        config = replace(config, pretrained=str(Path(pretrained).expanduser()))
+    elif config.pretrained and os.sep in config.pretrained and not Path(config.pretrained).exists():
+        raise RunError(
+            f"the weight file this run was trained on, {config.pretrained}, is not there any "
+            "more; pass its new path with --pretrained PATH (load_run(..., pretrained=PATH))"
+        )
     device = str(resolve_device(device, Dist()))  # CUDA asked for on a machine without: one line
     check_weights_source(config.backbone, run_dir, allow_remote_weights)
     if not is_run_finished(run_dir):
@@ -312,7 +337,9 @@ def load_run(
         )
     method = _load_method(run_dir, clip)
     method.eval()
-    return Run(run_dir, config, method, _read_status(run_dir), read_calibration(run_dir))
+    run = Run(run_dir, config, method, _read_status(run_dir), read_calibration(run_dir))
+    run._bundle_dir = keep  # the unpacked bundle lives as long as the run
+    return run
 
 
 def check_weights_source(

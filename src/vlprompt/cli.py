@@ -267,8 +267,18 @@ def _add_eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-remote-weights", action="store_true", help=REMOTE_HELP)
 
 
+def _add_pack_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a finished run folder")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="the bundle to write (a new file, e.g. mine.vlprompt)")  # fmt: skip
+
+
 def _add_predict_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="a run folder written by `vlprompt train`")
+    p.add_argument("run_dir", help="a run folder written by `vlprompt train`, or a bundle "
+                   "written by `vlprompt pack`")  # fmt: skip
+    p.add_argument("--pretrained", metavar="PATH",
+                   help="the run's local weight file, where it is on this machine (a bundle's "
+                   "weights are checked by their sha256)")  # fmt: skip
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--coverage", type=float, metavar="P",
@@ -450,6 +460,12 @@ VERBS: dict[str, tuple[str, str | None, str, Any]] = {
               "but that has no valid .vlprompt-folder marker, so that this release writes into it "
               "again (eval, resume, bench). Anything else is refused untouched.",
               "examples:\n  vlprompt adopt runs/old_rpo\n", _add_adopt_parser),
+    "pack": ("write a finished run as one shareable file (no CLIP weights)",
+             "Write config, learned prompts, calibration and splits of a finished run as one "
+             "zip; `vlprompt predict FILE --pretrained PATH` uses it on another machine.",
+             "examples:\n  vlprompt pack runs/mine -o mine.vlprompt\n"
+             "  vlprompt predict mine.vlprompt photo.jpg --pretrained ~/weights/ViT-B-16.pt\n",
+             _add_pack_parser),
     "methods": ("list the methods", None, METHODS_EXAMPLE, _add_methods_parser),
     "presets": ("list the paper presets (official settings)", None, PRESETS_EXAMPLE,
                 _add_presets_parser),
@@ -648,7 +664,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.topk < 1:
         raise CliError(f"--topk must be >= 1, got {args.topk}")
     run = api.load_run(args.run_dir, device=args.device, trust_torchscript=args.trust_torchscript,
-                       allow_remote_weights=args.allow_remote_weights)  # fmt: skip
+                       allow_remote_weights=args.allow_remote_weights,
+                       pretrained=args.pretrained)  # fmt: skip
     if args.coverage is not None:
         return _predict_sets(run, args)
     results, skipped, n_read = [], [], 0
@@ -881,6 +898,14 @@ def _length(config) -> str:
     return f"{iterations} iterations" if iterations > 0 else f"{config.epochs} epochs"
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    from vlprompt.pack import pack_run
+
+    path = pack_run(args.run_dir, args.output)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB; the CLIP weights are not in it)")
+    return 0
+
+
 def cmd_adopt(args: argparse.Namespace) -> int:
     from vlprompt.run_folder import adopt_folder
 
@@ -998,6 +1023,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "report": cmd_report,
     "adopt": cmd_adopt,
+    "pack": cmd_pack,
     "methods": cmd_methods,
     "presets": cmd_presets,
     "datasets": cmd_datasets,
