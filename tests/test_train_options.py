@@ -140,7 +140,8 @@ def test_every_train_flag_reaches_the_train_call(monkeypatch, tmp_path):
 def _changed(option):
     special = {"root": "/elsewhere", "preset": "coop", "backbone": "RN50", "pretrained": None,
                "device": "cuda:1", "subsample": "base", "precision": "bf16",
-               "split": "0.6,0.2,0.2", "classnames_file": "/names.json"}  # fmt: skip
+               "split": "0.6,0.2,0.2", "classnames_file": "/names.json",
+               "select_on": "val"}  # fmt: skip
     if option.name in special:
         return special[option.name]
     if isinstance(option.default, bool):

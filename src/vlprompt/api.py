@@ -626,6 +626,7 @@ def train(
     keep_checkpoints: int = 1,
     view_pool: int = 0,
     crop_min_scale: float = CROP_MIN_SCALE_DEFAULT,
+    select_on: str = "last",
     evaluate: bool = True,
     calibrate: bool = True,
     progress: bool | None = None,
@@ -763,6 +764,7 @@ def _train_and_evaluate(config, run_dir, *, resume, evaluate, progress, on_epoch
             "epochs": epochs,  # as run: an `iterations` training's epochs follow from its steps
             "iterations": getattr(method.config, "iterations", 0) if method.needs_training else 0,
             "train_wall_s": wall_s,
+            "selected_epoch": getattr(method, "selected_epoch", None),  # --select-on val
             "n_train_images": len(splits.train),
             "n_classes": len(splits.classnames),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -883,10 +885,16 @@ def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torc
         transform_for(clip, train=True, crop_min_scale=config.engine.crop_min_scale),
         keep_decoded_bytes=KEEP_DECODED_TRAIN_BYTES,
     )
+    if config.engine.select_on == "val" and not splits.val:
+        raise RunError("--select-on val needs validation images, and this split has none; "
+                       "give the split a validation share (e.g. --split 0.6,0.2,0.2)")  # fmt: skip
     result = fit(
         method, dataset, settings=config.engine, seed=config.seed, run_dir=run_dir,
         resume=resume, progress=progress, ctx=ctx, on_epoch_end=on_epoch_end, logger=say,
+        val_items=splits.val if config.engine.select_on == "val" else None,
     )  # fmt: skip
+    if result.selected_epoch is not None:
+        method.selected_epoch = result.selected_epoch
     return method, splits, result.wall_s, result.epochs
 
 

@@ -24,6 +24,7 @@ PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 MAX_SEED = 2**32 - 1  # numpy's limit (np.random.seed)
 DEVICE_EXAMPLES = "cpu, cuda, cuda:1, mps"
 SUBSAMPLE_CHOICES = ("all", "base", "new")
+SELECT_CHOICES = ("last", "val")  # which epoch's weights a run keeps
 DEFAULT_BACKBONE = "ViT-B-16"  # the papers' backbone
 DEFAULT_PRETRAINED = "openai"  # OpenAI weights (QuickGELU is chosen by vlprompt.load_clip)
 
@@ -99,8 +100,19 @@ class EngineSettings:
                   "flips only)", "metavar": "F"},
     )  # fmt: skip
 
+    select_on: str = field(
+        default="last",
+        metadata={"help": "which epoch's weights the run keeps: last (the papers') or val (the "
+                  "epoch of the best validation accuracy, earliest on ties: early stopping that "
+                  "never reads the test split)", "choices": SELECT_CHOICES},
+    )  # fmt: skip
+
     def __post_init__(self) -> None:
         self.device = check_device(self.device)
+        if self.select_on not in SELECT_CHOICES:
+            raise ConfigError(
+                f"select_on must be one of {', '.join(SELECT_CHOICES)}, got {self.select_on!r}"
+            )
         if self.precision not in PRECISION_CHOICES:
             raise ConfigError(
                 f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}"

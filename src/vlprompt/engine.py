@@ -76,6 +76,7 @@ class FitResult:
     start_epoch: int  # 0 for a fresh run, k when resumed after k epochs
     wall_s: float  # seconds of this call (not counting epochs done before a resume)
     history: list[EpochStats] = field(default_factory=list)
+    selected_epoch: int | None = None  # the epoch kept by selection on val (select_on "val")
 
 
 def _progress_enabled(progress: bool | None, ctx: Dist) -> bool:
@@ -136,12 +137,15 @@ def fit(
     ctx: Dist | None = None,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
     logger: Callable[[str], None] | None = None,
+    val_items: Any = None,
 ) -> FitResult:
     """Train `method` (already on its device) on `dataset` ((image, label) pairs) with the
     recipe in `method.config`. With `run_dir`, a checkpoint is written after every epoch (rank 0)
     and `resume=True` continues from the latest one. Raises TrainingDivergedError on a NaN/inf
     loss or, at the end of an epoch (before its checkpoint is written), NaN/inf learned
-    parameters, keeping the last good checkpoint."""
+    parameters, keeping the last good checkpoint. `val_items` (with `settings.select_on ==
+    "val"`): after every epoch the method is evaluated on them and the run ends with the
+    weights of the best epoch (earliest on ties); without them, the last epoch's."""
     ctx = ctx or Dist()
     say = logger or log.info
     cfg = method.config
@@ -199,15 +203,55 @@ def fit(
         show=show, run_dir=run_dir, pool=pool, epochs=epochs,
         lr_of_step=_lr_of_step(cfg, len(loader)), bar=bar,
     )  # fmt: skip
+    selector = _BestOnVal(method, val_items, settings, ctx, say) if val_items else None
     with bar:
         _train_epochs(run, cfg, sampler, generator, seed, start_epoch, settings, run_dir,
-                      on_epoch_end, say, history, started, steps)  # fmt: skip
+                      on_epoch_end, say, history, started, steps, selector)  # fmt: skip
     method.eval()
-    return FitResult(epochs, start_epoch, time.perf_counter() - started, history)
+    selected = selector.restore() if selector is not None else None
+    return FitResult(epochs, start_epoch, time.perf_counter() - started, history, selected)
+
+
+class _BestOnVal:
+    """Model selection on the validation split: after each epoch, the validation accuracy; the
+    learned state of the best epoch (earliest on ties) is kept and restored at the end."""
+
+    def __init__(self, method: Any, items: Any, settings: EngineSettings, ctx: Dist, say) -> None:
+        self.method, self.items, self.settings, self.ctx, self.say = (
+            method,
+            items,
+            settings,
+            ctx,
+            say,
+        )
+        self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+
+    def after_epoch(self, epoch: int) -> None:
+        from vlprompt.evaluation import evaluate_items
+
+        result = evaluate_items(
+            self.method, self.items, batch_size=self.settings.eval_batch_size,
+            num_workers=self.settings.workers(), precision=self.settings.precision, ctx=self.ctx,
+            split="val",
+        )  # fmt: skip
+        self.method.train()
+        if self.best is None or result.accuracy > self.best[0]:
+            self.best = (result.accuracy, epoch, self.method.learned_state_dict())
+        self.say(f"epoch {epoch} validation accuracy {result.accuracy:.2f}% (best so far: epoch "
+                 f"{self.best[1]}, {self.best[0]:.2f}%)")  # fmt: skip
+
+    def restore(self) -> int | None:
+        if self.best is None:
+            return None
+        accuracy, epoch, state = self.best
+        device = self.method.clip.device
+        self.method.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=False)
+        self.say(f"selected epoch {epoch} on the validation split ({accuracy:.2f}%)")
+        return epoch
 
 
 def _train_epochs(run, cfg, sampler, generator, seed, start_epoch, settings, run_dir,
-                  on_epoch_end, say, history, started, steps) -> None:  # fmt: skip
+                  on_epoch_end, say, history, started, steps, selector=None) -> None:  # fmt: skip
     """The epoch loop of `fit`: train, check, report (with the whole run's remaining time),
     checkpoint."""
     method, loader, optimizer, scaler = run.method, run.loader, run.optimizer, run.scaler
@@ -251,6 +295,8 @@ def _train_epochs(run, cfg, sampler, generator, seed, start_epoch, settings, run
                 keep=settings.keep_checkpoints,
             )  # fmt: skip
         ctx.barrier()
+        if selector is not None:
+            selector.after_epoch(stats.epoch)
         if on_epoch_end is not None:
             on_epoch_end(stats)
 
