@@ -28,8 +28,11 @@ def test_more_cpus_per_run_than_the_cluster_has_are_refused():
         _check_resources(_cluster(CPU=2.0), RayOptions(cpus_per_run=4))
 
 
-def test_a_run_size_the_cluster_has_passes():
-    _check_resources(_cluster(CPU=2.0, GPU=1.0), RayOptions(cpus_per_run=2, gpus_per_run=0.5))
+@pytest.mark.parametrize(("cpus", "gpus"), [(2, 0.5), (2, 1), (0.5, 0)])
+def test_a_run_size_the_cluster_has_passes(cpus, gpus):
+    """Up to the cluster's whole CPU and GPU count (the bound itself included) is accepted."""
+    cluster = _cluster(CPU=2.0, GPU=1.0)
+    assert _check_resources(cluster, RayOptions(cpus_per_run=cpus, gpus_per_run=gpus)) is None
 
 
 def test_an_address_where_nothing_listens_is_refused_quickly():

@@ -199,18 +199,22 @@ class Run:
         (`open_image_bounded`: the short side at most PREDICT_SIDE_FACTOR times the model's
         input; smaller images are decoded exactly). With `skip_unreadable` an unreadable file
         yields `(image, None, reason)` at once instead of raising DataError."""
-
-        from vlprompt.data import transform_for
-
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
+        k = min(topk, len(self.classnames))
+        yield from self._iter_outputs(images, k, batch_size, skip_unreadable)
+
+    def _iter_outputs(self, images, k, batch_size, skip_unreadable, temperature=None):
+        """Top-k predictions (or, k None, probability rows) per image, one batch at a time,
+        the class side held for all batches."""
+        from vlprompt.data import transform_for
+
         transform = transform_for(self.clip, train=False)
         bound = PREDICT_SIDE_FACTOR * self.clip.image_size
-        k = min(topk, len(self.classnames))
         self.method.eval()
         with self.method.holding_class_side():  # the class side once for all batches
             yield from self._predict_batches(images, transform, bound, k, batch_size,
-                                             skip_unreadable)  # fmt: skip
+                                             skip_unreadable, temperature)  # fmt: skip
 
     def _predict_batches(self, images, transform, bound, k, batch_size, skip_unreadable,
                          temperature=None):  # fmt: skip
@@ -263,15 +267,7 @@ class Run:
 
     def _iter_probabilities(self, images: Iterable[Any], batch_size: int, temperature=None):
         """(image, probabilities, None) per image, decoded one batch at a time."""
-        from vlprompt.data import transform_for
-
-        transform = transform_for(self.clip, train=False)
-        bound = PREDICT_SIDE_FACTOR * self.clip.image_size
-        self.method.eval()
-        with self.method.holding_class_side():
-            yield from self._predict_batches(
-                images, transform, bound, None, batch_size, False, temperature
-            )
+        return self._iter_outputs(images, None, batch_size, False, temperature)
 
 
 def _read_status(run_dir: Path) -> dict[str, Any]:
@@ -465,8 +461,6 @@ def resolve_config(
 def _engine_with_preset(engine: EngineSettings, values: dict[str, Any]) -> EngineSettings:
     """`engine` with each setting left at its default (an EngineDefault) set to the preset's
     value, or to the plain default: config.json records what the run used."""
-    from dataclasses import replace
-
     from vlprompt.config import EngineDefault
 
     unnamed = {k: v for k, v in vars(engine).items() if isinstance(v, EngineDefault)}

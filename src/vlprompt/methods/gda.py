@@ -75,7 +75,7 @@ from vlprompt.methods.feature_fitting import (
     train_view_features,
 )
 from vlprompt.methods.registry import register_method
-from vlprompt.methods.zeroshot import cached_ensemble_features
+from vlprompt.methods.zeroshot import TemplateEnsembleMixin
 
 if TYPE_CHECKING:
     from vlprompt.data.types import Datum
@@ -193,7 +193,7 @@ def search_alpha(
 
 # ---- the method ---------------------------------------------------------------------------------
 @register_method
-class GDA(ClosedSetMixin, FrozenImageMixin, PromptMethod):
+class GDA(ClosedSetMixin, TemplateEnsembleMixin, FrozenImageMixin, PromptMethod):
     """Zero-shot CLIP plus a Gaussian discriminant classifier of the few-shot features."""
 
     name: ClassVar[str] = "gda"
@@ -209,16 +209,6 @@ class GDA(ClosedSetMixin, FrozenImageMixin, PromptMethod):
         self.register_buffer("bias", torch.zeros(n, device=device))
         self.register_buffer("alpha", torch.full((), -1.0, device=device))  # < 0: not fitted
         self._text_cache = KeyedCache()
-
-    def templates(self) -> tuple[str, ...]:
-        return self.config.templates or (self.config.template,)
-
-    @torch.no_grad()
-    def text_features(self) -> torch.Tensor:
-        """The template ensemble's normalised text features [C, E], in fp32, once per class list."""
-        return cached_ensemble_features(
-            self.clip, self.classnames, self.templates(), self._text_cache
-        )
 
     def class_features(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
         """The class side: zero-shot text features and the fitted classifier (W, b, alpha)."""

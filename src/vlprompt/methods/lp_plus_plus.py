@@ -78,7 +78,7 @@ from vlprompt.methods.feature_fitting import (
     train_view_features,
 )
 from vlprompt.methods.registry import register_method
-from vlprompt.methods.zeroshot import cached_ensemble_features
+from vlprompt.methods.zeroshot import TemplateEnsembleMixin
 
 if TYPE_CHECKING:
     from vlprompt.data.types import Datum
@@ -211,7 +211,7 @@ def train_lp(
 
 # ---- the method ---------------------------------------------------------------------------------
 @register_method
-class LPPlusPlus(ClosedSetMixin, FrozenImageMixin, PromptMethod):
+class LPPlusPlus(ClosedSetMixin, TemplateEnsembleMixin, FrozenImageMixin, PromptMethod):
     """A linear probe blended class-wise with the text embeddings, data-driven step sizes."""
 
     name: ClassVar[str] = "lp_plus_plus"
@@ -228,16 +228,6 @@ class LPPlusPlus(ClosedSetMixin, FrozenImageMixin, PromptMethod):
         self.register_buffer("alpha", torch.zeros(n, device=device))
         self.register_buffer("fitted_epoch", torch.zeros((), device=device))  # 0: not fitted
         self._text_cache = KeyedCache()
-
-    def templates(self) -> tuple[str, ...]:
-        return self.config.templates or (self.config.template,)
-
-    @torch.no_grad()
-    def text_features(self) -> torch.Tensor:
-        """The template ensemble's normalised text features [C, E], in fp32, once per class list."""
-        return cached_ensemble_features(
-            self.clip, self.classnames, self.templates(), self._text_cache
-        )
 
     def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         if float(self.fitted_epoch) == 0:

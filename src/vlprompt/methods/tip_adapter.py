@@ -98,7 +98,7 @@ from vlprompt.methods.base import (
     validate_classnames,
 )
 from vlprompt.methods.registry import register_method
-from vlprompt.methods.zeroshot import cached_ensemble_features
+from vlprompt.methods.zeroshot import TemplateEnsembleMixin
 
 if TYPE_CHECKING:
     from vlprompt.data.types import Datum
@@ -347,7 +347,7 @@ class TipClassSide:
 
 
 @register_method
-class TipAdapter(FrozenImageMixin, PromptMethod):
+class TipAdapter(TemplateEnsembleMixin, FrozenImageMixin, PromptMethod):
     """Tip-Adapter: zero-shot CLIP plus a cache of the few-shot features, no training."""
 
     name: ClassVar[str] = "tip_adapter"
@@ -398,18 +398,7 @@ class TipAdapter(FrozenImageMixin, PromptMethod):
         padded = F.pad(self.cache_values, (0, 1))
         return padded[:, self._value_columns.to(padded.device)]
 
-    # ---- text side -----------------------------------------------------------------------------
-    def templates(self) -> tuple[str, ...]:
-        return self.config.templates or (self.config.template,)
-
-    @torch.no_grad()
-    def text_features(self) -> torch.Tensor:
-        """The template ensemble's normalised text features [C, E] (official `clip_classifier`),
-        computed once per class list, in fp32."""
-        return cached_ensemble_features(
-            self.clip, self.classnames, self.templates(), self._text_cache
-        )
-
+    # ---- text side (text_features: TemplateEnsembleMixin, the official `clip_classifier`) -----
     def zero_shot_of(self, image_features: torch.Tensor) -> torch.Tensor:
         return clip_logits(self.clip, image_features, self.text_features())
 

@@ -65,8 +65,24 @@ def cached_ensemble_features(
     return cache.get(features_key(clip, classnames, templates, fp32=True), compute)
 
 
+class TemplateEnsembleMixin:
+    """`text_features()`: the normalised features of `config.templates` (or the single
+    `config.template`) averaged per class, in fp32, computed once per class list and kept in
+    `self._text_cache` (a KeyedCache the method makes in its __init__). Zero-shot CLIP and the
+    methods that add a head to it (Tip-Adapter, GDA, LP++) share it."""
+
+    def templates(self) -> tuple[str, ...]:
+        return self.config.templates or (self.config.template,)
+
+    @torch.no_grad()
+    def text_features(self) -> torch.Tensor:
+        return cached_ensemble_features(
+            self.clip, self.classnames, self.templates(), self._text_cache
+        )
+
+
 @register_method
-class ZeroShotCLIP(FrozenImageMixin, PromptMethod):
+class ZeroShotCLIP(TemplateEnsembleMixin, FrozenImageMixin, PromptMethod):
     """CLIP with hand-crafted prompts; nothing is learned or saved but the config."""
 
     name: ClassVar[str] = "zsclip"
@@ -76,15 +92,7 @@ class ZeroShotCLIP(FrozenImageMixin, PromptMethod):
 
     def __init__(self, clip: ClipBackbone, classnames: list[str], config: ZeroShotConfig) -> None:
         super().__init__(clip, classnames, config)
-        self._cache = KeyedCache()
-
-    def templates(self) -> tuple[str, ...]:
-        return self.config.templates or (self.config.template,)
-
-    @torch.no_grad()
-    def text_features(self) -> torch.Tensor:
-        """The ensemble's text features (`cached_ensemble_features`)."""
-        return cached_ensemble_features(self.clip, self.classnames, self.templates(), self._cache)
+        self._text_cache = KeyedCache()
 
     def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         return clip_logits(self.clip, image_features, self.class_side())
