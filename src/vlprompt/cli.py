@@ -160,13 +160,16 @@ def _add_method_flags(parser: argparse.ArgumentParser, method: str | None) -> No
 
     config_class = MethodConfig
     title = "recipe settings (add --method NAME to see that method's own settings)"
+    description = _LONG_RECIPES_NOTE
     if method:
         try:
-            config_class = get_method_class(method).config_class
+            method_class = get_method_class(method)
+            config_class = method_class.config_class
             title = f"settings of method {method!r} (defaults: its paper recipe)"
+            description = _recipe_cost_text(method, method_class)
         except (ValueError, VlpromptError):
             pass  # unknown method: the command reports it with the choices
-    group = parser.add_argument_group(title)
+    group = parser.add_argument_group(title, description)
     for f in fields(config_class):
         default = f.default if f.default is not MISSING else None
         flag = "--" + f.name.replace("_", "-")
@@ -187,6 +190,22 @@ def _add_method_flags(parser: argparse.ArgumentParser, method: str | None) -> No
                 flag, dest=f"m_{f.name}", type=kind, default=argparse.SUPPRESS,
                 metavar=f.name.upper(), help=help_text,
             )  # fmt: skip
+
+
+_LONG_RECIPES_NOTE = (
+    "Each method's recipe and what it costs: `vlprompt methods`; add --method NAME for its own "
+    "settings and cost."
+)
+
+
+def _recipe_cost_text(method: str, method_class: Any) -> str | None:
+    """What `method`'s default recipe costs, for `train --method NAME --help`."""
+    from vlprompt.training_cost import methods_cost_lines
+
+    if not method_class.needs_training:
+        return None
+    lines = methods_cost_lines(method, method_class, method_class.config_class())
+    return "Its default recipe costs:\n" + "\n".join(line.strip() for line in lines)
 
 
 def _set_pair(text: str) -> tuple[str, Any]:
@@ -917,6 +936,7 @@ def cmd_adopt(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     from vlprompt.methods import get_method_class, list_methods
     from vlprompt.methods.parameter_counts import COUNT_MODEL, parameter_counts
+    from vlprompt.training_cost import methods_cost_lines
 
     names = list_methods()
     counts = parameter_counts(names)
@@ -933,6 +953,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         count = counts[name]
         size = f"{count.describe()} parameters" if count else f"not buildable on {COUNT_MODEL}"
         print(f"{name:14s} {summary}  [{trains}; {size}]")
+        if cls.needs_training:
+            print("\n".join(methods_cost_lines(name, cls, config)))
         if args.verbose:
             for key, value in config.to_dict().items():
                 print(f"    {key} = {value!r}")
@@ -1071,6 +1093,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(getattr(args, "quiet", False))
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:  # `vlprompt methods | head`: the reader stopped; nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit flush
+        return 0
     except (VlpromptError, OSError) as exc:
         if os.environ.get("VLPROMPT_DEBUG"):
             raise

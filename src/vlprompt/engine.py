@@ -43,6 +43,7 @@ from vlprompt.schedule import (
 )
 from vlprompt.seeding import seed_everything, seed_worker
 from vlprompt.train_state import latest_checkpoint, load_checkpoint, save_checkpoint
+from vlprompt.training_cost import long_recipe_note
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,10 @@ def fit(
     steps = [steps_in_epoch(cfg, e, len(loader)) for e in range(start_epoch, epochs)]
     say(f"training: {epochs - start_epoch} epoch(s), {sum(steps)} optimizer steps of batch "
         f"{cfg.batch_size}" + (f" (from epoch {start_epoch + 1})" if start_epoch else ""))  # fmt: skip
+    if device.type == "cpu":
+        note = long_recipe_note(method.name, type(method), cfg, len(dataset))
+        if note is not None:
+            say(note)
     show = _progress_enabled(progress, ctx)
     bar = tqdm(total=sum(steps), desc="training", unit="step", disable=not show,
                dynamic_ncols=True)  # fmt: skip
