@@ -162,6 +162,41 @@ def test_loss_equals_a_hand_computation():
     assert float(loss) == pytest.approx(expected, abs=1e-5)
 
 
+# the official CUSTOM_TEMPLATES (trainers/tcp.py), whose first 4 words the context replaces
+OFFICIAL_PROMPTS = {
+    "oxford_pets": "X X X X {}, a type of pet.",
+    "oxford_flowers": "X X X X {}, a type of flower.",
+    "fgvc_aircraft": "X X X X {}, a type of aircraft.",
+    "dtd": "X X X X {} texture.",
+    "eurosat": "X X X X {}.",
+    "stanford_cars": "X X X X {}, a type of car",
+    "food101": "X X X X {}, a type of food.",
+    "sun397": "X X X X {}.",
+    "caltech101": "X X X X {}.",
+    "ucf101": "a photo of a person doing {}.",
+    "imagenet": "a photo of a {}.",
+    "imagenetv2": "a photo of a {}.",
+    "imagenet_sketch": "a photo of a {}.",
+    "imagenet_a": "a photo of a {}.",
+    "imagenet_r": "a photo of a {}.",
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(OFFICIAL_PROMPTS))
+@pytest.mark.parametrize("preset", [None, "tcp"])
+def test_the_prompt_after_the_context_is_the_official_one_with_or_without_the_preset(
+    dataset, preset
+):
+    from vlprompt.api import resolve_config
+
+    official = OFFICIAL_PROMPTS[dataset].split(" ", 4)[4]  # without the 4 replaced words
+    config = resolve_config("tcp", dataset, backbone="ViT-B-16", pretrained=None, preset=preset)
+    assert config.method_config["prompt_template"] == official
+    asked = resolve_config("tcp", dataset, backbone="ViT-B-16", pretrained=None, preset=preset,
+                           overrides={"prompt_template": "{}!"})  # fmt: skip
+    assert asked.method_config["prompt_template"] == "{}!"  # a setting given wins
+
+
 def test_official_defaults():
     cfg = TCP.config_class()
     assert (cfg.n_ctx, cfg.ctx_init, cfg.prompt_template) == (4, "", "{}.")

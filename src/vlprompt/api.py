@@ -424,7 +424,8 @@ def resolve_config(
     backbone, pretrained = _default_backbone(dataset, backbone, pretrained)
     preset = default_preset(backbone) if preset is None else preset
     asked = dict(overrides or {})
-    overrides = {**resolve_preset(preset, method, dataset, shots), **asked}
+    overrides = {**cls.dataset_settings(dataset), **resolve_preset(preset, method, dataset, shots),
+                 **asked}  # fmt: skip
     template = cls.template_for(dataset, info.template)
     if "template" not in overrides and template is not None:
         overrides["template"] = template

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from vlprompt.data.templates import IMAGENET_TEMPLATES
+from vlprompt.data.templates import IMAGENET_TEMPLATES, TCP_DEFAULT_PROMPT, TCP_PROMPT_TEMPLATES
 from vlprompt.errors import PresetError
 
 # the official repositories read, at these commits
@@ -695,18 +695,12 @@ register_preset(
                 "trainers/clip_text/model.py (layers=[8])",
             ),
             Rule(
-                {"prompt_template": "{}."},
+                {"prompt_template": TCP_DEFAULT_PROMPT},
                 f"{_TCP} trainers/tcp.py (CUSTOM_TEMPLATES: 'X X X X {{}}.' for EuroSAT, "
                 "SUN397, Caltech101; 'a photo of a {}.' for ImageNet, whose first 4 tokens the "
                 "context replaces)",
             ),
-            _tcp_prompt("{}, a type of pet.", "oxford_pets"),
-            _tcp_prompt("{}, a type of flower.", "oxford_flowers"),
-            _tcp_prompt("{}, a type of aircraft.", "fgvc_aircraft"),
-            _tcp_prompt("{} texture.", "dtd"),
-            _tcp_prompt("{}, a type of car", "stanford_cars"),
-            _tcp_prompt("{}, a type of food.", "food101"),
-            _tcp_prompt("person doing {}.", "ucf101"),
+            *(_tcp_prompt(template, name) for name, template in TCP_PROMPT_TEMPLATES.items()),
             Rule(
                 {"epochs": 25},
                 f"{_TCP} train.py (setup_cfg: MAX_EPOCH 25 for ImageNet and SUN397; "

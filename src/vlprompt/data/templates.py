@@ -31,6 +31,21 @@ TEMPLATES: dict[str, str] = {
     "imagenet_r": DEFAULT_TEMPLATE,
 }
 
+# TCP's prompt after its 4 learned context vectors (htyao89/Textual-based_Class-aware_prompt_tuning
+# trainers/tcp.py `CUSTOM_TEMPLATES` without the 4 words the context replaces: "X X X X {}, a
+# type of pet."; UCF101's and ImageNet's have no X, so the context replaces "a photo of a").
+# Every other data set: "{}." (EuroSAT, SUN397, Caltech101, ImageNet: "X X X X {}.").
+TCP_PROMPT_TEMPLATES: dict[str, str] = {
+    "oxford_pets": "{}, a type of pet.",
+    "oxford_flowers": "{}, a type of flower.",
+    "fgvc_aircraft": "{}, a type of aircraft.",
+    "dtd": "{} texture.",
+    "stanford_cars": "{}, a type of car",  # official: no final period
+    "food101": "{}, a type of food.",
+    "ucf101": "person doing {}.",
+}
+TCP_DEFAULT_PROMPT = "{}."
+
 # The 7-template ensemble CLIP selected for ImageNet and CoOp uses for zero-shot ImageNet.
 IMAGENET_TEMPLATES: list[str] = [
     "itap of a {}.",

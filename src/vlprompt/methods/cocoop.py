@@ -11,6 +11,17 @@ Defaults are the paper's base-to-new recipe: 4 context vectors initialised from 
 SGD lr 0.002, batch 1, 10 epochs, 1 warm-up epoch at 1e-5. Class token at the end (the only
 layout CoCoOp defines). On ViT-B/16 shapes (d = 512, width 512) it learns
 4*512 + (512*32 + 32) + (32*512 + 512) = 35,360 parameters.
+
+Departures from the official code, on purpose:
+- Precision: the official configs set PREC "fp16" (`configs/trainers/CoCoOp/*.yaml`), which
+  also halves the meta-net (`trainers/cocoop.py`: `self.meta_net.half()`): CLIP, the context,
+  the meta-net and the SGD updates are fp16, with no loss scaling. Here the context and the
+  meta-net are fp32, the logits are computed in fp32 under any autocast, and the engine's
+  precision applies to the passes (`--precision`: fp32 on the CPU; on CUDA fp16 autocast with
+  a GradScaler by default).
+- The official code loops over the images of a batch, one text pass of all classes per image;
+  here one pass takes the batch x classes prompts (the same numbers), in chunks that bound its
+  memory.
 """
 
 from __future__ import annotations

@@ -63,6 +63,13 @@ class PromptMethod(nn.Module):
     _holding: bool = False  # inside `classifier()`
 
     @classmethod
+    def dataset_settings(cls, dataset: str) -> dict[str, Any]:
+        """Settings whose official value depends on the data set, other than `template` (TCP's
+        prompt after the context): the method's defaults for `dataset`, under any preset and
+        setting given. Default: none."""
+        return {}
+
+    @classmethod
     def template_for(cls, dataset: str, dataset_template: str) -> str | None:
         """The `template` a run of this method on `dataset` gets unless the user sets one: the
         data set's hand-crafted template, or None to keep the config's default."""

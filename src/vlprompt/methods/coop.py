@@ -14,6 +14,10 @@ after 1 warm-up epoch at constant lr 1e-5. The CoCoOp paper's base-to-new CoOp r
 vectors initialised from "a photo of a".
 
 Departures from the official code, on purpose:
+- Precision: the official default is PREC "fp16" (`train.py`: `TRAINER.COOP.PREC`; no CoOp
+  config sets another): CLIP, the context and its SGD updates are fp16, with no loss scaling.
+  Here the context is fp32 and the engine's precision applies to the passes (`--precision`:
+  fp32 on the CPU; on CUDA fp16 autocast with a GradScaler by default).
 - `ctx_init` sets n_ctx to the number of BPE tokens of the init text (official: the number of
   space-separated words, which silently misaligns the prompt when a word splits into several
   tokens; the two agree for "a photo of a").

@@ -10,10 +10,16 @@ Defaults follow the official ViT-B/16 base-to-new recipe (`vit_b16_ep100_ctxv1.y
 `base2new_train.sh` settings): 4 context vectors initialised from "a photo of a", class token at
 the end, w = 8, SGD lr 0.002, batch 128, 100 epochs, 1 warm-up epoch at 1e-5.
 
-Departures: the hand-crafted template is the data set's CoOp template that the caller puts in
-`config.template` (KgCoOp's own table differs for DTD only: "a photo of a {}, a type of texture.").
-The official PromptLearner also builds an unused meta-net and bias vector; they are never trained
-or used in the loss, so they are left out.
+Departures from the official code, on purpose:
+- Precision: the official default is PREC "fp16" (`KgCoOp/train.py`: `TRAINER.COOP.PREC`):
+  CLIP, the context, the hand-crafted features t0 and the SGD updates are fp16, with no loss
+  scaling. Here the context and t0 are fp32 and the engine's precision applies to the passes
+  (`--precision`: fp32 on the CPU; on CUDA fp16 autocast with a GradScaler by default).
+- The hand-crafted template is the data set's CoOp template that the caller puts in
+  `config.template` (KgCoOp's own table differs for DTD only: "a photo of a {}, a type of
+  texture.").
+- The official PromptLearner also builds an unused meta-net and bias vector; they are never
+  trained or used in the loss, so they are left out.
 """
 
 from __future__ import annotations

@@ -27,8 +27,14 @@ context and the class name: "a type of pet, a photo of a" learns 8 vectors ("a t
 a photo of") and keeps "a" as text. User data and data sets outside the table get the data
 set's template (default "a photo of a {}."). The layout and the teacher prompt equal the
 official rule on every template of the table (tests/test_prograd.py writes that rule out).
-Departure: the official code takes `CTX_INIT` from the template whatever its text says; here
-`ctx_from_template=False` gives CoOp's init from `ctx_init` (padded ProGrad's way, or random).
+Departures from the official code, on purpose:
+- Precision: the official default is PREC "fp16" (`ProGrad.public/train.py`:
+  `TRAINER.COOP.PREC`): CLIP, the context, the zero-shot teacher and the SGD updates are fp16,
+  with no loss scaling. Here the context is fp32, the KL and the gradient projection are
+  computed in fp32, and the engine's precision applies to the passes (`--precision`: fp32 on
+  the CPU; on CUDA fp16 autocast with a GradScaler by default).
+- The official code takes `CTX_INIT` from the template whatever its text says; here
+  `ctx_from_template=False` gives CoOp's init from `ctx_init` (padded ProGrad's way, or random).
 """
 
 from __future__ import annotations

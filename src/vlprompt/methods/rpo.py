@@ -5,8 +5,7 @@ the patch tokens. Masked attention lets the prompts read the frozen tokens while
 reads a prompt (and no prompt reads a prompt, itself included), so CLIP's own token states never
 change. Prompt i of the image pairs with prompt i of the text; logits are the mean over the K
 pairs of CLIP's scaled cosine similarity. Behaviour follows the official `trainers/rpo.py` with
-config `main_K24.yaml` (docs/reproduce.md lists its values); the official code hard-codes ViT-B/16 at 224 px, this
-module reads every size from the backbone.
+config `main_K24.yaml` (docs/reproduce.md lists its values).
 
 Two implementations give the same numbers (tested to fp32 tolerance, logits and gradients):
 
@@ -19,6 +18,17 @@ Two implementations give the same numbers (tested to fp32 tolerance, logits and 
   layer only the K prompt rows go through the block, attending to that layer's cached frozen
   keys/values (`vlprompt.attention`). The text keys/values of every class are computed once per
   class list. Backward touches K rows per image/class instead of all tokens.
+
+Departures from the official code, on purpose:
+- Precision: the official configs set PREC "fp16" (`configs/trainers/RPO/main_K24.yaml`): CLIP,
+  the prompts (created in CLIP's dtype), the attention masks and the SGD updates are fp16, with
+  no loss scaling. Here the prompts are fp32, the logits are computed in fp32 under any
+  autocast, and the engine's precision applies to the passes (`--precision`: fp32 on the CPU; on
+  CUDA fp16 autocast with a GradScaler by default).
+- Sizes come from the backbone (official: ViT-B/16 at 224 px: 14 x 14 patches, vision width
+  768 and text width 512 hard-coded).
+- Where a long class prompt leaves no room for the K text prompts after its EOS within the
+  context length, the sequence grows past it (the official code fails there).
 """
 
 from __future__ import annotations

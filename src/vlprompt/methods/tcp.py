@@ -5,9 +5,10 @@ blocks that inject the class-aware tokens), `configs/trainers/TCP/vit_b16_ep100_
 `scripts/base2new_train.sh`, `train.py`, README (Adam's eps)).
 
 CoOp's learned context plus class-aware tokens from a "textual knowledge embedding":
-- Prompt of class c: `SOS ctx_1..ctx_n <prompt_template with the name>` (official: the data set's
-  `CUSTOM_TEMPLATES` entry, e.g. "X X X X {}, a type of pet.", whose first n words the context
-  replaces), encoded by the frozen text tower and pooled at EOS.
+- Prompt of class c: `SOS ctx_1..ctx_n <prompt_template with the name>` (as the official: the
+  data set's `CUSTOM_TEMPLATES` entry, e.g. "X X X X {}, a type of pet.", whose first n words the
+  context replaces; `TCP_PROMPT_TEMPLATES`, the default for each data set with or without
+  `--preset tcp`), encoded by the frozen text tower and pooled at EOS.
 - Meta-net: Linear(E, E // 4) -> QuickGELU -> Linear(E // 4, k * D) on the frozen, normalised
   CLIP text features of the hand-crafted prompt (`config.template`, official
   `CUSTOM_TEMPLATES_ori`) of each class; E = the embedding width, D = the text width, k = 4
@@ -50,7 +51,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,7 @@ from torch import nn
 
 from vlprompt.backbone import ClipBackbone, ReplaceTokens
 from vlprompt.chunking import encode_in_chunks
+from vlprompt.data.templates import TCP_DEFAULT_PROMPT, TCP_PROMPT_TEMPLATES
 from vlprompt.deep_prompts import can_share_prefix, injected_text_features, shared_prefix_length
 from vlprompt.errors import DataError, MethodError
 from vlprompt.methods import text_encoding as te
@@ -96,10 +98,11 @@ class TCPConfig(ContextConfig):
 
     n_ctx: int = field(default=4, metadata={"help": "learned context vectors"})
     prompt_template: str = field(
-        default="{}.",
+        default=TCP_DEFAULT_PROMPT,
         metadata={
-            "help": "text after the context, '{}' = the class name (official: the data set's "
-            "CUSTOM_TEMPLATES entry without its first n_ctx words, e.g. '{}, a type of pet.')"
+            "help": "text after the context, '{}' = the class name (default: the official one of "
+            "the data set, its CUSTOM_TEMPLATES entry without the first n_ctx words, e.g. '{}, a "
+            "type of pet.' for oxford_pets; '{}.' elsewhere)"
         },
     )
     n_class_tokens: int = field(
@@ -212,6 +215,11 @@ class TCP(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
     config_class: ClassVar[type[MethodConfig]] = TCPConfig
     config: TCPConfig
     share_text_prefix: bool = True  # fast path: shared positions once (False: per class)
+
+    @classmethod
+    def dataset_settings(cls, dataset: str) -> dict[str, Any]:
+        """The official prompt after the context (`CUSTOM_TEMPLATES`) of `dataset`."""
+        return {"prompt_template": TCP_PROMPT_TEMPLATES.get(dataset, TCP_DEFAULT_PROMPT)}
 
     @classmethod
     def template_for(cls, dataset: str, dataset_template: str) -> str | None:
