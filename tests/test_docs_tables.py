@@ -1,0 +1,79 @@
+"""The docs' generated result tables equal what the stored results give, and the generator
+finds a table that was edited by hand."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_report import write
+from test_report_statistics import b2n_sweep
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import docs_tables  # noqa: E402
+
+
+def test_every_generated_part_of_the_docs_equals_its_stored_results():
+    stale = docs_tables.sync([docs_tables.ROOT / doc for doc in docs_tables.DOCS], check=True)
+    assert stale == [], "run: python benchmarks/docs_tables.py"
+
+
+def test_sections_are_cut_at_their_level_and_moved_to_the_asked_one():
+    markdown = "# S\n\n## A\n\na\n\n### A1\n\nx\n\n## B\n\nb\n\n### Pairwise tests\n\np\n"
+    assert docs_tables.sections(markdown, ["A"], 4) == ["#### A", "", "a", "", "##### A1", "",
+                                                        "x", ""]  # fmt: skip
+    assert docs_tables.sections(markdown, ["Pairwise", "B"], 3) == [
+        "### Pairwise tests", "", "p", "", "### B", "", "b", "", "#### Pairwise tests", "", "p", "",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="no section starting with 'C'"):
+        docs_tables.sections(markdown, ["C"], 4)
+
+
+@pytest.fixture
+def stored(tmp_path, monkeypatch):
+    """A stored sweep `toy` (3 methods, 6 data sets, 3 seeds; rpo 2 points above coop)."""
+    monkeypatch.setattr(docs_tables, "RESULTS_DIR", tmp_path / "results")
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    records = [{**r, "run_dir": "/home/someone/runs/x", "code_version": "0.1.0+gabc"}
+               for r in b2n_sweep()]  # fmt: skip
+    write(sweep / "results.jsonl", records)
+    folder = docs_tables.store(sweep / "results.jsonl", "toy", "python make_toy.py")
+    return folder
+
+
+def test_store_keeps_the_records_without_machine_paths(stored):
+    lines = (stored / "results.jsonl").read_text().splitlines()
+    assert len(lines) == len(b2n_sweep())
+    assert all("run_dir" not in json.loads(line) for line in lines)
+    assert json.loads((stored / "source.json").read_text()) == {"command": "python make_toy.py"}
+
+
+def test_a_part_is_rendered_from_its_results_and_a_hand_edit_is_found(stored, tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text('before\n\n<!-- results:toy parts="Pairwise tests|Seed variance" -->\n'
+                   "old\n<!-- /results -->\n\nafter\n")  # fmt: skip
+    assert docs_tables.sync([doc], check=True) == [doc]
+    assert "old" in doc.read_text()  # --check changes nothing
+    assert docs_tables.sync([doc], check=False) == [doc]
+    text = doc.read_text()
+    assert text.startswith("before\n\n<!-- results:toy") and text.endswith("after\n")
+    assert "#### Pairwise tests" in text and "#### Seed variance (Brown–Forsythe)" in text
+    assert "(108 evaluations, vlprompt 0.1.0+gabc; made with `python make_toy.py`)" in text
+    assert "rpo" in text and "Friedman" not in text  # only the asked parts
+    assert docs_tables.sync([doc], check=True) == []  # in step now
+    doc.write_text(text.replace("rpo", "RPO", 1))
+    assert docs_tables.sync([doc], check=True) == [doc]
+
+
+def test_check_exits_1_naming_the_stale_file(stored, tmp_path, monkeypatch, capsys):
+    doc = tmp_path / "doc.md"
+    doc.write_text('<!-- results:toy parts="Pairwise tests" -->\n<!-- /results -->\n')
+    monkeypatch.setattr(docs_tables, "ROOT", tmp_path)
+    monkeypatch.setattr(docs_tables, "DOCS", ("doc.md",))
+    assert docs_tables.main(["--check"]) == 1
+    assert capsys.readouterr().out == "doc.md is stale: run python benchmarks/docs_tables.py\n"
+    assert docs_tables.main([]) == 0 and docs_tables.main(["--check"]) == 0
