@@ -38,8 +38,8 @@ def stored(tmp_path, monkeypatch):
     monkeypatch.setattr(docs_tables, "RESULTS_DIR", tmp_path / "results")
     sweep = tmp_path / "sweep"
     sweep.mkdir()
-    records = [{**r, "run_dir": "/home/someone/runs/x", "code_version": "0.1.0+gabc"}
-               for r in b2n_sweep()]  # fmt: skip
+    records = [{**r, "run_dir": "/home/someone/runs/x", "vlprompt_version": "0.1.0+gabc",
+                "pretrained": "/home/someone/w/mine.safetensors"} for r in b2n_sweep()]  # fmt: skip
     write(sweep / "results.jsonl", records)
     folder = docs_tables.store(sweep / "results.jsonl", "toy", "python make_toy.py")
     return folder
@@ -49,6 +49,7 @@ def test_store_keeps_the_records_without_machine_paths(stored):
     lines = (stored / "results.jsonl").read_text().splitlines()
     assert len(lines) == len(b2n_sweep())
     assert all("run_dir" not in json.loads(line) for line in lines)
+    assert {json.loads(line)["pretrained"] for line in lines} == {"mine.safetensors"}
     assert json.loads((stored / "source.json").read_text()) == {"command": "python make_toy.py"}
 
 
@@ -77,3 +78,9 @@ def test_check_exits_1_naming_the_stale_file(stored, tmp_path, monkeypatch, caps
     assert docs_tables.main(["--check"]) == 1
     assert capsys.readouterr().out == "doc.md is stale: run python benchmarks/docs_tables.py\n"
     assert docs_tables.main([]) == 0 and docs_tables.main(["--check"]) == 0
+
+
+def test_tables_keeps_the_first_tables_only():
+    lines = ["## A", "", "text", "", "| a |", "|---|", "| 1 |", "", "more", "| b |", "| 2 |"]
+    assert docs_tables.tables(lines, 1) == ["| a |", "|---|", "| 1 |", ""]
+    assert docs_tables.tables(lines, 2) == ["| a |", "|---|", "| 1 |", "", "| b |", "| 2 |", ""]
