@@ -47,10 +47,12 @@ pooled features, zero-shot prototypes and test features, and the same shuffles (
   schedule's closed form against torch's recursive cosine) grows to 0.18 in the loss and 2e-3 in
   the final prototypes.
 
-Departures:
-- fp32 throughout. Official (PREC fp16, the default): the zero-shot prototypes come from CLIP's
-  fp16 text tower (computed when `CustomCLIP` is built), then the model is cast to fp32, so the
-  image features and the training are fp32.
+Departures from the official code, on purpose:
+- Precision: fp32 throughout. Official (PREC fp16, the default: `train.py`
+  `TRAINER.ADAPTER.PREC = "fp16"`, no config or script sets another): the zero-shot prototypes
+  come from CLIP's fp16 text tower (computed when `CustomCLIP` is built), then the model is cast
+  to fp32 (`trainers/adapters.py`: `self.model = self.model.float()`), so the image features and
+  the training are fp32.
 - The views and each epoch's shuffle come from generators seeded with the run's seed (official:
   the global torch / numpy RNGs).
 - Class names: `_` becomes a space in the prompts (official: the names as the data set gives

@@ -25,14 +25,19 @@ weights (copied from ours), the same images and labels, at their ratio 0.2: wors
 3.8e-6 in logits (logits up to 18), 7.2e-7 in the cross-entropy loss and 1.5e-7 in the adapter
 gradients (fp32 rounding only).
 
-Departures:
+Departures from the official code, on purpose:
+- Precision: the official code runs fp32 only (`clip_adapter.py`, `CLIP_Adapter.build_model`:
+  `clip_model.float()`; it reads no PREC key). The adapter always computes in fp32, also under
+  bf16/fp16 autocast (official: fp32 runs only); the logits are computed in fp32 too. The
+  engine's precision applies to the frozen image passes of training (`--precision`: fp32 on the
+  CPU; on CUDA fp16 autocast with a GradScaler by default); evaluation encodes the images in fp32
+  (outside autocast, through the feature cache).
 - The adapter reads the normalised frozen feature (so evaluation and the view pool serve cached
   features); the official code feeds it the unnormalised one. The numbers are the same: a
   bias-free Linear/ReLU stack is positively homogeneous, so the blend of `c * x` is `c` times the
   blend of `x` and the normalised result does not depend on `c`.
 - The adapter's width is the backbone's embedding width (official: 1024, RN50's, hard-coded, so
   any other backbone fails there); `reduction` must divide it (official: floor division).
-- The adapter always computes in fp32, also under bf16/fp16 autocast (official: fp32 runs only).
 - The official code builds the text features again in every forward; here they are computed once
   per class list (frozen, same numbers).
 """

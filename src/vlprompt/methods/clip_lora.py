@@ -39,18 +39,28 @@ eval: logits 1.7e-5. The frozen towers alone already differ by 1.6e-5 (their seq
 layout). Their AdamW + CosineAnnealingLR(8000, eta_min=1e-6) learning rates vs
 `schedule.lr_at_step`: worst relative difference 1.6e-14.
 
-Departures: the training length and per-step cosine are the engine's `iterations` and
-`lr_schedule="step"` settings (presets give iterations = 500 x shots); the engine's loader drops
-the last incomplete batch (Dassl), the official keeps it; logits and the loss are computed in
-fp32 from the (autocast) features, the official multiplies fp16 features; the low-rank update is
-computed as `(x A^T) B^T` (rank-2 products), the official forms `B A` first; `encoder="vision"`
-uses the frozen text features of the same template in fp32 (official: the same, cast to fp16);
-positions other than "all" are defined for any depth by fractions of the tower (bottom / mid / up:
-thirds, half-bottom / half-up: halves, top3: the last 3), which equal the official 12-block
-tables; `logit_scale=0` uses the backbone's learned scale instead of 100; the prompts are
-encoded up to their longest EOT, not all 77 positions (the same numbers: the mask is causal; ~7x
-less text activation memory; `implementation="reference"` encodes all 77, tests/test_clip_lora.py
-checks both agree in logits and gradients).
+Departures from the official code, on purpose:
+- Precision: the official code has no precision setting: `main.py` loads CLIP with
+  `clip.load(args.backbone)`, which keeps OpenAI's fp16 weights on CUDA; `loralib/layers.py`
+  (`PlainMultiheadAttentionLoRA`, `LinearLoRA`) rebuilds the adapted attention projections as
+  fp32 `nn.Linear`s with fp32 A and B, and `lora.py` `run_lora` runs every pass under fp16
+  autocast with a GradScaler. Here the backbone, A and B are fp32 and the engine's precision
+  applies (`--precision`: fp32 on the CPU; on CUDA fp16 autocast with a GradScaler by default,
+  as the official); logits and the loss are computed in fp32 from the (autocast) features, the
+  official multiplies fp16 features; `encoder="vision"` uses the frozen text features of the
+  same template in fp32 (official: the same, cast to fp16).
+- The training length and per-step cosine are the engine's `iterations` and
+  `lr_schedule="step"` settings (presets give iterations = 500 x shots).
+- The engine's loader drops the last incomplete batch (Dassl), the official keeps it.
+- The low-rank update is computed as `(x A^T) B^T` (rank-2 products), the official forms `B A`
+  first.
+- Positions other than "all" are defined for any depth by fractions of the tower (bottom / mid /
+  up: thirds, half-bottom / half-up: halves, top3: the last 3), which equal the official
+  12-block tables.
+- `logit_scale=0` uses the backbone's learned scale instead of 100.
+- The prompts are encoded up to their longest EOT, not all 77 positions (the same numbers: the
+  mask is causal; ~7x less text activation memory; `implementation="reference"` encodes all 77,
+  tests/test_clip_lora.py checks both agree in logits and gradients).
 """
 
 from __future__ import annotations

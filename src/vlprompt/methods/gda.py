@@ -33,10 +33,11 @@ normalises them), with the same random text, validation (40) and test (50) featu
 bit-equal at it; with both classifiers at alpha 1 and 100 the logits differ by <= 3.8e-6 and
 2.0e-4 (logits up to 46 and 464: the pinv of the same fp32 matrix, summed in another order).
 
-Departures:
-- fp32 throughout. Official: fp32 too, but for the test/validation features of the first
-  (seed, shots) iteration, encoded by CLIP in fp16 before `clip_classifier(...,
-  clip_model.float())` turns the model to fp32 for good.
+Departures from the official code, on purpose:
+- Precision: fp32 throughout. Official: fp32 too (no precision setting), but for the
+  test/validation features of the first (seed, shots) iteration, encoded by CLIP in fp16
+  (`main_few_shots.py`: `clip.load(cfg['backbone'])` keeps OpenAI's fp16 weights on CUDA) before
+  `clip_classifier(..., clip_model.float())` turns the model to fp32 for good.
 - The zero-shot logits use the backbone's `logit_scale` (100 for CLIP; official: a literal 100).
 - alpha is searched on the run's few-shot validation split (official: the whole val split; for
   ImageNet the test set, `val_features = test_features` in main_few_shots.py).

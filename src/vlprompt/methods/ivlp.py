@@ -24,14 +24,22 @@ turned into no-ops); with the casts kept, logits 4.3e-4 and gradients 5.4e-4. Th
 tested against an independent plain reference built by explicit concatenation over open_clip's
 blocks.
 
-Departures: the official code rounds the vision and deep prompts to fp16 (`.half()`) even in an
-fp32 run; here they keep the tower's dtype. The number of text context vectors is the number of BPE tokens of `ctx_init` (as in
-vlprompt's CoOp; official: N_CTX_TEXT tokens of it, equal for "a photo of a" and 4); the official
-code allows vision depth 0 (no vision prompts), here both depths must be >= 1 (the depth of a
-tower with fewer than 9 blocks defaults to all of them); the text encoder
-runs only up to the longest EOS and encodes the positions before the class names (SOS and the
-context, the same in every class) once, not once per class (both exact under the causal mask;
-`vlprompt.deep_prompts`).
+Departures from the official code, on purpose:
+- Precision: the official config sets PREC "fp16"
+  (`configs/trainers/IVLP/vit_b16_c2_ep20_batch4_4+4ctx.yaml`; `train.py` default
+  `TRAINER.IVLP.PREC`): CLIP and the text context (made in CLIP's dtype) are fp16 and take
+  their SGD updates in fp16, with no loss scaling, and the code rounds the vision and deep
+  prompts to fp16 (`.half()`) even in an fp32 run. Here the prompts (fp32 parameters) keep the
+  tower's dtype, the logits are computed in fp32 under any autocast, and the engine's precision
+  applies to the passes (`--precision`: fp32 on the CPU; on CUDA fp16 autocast with a GradScaler
+  by default).
+- The number of text context vectors is the number of BPE tokens of `ctx_init` (as in
+  vlprompt's CoOp; official: N_CTX_TEXT tokens of it, equal for "a photo of a" and 4).
+- The official code allows vision depth 0 (no vision prompts); here both depths must be >= 1
+  (the depth of a tower with fewer than 9 blocks defaults to all of them).
+- The text encoder runs only up to the longest EOS and encodes the positions before the class
+  names (SOS and the context, the same in every class) once, not once per class (both exact
+  under the causal mask; `vlprompt.deep_prompts`).
 """
 
 from __future__ import annotations

@@ -10,8 +10,18 @@ round is kept, as in the official script. Without validation features C = `defau
 The fitted weights are stored as tensors (`weight` [C, E], `bias` [C]) so the probe saves as
 safetensors and classifies with `forward` / `logits_from_features` like every method.
 
-Departure: CoOp's `lpclip` fits unnormalised features; we normalise them so the probe shares the
-feature cache and `logits_from_features` contract of the other methods (the C sweep absorbs the scale).
+The reference is CoOp's `lpclip` (KaiyangZhou/CoOp `lpclip/feat_extractor.py`,
+`lpclip/linear_probe.py`), which follows the linear probe of OpenAI's CLIP paper.
+
+Departures from the official code, on purpose:
+- Precision: the official features are fp16: `lpclip/feat_extractor.py` loads CLIP with
+  `clip.load("RN50", "cuda", jit=False)`, which keeps OpenAI's fp16 weights on CUDA (`clip/clip.py`
+  `load` casts to fp32 on the CPU only); they are saved with `.tolist()` in an npz, so
+  scikit-learn fits float64 arrays of fp16 values (no precision setting). Here the features are
+  encoded in fp32 (outside autocast, through the feature cache) and reach scikit-learn as fp32
+  arrays; the stored weights and the logits are fp32.
+- CoOp's `lpclip` fits unnormalised features; we normalise them so the probe shares the feature
+  cache and `logits_from_features` contract of the other methods (the C sweep absorbs the scale).
 """
 
 from __future__ import annotations

@@ -36,8 +36,11 @@ epochs: the same kept epoch, every epoch's loss <= 3.6e-7 (loss up to 1.7), the 
 <= 1.1e-8, of b <= 3.0e-8 and of alpha (summed as there) <= 9.3e-9, the test logits <= 1.2e-5
 (logits up to 62).
 
-Departures:
-- fp32 throughout (official: CLIP's fp16 model dtype for the features, the classifier and alpha).
+Departures from the official code, on purpose:
+- Precision: fp32 throughout (official: CLIP's fp16 model dtype for the features, the classifier
+  and alpha, with no precision setting: `main.py` / `main_imagenet.py` load CLIP with
+  `clip.load(cfg['backbone'])`, which keeps OpenAI's fp16 weights on CUDA, and
+  `methods/linear_probe_p2.py` makes the classifier and alpha `.to(model.dtype)`).
 - The initial bias comes from a generator seeded with the run's seed (official: the global RNG).
 - lambda_max by torch's `eigvalsh` (official: scipy's `eigh` of the same fp32 matrix).
 - The epoch is chosen on the run's few-shot validation split (official: `shots` validation

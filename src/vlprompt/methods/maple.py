@@ -38,10 +38,17 @@ to their fp16 rounding of `proj`, 1.5e-05). With their casts kept: logits 1.6e-0
 gradients 3.4e-05.
 
 Departures from the official code, on purpose:
-- fp32 semantics: the official code rounds `proj(ctx)`, every deep vision prompt and every deep
-  text prompt to fp16 (`.half()`) whatever TRAINER.MAPLE.PREC says (the official config: "fp16"),
-  and its `self.proj.half()` makes PREC "fp32" fail ("mat1 and mat2 must have the same dtype");
-  here the prompts keep the tower's dtype (fp32 unless the backbone or autocast says otherwise).
+- Precision: the official configs set PREC "fp16"
+  (`configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml` and `..._cross_datasets.yaml`;
+  `train.py` default `TRAINER.MAPLE.PREC`): CLIP, the context `ctx` (made in CLIP's dtype) and
+  `proj` are fp16 and take their SGD updates in fp16, with no loss scaling (the deep text
+  prompts and their projections are fp32 parameters). The official code rounds `proj(ctx)`,
+  every deep vision prompt and every deep text prompt to fp16 (`.half()`) whatever
+  TRAINER.MAPLE.PREC says, and its `self.proj.half()` makes PREC "fp32" fail ("mat1 and mat2
+  must have the same dtype"); here the prompts keep the tower's dtype (fp32 unless the backbone
+  or autocast says otherwise), the logits are computed in fp32 under any autocast, and the
+  engine's precision applies to the passes (`--precision`: fp32 on the CPU; on CUDA fp16
+  autocast with a GradScaler by default).
 - Widths are read from the backbone (official: 512 and 768, hard-coded).
 - The depth must fit both towers: depth < 1 or deeper than either tower is an error (official:
   prompts beyond the last block are created and never used). By default the depth is 9, or every

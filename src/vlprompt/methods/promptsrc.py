@@ -39,20 +39,24 @@ epochs of GPA bit-equal, logits after GPA 6.0e-6. Measured with every `.half()` 
 code removed (fp32 semantics); with `clip/model.py`'s prompt casts kept the logits differ by up
 to 4.3e-4 and the gradients by 4.9e-4 (weights fp16-representable, as OpenAI's).
 
-Departures:
-- precision: the official code rounds the vision prompts and every deep prompt to fp16
-  (`.half()` in `VisionTransformer.forward` and `ResidualAttentionBlock_IVLP.forward`) even in
-  fp32 runs, keeps its frozen image encoder in fp16 (with PREC fp32 it then gets fp32 images and
-  fails with a dtype error: only the configs' PREC fp16 runs) and rounds t0 to fp16 in the
-  zero-shot logits; here the prompts stay fp32, the frozen image features are computed in the
-  run's precision, t0 and all logits in fp32;
+Departures from the official code, on purpose:
+- Precision: the official configs set PREC "fp16" (`configs/trainers/PromptSRC/*.yaml`, all
+  three; `train.py` default `TRAINER.PROMPTSRC.PREC`): CLIP and the text context are fp16 and
+  take their SGD updates in fp16, with no loss scaling. The official code rounds the vision
+  prompts and every deep prompt to fp16 (`.half()` in `VisionTransformer.forward` and
+  `ResidualAttentionBlock_IVLP.forward`) even in fp32 runs, keeps its frozen image encoder in
+  fp16 (with PREC fp32 it then gets fp32 images and fails with a dtype error: only the configs'
+  PREC fp16 runs) and rounds t0 to fp16 in the zero-shot logits; here the prompts stay fp32,
+  the frozen image features are computed in the run's precision, t0 and all logits in fp32, and
+  the engine's precision applies to the passes (`--precision`: fp32 on the CPU; on CUDA fp16
+  autocast with a GradScaler by default).
 - GPA averages the learned tensors only; the official one averages the whole state dict, frozen
-  CLIP included (identical every epoch, so equal up to rounding: sum_e w_e * W);
-- the official amp mode is broken (the model returns a tuple as the loss); here every precision
-  runs the same loss;
-- the text features of the templates are summed per template then divided (the official stacks
-  them and takes the mean); templates are filled with `str.format` (official: `replace("{}")`);
-- what IVLP departs from (see its docstring).
+  CLIP included (identical every epoch, so equal up to rounding: sum_e w_e * W).
+- The official amp mode is broken (the model returns a tuple as the loss); here every precision
+  runs the same loss.
+- The text features of the templates are summed per template then divided (the official stacks
+  them and takes the mean); templates are filled with `str.format` (official: `replace("{}")`).
+- What IVLP departs from (see its docstring).
 """
 
 from __future__ import annotations

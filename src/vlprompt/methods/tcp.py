@@ -33,10 +33,15 @@ logits 3.7e-06, loss 9.5e-07, gradients of the context and the meta-net 5.8e-07
 (largest gradient 0.46), new-class evaluation logits after loading the trained part 3.9e-06
 (fp32, CPU). Injecting one block earlier (7) moves the logits by 0.34.
 
-Departures:
+Departures from the official code, on purpose:
 - Precision: the official default PREC is fp16 (everything, the meta-net and the hand-crafted
-  features included); here parameters and hand-crafted features are fp32 and the engine's
-  precision applies.
+  features included): `train.py` sets `TRAINER.COOP.PREC = "fp16"` (CLIP and the context, made
+  in CLIP's dtype) and `TRAINER.COCOOP.PREC = "fp16"` (`trainers/tcp.py`:
+  `self.meta_net.half()`), no TCP config or script sets another, and the hand-crafted features
+  come from a second CLIP loaded in fp16 whatever PREC says; the SGD updates are fp16, with no
+  loss scaling. Here parameters and hand-crafted features are fp32, the logits are computed in
+  fp32 under any autocast, and the engine's precision applies to the passes (`--precision`:
+  fp32 on the CPU; on CUDA fp16 autocast with a GradScaler by default).
 - Widths come from the backbone (official: the meta-net output is reshaped with a hard-coded 512);
   the injection block defaults to 8, or the last block of a tower of 9 blocks or fewer.
 - The text tower runs only up to the longest EOS on the fast path (exact under the causal mask);

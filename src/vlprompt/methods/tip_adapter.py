@@ -58,9 +58,12 @@ Learned: the keys [N, E] (N = shots x classes; -F fine-tunes them: 16 shots x 10
 classes x 512 = 8,192,000 values on ViT-B/16), the one-hot values and alpha, beta, all buffers
 filled by `fit` (so `num_trainable_parameters()` is 0: the engine has nothing to train).
 
-Departures:
-- fp32 throughout (official: CLIP in fp16, fp16 values and adapter); the logits and the
-  fine-tuning run in fp32 under autocast too.
+Departures from the official code, on purpose:
+- Precision: fp32 throughout (official: CLIP in fp16, fp16 values and adapter, with no
+  precision setting: `main.py` / `main_imagenet.py` load CLIP with `clip.load(cfg['backbone'])`,
+  which keeps OpenAI's fp16 weights on CUDA; `utils.py` `build_cache_model` makes the values
+  `.half()`; the -F adapter is `.to(clip_model.dtype)`); the logits and the fine-tuning run in
+  fp32 under autocast too.
 - The zero-shot logits use the backbone's `logit_scale` (100 for CLIP) where the official code
   writes 100.
 - The -F epoch is chosen on the validation features (official: on the test set, with the initial

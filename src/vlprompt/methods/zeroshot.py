@@ -3,6 +3,17 @@
 One hand-crafted template (`config.template`, e.g. "a photo of a {}.") or an ensemble
 (`config.templates`, e.g. ImageNet's 7 templates): each template's text features are normalised,
 averaged over the templates and renormalised (official `ZeroshotCLIP2`). Class names: `_` -> space.
+The reference is CoOp's `trainers/zsclip.py` (KaiyangZhou/CoOp).
+
+Departures from the official code, on purpose:
+- Precision: the official code runs CLIP in fp16 with no precision setting: `ZeroshotCLIP`
+  reads no PREC key and loads CLIP with `trainers/coop.py` `load_clip_to_cpu`, whose
+  `clip/model.py` `build_model` halves the weights (`convert_weights`), so the text features,
+  the image passes and the logits are fp16. Here CLIP's weights, the text features and the
+  logits are fp32 under any `--precision`, and the image features are encoded in fp32 outside
+  autocast (`vlprompt.evaluation`: the feature cache serves every precision).
+- No other departure: one template, or the ensemble normalised, averaged and renormalised, and
+  `logit_scale * cos(image, text)`, as `ZeroshotCLIP` / `ZeroshotCLIP2` compute them.
 """
 
 from __future__ import annotations
