@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -68,7 +69,6 @@ from vlprompt.methods.base import (
     full_precision,
 )
 from vlprompt.methods.feature_fitting import (
-    ClosedSetMixin,
     check_fit_data,
     eval_view_features,
     not_fitted,
@@ -81,6 +81,8 @@ if TYPE_CHECKING:
     from vlprompt.data.types import Datum
 
 ALPHA_GRID = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0)  # main_few_shots.py `run`
+COVARIANCES = ("ks", "class_mean")  # main_few_shots.py, main_base2new.py (base classes)
+NEW_CLASS_CHUNK = 64  # new classes whose [D, D] scatter matrices are inverted at once
 
 
 @dataclass
@@ -108,6 +110,22 @@ class GDAConfig(MethodConfig):
         default=ALPHA_GRID,
         metadata={"help": "alpha values searched on the validation features (empty: keep alpha)"},
     )
+    covariance: str = field(
+        default="ks",
+        metadata={"help": "the fitted classes' shared covariance: ks (main_few_shots.py: the "
+                  "KS-shrunk covariance of the class-centred features) or class_mean "
+                  "(main_base2new.py: the pinv of the mean per-class covariance)"},
+    )  # fmt: skip
+    new_class_topk: int = field(
+        default=64,
+        metadata={"help": "a class it did not fit: the stored training features nearest its "
+                  "text feature that make its Gaussian (main_base2new.py k = 64)"},
+    )  # fmt: skip
+    new_class_text_copies: int = field(
+        default=16,
+        metadata={"help": "copies of a new class's text feature averaged into its mean with "
+                  "its top-k features (main_base2new.py 16)"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -127,6 +145,21 @@ class GDAConfig(MethodConfig):
             raise MethodError(
                 f"alpha and alpha_grid must be >= 0 (official grid {list(ALPHA_GRID)}), got "
                 f"{self.alpha} and {list(self.alpha_grid)}"
+            )
+        if self.covariance not in COVARIANCES:
+            raise MethodError(
+                f"covariance must be one of {', '.join(COVARIANCES)} (ks: few-shot, class_mean: "
+                f"the official base-to-new base classes), got {self.covariance!r}"
+            )
+        if self.new_class_topk < 2:
+            raise MethodError(
+                f"new_class_topk must be >= 2 (a new class's covariance divides by k - 1; "
+                f"official 64), got {self.new_class_topk}"
+            )
+        if self.new_class_text_copies < 0:
+            raise MethodError(
+                f"new_class_text_copies must be >= 0 (official 16), got "
+                f"{self.new_class_text_copies}"
             )
         if self.gradient_rule != "none":
             raise MethodError(
@@ -151,15 +184,63 @@ def ks_precision(features: torch.Tensor, labels: torch.Tensor, means: torch.Tens
     return dim * torch.linalg.pinv((n - 1) * cov + cov.trace() * eye)
 
 
-def gda_classifier(
+def class_mean_precision(
     features: torch.Tensor, labels: torch.Tensor, n_classes: int
+) -> torch.Tensor:
+    """The official base-to-new inverse of the shared covariance [D, D] (main_base2new.py):
+    pinv of the mean of the per-class covariances (N_c - 1 in each denominator)."""
+    total = sum(features[labels == c].T.cov() for c in range(n_classes))
+    return torch.linalg.pinv(total / n_classes)
+
+
+def discriminant(
+    means: torch.Tensor, precision: torch.Tensor, n_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W [C, D], b [C]) of the Gaussian classifier with the KS precision and uniform prior."""
-    means = class_means(features, labels, n_classes)
-    precision = ks_precision(features, labels, means)
-    weight = means @ precision  # the precision is symmetric: W_c = Sigma^-1 mu_c
+    """(W [C, D], b [C]): W_c = Sigma^-1 mu_c, b_c = log(1 / n_classes) - mu_c^T Sigma^-1 mu_c / 2
+    (the precision is symmetric)."""
+    weight = means @ precision
     bias = math.log(1.0 / n_classes) - (weight * means).sum(dim=-1) / 2
     return weight, bias
+
+
+def gda_classifier(
+    features: torch.Tensor, labels: torch.Tensor, n_classes: int, covariance: str = "ks"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W [C, D], b [C]) of the Gaussian classifier with the shared precision of `covariance`
+    (ks or class_mean) and a uniform prior."""
+    means = class_means(features, labels, n_classes)
+    if covariance == "class_mean":
+        precision = class_mean_precision(features, labels, n_classes)
+    else:
+        precision = ks_precision(features, labels, means)
+    return discriminant(means, precision, n_classes)
+
+
+def synthesized_gaussians(
+    train_feats: torch.Tensor, text: torch.Tensor, k: int, copies: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official new-class Gaussians (main_base2new.py), from the stored training features
+    [N, D] and the new classes' normalised text features [C, D]: (means [C, D], precision [D, D]).
+    Each class: X its k training features nearest its text feature t (largest X t), its mean
+    the mean of X and `copies` copies of t, S = (X - t)^T (X - t) / (k - 1) (centred on t); the
+    precision D * pinv((k - 1) S + trace(S) I), averaged over the classes."""
+    n, dim = train_feats.shape
+    if k > n:
+        raise MethodError(
+            f"gda: new_class_topk {k} exceeds the {n} stored training features (shots x classes "
+            f"x augment_epoch); set new_class_topk <= {n} to classify classes it did not fit"
+        )
+    nearest = (text @ train_feats.T).topk(k, dim=-1).indices  # [C, k]
+    means = torch.cat([train_feats[nearest], text[:, None].expand(-1, copies, -1)], dim=1)
+    eye = torch.eye(dim, dtype=train_feats.dtype, device=train_feats.device)
+    total = torch.zeros(dim, dim, dtype=train_feats.dtype, device=train_feats.device)
+    for start in range(0, len(text), NEW_CLASS_CHUNK):
+        rows = slice(start, start + NEW_CLASS_CHUNK)
+        centred = train_feats[nearest[rows]] - text[rows, None]  # [c, k, D]
+        cov = centred.transpose(1, 2) @ centred / (k - 1)
+        trace = cov.diagonal(dim1=1, dim2=2).sum(dim=-1)[:, None, None]
+        total += (dim * torch.linalg.pinv((k - 1) * cov + trace * eye)).sum(dim=0)
+    return means.mean(dim=1), total / len(text)
 
 
 def gda_logits(
@@ -193,13 +274,19 @@ def search_alpha(
 
 # ---- the method ---------------------------------------------------------------------------------
 @register_method
-class GDA(ClosedSetMixin, TemplateEnsembleMixin, FrozenImageMixin, PromptMethod):
-    """Zero-shot CLIP plus a Gaussian discriminant classifier of the few-shot features."""
+class GDA(TemplateEnsembleMixin, FrozenImageMixin, PromptMethod):
+    """Zero-shot CLIP plus a Gaussian discriminant classifier of the few-shot features; classes it
+    did not fit get Gaussians synthesised from the stored training features."""
 
     name: ClassVar[str] = "gda"
     config_class: ClassVar[type[MethodConfig]] = GDAConfig
     needs_training: ClassVar[bool] = False  # fitted in closed form by `fit` / `fit_features`
-    classifies_new_classes: ClassVar[bool] = False
+    new_classes_note: ClassVar[str | None] = (
+        "a class it did not fit gets a Gaussian synthesised from the 64 stored base-class "
+        "training features nearest its text feature (mean with 16 copies of that feature, "
+        "KS-shrunk precision averaged over the new classes) with the base classes' alpha, as "
+        "the official main_base2new.py"
+    )
     config: GDAConfig
 
     def __init__(self, clip: ClipBackbone, classnames: list[str], config: GDAConfig) -> None:
@@ -208,11 +295,57 @@ class GDA(ClosedSetMixin, TemplateEnsembleMixin, FrozenImageMixin, PromptMethod)
         self.register_buffer("weight", torch.zeros(n, dim, device=device))
         self.register_buffer("bias", torch.zeros(n, device=device))
         self.register_buffer("alpha", torch.full((), -1.0, device=device))  # < 0: not fitted
+        # the normalised training features [N x views, E], kept for classes it did not fit
+        self.register_buffer("train_features", torch.zeros(0, dim, device=device))
+        self.fitted_classnames = list(self.classnames)  # the rows of weight and bias
         self._text_cache = KeyedCache()
+        self._rows_cache = KeyedCache()
+
+    # ---- classes: fitted rows, synthesised rows --------------------------------------------
+    def set_classnames(self, classnames: list[str]) -> None:
+        """Point the method at `classnames`: a class it fitted keeps its fitted row, any other
+        class gets a row synthesised now (`synthesized_gaussians` over the list's unfitted
+        classes). Every row's prior is uniform over the whole list."""
+        super().set_classnames(classnames)
+        if float(self.alpha) >= 0:
+            self.class_rows()
+
+    def class_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W [C, E], b [C]) of the current class list: the fitted buffers on the fitted list,
+        otherwise computed once per list and kept."""
+        if self.classnames == self.fitted_classnames:
+            return self.weight, self.bias
+        stored = self.train_features
+        key = (tuple(self.classnames), stored.data_ptr(), stored._version, self.weight._version)
+        return self._rows_cache.get(key, self._mixed_rows)
+
+    def _mixed_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        fitted = {name: i for i, name in enumerate(self.fitted_classnames)}
+        old = [i for i, name in enumerate(self.classnames) if name in fitted]
+        new = [i for i, name in enumerate(self.classnames) if name not in fitted]
+        n_cls, device = len(self.classnames), self.weight.device
+        weight = torch.zeros(n_cls, self.weight.shape[1], device=device)
+        bias = torch.zeros(n_cls, device=device)
+        with torch.no_grad(), full_precision(device):
+            if old:
+                rows = torch.tensor([fitted[self.classnames[i]] for i in old], device=device)
+                weight[old] = self.weight[rows]
+                prior = math.log(len(self.fitted_classnames) / n_cls)  # log(1/C) - log(1/C_fit)
+                bias[old] = self.bias[rows] + prior
+            if new:
+                text = self.text_features()[new].float()
+                means, precision = synthesized_gaussians(
+                    self.train_features.float(), text, self.config.new_class_topk,
+                    self.config.new_class_text_copies,
+                )  # fmt: skip
+                weight[new], bias[new] = discriminant(means, precision, n_cls)
+        return weight, bias
 
     def class_features(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-        """The class side: zero-shot text features and the fitted classifier (W, b, alpha)."""
-        return self.text_features(), self.weight, self.bias, float(self.alpha)
+        """The class side: zero-shot text features and the current classes' rows (W, b) with
+        alpha."""
+        weight, bias = self.class_rows()
+        return self.text_features(), weight, bias, float(self.alpha)
 
     def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         if float(self.alpha) < 0:
@@ -256,10 +389,14 @@ class GDA(ClosedSetMixin, TemplateEnsembleMixin, FrozenImageMixin, PromptMethod)
         """Fit on normalised features [N, E] (every class present); alpha searched on the
         validation features. Returns alpha and its validation accuracy (nan without them)."""
         device = self.clip.device
+        self.set_classnames(self.fitted_classnames)  # it fits the classes it was built for
         check_fit_data(self.name, train_feats, train_labels, self.classnames)
+        self._check_class_sizes(train_labels)
         feats = train_feats.to(device).float()
         with torch.no_grad(), full_precision(device):
-            weight, bias = gda_classifier(feats, train_labels.to(device), len(self.classnames))
+            weight, bias = gda_classifier(
+                feats, train_labels.to(device), len(self.classnames), self.config.covariance
+            )
             alpha, accuracy = self.config.alpha, math.nan
             if val_feats is not None and val_labels is not None and len(val_labels) > 0:
                 val_f = val_feats.to(device).float()
@@ -271,4 +408,44 @@ class GDA(ClosedSetMixin, TemplateEnsembleMixin, FrozenImageMixin, PromptMethod)
         self.weight.copy_(weight)
         self.bias.copy_(bias)
         self.alpha.fill_(alpha)
+        self.train_features = feats.clone()
+        self._rows_cache.clear()
         return {"alpha": alpha, "val_accuracy": accuracy}
+
+    def _check_class_sizes(self, labels: torch.Tensor) -> None:
+        """The class_mean covariance needs two features of every class (N_c - 1 > 0)."""
+        if self.config.covariance != "class_mean":
+            return
+        counts = torch.bincount(labels.cpu(), minlength=len(self.classnames))
+        single = [self.classnames[i] for i in (counts < 2).nonzero().flatten().tolist()]
+        if single:
+            raise MethodError(
+                f"gda: covariance 'class_mean' needs >= 2 training features per class (a "
+                f"class's covariance divides by N_c - 1); only one for {single[:5]}: use "
+                "augment_epoch >= 2 or covariance 'ks'"
+            )
+
+    # ---- saving --------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        if self.classnames != self.fitted_classnames:
+            raise MethodError(
+                f"save {self.name} while it points at the classes it was fitted on (the rows of "
+                "its weight); set_classnames(method.fitted_classnames) first"
+            )
+        super().save(directory)
+
+    @classmethod
+    def load(
+        cls, directory: str | Path, clip: ClipBackbone, classnames: list[str] | None = None
+    ) -> PromptMethod:
+        """Rebuild a saved GDA on its fitted classes, then point it at `classnames`."""
+        method = super().load(directory, clip)
+        if classnames is not None:
+            method.set_classnames(list(classnames))
+        return method
+
+    def size_to_saved(self, tensors: dict[str, torch.Tensor]) -> None:
+        """The stored training features have as many rows as were saved."""
+        rows = tensors["train_features"].shape[0] if "train_features" in tensors else 0
+        self.train_features = torch.zeros(rows, self.train_features.shape[1],
+                                          device=self.train_features.device)  # fmt: skip
