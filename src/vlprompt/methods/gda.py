@@ -1,7 +1,7 @@
 """GDA (Wang et al., ICLR 2024, "A Hard-to-Beat Baseline for Training-free CLIP-based
-Adaptation"; official code mrflogs/ICLR24 `main_few_shots.py` `run`, `utils.py`
-`clip_classifier`, `configs/few_shots/*.yaml`, `datasets/*.py`, at commit
-560fe211700964c915442ff98dbe47dd09656a35).
+Adaptation"; official code mrflogs/ICLR24 `main_few_shots.py` `run`, `main_base2new.py` `run`,
+`utils.py` `clip_classifier`, `configs/few_shots/*.yaml`, `configs/base2new/*.yaml`,
+`datasets/*.py`, at commit 560fe211700964c915442ff98dbe47dd09656a35).
 
 Gaussian discriminant analysis on CLIP image features, without training:
 - the training features: `augment_epoch` (10) randomly augmented views of every training image
@@ -18,12 +18,32 @@ Gaussian discriminant analysis on CLIP image features, without training:
 - alpha: the first strict best validation accuracy over [1e-4, 1e-3, 1e-2, 0.1, 1, 10, 100],
   starting from accuracy 0 with alpha 0.1.
 
+Base-to-new (main_base2new.py `run`): the base classes are fitted as above, but with
+`covariance="class_mean"`: Sigma^-1 = pinv(mean over classes of each class's `cov`), no shrinkage;
+alpha is searched on them. A class it did not fit gets a synthesised Gaussian
+(`synthesized_gaussians`), from the stored training features V (all views, normalised) and the
+class's normalised text feature t: X = its k = 64 rows of V with the largest X t (topk), mean
+mu = mean of [X; 16 copies of t], S = (X - t)^T (X - t) / (k - 1) (centred on t, not on mu), and
+one precision for the new classes, the average over them of D * pinv((k - 1) S + trace(S) I);
+then W, b as above with the uniform prior over the new list, and the base classes' alpha.
+`set_classnames` synthesises the rows of a new list once (and keeps them for that list):
+- the official hard-codes 512 for D (`512 * pinv(...)`, `torch.eye(512)`): D is the feature width
+  here, the same on ViT-B/16 (512); the official code fails on any other width;
+- a list mixing fitted and unfitted classes (the official evaluates pure new lists only): a
+  fitted class keeps its fitted row, the unfitted ones get the synthesis over the unfitted
+  classes of the list, every row with the uniform prior over the whole list (log 1/C); on a
+  subset or reordering of the fitted classes this is the fitted classifier (its bias shifted by
+  a constant; ImageNet-A/-R's 200 classes where named as in the fitted list).
+
 Official few-shot config (configs/few_shots/*.yaml): augment_epoch 10 (every data set), shots 1,
 2, 4, 8, 16, seeds 1-3 (main_few_shots.py); the alpha grid is hard-coded in `run`. Templates:
 the same per-data-set table as Tip-Adapter's (datasets/*.py), ImageNet's 7-template ensemble.
 
-Learned (buffers filled by `fit`, so `num_trainable_parameters()` is 0): W [C, E], b [C] and
-alpha.
+Learned (buffers filled by `fit`, so `num_trainable_parameters()` is 0): W [C, E], b [C],
+alpha and the normalised training features [N x augment_epoch, E] the new-class synthesis reads,
+saved with them (safetensors, fp32): at 16 shots x 100 classes x 10 views x 512 dims, 8,192,000
+values, a 32,973,492-byte prompts.safetensors (measured: `fit_features` on 16,000 random features
+of ViT-B/16's width, then `save`); 16-shot ImageNet (1,000 classes) stores ten times that.
 
 Checked against the official code (/tmp, not in this repository: the body of `run` from
 main_few_shots.py with its CUDA calls removed, `cls_acc` from utils.py; a stub CLIP returning the
@@ -33,17 +53,32 @@ normalises them), with the same random text, validation (40) and test (50) featu
 bit-equal at it; with both classifiers at alpha 1 and 100 the logits differ by <= 3.8e-6 and
 2.0e-4 (logits up to 46 and 464: the pinv of the same fp32 matrix, summed in another order).
 
+Base-to-new checked against the official code the same way (/tmp: the body of `run` from
+main_base2new.py with `.cuda()` removed, `cls_acc` from utils.py (its `float(array)` made
+`float(array[0])` for today's NumPy); a stub CLIP returning the same random unnormalised view
+features, 10 base classes x 16 images x 4 views of width 512 (the official needs D = 512), the
+same random base and new text features (8 new classes), 50 validation, 60 base and 64 new test
+features; ours built on ViT-B/16's shapes with logit_scale exp(log 100), covariance class_mean,
+three random draws), fp32: the same alpha chosen (1, 0.1, 0.1), base W bit-equal, base b
+<= 1.1e-4 (|b| up to 162), base logits <= 9.2e-5 (up to 492); new W <= 2.0e-5 (|W| up to 11),
+new b <= 7.6e-6 (up to 12.6), new logits <= 1.4e-5 (up to 32), at alpha 100 <= 1.3e-3 (up to
+2.2e3; relative 6e-7), the same base and new accuracies. The differences are the summation order
+(one pinv per chunk of classes, summed, vs the official stack and mean) and CLIP's logit scale
+100.0000076 vs the official literal 100.
+
 Departures:
 - fp32 throughout. Official: fp32 too, but for the test/validation features of the first
   (seed, shots) iteration, encoded by CLIP in fp16 before `clip_classifier(...,
   clip_model.float())` turns the model to fp32 for good.
 - The zero-shot logits use the backbone's `logit_scale` (100 for CLIP; official: a literal 100).
 - alpha is searched on the run's few-shot validation split (official: the whole val split; for
-  ImageNet the test set, `val_features = test_features` in main_few_shots.py).
-- Classes: only the fitted class list is classified. The official base-to-new script
-  (`main_base2new.py`) fits base classes with another estimator (the mean of the per-class
-  covariances) and synthesises new-class Gaussians from the k = 64 training features nearest each
-  new text feature; neither is implemented here, so base-to-new is not run with GDA.
+  ImageNet the test set, `val_features = test_features` in main_few_shots.py, `val_loader` of
+  the test set in main_base2new.py).
+- The default covariance is the few-shot one (ks) in every protocol; the official base-to-new
+  script uses class_mean for the base classes: `--preset gda_base2new` sets it.
+- D for the official 512 and the choice for mixed class lists: see "Base-to-new" above.
+- More new-class neighbours than stored features (new_class_topk > N x views) is an error
+  naming the setting (official: torch.topk fails).
 - Every class needs training features (official: a class without any gives NaN means).
 """
 
