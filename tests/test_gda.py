@@ -1,7 +1,9 @@
 """GDA: the fitted classifier and the logits equal a plain reference written from the paper's
 formulation (class means, the shrunk shared covariance, the Gaussian discriminant) on two ViT
-shapes; the alpha search is a brute-force loop's; the image path pools the normalised views;
-save -> load is exact; bad settings and bad data fail clearly. (The comparison with the official
+shapes; so do the base-to-new classifier of the classes it did not fit (the Gaussians synthesised
+from the stored training features) and the class_mean covariance; the alpha search is a
+brute-force loop's; the image path pools the normalised views; save -> load is exact, new classes
+included; bad settings and bad data fail clearly. (The comparison with the official
 code is in the module docstring: it runs outside this repository.)"""
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from vlprompt.methods.gda import ALPHA_GRID
 from vlprompt.methods.tip_adapter import augmented_view_features
 
 CLASSES = ["dog", "cat", "red_car", "oak tree"]
+NEW = ["ship", "pine_cone", "zebra"]
 SHAPES = ["vlprompt-test-vit-a", "vlprompt-test-vit-b"]
 
 
@@ -41,9 +44,13 @@ def _features(clip, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def reference_text(clip, templates) -> torch.Tensor:
     """Each template's normalised text features, averaged, renormalised [C, E]."""
+    return reference_text_of(clip, CLASSES, templates)
+
+
+def reference_text_of(clip, classes, templates) -> torch.Tensor:
     per_template = []
     for template in templates:
-        tokens = clip.tokenize([template.format(c.replace("_", " ")) for c in CLASSES])
+        tokens = clip.tokenize([template.format(c.replace("_", " ")) for c in classes])
         per_template.append(F.normalize(clip.encode_text(tokens).double(), dim=-1))
     return F.normalize(torch.stack(per_template).mean(dim=0), dim=-1)
 
@@ -143,8 +150,110 @@ def test_save_then_load_gives_identical_logits(clip, tmp_path):
     with torch.no_grad():
         assert torch.equal(method.logits_from_features(test), loaded.logits_from_features(test))
     assert float(loaded.alpha) == float(method.alpha)
-    with pytest.raises(MethodError, match="fitted on 4 other classes"):
-        get_method_class("gda").load(tmp_path, clip, ["ship", "car"])
+    assert torch.equal(loaded.train_features, method.train_features)
+
+
+def test_save_then_load_gives_identical_logits_on_new_classes(clip, tmp_path):
+    train, labels = _features(clip, 24, seed=1)
+    method = create_method("gda", clip, CLASSES, alpha=1.0, new_class_topk=10)
+    method.fit_features(train, labels)
+    method.save(tmp_path)
+    loaded = get_method_class("gda").load(tmp_path, clip, NEW)
+    assert loaded.classnames == NEW and loaded.fitted_classnames == CLASSES
+    method.set_classnames(NEW)
+    test, _ = _features(clip, 5, seed=3)
+    with torch.no_grad():
+        assert torch.equal(method.logits_from_features(test), loaded.logits_from_features(test))
+    with pytest.raises(MethodError, match="points at the classes it was fitted on"):
+        method.save(tmp_path / "again")
+
+
+def reference_new_classes(train: torch.Tensor, text: torch.Tensor, k: int, copies: int,
+                          n_prior: int):  # fmt: skip
+    """main_base2new.py's synthesis written from its formulation, float64, by plain loops: per
+    new class, its k training features of largest dot product with its text feature t (a full
+    sort), mu = (their sum + copies * t) / (k + copies), S = sum (x - t)(x - t)^T / (k - 1), the
+    precision D * inv((k - 1) S + trace(S) I) averaged over the classes; then the discriminant
+    with the uniform prior log(1 / n_prior)."""
+    x, t = train.double(), text.double()
+    dim = x.shape[1]
+    means, precision = [], torch.zeros(dim, dim, dtype=torch.float64)
+    for row in t:
+        order = sorted(range(len(x)), key=lambda i: -float(x[i] @ row))[:k]
+        means.append((sum(x[i] for i in order) + copies * row) / (k + copies))
+        scatter = sum(torch.outer(x[i] - row, x[i] - row) for i in order)
+        cov = scatter / (k - 1)
+        eye = torch.eye(dim, dtype=torch.float64)
+        precision += dim * torch.linalg.inv((k - 1) * cov + torch.trace(cov) * eye)
+    precision /= len(t)
+    w = torch.stack([precision @ m for m in means])
+    b = torch.tensor([math.log(1 / n_prior) - float(m @ precision @ m) / 2 for m in means])
+    return w, b.double()
+
+
+@pytest.mark.parametrize(("k", "copies"), [(64, 16), (9, 3)])
+@torch.no_grad()
+def test_new_classes_equal_the_official_formulation(clip, k, copies):
+    train, labels = _features(clip, 96, seed=1)  # 96 stored features: the official k = 64 fits
+    val, val_labels = _features(clip, 40, seed=2)
+    method = create_method("gda", clip, CLASSES, new_class_topk=k, new_class_text_copies=copies)
+    method.fit_features(train, labels, val, val_labels)  # alpha searched on the base classes
+    base_logits = method.logits_from_features(val)
+    method.set_classnames(NEW)
+    test, _ = _features(clip, 10, seed=3)
+    text = reference_text_of(clip, NEW, [method.config.template])
+    w, b = reference_new_classes(train, text, k, copies, len(NEW))
+    alpha = float(method.alpha)  # the base classes' alpha
+    expected = float(clip.logit_scale) * test.double() @ text.T + alpha * (test.double() @ w.T + b)
+    gda_part = alpha * (test.double() @ w.T + b)
+    assert gda_part.abs().max() > 1e-2 and gda_part.std(dim=-1).max() > 1e-3  # it matters
+    torch.testing.assert_close(method.logits_from_features(test).double(), expected, atol=1e-5,
+                               rtol=1e-5)  # fmt: skip
+    method.set_classnames(CLASSES)  # back on the fitted classes: their logits, bit-equal
+    assert torch.equal(method.logits_from_features(val), base_logits)
+
+
+@torch.no_grad()
+def test_a_list_mixing_fitted_and_new_classes_keeps_the_fitted_rows(clip):
+    """Fitted classes: their fitted rows; the others: the synthesis over the list's unfitted
+    classes; every row with the uniform prior over the whole list."""
+    train, labels = _features(clip, 48, seed=1)
+    method = create_method("gda", clip, CLASSES, alpha=1.0, new_class_topk=12)
+    method.fit_features(train, labels)
+    mixed = ["zebra", "cat", "ship", "dog"]
+    method.set_classnames(mixed)
+    test, _ = _features(clip, 8, seed=3)
+    w_fit, b_fit = reference_gda(train, labels, len(CLASSES))
+    text = reference_text_of(clip, mixed, [method.config.template])
+    w_new, b_new = reference_new_classes(train, text[[0, 2]], 12, 16, len(mixed))
+    prior = math.log(1 / len(mixed)) - math.log(1 / len(CLASSES))
+    w = torch.stack([w_new[0], w_fit[1], w_new[1], w_fit[0]])
+    b = torch.stack([b_new[0], b_fit[1] + prior, b_new[1], b_fit[0] + prior])
+    expected = float(clip.logit_scale) * test.double() @ text.T + test.double() @ w.T + b
+    torch.testing.assert_close(method.logits_from_features(test).double(), expected, atol=1e-5,
+                               rtol=1e-5)  # fmt: skip
+
+
+@torch.no_grad()
+def test_the_class_mean_covariance_is_the_official_base_to_new_estimator(clip):
+    """covariance='class_mean': the pinv of the mean of the per-class sample covariances."""
+    train, labels = _features(clip, 96, seed=1)
+    method = create_method("gda", clip, CLASSES, alpha=1.0, covariance="class_mean")
+    method.fit_features(train, labels)
+    x, dim = train.double(), clip.embed_dim
+    covs, means = torch.zeros(dim, dim, dtype=torch.float64), []
+    for c in range(len(CLASSES)):
+        rows = x[labels == c]
+        means.append(rows.mean(dim=0))
+        covs += sum(torch.outer(r - means[-1], r - means[-1]) for r in rows) / (len(rows) - 1)
+    precision = torch.linalg.inv(covs / len(CLASSES))  # 24 features a class: full rank
+    w = torch.stack([precision @ m for m in means])
+    b = torch.tensor([math.log(1 / len(CLASSES)) - float(m @ precision @ m) / 2 for m in means])
+    test, _ = _features(clip, 10, seed=3)
+    text = reference_text(clip, [method.config.template])
+    expected = float(clip.logit_scale) * test.double() @ text.T + (test.double() @ w.T + b)
+    torch.testing.assert_close(method.logits_from_features(test).double(), expected, atol=1e-4,
+                               rtol=1e-5)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -154,6 +263,9 @@ def test_save_then_load_gives_identical_logits(clip, tmp_path):
         ({"cache_crop_min_scale": 0.0}, "cache_crop_min_scale must be in"),
         ({"alpha": -1.0}, "alpha and alpha_grid must be >= 0"),
         ({"gradient_rule": "prograd"}, "gradient_rule must be 'none'"),
+        ({"covariance": "ledoit_wolf"}, "covariance must be one of ks, class_mean"),
+        ({"new_class_topk": 1}, "new_class_topk must be >= 2"),
+        ({"new_class_text_copies": -1}, "new_class_text_copies must be >= 0"),
     ],
 )
 def test_bad_settings_are_one_clear_error(clip, settings, fragment):
@@ -174,6 +286,28 @@ def test_bad_data_and_use_before_fitting_are_clear_errors(clip):
         method.fit_features(train, labels[:7])
     with pytest.raises(MethodError, match="labels must lie in 0..3"):
         method.fit_features(train, labels + 1)
-    method.fit_features(train, labels)
-    with pytest.raises(MethodError, match="classifies only the classes it was fitted on"):
-        method.set_classnames(["ship", "car"])
+    method.fit_features(train, labels)  # 8 stored features: fewer than the top-64
+    with pytest.raises(MethodError, match="new_class_topk 64 exceeds the 8 stored training"):
+        method.set_classnames(NEW)
+    single = create_method("gda", clip, CLASSES, covariance="class_mean")
+    with pytest.raises(MethodError, match=r"needs >= 2 training features per class.*'oak tree'"):
+        single.fit_features(train[:7], labels[:7])
+
+
+def test_bench_base2new_runs_gda_on_the_mini_world(tmp_path, capsys):
+    """`vlprompt bench base2new --methods gda`: base from the fitted classifier, new from the
+    synthesised one, and the harmonic mean in the printed table."""
+    import json
+
+    from vlprompt.cli import main
+
+    out = tmp_path / "bench"
+    argv = ["bench", "base2new", "--methods", "gda", "--datasets", "mini_colors", "--seeds", "1",
+            "--shots", "4", "--root", str(tmp_path / "mini"), "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| method | data sets | base | new | H (of avg) |" in printed
+    assert "1 run(s) trained or evaluated, 0 already done, 0 failed" in printed
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["subsample"] for r in records} == {"base", "new"}
+    assert all(r["method"] == "gda" and 0 <= r["accuracy"] <= 100 for r in records)

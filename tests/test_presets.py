@@ -124,6 +124,7 @@ TIP_FOOD = {**TIP, "init_alpha": 1.17, "search_scale": [10.0, 10.0],
 TIP_SUN = {**TIP, "init_alpha": 1.17, "search_scale": [12.0, 10.0], "template": "a photo of a {}."}
 TIP_PETS = {**TIP, "init_alpha": 1.17, "search_scale": [7.0, 3.0],
             "template": "a photo of a {}, a type of pet."}  # fmt: skip
+GDA_B2N = {"covariance": "class_mean", "new_class_topk": 64, "new_class_text_copies": 16}
 GDA = {  # mrflogs/ICLR24 configs/few_shots/*.yaml (augment_epoch) + main_few_shots.py run
     "augment_epoch": 10, "cache_crop_min_scale": 0.5, "alpha": 0.1,
     "alpha_grid": [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0],
@@ -237,6 +238,9 @@ CASES = [
     ),
     ("gda_fewshot", "gda", "mini_colors", 4, GDA),
     ("gda_dg", "gda", "imagenet", 16, {**GDA, **SEVEN}),
+    # main_base2new.py: the base classes' class_mean covariance, new classes' k 64 and 16 copies
+    ("gda_base2new", "gda", "imagenet", 16, {**GDA, **SEVEN, **GDA_B2N}),
+    ("gda_base2new", "gda", "dtd", 16, {**GDA, "template": "{} texture.", **GDA_B2N}),
     ("lp_plus_plus_fewshot", "lp_plus_plus", "imagenet", 16, {**LPP, **SEVEN}),
     ("lp_plus_plus_fewshot", "lp_plus_plus", "dtd", 2, {**LPP, "template": "{} texture."}),
     (

@@ -997,8 +997,36 @@ register_preset(
         notes=(
             *_GDA_NOTES,
             "main_robustness.py maps the 1000 ImageNet logits to ImageNet-A's and -R's 200 "
-            "classes (label_mapping); vlprompt evaluates GDA on its fitted classes only, so "
-            "the dg protocol gives it ImageNet-V2 and -Sketch (the same 1000 classes)",
+            "classes (label_mapping); vlprompt points GDA at a variant's class list, where a "
+            "class named as in the fitted list keeps its fitted row (the same argmax as the "
+            "mapping) and any other gets a synthesised row (main_base2new.py's rule)",
+        ),
+    )
+)
+register_preset(
+    Preset(
+        "gda_base2new",
+        "gda",
+        "GDA base-to-new (ViT-B/16 in configs/base2new/*.yaml, main_base2new.py): base classes "
+        "with the pinv of the mean per-class covariance, new classes synthesised from the 64 "
+        "training features nearest their text feature",
+        (
+            *_gda_rules(),
+            Rule(
+                {"covariance": "class_mean", "new_class_topk": 64, "new_class_text_copies": 16},
+                "mrflogs/ICLR24 main_base2new.py `run` (base: cov_inv = pinv(train_cov.mean(0)); "
+                "new: k = 64, w.unsqueeze(0).repeat(16, 1))",
+            ),
+        ),
+        notes=(
+            "configs/base2new/*.yaml set shots 16, ViT-B/16, subsample_classes base and "
+            "augment_epoch 10 (the few-shot value); logs/base2new.log prints lr 1 and "
+            "train_epoch 50 in its configs, which main_base2new.py never reads",
+            "the official searches alpha on the whole val split of the base classes "
+            "(ImageNet: on the base test set, val_loader = test); vlprompt searches the run's "
+            "few-shot val split",
+            "main_base2new.py evaluates new classes only as a list of new classes; a list "
+            "mixing fitted and new classes (vlprompt's choice) keeps the fitted rows",
         ),
     )
 )

@@ -1,6 +1,6 @@
 """What the methods fitted on cached frozen image features share (GDA, LP++, CLAP): the
-training views through the feature cache, the checks of the fitted labels, and the closed class
-list of a classifier with one learned row per fitted class."""
+training views through the feature cache, the checks of the fitted labels, and (LP++, CLAP) the
+closed class list of a classifier with one learned row per fitted class."""
 
 from __future__ import annotations
 

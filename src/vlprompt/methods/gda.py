@@ -1,7 +1,7 @@
 """GDA (Wang et al., ICLR 2024, "A Hard-to-Beat Baseline for Training-free CLIP-based
-Adaptation"; official code mrflogs/ICLR24 `main_few_shots.py` `run`, `utils.py`
-`clip_classifier`, `configs/few_shots/*.yaml`, `datasets/*.py`, at commit
-560fe211700964c915442ff98dbe47dd09656a35).
+Adaptation"; official code mrflogs/ICLR24 `main_few_shots.py` `run`, `main_base2new.py` `run`,
+`utils.py` `clip_classifier`, `configs/few_shots/*.yaml`, `configs/base2new/*.yaml`,
+`datasets/*.py`, at commit 560fe211700964c915442ff98dbe47dd09656a35).
 
 Gaussian discriminant analysis on CLIP image features, without training:
 - the training features: `augment_epoch` (10) randomly augmented views of every training image
@@ -18,12 +18,32 @@ Gaussian discriminant analysis on CLIP image features, without training:
 - alpha: the first strict best validation accuracy over [1e-4, 1e-3, 1e-2, 0.1, 1, 10, 100],
   starting from accuracy 0 with alpha 0.1.
 
+Base-to-new (main_base2new.py `run`): the base classes are fitted as above, but with
+`covariance="class_mean"`: Sigma^-1 = pinv(mean over classes of each class's `cov`), no shrinkage;
+alpha is searched on them. A class it did not fit gets a synthesised Gaussian
+(`synthesized_gaussians`), from the stored training features V (all views, normalised) and the
+class's normalised text feature t: X = its k = 64 rows of V with the largest X t (topk), mean
+mu = mean of [X; 16 copies of t], S = (X - t)^T (X - t) / (k - 1) (centred on t, not on mu), and
+one precision for the new classes, the average over them of D * pinv((k - 1) S + trace(S) I);
+then W, b as above with the uniform prior over the new list, and the base classes' alpha.
+`set_classnames` synthesises the rows of a new list once (and keeps them for that list):
+- the official hard-codes 512 for D (`512 * pinv(...)`, `torch.eye(512)`): D is the feature width
+  here, the same on ViT-B/16 (512); the official code fails on any other width;
+- a list mixing fitted and unfitted classes (the official evaluates pure new lists only): a
+  fitted class keeps its fitted row, the unfitted ones get the synthesis over the unfitted
+  classes of the list, every row with the uniform prior over the whole list (log 1/C); on a
+  subset or reordering of the fitted classes this is the fitted classifier (its bias shifted by
+  a constant; ImageNet-A/-R's 200 classes where named as in the fitted list).
+
 Official few-shot config (configs/few_shots/*.yaml): augment_epoch 10 (every data set), shots 1,
 2, 4, 8, 16, seeds 1-3 (main_few_shots.py); the alpha grid is hard-coded in `run`. Templates:
 the same per-data-set table as Tip-Adapter's (datasets/*.py), ImageNet's 7-template ensemble.
 
-Learned (buffers filled by `fit`, so `num_trainable_parameters()` is 0): W [C, E], b [C] and
-alpha.
+Learned (buffers filled by `fit`, so `num_trainable_parameters()` is 0): W [C, E], b [C],
+alpha and the normalised training features [N x augment_epoch, E] the new-class synthesis reads,
+saved with them (safetensors, fp32): at 16 shots x 100 classes x 10 views x 512 dims, 8,192,000
+values, a 32,973,492-byte prompts.safetensors (measured: `fit_features` on 16,000 random features
+of ViT-B/16's width, then `save`); 16-shot ImageNet (1,000 classes) stores ten times that.
 
 Checked against the official code (/tmp, not in this repository: the body of `run` from
 main_few_shots.py with its CUDA calls removed, `cls_acc` from utils.py; a stub CLIP returning the
@@ -33,6 +53,19 @@ normalises them), with the same random text, validation (40) and test (50) featu
 bit-equal at it; with both classifiers at alpha 1 and 100 the logits differ by <= 3.8e-6 and
 2.0e-4 (logits up to 46 and 464: the pinv of the same fp32 matrix, summed in another order).
 
+Base-to-new checked against the official code the same way (/tmp: the body of `run` from
+main_base2new.py with `.cuda()` removed, `cls_acc` from utils.py (its `float(array)` made
+`float(array[0])` for today's NumPy); a stub CLIP returning the same random unnormalised view
+features, 10 base classes x 16 images x 4 views of width 512 (the official needs D = 512), the
+same random base and new text features (8 new classes), 50 validation, 60 base and 64 new test
+features; ours built on ViT-B/16's shapes with logit_scale exp(log 100), covariance class_mean,
+three random draws), fp32: the same alpha chosen (1, 0.1, 0.1), base W bit-equal, base b
+<= 1.1e-4 (|b| up to 162), base logits <= 9.2e-5 (up to 492); new W <= 2.0e-5 (|W| up to 11),
+new b <= 7.6e-6 (up to 12.6), new logits <= 1.4e-5 (up to 32), at alpha 100 <= 1.3e-3 (up to
+2.2e3; relative 6e-7), the same base and new accuracies. The differences are the summation order
+(one pinv per chunk of classes, summed, vs the official stack and mean) and CLIP's logit scale
+100.0000076 vs the official literal 100.
+
 Departures from the official code, on purpose:
 - Precision: fp32 throughout. Official: fp32 too (no precision setting), but for the
   test/validation features of the first (seed, shots) iteration, encoded by CLIP in fp16
@@ -40,11 +73,13 @@ Departures from the official code, on purpose:
   `clip_classifier(..., clip_model.float())` turns the model to fp32 for good.
 - The zero-shot logits use the backbone's `logit_scale` (100 for CLIP; official: a literal 100).
 - alpha is searched on the run's few-shot validation split (official: the whole val split; for
-  ImageNet the test set, `val_features = test_features` in main_few_shots.py).
-- Classes: only the fitted class list is classified. The official base-to-new script
-  (`main_base2new.py`) fits base classes with another estimator (the mean of the per-class
-  covariances) and synthesises new-class Gaussians from the k = 64 training features nearest each
-  new text feature; neither is implemented here, so base-to-new is not run with GDA.
+  ImageNet the test set, `val_features = test_features` in main_few_shots.py, `val_loader` of
+  the test set in main_base2new.py).
+- The default covariance is the few-shot one (ks) in every protocol; the official base-to-new
+  script uses class_mean for the base classes: `--preset gda_base2new` sets it.
+- D for the official 512 and the choice for mixed class lists: see "Base-to-new" above.
+- More new-class neighbours than stored features (new_class_topk > N x views) is an error
+  naming the setting (official: torch.topk fails).
 - Every class needs training features (official: a class without any gives NaN means).
 """
 
@@ -53,6 +88,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -69,7 +105,6 @@ from vlprompt.methods.base import (
     full_precision,
 )
 from vlprompt.methods.feature_fitting import (
-    ClosedSetMixin,
     check_fit_data,
     eval_view_features,
     not_fitted,
@@ -82,6 +117,8 @@ if TYPE_CHECKING:
     from vlprompt.data.types import Datum
 
 ALPHA_GRID = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0)  # main_few_shots.py `run`
+COVARIANCES = ("ks", "class_mean")  # main_few_shots.py, main_base2new.py (base classes)
+NEW_CLASS_CHUNK = 64  # new classes whose [D, D] scatter matrices are inverted at once
 
 
 @dataclass
@@ -109,6 +146,22 @@ class GDAConfig(MethodConfig):
         default=ALPHA_GRID,
         metadata={"help": "alpha values searched on the validation features (empty: keep alpha)"},
     )
+    covariance: str = field(
+        default="ks",
+        metadata={"help": "the fitted classes' shared covariance: ks (main_few_shots.py: the "
+                  "KS-shrunk covariance of the class-centred features) or class_mean "
+                  "(main_base2new.py: the pinv of the mean per-class covariance)"},
+    )  # fmt: skip
+    new_class_topk: int = field(
+        default=64,
+        metadata={"help": "a class it did not fit: the stored training features nearest its "
+                  "text feature that make its Gaussian (main_base2new.py k = 64)"},
+    )  # fmt: skip
+    new_class_text_copies: int = field(
+        default=16,
+        metadata={"help": "copies of a new class's text feature averaged into its mean with "
+                  "its top-k features (main_base2new.py 16)"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -128,6 +181,21 @@ class GDAConfig(MethodConfig):
             raise MethodError(
                 f"alpha and alpha_grid must be >= 0 (official grid {list(ALPHA_GRID)}), got "
                 f"{self.alpha} and {list(self.alpha_grid)}"
+            )
+        if self.covariance not in COVARIANCES:
+            raise MethodError(
+                f"covariance must be one of {', '.join(COVARIANCES)} (ks: few-shot, class_mean: "
+                f"the official base-to-new base classes), got {self.covariance!r}"
+            )
+        if self.new_class_topk < 2:
+            raise MethodError(
+                f"new_class_topk must be >= 2 (a new class's covariance divides by k - 1; "
+                f"official 64), got {self.new_class_topk}"
+            )
+        if self.new_class_text_copies < 0:
+            raise MethodError(
+                f"new_class_text_copies must be >= 0 (official 16), got "
+                f"{self.new_class_text_copies}"
             )
         if self.gradient_rule != "none":
             raise MethodError(
@@ -152,15 +220,63 @@ def ks_precision(features: torch.Tensor, labels: torch.Tensor, means: torch.Tens
     return dim * torch.linalg.pinv((n - 1) * cov + cov.trace() * eye)
 
 
-def gda_classifier(
+def class_mean_precision(
     features: torch.Tensor, labels: torch.Tensor, n_classes: int
+) -> torch.Tensor:
+    """The official base-to-new inverse of the shared covariance [D, D] (main_base2new.py):
+    pinv of the mean of the per-class covariances (N_c - 1 in each denominator)."""
+    total = sum(features[labels == c].T.cov() for c in range(n_classes))
+    return torch.linalg.pinv(total / n_classes)
+
+
+def discriminant(
+    means: torch.Tensor, precision: torch.Tensor, n_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W [C, D], b [C]) of the Gaussian classifier with the KS precision and uniform prior."""
-    means = class_means(features, labels, n_classes)
-    precision = ks_precision(features, labels, means)
-    weight = means @ precision  # the precision is symmetric: W_c = Sigma^-1 mu_c
+    """(W [C, D], b [C]): W_c = Sigma^-1 mu_c, b_c = log(1 / n_classes) - mu_c^T Sigma^-1 mu_c / 2
+    (the precision is symmetric)."""
+    weight = means @ precision
     bias = math.log(1.0 / n_classes) - (weight * means).sum(dim=-1) / 2
     return weight, bias
+
+
+def gda_classifier(
+    features: torch.Tensor, labels: torch.Tensor, n_classes: int, covariance: str = "ks"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W [C, D], b [C]) of the Gaussian classifier with the shared precision of `covariance`
+    (ks or class_mean) and a uniform prior."""
+    means = class_means(features, labels, n_classes)
+    if covariance == "class_mean":
+        precision = class_mean_precision(features, labels, n_classes)
+    else:
+        precision = ks_precision(features, labels, means)
+    return discriminant(means, precision, n_classes)
+
+
+def synthesized_gaussians(
+    train_feats: torch.Tensor, text: torch.Tensor, k: int, copies: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official new-class Gaussians (main_base2new.py), from the stored training features
+    [N, D] and the new classes' normalised text features [C, D]: (means [C, D], precision [D, D]).
+    Each class: X its k training features nearest its text feature t (largest X t), its mean
+    the mean of X and `copies` copies of t, S = (X - t)^T (X - t) / (k - 1) (centred on t); the
+    precision D * pinv((k - 1) S + trace(S) I), averaged over the classes."""
+    n, dim = train_feats.shape
+    if k > n:
+        raise MethodError(
+            f"gda: new_class_topk {k} exceeds the {n} stored training features (shots x classes "
+            f"x augment_epoch); set new_class_topk <= {n} to classify classes it did not fit"
+        )
+    nearest = (text @ train_feats.T).topk(k, dim=-1).indices  # [C, k]
+    means = torch.cat([train_feats[nearest], text[:, None].expand(-1, copies, -1)], dim=1)
+    eye = torch.eye(dim, dtype=train_feats.dtype, device=train_feats.device)
+    total = torch.zeros(dim, dim, dtype=train_feats.dtype, device=train_feats.device)
+    for start in range(0, len(text), NEW_CLASS_CHUNK):
+        rows = slice(start, start + NEW_CLASS_CHUNK)
+        centred = train_feats[nearest[rows]] - text[rows, None]  # [c, k, D]
+        cov = centred.transpose(1, 2) @ centred / (k - 1)
+        trace = cov.diagonal(dim1=1, dim2=2).sum(dim=-1)[:, None, None]
+        total += (dim * torch.linalg.pinv((k - 1) * cov + trace * eye)).sum(dim=0)
+    return means.mean(dim=1), total / len(text)
 
 
 def gda_logits(
@@ -194,13 +310,19 @@ def search_alpha(
 
 # ---- the method ---------------------------------------------------------------------------------
 @register_method
-class GDA(ClosedSetMixin, TemplateEnsembleMixin, FrozenImageMixin, PromptMethod):
-    """Zero-shot CLIP plus a Gaussian discriminant classifier of the few-shot features."""
+class GDA(TemplateEnsembleMixin, FrozenImageMixin, PromptMethod):
+    """Zero-shot CLIP plus a Gaussian discriminant classifier of the few-shot features; classes it
+    did not fit get Gaussians synthesised from the stored training features."""
 
     name: ClassVar[str] = "gda"
     config_class: ClassVar[type[MethodConfig]] = GDAConfig
     needs_training: ClassVar[bool] = False  # fitted in closed form by `fit` / `fit_features`
-    classifies_new_classes: ClassVar[bool] = False
+    new_classes_note: ClassVar[str | None] = (
+        "a class it did not fit gets a Gaussian synthesised from the 64 stored base-class "
+        "training features nearest its text feature (mean with 16 copies of that feature, "
+        "KS-shrunk precision averaged over the new classes) with the base classes' alpha, as "
+        "the official main_base2new.py"
+    )
     config: GDAConfig
 
     def __init__(self, clip: ClipBackbone, classnames: list[str], config: GDAConfig) -> None:
@@ -209,11 +331,57 @@ class GDA(ClosedSetMixin, TemplateEnsembleMixin, FrozenImageMixin, PromptMethod)
         self.register_buffer("weight", torch.zeros(n, dim, device=device))
         self.register_buffer("bias", torch.zeros(n, device=device))
         self.register_buffer("alpha", torch.full((), -1.0, device=device))  # < 0: not fitted
+        # the normalised training features [N x views, E], kept for classes it did not fit
+        self.register_buffer("train_features", torch.zeros(0, dim, device=device))
+        self.fitted_classnames = list(self.classnames)  # the rows of weight and bias
         self._text_cache = KeyedCache()
+        self._rows_cache = KeyedCache()
+
+    # ---- classes: fitted rows, synthesised rows --------------------------------------------
+    def set_classnames(self, classnames: list[str]) -> None:
+        """Point the method at `classnames`: a class it fitted keeps its fitted row, any other
+        class gets a row synthesised now (`synthesized_gaussians` over the list's unfitted
+        classes). Every row's prior is uniform over the whole list."""
+        super().set_classnames(classnames)
+        if float(self.alpha) >= 0:
+            self.class_rows()
+
+    def class_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W [C, E], b [C]) of the current class list: the fitted buffers on the fitted list,
+        otherwise computed once per list and kept."""
+        if self.classnames == self.fitted_classnames:
+            return self.weight, self.bias
+        stored = self.train_features
+        key = (tuple(self.classnames), stored.data_ptr(), stored._version, self.weight._version)
+        return self._rows_cache.get(key, self._mixed_rows)
+
+    def _mixed_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        fitted = {name: i for i, name in enumerate(self.fitted_classnames)}
+        old = [i for i, name in enumerate(self.classnames) if name in fitted]
+        new = [i for i, name in enumerate(self.classnames) if name not in fitted]
+        n_cls, device = len(self.classnames), self.weight.device
+        weight = torch.zeros(n_cls, self.weight.shape[1], device=device)
+        bias = torch.zeros(n_cls, device=device)
+        with torch.no_grad(), full_precision(device):
+            if old:
+                rows = torch.tensor([fitted[self.classnames[i]] for i in old], device=device)
+                weight[old] = self.weight[rows]
+                prior = math.log(len(self.fitted_classnames) / n_cls)  # log(1/C) - log(1/C_fit)
+                bias[old] = self.bias[rows] + prior
+            if new:
+                text = self.text_features()[new].float()
+                means, precision = synthesized_gaussians(
+                    self.train_features.float(), text, self.config.new_class_topk,
+                    self.config.new_class_text_copies,
+                )  # fmt: skip
+                weight[new], bias[new] = discriminant(means, precision, n_cls)
+        return weight, bias
 
     def class_features(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-        """The class side: zero-shot text features and the fitted classifier (W, b, alpha)."""
-        return self.text_features(), self.weight, self.bias, float(self.alpha)
+        """The class side: zero-shot text features and the current classes' rows (W, b) with
+        alpha."""
+        weight, bias = self.class_rows()
+        return self.text_features(), weight, bias, float(self.alpha)
 
     def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         if float(self.alpha) < 0:
@@ -257,10 +425,14 @@ class GDA(ClosedSetMixin, TemplateEnsembleMixin, FrozenImageMixin, PromptMethod)
         """Fit on normalised features [N, E] (every class present); alpha searched on the
         validation features. Returns alpha and its validation accuracy (nan without them)."""
         device = self.clip.device
+        self.set_classnames(self.fitted_classnames)  # it fits the classes it was built for
         check_fit_data(self.name, train_feats, train_labels, self.classnames)
+        self._check_class_sizes(train_labels)
         feats = train_feats.to(device).float()
         with torch.no_grad(), full_precision(device):
-            weight, bias = gda_classifier(feats, train_labels.to(device), len(self.classnames))
+            weight, bias = gda_classifier(
+                feats, train_labels.to(device), len(self.classnames), self.config.covariance
+            )
             alpha, accuracy = self.config.alpha, math.nan
             if val_feats is not None and val_labels is not None and len(val_labels) > 0:
                 val_f = val_feats.to(device).float()
@@ -272,4 +444,44 @@ class GDA(ClosedSetMixin, TemplateEnsembleMixin, FrozenImageMixin, PromptMethod)
         self.weight.copy_(weight)
         self.bias.copy_(bias)
         self.alpha.fill_(alpha)
+        self.train_features = feats.clone()
+        self._rows_cache.clear()
         return {"alpha": alpha, "val_accuracy": accuracy}
+
+    def _check_class_sizes(self, labels: torch.Tensor) -> None:
+        """The class_mean covariance needs two features of every class (N_c - 1 > 0)."""
+        if self.config.covariance != "class_mean":
+            return
+        counts = torch.bincount(labels.cpu(), minlength=len(self.classnames))
+        single = [self.classnames[i] for i in (counts < 2).nonzero().flatten().tolist()]
+        if single:
+            raise MethodError(
+                f"gda: covariance 'class_mean' needs >= 2 training features per class (a "
+                f"class's covariance divides by N_c - 1); only one for {single[:5]}: use "
+                "augment_epoch >= 2 or covariance 'ks'"
+            )
+
+    # ---- saving --------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        if self.classnames != self.fitted_classnames:
+            raise MethodError(
+                f"save {self.name} while it points at the classes it was fitted on (the rows of "
+                "its weight); set_classnames(method.fitted_classnames) first"
+            )
+        super().save(directory)
+
+    @classmethod
+    def load(
+        cls, directory: str | Path, clip: ClipBackbone, classnames: list[str] | None = None
+    ) -> PromptMethod:
+        """Rebuild a saved GDA on its fitted classes, then point it at `classnames`."""
+        method = super().load(directory, clip)
+        if classnames is not None:
+            method.set_classnames(list(classnames))
+        return method
+
+    def size_to_saved(self, tensors: dict[str, torch.Tensor]) -> None:
+        """The stored training features have as many rows as were saved."""
+        rows = tensors["train_features"].shape[0] if "train_features" in tensors else 0
+        self.train_features = torch.zeros(rows, self.train_features.shape[1],
+                                          device=self.train_features.device)  # fmt: skip
