@@ -152,7 +152,7 @@ def fit(
     device = next(iter(method.trainable_parameters())).device
     precision = effective_precision(device, settings.precision)
     params = method.trainable_parameters()
-    optimizer = build_optimizer(method.param_groups(), cfg)
+    optimizer = build_optimizer(method.optimizer_groups(), cfg)
     # fp16 (CUDA only) needs loss scaling against gradient underflow; bf16 has fp32's range
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     scale = scaler.scale if scaler is not None else (lambda t: t)
