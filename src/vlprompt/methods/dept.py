@@ -51,7 +51,23 @@ Departures from the official code:
   1 - w, its self-regulating terms keep theirs, and GPA averages the head with the prompts;
   CoCoOp + DePT (image-conditioned class features) is not offered.
 
-Agreement with the official code: see `AGREEMENT` below (filled from side-by-side runs).
+Agreement with the official code (harness outside the repository): the official
+`trainers/elp_coop.py`, `elp_kgcoop.py` and `elp_maple.py` `CustomCLIP` (Dassl stubbed, their CLIP
+built by their own `build_model` from the state dict of the same random open_clip ViT, QuickGELU,
+every weight perturbed and rounded to fp16-representable values, reloaded in fp32; MaPLe's
+`.half()` casts made no-ops), their FiLM scales and biases moved off identity at random, the same
+prompts, FiLM and linear weights copied into ours; 4 images, 5 base classes, 3 new ones; one
+training forward + backward (base), then eval on base (fusion) and new (plain). Worst
+|difference| (loss / gradients of every learned tensor / base logits / new logits):
+- CoOp (16 random context vectors), two shapes (vision 128x2 / text 128x2, 32 px; vision
+  192x3 / text 64x3, 48 px): 2.4e-7 / 5.7e-7 / 8.3e-7 / 1.7e-6 (|loss| ~1.8, |grad| <= 0.46);
+- KgCoOp ("a photo of a", W 2.0, the Oxford Pets anchor "a photo of a {}, a type of pet."),
+  the same two shapes: 2.4e-7 / 1.2e-6 / 7.2e-7 / 3.6e-6 (|grad| <= 1.03);
+- MaPLe (2 context vectors from "a photo of a"), widths 768 / 512 (the official code's fixed
+  widths) at depth 9 (9 + 9 blocks) and depth 3 (3 + 4 blocks): 4.8e-7 / 2.1e-6 / 1.8e-6 /
+  7.0e-6 (|grad| <= 1.19);
+- PromptSRC: no official DePT code to compare with; tests/test_dept.py checks it against the
+  plain formula above.
 """
 
 from __future__ import annotations
