@@ -84,6 +84,7 @@ if TYPE_CHECKING:
     from vlprompt.methods.contract import PromptMethod
     from vlprompt.methods.training_step import TrainOutput
 
+
 class ChannelTransform(nn.Module):
     """x * scale + bias per channel (official `FiLM(dim)`: scale ones, bias zeros)."""
 
@@ -162,9 +163,7 @@ def fused_logits(
     return (1 - w) * logits.float() + w * head.float()
 
 
-def head_param_groups(
-    groups: list[dict], head: nn.Module, lr_scale: float
-) -> list[dict]:
+def head_param_groups(groups: list[dict], head: nn.Module, lr_scale: float) -> list[dict]:
     """`groups` without the head's parameters, plus one group of them at `lr_scale` times the
     schedule's rate (official STAGED_LR)."""
     ids = {id(p) for p in head.parameters()}
