@@ -230,3 +230,12 @@ def test_bad_settings_one_clear_error_each(tiny_clip, settings, message):
 def test_methods_without_separate_features_refuse_the_rule(tiny_clip, name):
     with pytest.raises(MethodError, match="feature_rule 'dept' needs a method with separate"):
         create_method(name, tiny_clip, BASE, feature_rule="dept")
+
+
+def test_export_refuses_the_rule_with_one_line(tiny_clip):
+    from vlprompt.errors import ExportError
+    from vlprompt.export import build_exportable
+
+    method = create_method("coop", tiny_clip, BASE, n_ctx=4, feature_rule="dept")
+    with pytest.raises(ExportError, match="feature_rule 'dept' cannot be exported yet"):
+        build_exportable(method)

@@ -30,7 +30,8 @@ w = 0.7 (`LINEAR_PROBE.WEIGHT`), the head's learning rate 6.5 x the prompts' (`O
 10 epochs, batch 4, cosine after 1 constant warm-up epoch at 1e-5; base methods as DePT runs
 them: CoOp 16 random context vectors, KgCoOp 4 from "a photo of a" with W = 2.0, MaPLe 2 from "a
 photo of a" at depth 9 (presets `coop_dept_base2new`, `kgcoop_dept_base2new`,
-`maple_dept_base2new`, `promptsrc_dept_base2new`).
+`maple_dept_base2new`; PromptSRC + DePT has no official recipe, so no preset:
+`--preset promptsrc_base2new --set feature_rule=dept` gives PromptSRC's with DePT's head).
 
 Composition: a method-config field, like `gradient_rule`, rather than a wrapper method. The head
 needs the base method's features before normalisation and its loss terms; a wrapper would have
