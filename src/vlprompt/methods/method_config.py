@@ -273,9 +273,7 @@ def check_feature_rule_settings(config: MethodConfig) -> None:
             f"dept_weight must be in [0, 1] (DePT uses 0.7), got {config.dept_weight}"
         )
     if not config.dept_lr_scale > 0:
-        raise MethodError(
-            f"dept_lr_scale must be > 0 (DePT uses 6.5), got {config.dept_lr_scale}"
-        )
+        raise MethodError(f"dept_lr_scale must be > 0 (DePT uses 6.5), got {config.dept_lr_scale}")
     changed = [
         name
         for name, default in (("dept_weight", 0.7), ("dept_lr_scale", 6.5))
