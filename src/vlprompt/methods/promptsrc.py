@@ -300,8 +300,8 @@ class PromptSRC(IVLP):
             raw_image, raw_text = raw, self.raw_text_features()
             text = F.normalize(raw_text, dim=-1)
         return PromptSRCTrainOutput(
-            clip_logits(self.clip, img, text), self.image_features(images), raw_image, raw_text,
-            text_features=text, prompted_image_features=img,
+            clip_logits(self.clip, img, text), self.image_features(images), text, img,
+            raw_image_features=raw_image, raw_text_features=raw_text,
         )  # fmt: skip
 
     def loss(self, out: PromptSRCTrainOutput, labels: torch.Tensor) -> torch.Tensor:

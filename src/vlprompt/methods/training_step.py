@@ -7,7 +7,7 @@ then the gradient rule of its config on the total: "none", "kd" or "prograd",
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,9 +27,10 @@ class TrainOutput:
     logits: torch.Tensor  # [batch, classes]
     image_features: torch.Tensor | None = None  # [batch, embed_dim], normalised, no grad
     # the features the logits were computed from, before L2 normalisation (with autograd where
-    # they are learned): set under feature_rule "dept", whose head reads them
-    raw_image_features: torch.Tensor | None = None  # [batch, embed_dim]
-    raw_text_features: torch.Tensor | None = None  # [classes, embed_dim]
+    # they are learned): set under feature_rule "dept", whose head reads them; keyword-only, so
+    # that subclasses' positional fields keep their places
+    raw_image_features: torch.Tensor | None = field(default=None, kw_only=True)  # [batch, E]
+    raw_text_features: torch.Tensor | None = field(default=None, kw_only=True)  # [classes, E]
 
 
 @dataclass
