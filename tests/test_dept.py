@@ -239,3 +239,31 @@ def test_export_refuses_the_rule_with_one_line(tiny_clip):
     method = create_method("coop", tiny_clip, BASE, n_ctx=4, feature_rule="dept")
     with pytest.raises(ExportError, match="feature_rule 'dept' cannot be exported yet"):
         build_exportable(method)
+
+
+def test_train_and_eval_from_the_cli(world, tmp_path, capsys, isolated_home):
+    """`vlprompt train --feature-rule dept` on base classes: the run saves the head with its class
+    list; `eval` on the new classes uses the method's plain logits (no head rows for them)."""
+    from test_engine_helpers import TINY_VIT
+
+    from vlprompt.api import load_run
+    from vlprompt.cli import main
+
+    run = tmp_path / "run"
+    argv = [
+        "train", "--method", "coop", "--dataset", "imagefolder", "--root", str(world["data"]),
+        "--backbone", TINY_VIT, "--pretrained", str(world["ckpt"]), "--shots", "4",
+        "--subsample", "base", "--epochs", "1", "--n-ctx", "4", "--feature-rule", "dept",
+        "--deterministic", "-q", "-o", str(run),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    info = json.loads((run / "method.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    assert config["method_config"]["feature_rule"] == "dept"
+    assert info["head_classnames"] == info["classnames"] and len(info["classnames"]) == 2
+    capsys.readouterr()
+    assert main(["eval", str(run), "--subsample", "new", "--json", "--no-record"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["n_classes"] == 1 and record["n_images"] == 4
+    method = load_run(run).method
+    assert method.dept_active and method.dept.classifier.weight.shape[0] == 2
