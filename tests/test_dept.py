@@ -245,7 +245,6 @@ def test_train_and_eval_from_the_cli(world, tmp_path, capsys, isolated_home):
     """`vlprompt train --feature-rule dept` on base classes: the run saves the head with its class
     list; `eval` on the new classes uses the method's plain logits (no head rows for them)."""
     from test_engine_helpers import TINY_VIT
-
     from vlprompt.api import load_run
     from vlprompt.cli import main
 
