@@ -266,3 +266,16 @@ def test_train_and_eval_from_the_cli(world, tmp_path, capsys, isolated_home):
     assert record["n_classes"] == 1 and record["n_images"] == 4
     method = load_run(run).method
     assert method.dept_active and method.dept.classifier.weight.shape[0] == 2
+
+
+def test_warm_up_sets_every_group_alike_then_the_head_runs_faster(tiny_clip):
+    """Dassl's constant warm-up gives every group `warmup_lr`; afterwards the head's group runs
+    at `dept_lr_scale` times the schedule's rate (official STAGED_LR)."""
+    from vlprompt.schedule import set_lr
+
+    method = create_method("coop", tiny_clip, BASE, n_ctx=4, feature_rule="dept")
+    optimizer = torch.optim.SGD(method.optimizer_groups(), lr=1.0)
+    set_lr(optimizer, 1e-5, warmup=True)
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-5, 1e-5]
+    set_lr(optimizer, 0.0035)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.0035, 0.0035 * 6.5]

@@ -257,9 +257,11 @@ def _train_epochs(run, cfg, sampler, generator, seed, start_epoch, settings, run
     method, loader, optimizer, scaler = run.method, run.loader, run.optimizer, run.scaler
     params, ctx, epochs = run.params, run.ctx, run.epochs
     for epoch in range(start_epoch, epochs):
+        warmup = False
         if run.lr_of_step is not None:  # set at every step; reported: the epoch's first
             lr = run.lr_of_step(epoch * len(loader))
         else:
+            warmup = epoch < cfg.warmup_epochs
             lr = lr_at_epoch(
                 epoch,
                 lr=cfg.lr,
@@ -267,7 +269,7 @@ def _train_epochs(run, cfg, sampler, generator, seed, start_epoch, settings, run
                 warmup_epochs=cfg.warmup_epochs,
                 epochs=cfg.epochs,
             )
-        set_lr(optimizer, lr)
+        set_lr(optimizer, lr, warmup)
         sampler.set_epoch(epoch)
         generator.manual_seed(seed * 100_003 + epoch * 1009 + ctx.rank)  # worker seeds
         stats = _run_epoch(run, epoch, lr)

@@ -26,7 +26,8 @@ the head's" (`PromptMethod.dept_active`), which gives the official choice in bot
 
 Official hyper-parameters (`train.py extend_cfg` + `configs/trainers/ExtrasLinearProbe*/`):
 w = 0.7 (`LINEAR_PROBE.WEIGHT`), the head's learning rate 6.5 x the prompts' (`OPTIM.LR_EXP`,
-`STAGED_LR`: prompts 0.0035, head 0.02275), SGD momentum 0.9, weight decay 5e-4 on everything,
+`STAGED_LR`: prompts 0.0035, head 0.02275; during the warm-up epoch both at 1e-5, as Dassl's
+constant warm-up sets every group), SGD momentum 0.9, weight decay 5e-4 on everything,
 10 epochs, batch 4, cosine after 1 constant warm-up epoch at 1e-5; base methods as DePT runs
 them: CoOp 16 random context vectors, KgCoOp 4 from "a photo of a" with W = 2.0, MaPLe 2 from "a
 photo of a" at depth 9 (presets `coop_dept_base2new`, `kgcoop_dept_base2new`,
@@ -50,8 +51,6 @@ learned tensors plus `dept.*` in `prompts.safetensors`, the head's class list in
 
 Departures from the official code:
 - precision: fp32 weights (autocast where the run asks) instead of the official fp16 CLIP;
-- the warm-up epoch runs the head at 6.5 x 1e-5 (here every group's rate is the schedule's
-  times its scale); Dassl's constant warm-up sets every group to 1e-5;
 - PromptSRC + DePT is not in the official code (its README and `configs.py` list CoOp, CoCoOp,
   KgCoOp and MaPLe); it is composed by the same rule: PromptSRC's cross-entropy takes weight
   1 - w, its self-regulating terms keep theirs, and GPA averages the head with the prompts;
