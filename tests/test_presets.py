@@ -294,6 +294,35 @@ CASES = [
         16,
         {**DEPT, "n_ctx": 2, "ctx_init": "a photo of a", "depth": 9},
     ),
+    # DePT's cross-data-set runs (parallel_runner.py mode 'xd'): the same configs on ImageNet
+    (
+        "coop_dept_xd",
+        "coop",
+        "imagenet",
+        16,
+        {**DEPT, "n_ctx": 16, "ctx_init": "", "csc": False, "class_token_position": "end"},
+    ),
+    (
+        "kgcoop_dept_xd",
+        "kgcoop",
+        "imagenet",
+        16,
+        {
+            **DEPT,
+            "n_ctx": 4,
+            "ctx_init": "a photo of a",
+            "csc": False,
+            "class_token_position": "end",
+            "w": 2.0,
+        },
+    ),
+    (
+        "maple_dept_xd",
+        "maple",
+        "imagenet",
+        16,
+        {**DEPT, "n_ctx": 2, "ctx_init": "a photo of a", "depth": 9},
+    ),
     # CLAP's ImageNet: IMAGENET_TEMPLATES_SELECT + CUSTOM_TEMPLATES["ImageNet"]
     (
         "clap_fewshot",

@@ -619,6 +619,33 @@ register_preset(
     )
 )
 
+_DEPT_XD_NOTE = (
+    "parallel_runner.py's mode 'xd' trains one ImageNet run (all classes, 16 shots) with the "
+    "base-to-new config unchanged and tests it on the other data sets and the ImageNet "
+    "variants: ImageNet's own test gets the fusion, the other data sets the method's logits"
+)
+_TITLES = {"coop": "CoOp", "kgcoop": "KgCoOp", "maple": "MaPLe"}
+for _base, _config, _settings in (
+    ("coop", "ExtrasLinearProbeCoOp/vit_b16_ep10_bs4_lr35",
+     {"n_ctx": 16, "ctx_init": "", "csc": False, "class_token_position": "end"}),
+    ("kgcoop", "ExtrasLinearProbeKgCoOp/vit_b16_ep10_ctxv1_bs4_lr35",
+     {"n_ctx": 4, "ctx_init": "a photo of a", "csc": False, "class_token_position": "end",
+      "w": 2.0}),
+    ("maple", "ExtrasLinearProbeMaPLe/vit_b16_c2_ep10_batch4_2ctx",
+     {"n_ctx": 2, "ctx_init": "a photo of a", "depth": 9}),
+):  # fmt: skip
+    register_preset(
+        Preset(
+            f"{_base}_dept_xd",
+            _base,
+            f"{_TITLES[_base]} + DePT trained on ImageNet for cross-data-set transfer and domain "
+            f"generalisation ({_config.split('/')[1]}, the base-to-new values)",
+            _dept(_base, _config, _settings),
+            shots=(16,),
+            notes=(_DEPT_XD_NOTE,),
+        )
+    )
+
 _PROMPTSRC = "muzairkhattak/PromptSRC"
 _PROMPTSRC_NOTE = (
     "the frozen text target's templates (trainers/promptsrc.py: the 60 IMAGENET_TEMPLATES for "
