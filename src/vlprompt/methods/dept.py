@@ -31,8 +31,9 @@ constant warm-up sets every group), SGD momentum 0.9, weight decay 5e-4 on every
 10 epochs, batch 4, cosine after 1 constant warm-up epoch at 1e-5; base methods as DePT runs
 them: CoOp 16 random context vectors, KgCoOp 4 from "a photo of a" with W = 2.0, MaPLe 2 from "a
 photo of a" at depth 9 (presets `coop_dept_base2new`, `kgcoop_dept_base2new`,
-`maple_dept_base2new`; PromptSRC + DePT has no official recipe, so no preset:
-`--preset promptsrc_base2new --set feature_rule=dept` gives PromptSRC's with DePT's head).
+`maple_dept_base2new`, and `*_dept_xd` for its ImageNet cross-data-set runs). PromptSRC + DePT
+has no official recipe, so no preset: `--preset promptsrc_base2new --set feature_rule=dept`
+gives PromptSRC's recipe with DePT's head.
 
 Published (the official README's base-to-new table, `examples/base_to_new_performance.png`,
 ViT-B/16, 16 shots, average of 11 data sets, base / new / H): CoOp + DePT 83.66 / 71.82 / 77.29,
