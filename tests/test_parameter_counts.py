@@ -30,6 +30,15 @@ def test_counts_on_vit_b16_equal_the_published_ones(name, vit_b16):
     assert parameter_count(name, vit_b16) == ParameterCount(PUBLISHED[name], 0)
 
 
+def test_depts_head_adds_two_channel_maps_and_a_linear_classifier(vit_b16):
+    from vlprompt.methods.parameter_counts import feature_rule_count
+
+    # DePT (official FiLM(512) x 2 + nn.Linear(512, classes)): 4 x 512 + 513 x classes
+    assert feature_rule_count(vit_b16, "dept") == ParameterCount(4 * 512, 513)
+    coop = parameter_count("coop", vit_b16, feature_rule="dept")
+    assert coop == ParameterCount(16 * 512 + 4 * 512, 513)
+
+
 def test_a_count_that_grows_with_the_classes_is_given_per_class(vit_b16):
     count = parameter_count("coop", vit_b16, csc=True)  # one context per class
     assert count == ParameterCount(0, 16 * 512)

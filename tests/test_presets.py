@@ -29,6 +29,10 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "reproduce.md"
 SGD = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4}
 WARMUP = {"warmup_epochs": 1, "warmup_lr": 1e-5}
 
+DEPT = {  # Koorye/DePT: the recipe and the head's settings shared by its three trainers
+    **SGD, **WARMUP, "lr": 0.0035, "epochs": 10, "batch_size": 4,
+    "feature_rule": "dept", "dept_weight": 0.7, "dept_lr_scale": 6.5,
+}  # fmt: skip
 RPO_K24 = {  # mlvlab/RPO configs/trainers/RPO/main_K24.yaml
     **SGD, **WARMUP, "K": 24, "lr": 0.01, "epochs": 15, "batch_size": 4,
     "template": "a photo of a {}.",  # RPO's train.py: DATASET.PROMPT "a photo of a _."
@@ -249,6 +253,79 @@ CASES = [
         "ucf101",
         8,
         {**LPP, "template": "a photo of a person doing {}."},
+    ),
+    # DePT (Koorye/DePT configs/trainers/ExtrasLinearProbe*/ + train.py extend_cfg)
+    (
+        "coop_dept_base2new",
+        "coop",
+        "oxford_pets",
+        16,
+        {**DEPT, "n_ctx": 16, "ctx_init": "", "csc": False, "class_token_position": "end"},
+    ),
+    (
+        "kgcoop_dept_base2new",
+        "kgcoop",
+        "oxford_pets",
+        16,
+        {
+            **DEPT,
+            "n_ctx": 4,
+            "ctx_init": "a photo of a",
+            "csc": False,
+            "class_token_position": "end",
+            "w": 2.0,
+        },
+    ),
+    (
+        "kgcoop_dept_base2new",
+        "kgcoop",
+        "dtd",
+        16,
+        {
+            **DEPT,
+            "n_ctx": 4,
+            "ctx_init": "a photo of a",
+            "csc": False,
+            "class_token_position": "end",
+            "w": 2.0,
+            "template": "a photo of a {}, a type of texture.",
+        },
+    ),
+    (
+        "maple_dept_base2new",
+        "maple",
+        "imagenet",
+        16,
+        {**DEPT, "n_ctx": 2, "ctx_init": "a photo of a", "depth": 9},
+    ),
+    # DePT's cross-data-set runs (parallel_runner.py mode 'xd'): the same configs on ImageNet
+    (
+        "coop_dept_xd",
+        "coop",
+        "imagenet",
+        16,
+        {**DEPT, "n_ctx": 16, "ctx_init": "", "csc": False, "class_token_position": "end"},
+    ),
+    (
+        "kgcoop_dept_xd",
+        "kgcoop",
+        "imagenet",
+        16,
+        {
+            **DEPT,
+            "n_ctx": 4,
+            "ctx_init": "a photo of a",
+            "csc": False,
+            "class_token_position": "end",
+            "w": 2.0,
+        },
+    ),
+    (
+        "maple_dept_xd",
+        "maple",
+        "imagenet",
+        16,
+        {**DEPT, "n_ctx": 2, "ctx_init": "a photo of a", "depth": 9},
     ),
     # CLAP's ImageNet: IMAGENET_TEMPLATES_SELECT + CUSTOM_TEMPLATES["ImageNet"]
     (

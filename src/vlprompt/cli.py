@@ -958,7 +958,24 @@ def cmd_methods(args: argparse.Namespace) -> int:
         if args.verbose:
             for key, value in config.to_dict().items():
                 print(f"    {key} = {value!r}")
+    _print_feature_rules(names, COUNT_MODEL)
     return 0
+
+
+def _print_feature_rules(names: list[str], model_name: str) -> None:
+    """The feature rules (`--feature-rule`), the methods that take them and what they add."""
+    import torch
+
+    from vlprompt.methods import get_method_class
+    from vlprompt.methods.parameter_counts import feature_rule_count, shapes_only_backbone
+
+    able = [n for n in names if "dept" in get_method_class(n).feature_rules]
+    with torch.no_grad():
+        count = feature_rule_count(shapes_only_backbone(model_name), "dept")
+    print(
+        f"feature rule 'dept' (DePT's head, --feature-rule dept; presets *_dept_base2new) on "
+        f"{', '.join(able)}: adds {count.describe()} parameters"
+    )
 
 
 def cmd_presets(args: argparse.Namespace) -> int:

@@ -264,6 +264,10 @@ class DeepTextFeaturesMixin:
 
     def text_features(self) -> torch.Tensor:
         """Normalised text features [C, E] of the prompted class prompts."""
+        return nn.functional.normalize(self.raw_text_features(), dim=-1)
+
+    def raw_text_features(self) -> torch.Tensor:
+        """The prompted class prompts' text features before normalisation [C, E]."""
         prompts, deep = self.prompt_embeddings(), self.deep_text_prompts()
         if self.fast:
             cfg = self.config
@@ -274,7 +278,7 @@ class DeepTextFeaturesMixin:
             )  # fmt: skip
         else:
             feats = deep_text_features(self.clip, prompts, self.eot_index, deep, pooled_only=False)
-        return nn.functional.normalize(feats, dim=-1)
+        return feats
 
 
 def deep_image_features(

@@ -153,7 +153,7 @@ def fit(
     device = next(iter(method.trainable_parameters())).device
     precision = effective_precision(device, settings.precision)
     params = method.trainable_parameters()
-    optimizer = build_optimizer(method.param_groups(), cfg)
+    optimizer = build_optimizer(method.optimizer_groups(), cfg)
     # fp16 (CUDA only) needs loss scaling against gradient underflow; bf16 has fp32's range
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     scale = scaler.scale if scaler is not None else (lambda t: t)
@@ -262,9 +262,11 @@ def _train_epochs(run, cfg, sampler, generator, seed, start_epoch, settings, run
     method, loader, optimizer, scaler = run.method, run.loader, run.optimizer, run.scaler
     params, ctx, epochs = run.params, run.ctx, run.epochs
     for epoch in range(start_epoch, epochs):
+        warmup = False
         if run.lr_of_step is not None:  # set at every step; reported: the epoch's first
             lr = run.lr_of_step(epoch * len(loader))
         else:
+            warmup = epoch < cfg.warmup_epochs
             lr = lr_at_epoch(
                 epoch,
                 lr=cfg.lr,
@@ -272,7 +274,7 @@ def _train_epochs(run, cfg, sampler, generator, seed, start_epoch, settings, run
                 warmup_epochs=cfg.warmup_epochs,
                 epochs=cfg.epochs,
             )
-        set_lr(optimizer, lr)
+        set_lr(optimizer, lr, warmup)
         sampler.set_epoch(epoch)
         generator.manual_seed(seed * 100_003 + epoch * 1009 + ctx.rank)  # worker seeds
         stats = _run_epoch(run, epoch, lr)

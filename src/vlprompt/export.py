@@ -248,6 +248,12 @@ def build_exportable(
             "prompts are shifted per image), so the text tower would have to run in the "
             "exported graph for every image; use `vlprompt predict` or a text-static method"
         )
+    if getattr(method, "dept", None) is not None:
+        raise ExportError(
+            f"{method.name} with feature_rule 'dept' cannot be exported yet: its base-class "
+            "logits fuse DePT's head on the unnormalised image features, which the exported "
+            "graph does not carry; use `vlprompt predict`, or export a run without the rule"
+        )
     if features and image_path_of(method) is None:
         raise ExportError(
             f"{method.name}: vlprompt does not know which image features its head reads, so it "

@@ -56,6 +56,7 @@ SOURCES: dict[str, str] = {
     "mrflogs/ICLR24": "560fe211700964c915442ff98dbe47dd09656a35",
     "FereshteShakeri/FewShot-CLIP-Strong-Baseline": "f81054f995b060f8348d20e7306e15889b70c786",
     "jusiro/CLAP": "dbdf4095b3d824546474c725539b9f4efff3ca0e",
+    "Koorye/DePT": "d4ff41684bac42da30ebb6898496772dec3157f2",
 }
 FEWSHOT_SHOTS = (1, 2, 4, 8, 16)  # the shots of every few-shot table
 MINI_PRESET = "mini"  # the mini world's settings: the default with the shipped tiny CLIP
@@ -532,6 +533,118 @@ register_preset(
         ),
     )
 )
+
+_DEPT = "Koorye/DePT"
+
+
+def _dept(base: str, config: str, settings: dict) -> tuple[Rule, ...]:
+    """DePT on `base` (configs.py `{base}_dept`): the base method's settings as DePT runs them,
+    the head's (train.py extend_cfg) and the shared recipe."""
+    return (
+        Rule(
+            {"optimizer": "sgd", "lr": 0.0035, "epochs": 10, "batch_size": 4, **_WARMUP},
+            f"{_DEPT} configs/trainers/{config}.yaml (configs.py {base}_dept, 16 shots)",
+        ),
+        Rule(
+            {"feature_rule": "dept", "dept_weight": 0.7, "dept_lr_scale": 6.5},
+            f"{_DEPT} train.py extend_cfg (LINEAR_PROBE.WEIGHT 0.7, TEST_TIME_FUSION True, "
+            "OPTIM.STAGED_LR with LR_EXP 6.5 for linear_probe and film)",
+        ),
+        Rule(settings, f"{_DEPT} train.py extend_cfg and configs/trainers/{config}.yaml"),
+        _DASSL,
+    )
+
+
+_DEPT_NOTE = (
+    "DePT's base-to-new: base classes are classified by the fusion 0.7 x head + 0.3 x the "
+    "method's logits, new classes by the method's logits alone (trainers/elp_*.py forward)"
+)
+register_preset(
+    Preset(
+        "coop_dept_base2new",
+        "coop",
+        "CoOp + DePT base-to-new (ExtrasLinearProbeCoOp/vit_b16_ep10_bs4_lr35): 16 random ctx, "
+        "head weight 0.7 at 6.5x lr, SGD lr 0.0035, 10 epochs, batch 4",
+        _dept(
+            "coop",
+            "ExtrasLinearProbeCoOp/vit_b16_ep10_bs4_lr35",
+            {"n_ctx": 16, "ctx_init": "", "csc": False, "class_token_position": "end"},
+        ),
+        shots=(16,),
+        notes=(_DEPT_NOTE,),
+    )
+)
+register_preset(
+    Preset(
+        "kgcoop_dept_base2new",
+        "kgcoop",
+        "KgCoOp + DePT base-to-new (ExtrasLinearProbeKgCoOp/vit_b16_ep10_ctxv1_bs4_lr35): 4 ctx, "
+        "w=2, head weight 0.7 at 6.5x lr, SGD lr 0.0035, 10 epochs, batch 4",
+        (
+            *_dept(
+                "kgcoop",
+                "ExtrasLinearProbeKgCoOp/vit_b16_ep10_ctxv1_bs4_lr35",
+                {
+                    "n_ctx": 4,
+                    "ctx_init": "a photo of a",
+                    "csc": False,
+                    "class_token_position": "end",
+                    "w": 2.0,
+                },
+            ),
+            Rule(
+                {"template": "a photo of a {}, a type of texture."},
+                f"{_DEPT} trainers/kgcoop.py (CUSTOM_TEMPLATES, KgCoOp's: differs from CoOp's "
+                "for DTD only)",
+                datasets=frozenset({"dtd"}),
+            ),
+        ),
+        shots=(16,),
+        notes=(_DEPT_NOTE,),
+    )
+)
+register_preset(
+    Preset(
+        "maple_dept_base2new",
+        "maple",
+        "MaPLe + DePT base-to-new (ExtrasLinearProbeMaPLe/vit_b16_c2_ep10_batch4_2ctx): 2 ctx, "
+        "depth 9, head weight 0.7 at 6.5x lr, SGD lr 0.0035, 10 epochs, batch 4",
+        _dept(
+            "maple",
+            "ExtrasLinearProbeMaPLe/vit_b16_c2_ep10_batch4_2ctx",
+            {"n_ctx": 2, "ctx_init": "a photo of a", "depth": 9},
+        ),
+        shots=(16,),
+        notes=(_DEPT_NOTE,),
+    )
+)
+
+_DEPT_XD_NOTE = (
+    "parallel_runner.py's mode 'xd' trains one ImageNet run (all classes, 16 shots) with the "
+    "base-to-new config unchanged and tests it on the other data sets and the ImageNet "
+    "variants: ImageNet's own test gets the fusion, the other data sets the method's logits"
+)
+_TITLES = {"coop": "CoOp", "kgcoop": "KgCoOp", "maple": "MaPLe"}
+for _base, _config, _settings in (
+    ("coop", "ExtrasLinearProbeCoOp/vit_b16_ep10_bs4_lr35",
+     {"n_ctx": 16, "ctx_init": "", "csc": False, "class_token_position": "end"}),
+    ("kgcoop", "ExtrasLinearProbeKgCoOp/vit_b16_ep10_ctxv1_bs4_lr35",
+     {"n_ctx": 4, "ctx_init": "a photo of a", "csc": False, "class_token_position": "end",
+      "w": 2.0}),
+    ("maple", "ExtrasLinearProbeMaPLe/vit_b16_c2_ep10_batch4_2ctx",
+     {"n_ctx": 2, "ctx_init": "a photo of a", "depth": 9}),
+):  # fmt: skip
+    register_preset(
+        Preset(
+            f"{_base}_dept_xd",
+            _base,
+            f"{_TITLES[_base]} + DePT trained on ImageNet for cross-data-set transfer and domain "
+            f"generalisation ({_config.split('/')[1]}, the base-to-new values)",
+            _dept(_base, _config, _settings),
+            shots=(16,),
+            notes=(_DEPT_XD_NOTE,),
+        )
+    )
 
 _PROMPTSRC = "muzairkhattak/PromptSRC"
 _PROMPTSRC_NOTE = (

@@ -20,6 +20,7 @@ from torch import nn
 
 from vlprompt.backbone import ClipBackbone
 from vlprompt.errors import MethodError
+from vlprompt.methods.dept import DePTHead, check_feature_rule, fused_logits, head_param_groups
 from vlprompt.methods.features import KeyedCache, clip_logits, features_key, full_precision
 from vlprompt.methods.method_config import MethodConfig
 from vlprompt.methods.saving import load_learned, save_learned
@@ -60,6 +61,10 @@ class PromptMethod(nn.Module):
     # prompts of every class), so every image runs the text tower; False: the logits read one
     # constant of the class list, `class_features()`, which `classifier()` computes once
     text_depends_on_image: ClassVar[bool] = False
+    # the feature rules (`MethodConfig.feature_rule`) the method supports: "dept" where its
+    # training forward returns its unnormalised image and class features and its forward fuses
+    # the head's logits (`vlprompt.methods.dept`)
+    feature_rules: ClassVar[tuple[str, ...]] = ()
     _holding: bool = False  # inside `classifier()`
 
     @classmethod
@@ -82,6 +87,20 @@ class PromptMethod(nn.Module):
         self.classnames = validate_classnames(classnames)
         self._zeroshot_cache = KeyedCache()
         self._held_class_side = KeyedCache()
+        self.dept: DePTHead | None = None
+        self.head_classnames: list[str] | None = None
+        if config.feature_rule == "dept":
+            check_feature_rule(self)
+            self.dept = DePTHead(clip.embed_dim, len(self.classnames)).to(clip.device)
+            self.head_classnames = list(self.classnames)
+            # the head reads unnormalised image features: cached normalised ones cannot serve
+            self.frozen_image_encoder = False  # type: ignore[misc]
+
+    @property
+    def dept_active(self) -> bool:
+        """Whether forwards fuse DePT's head: under feature_rule "dept", on the class list the
+        head was trained for (official: base classes fused, new classes plain)."""
+        return self.dept is not None and self.classnames == self.head_classnames
 
     # ---- what a method implements -------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -181,10 +200,42 @@ class PromptMethod(nn.Module):
         params = self.trainable_parameters()
         return [{"params": params}] if params else []
 
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """What the engine's optimizer gets: `param_groups()`, with DePT's head (under
+        feature_rule "dept") in its own group at `dept_lr_scale` times the schedule's rate."""
+        groups = self.param_groups()
+        if self.dept is None:
+            return groups
+        return head_param_groups(groups, self.dept, self.config.dept_lr_scale)
+
     def on_epoch_end(self, epoch: int) -> None:
         """Called by the engine after each training epoch (1-based `epoch`, as in the epoch's
         checkpoint), before the parameters are checked and the checkpoint is written; e.g. an
         aggregation of the per-epoch states. Default: nothing."""
+
+    # ---- feature rules (DePT) -----------------------------------------------------------------
+    def raw_text_features(self) -> torch.Tensor:
+        """Class features [C, E] before L2 normalisation, with autograd (DePT's head reads them;
+        a method with "dept" in `feature_rules` gives them)."""
+        raise NotImplementedError(f"{type(self).__name__} gives no unnormalised class features")
+
+    def prompted_train_output(self, raw_image: torch.Tensor) -> TrainOutput:
+        """The training forward of a method whose logits are CLIP's cosine logits of its image
+        features `raw_image` [B, E] (unnormalised) and its class side; under feature_rule "dept"
+        the class side is computed from `raw_text_features` and both raw features are returned."""
+        image = nn.functional.normalize(raw_image, dim=-1)
+        if self.dept is None:
+            return TrainOutput(clip_logits(self.clip, image, self.class_side()))
+        raw_text = self.raw_text_features()
+        text = nn.functional.normalize(raw_text, dim=-1)
+        logits = clip_logits(self.clip, image, text)
+        return TrainOutput(logits, raw_image_features=raw_image, raw_text_features=raw_text)
+
+    def prompted_logits(self, raw_image: torch.Tensor) -> torch.Tensor:
+        """Evaluation logits from unnormalised image features [B, E]: CLIP's cosine logits with
+        the class side, fused with DePT's head on its classes (`vlprompt.methods.dept`)."""
+        image = nn.functional.normalize(raw_image, dim=-1)
+        return fused_logits(self, clip_logits(self.clip, image, self.class_side()), raw_image)
 
     # ---- the class side, constant over images (evaluation, predict, export) ----------------
     def class_features(self) -> Any:

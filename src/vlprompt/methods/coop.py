@@ -86,6 +86,7 @@ class CoOp(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
     name: ClassVar[str] = "coop"
     config_class: ClassVar[type[MethodConfig]] = CoOpConfig
     config: CoOpConfig
+    feature_rules: ClassVar[tuple[str, ...]] = ("dept",)
 
     def __init__(self, clip: ClipBackbone, classnames: list[str], config: CoOpConfig) -> None:
         super().__init__(clip, classnames, config)
@@ -156,6 +157,10 @@ class CoOp(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
             return 1
         position = self.config.class_token_position
         return 1 + {"end": self.n_ctx, "middle": self.n_ctx // 2}.get(position, 0)
+
+    def raw_text_features(self) -> torch.Tensor:
+        """The learned prompts' text features before normalisation [C, E] (DePT's head)."""
+        return self.encode_prompts(self.prompt_embeddings())
 
     def text_features(self) -> torch.Tensor:
         """Normalised text features of the learned prompts [C, E]. Without autograd (evaluation)

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import torch
 
 from vlprompt.backbone import ClipBackbone
+from vlprompt.methods.dept import fused_logits
 from vlprompt.methods.training_step import TrainOutput
 
 
@@ -78,8 +79,22 @@ class FrozenImageMixin:
     frozen_image_encoder: ClassVar[bool] = True
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.logits_from_features(self.image_features(images))
+        if self.dept is None:  # type: ignore[attr-defined]
+            return self.logits_from_features(self.image_features(images))
+        raw = self.raw_image_features(images)
+        logits = self.logits_from_features(torch.nn.functional.normalize(raw, dim=-1))
+        return fused_logits(self, logits, raw)  # type: ignore[arg-type]
 
     def forward_train(self, images: torch.Tensor) -> TrainOutput:
-        feats = self.image_features(images)
-        return TrainOutput(self.logits_from_features(feats), feats)
+        if self.dept is None:  # type: ignore[attr-defined]
+            feats = self.image_features(images)
+            return TrainOutput(self.logits_from_features(feats), feats)
+        raw = self.raw_image_features(images)
+        out = self.prompted_train_output(raw)  # type: ignore[attr-defined]
+        out.image_features = torch.nn.functional.normalize(raw, dim=-1)
+        return out
+
+    def raw_image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen CLIP image features before normalisation [B, E], without autograd (DePT)."""
+        with torch.no_grad():
+            return self.clip.encode_image(images)  # type: ignore[attr-defined]

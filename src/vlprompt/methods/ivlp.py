@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.backbone import ClipBackbone
@@ -60,7 +59,7 @@ from vlprompt.deep_prompts import (
 )
 from vlprompt.errors import MethodError
 from vlprompt.methods import text_encoding as te
-from vlprompt.methods.base import MethodConfig, PromptMethod, TrainOutput, clip_logits
+from vlprompt.methods.base import MethodConfig, PromptMethod, TrainOutput
 from vlprompt.methods.prompt_context import (
     ContextConfig,
     PromptLayoutMixin,
@@ -115,6 +114,7 @@ class IVLP(DeepTextFeaturesMixin, PromptLayoutMixin, PromptMethod):
     """Independent deep prompts in the text and the vision tower of a frozen open_clip ViT."""
 
     name: ClassVar[str] = "ivlp"
+    feature_rules: ClassVar[tuple[str, ...]] = ("dept",)
     config_class: ClassVar[type[MethodConfig]] = IVLPConfig
     config: IVLPConfig
 
@@ -181,8 +181,7 @@ class IVLP(DeepTextFeaturesMixin, PromptLayoutMixin, PromptMethod):
         return self.config.implementation != "reference"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_train(images).logits
+        return self.prompted_logits(self.encode_image(images))
 
     def forward_train(self, images: torch.Tensor) -> TrainOutput:
-        img = F.normalize(self.encode_image(images), dim=-1)
-        return TrainOutput(clip_logits(self.clip, img, self.class_side()))
+        return self.prompted_train_output(self.encode_image(images))

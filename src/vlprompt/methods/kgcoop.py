@@ -80,6 +80,13 @@ class KgCoOp(CoOp):
     config: KgCoOpConfig
 
     def forward_train(self, images: torch.Tensor) -> KgCoOpTrainOutput:
+        if self.dept is not None:
+            out = super().forward_train(images)
+            text = F.normalize(out.raw_text_features, dim=-1)  # type: ignore[arg-type]
+            return KgCoOpTrainOutput(
+                out.logits, out.image_features, text, raw_image_features=out.raw_image_features,
+                raw_text_features=out.raw_text_features,
+            )  # fmt: skip
         feats = self.image_features(images)
         text = self.text_features()
         return KgCoOpTrainOutput(clip_logits(self.clip, feats, text), feats, text)

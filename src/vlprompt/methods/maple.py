@@ -70,7 +70,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.backbone import ClipBackbone
@@ -88,7 +87,6 @@ from vlprompt.methods.base import (
     MethodConfig,
     PromptMethod,
     TrainOutput,
-    clip_logits,
 )
 from vlprompt.methods.prompt_context import PromptLayoutMixin, check_text_chunking
 from vlprompt.methods.registry import register_method
@@ -219,6 +217,7 @@ class MaPLe(DeepTextFeaturesMixin, PromptLayoutMixin, PromptMethod):
     frozen open_clip ViT."""
 
     name: ClassVar[str] = "maple"
+    feature_rules: ClassVar[tuple[str, ...]] = ("dept",)
     config_class: ClassVar[type[MethodConfig]] = MaPLeConfig
     config: MaPLeConfig
 
@@ -288,8 +287,7 @@ class MaPLe(DeepTextFeaturesMixin, PromptLayoutMixin, PromptMethod):
         return self.config.implementation != "reference"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_train(images).logits
+        return self.prompted_logits(self.encode_image(images))
 
     def forward_train(self, images: torch.Tensor) -> TrainOutput:
-        img = F.normalize(self.encode_image(images), dim=-1)
-        return TrainOutput(clip_logits(self.clip, img, self.class_side()))
+        return self.prompted_train_output(self.encode_image(images))

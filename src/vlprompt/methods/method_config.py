@@ -13,6 +13,7 @@ from typing import Any
 from vlprompt.errors import DataError, MethodError
 
 GRADIENT_RULES = ("none", "prograd", "kd")
+FEATURE_RULES = ("none", "dept")  # vlprompt.methods.dept
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("epoch", "step")  # the learning rate set per epoch, or per optimizer step
 # the two implementations of a method with a fast path: "fast" (same numbers, less work) and
@@ -90,6 +91,23 @@ class MethodConfig:
     prograd_temperature: float = field(
         default=1.0, metadata={"help": "temperature T of the KL towards zero-shot CLIP"}
     )
+    feature_rule: str = field(
+        default="none",
+        metadata={
+            "help": "'none' or 'dept' (DePT's channel-wise transformation head on the method's "
+            "unnormalised features, trained beside its prompts and fused with its logits on the "
+            "training classes; vlprompt.methods.dept); coop, kgcoop, prograd, maple, ivlp and "
+            "promptsrc can use it, with any gradient rule"
+        },
+    )
+    dept_weight: float = field(
+        default=0.7,
+        metadata={"help": "DePT's w: loss (1-w) CE + w CE_head; logits (1-w) + w head (0.7)"},
+    )
+    dept_lr_scale: float = field(
+        default=6.5,
+        metadata={"help": "the DePT head's learning rate over the prompts' (official 6.5)"},
+    )
 
     def __post_init__(self) -> None:
         check_setting_types(self)
@@ -130,6 +148,7 @@ class MethodConfig:
                 f"prograd_temperature must be > 0 (ProGrad uses 1.0), got "
                 f"{self.prograd_temperature}"
             )
+        check_feature_rule_settings(self)
         if self.optimizer not in OPTIMIZERS:
             raise MethodError(
                 f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
@@ -241,6 +260,30 @@ def check_templates(config: MethodConfig) -> None:
                 _check_template(f"{f.name}[{i}]", template)
         else:
             _check_template(f.name, value)
+
+
+def check_feature_rule_settings(config: MethodConfig) -> None:
+    """`feature_rule` and DePT's settings (`vlprompt.methods.dept`)."""
+    if config.feature_rule not in FEATURE_RULES:
+        raise MethodError(
+            f"feature_rule must be one of {', '.join(FEATURE_RULES)}, got {config.feature_rule!r}"
+        )
+    if not 0 <= config.dept_weight <= 1:
+        raise MethodError(
+            f"dept_weight must be in [0, 1] (DePT uses 0.7), got {config.dept_weight}"
+        )
+    if not config.dept_lr_scale > 0:
+        raise MethodError(f"dept_lr_scale must be > 0 (DePT uses 6.5), got {config.dept_lr_scale}")
+    changed = [
+        name
+        for name, default in (("dept_weight", 0.7), ("dept_lr_scale", 6.5))
+        if getattr(config, name) != default
+    ]
+    if changed and config.feature_rule != "dept":
+        raise MethodError(
+            f"{', '.join(changed)} set but feature_rule is {config.feature_rule!r}: they act only "
+            "with feature_rule=dept; add it or drop them"
+        )
 
 
 def check_schedule(config: MethodConfig) -> None:

@@ -55,6 +55,16 @@ def parameter_count(name: str, clip: ClipBackbone, **settings: Any) -> Parameter
     return ParameterCount(few - per_class * len(_FEW), per_class)
 
 
+def feature_rule_count(clip: ClipBackbone, rule: str = "dept") -> ParameterCount:
+    """What `feature_rule=rule` adds to any method that supports it (DePT's head: two
+    channel-wise affine maps of the embedding width and a linear classifier over the training
+    classes: 4 E + (E + 1) x classes), measured on CoOp."""
+    with_rule = parameter_count("coop", clip, feature_rule=rule)
+    plain = parameter_count("coop", clip)
+    assert with_rule is not None and plain is not None
+    return ParameterCount(with_rule.fixed - plain.fixed, with_rule.per_class - plain.per_class)
+
+
 def parameter_counts(
     names: list[str], model_name: str = COUNT_MODEL
 ) -> dict[str, ParameterCount | None]:

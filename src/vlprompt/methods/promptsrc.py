@@ -292,17 +292,21 @@ class PromptSRC(IVLP):
         return True  # the image regulariser's and the zero-shot teacher's frozen pass
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self._prompted(images)[0]
-
-    def _prompted(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logits, normalised prompted image features, normalised prompted text features)."""
-        img = F.normalize(self.encode_image(images), dim=-1)
-        text = self.class_side()
-        return clip_logits(self.clip, img, text), img, text
+        return self.prompted_logits(self.encode_image(images))
 
     def forward_train(self, images: torch.Tensor) -> PromptSRCTrainOutput:
-        logits, img, text = self._prompted(images)
-        return PromptSRCTrainOutput(logits, self.image_features(images), text, img)
+        raw = self.encode_image(images)
+        img = F.normalize(raw, dim=-1)
+        if self.dept is None:
+            raw_image = raw_text = None
+            text = self.class_side()
+        else:  # DePT's head reads the features before normalisation
+            raw_image, raw_text = raw, self.raw_text_features()
+            text = F.normalize(raw_text, dim=-1)
+        return PromptSRCTrainOutput(
+            clip_logits(self.clip, img, text), self.image_features(images), text, img,
+            raw_image_features=raw_image, raw_text_features=raw_text,
+        )  # fmt: skip
 
     def loss(self, out: PromptSRCTrainOutput, labels: torch.Tensor) -> torch.Tensor:
         frozen_text = self.frozen_text_features()

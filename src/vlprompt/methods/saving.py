@@ -38,6 +38,8 @@ def save_learned(method: PromptMethod, directory: str | Path) -> None:
         "classnames": method.classnames,
         "backbone": method.clip.describe(),
     }
+    if method.head_classnames is not None:  # DePT's head: the classes of its classifier rows
+        info["head_classnames"] = method.head_classnames
     atomic_save_tensors(directory / PROMPTS_FILE, tensors)
     atomic_write_json(directory / METHOD_FILE, info)
 
@@ -117,7 +119,9 @@ def load_learned(
             f"{info_path}: the saved {name} settings are not valid ({exc}); {_retrain(directory)}"
         ) from None
     names = list(classnames) if classnames is not None else info["classnames"]
-    method = cls(clip, names, config)
+    # a DePT head is built on the classes it was trained for, then pointed at `names`
+    head_names = info.get("head_classnames")
+    method = cls(clip, head_names if isinstance(head_names, list) else names, config)
     if not prompts_path.is_file():
         raise MethodError(f"{prompts_path} is missing; {_retrain(directory)}")
     try:
@@ -156,6 +160,8 @@ def load_learned(
             "learning rate)"
         )
     method.load_state_dict({**tensors}, strict=False)
+    if list(method.classnames) != names:
+        method.set_classnames(names)
     return method
 
 

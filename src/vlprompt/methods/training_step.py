@@ -1,16 +1,18 @@
 """The training step's plumbing: what a training forward and a step return to the engine, and
-the step itself (the method's loss, then the gradient rule of its config: "none", "kd" or
-"prograd", `vlprompt.methods.gradient_rules`).
+the step itself (the method's loss, plus its feature rule's term: "dept", `vlprompt.methods.dept`;
+then the gradient rule of its config on the total: "none", "kd" or "prograd",
+`vlprompt.methods.gradient_rules`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
+from vlprompt.methods.dept import dept_loss_term
 from vlprompt.methods.gradient_rules import prograd_backward, prograd_kl
 
 if TYPE_CHECKING:
@@ -24,6 +26,11 @@ class TrainOutput:
 
     logits: torch.Tensor  # [batch, classes]
     image_features: torch.Tensor | None = None  # [batch, embed_dim], normalised, no grad
+    # the features the logits were computed from, before L2 normalisation (with autograd where
+    # they are learned): set under feature_rule "dept", whose head reads them; keyword-only, so
+    # that subclasses' positional fields keep their places
+    raw_image_features: torch.Tensor | None = field(default=None, kw_only=True)  # [batch, E]
+    raw_text_features: torch.Tensor | None = field(default=None, kw_only=True)  # [classes, E]
 
 
 @dataclass
@@ -49,10 +56,14 @@ def backward_step(
     """`method`'s loss on one batch, its gradient left in `.grad` of the trainable parameters
     after the config's gradient rule: "none" (the loss's gradient), "kd" (loss + lambda * the
     KL towards zero-shot CLIP) or "prograd" (the loss gradient projected where it conflicts with
-    the KL's, already averaged over processes)."""
+    the KL's, already averaged over processes). Under feature_rule "dept" the loss is DePT's
+    (the method's, its cross-entropy weighted 1 - w, plus w times the head's) and the KL reads
+    the method's own logits."""
     config = method.config
     out = method.forward_train(images)
     loss = method.loss(out, labels)
+    if config.feature_rule == "dept":
+        loss = loss + dept_loss_term(method, out, labels)
     if config.gradient_rule == "kd":
         teacher = method.zeroshot_logits(images, out.image_features)
         kl = prograd_kl(out.logits, teacher, config.prograd_temperature)
