@@ -496,16 +496,23 @@ def _prepare_run_dir_on_main(
     overwrite: bool,
     ctx: Dist,
     stack: contextlib.ExitStack,
+    tensorboard: bool = False,
 ) -> tuple[RunConfig, bool]:
     """`_prepare_run_dir` decided by rank 0 alone and shared with every rank (with its error,
     if any, so that no rank waits forever): the others reading the folder while rank 0 writes
     it would race. Rank 0 claims the folder (vlprompt.run_folder: a user's folder is refused
-    untouched) and holds its lock until `stack` closes."""
+    untouched) and holds its lock until `stack` closes; a `tensorboard` folder it cannot
+    write is refused before anything is written."""
     outcome: tuple[RunConfig, bool] | None = None
     error: Exception | None = None
     if ctx.is_main:
         try:
             claim_folder(run_dir, "run")
+            if tensorboard:  # before the lock file is written
+                from vlprompt.tracking import summary_writer_class, writable_log_folder
+
+                summary_writer_class()
+                writable_log_folder(run_dir)
             stack.enter_context(folder_lock(run_dir))
             _write_or_refuse(run_dir, lambda: remove_stale_temps_of_run(run_dir))
             outcome = _prepare_run_dir(run_dir, wanted, resume=resume, overwrite=overwrite)
@@ -708,8 +715,9 @@ def _train_in_folder(wanted, run_dir, ctx, *, resume, overwrite, evaluate, calib
     """`train_config` inside the claimed, locked run folder."""
     with contextlib.ExitStack() as stack:  # rank 0 holds the run folder's lock throughout
         config, finished = _prepare_run_dir_on_main(
-            run_dir, wanted, resume=resume, overwrite=overwrite, ctx=ctx, stack=stack
-        )
+            run_dir, wanted, resume=resume, overwrite=overwrite, ctx=ctx, stack=stack,
+            tensorboard=tensorboard,
+        )  # fmt: skip
         on_claimed()
         if finished:
             log.info("%s: finished earlier with the same config; loading it", run_dir)
