@@ -45,7 +45,7 @@ from vlprompt.config import (
 from vlprompt.console import ensure_visible_logging
 from vlprompt.distributed import Dist, init_distributed, resolve_device
 from vlprompt.engine import EpochStats, fit
-from vlprompt.errors import RunError
+from vlprompt.errors import DataError, RunError
 from vlprompt.methods.saving import load_learned, read_method_info
 from vlprompt.precision import effective_precision
 from vlprompt.presets import MINI_PRESET
@@ -824,6 +824,16 @@ def _calibrate(method: Any, splits: Any, config: RunConfig, ctx: Dist, say) -> d
     return calibration
 
 
+def _data_moved_hint(exc: DataError, saved_root: str | None) -> DataError:
+    """`exc`, saying how to point at the data when the run's saved root no longer exists."""
+    if saved_root is None or Path(saved_root).expanduser().exists():
+        return exc
+    return DataError(
+        f"{exc} The run's data root {saved_root} no longer exists; if the data moved, pass "
+        "its new place with --root PATH (evaluate(..., root=PATH))"
+    )
+
+
 def _build_splits(config: RunConfig, dataset: str | None = None, subsample: str | None = None,
                   shots: int | None = None, root: str | None = None) -> Any:  # fmt: skip
     from vlprompt.data import build_dataset
@@ -1018,10 +1028,13 @@ def evaluate(
             ) and rec.get("prompts_sha256") == digest:  # fmt: skip
                 return EvaluationRecord(rec, reused=True)
     shots = run.config.shots if (own and split != "test") else 0
-    splits = _build_splits(
-        run.config, dataset, subsample, shots,
-        str(Path(root).expanduser().resolve()) if root is not None else None,
-    )  # fmt: skip
+    try:
+        splits = _build_splits(
+            run.config, dataset, subsample, shots,
+            str(Path(root).expanduser().resolve()) if root is not None else None,
+        )  # fmt: skip
+    except DataError as exc:
+        raise _data_moved_hint(exc, run.config.root if root is None else None) from None
     return _evaluate_run(run, splits, split=split, ctx=ctx, say=say, record=record, digest=digest,
                          report=report)  # fmt: skip
 
