@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -363,3 +364,70 @@ def _exit_code(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exc:  # argparse's refusal
         return int(exc.code or 0)
+
+
+# ---- unusual input that has a correct answer: exit 0, no traceback, the right output -------------
+LATEX_NAMES = ("my_m%e&t#h$od", "da_ta%s&e#t$")  # method, data set: LaTeX's specials
+LATEX_ESCAPED = ("my\\_m\\%e\\&t\\#h\\$od", "da\\_ta\\%s\\&e\\#t\\$")
+
+
+def _sweep(tmp: Path, methods, datasets, seeds) -> Path:
+    from test_report_cli import rec
+
+    records = [rec(m, d, sub, s, 70.0 - i + s) for i, m in enumerate(methods) for d in datasets
+               for s in seeds for sub in ("base", "new")]  # fmt: skip
+    records += [dict(rec(m, d, "all", s, 60.0 - i, protocol="fewshot"), shots=4)
+                for i, m in enumerate(methods) for d in datasets for s in seeds]  # fmt: skip
+    (tmp / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return tmp
+
+
+@pytest.mark.parametrize(
+    "methods,datasets,seeds,plots",
+    [(("rpo", "coop"), ("dtd", "eurosat"), (1,), True), (("rpo", "coop"), ("dtd",), (1, 2, 3), False),
+     (("rpo",), ("dtd",), (1,), True), (("zsclip", LATEX_NAMES[0]), (LATEX_NAMES[1], "dtd"), (1, 2), False)],
+    ids=["one seed", "one data set", "one of everything", "latex specials"],
+)  # fmt: skip
+def test_a_small_or_oddly_named_sweep_reports_correctly(
+    tmp_path, capsys, methods, datasets, seeds, plots
+):
+    sweep = _sweep(tmp_path, methods, datasets, seeds)
+    assert main(["report", str(sweep), "--latex", *([] if plots else ["--no-plots"])]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out and "error" not in captured.err
+    mean = 70.0 + statistics.mean(seeds)  # the first method's base accuracy, every data set
+    spread = "-" if len(seeds) == 1 else f"{statistics.stdev(seeds):.2f}"  # one seed: none
+    assert f"| {methods[0]} | {len(datasets)} | {mean:.2f} ± {spread} |" in captured.out
+    tex = (sweep / "summary.tex").read_text()
+    assert tex.count(r"\begin{table}") == 2  # base-to-new and few-shot
+    assert rf"\textbf{{{mean:.2f}}}" in tex or len(methods) == 1  # the best in bold
+    for name, escaped in zip(LATEX_NAMES, LATEX_ESCAPED):
+        if name in methods + datasets:
+            assert escaped in tex and name not in tex
+    _check_latex(tex, sweep)
+
+
+def _check_latex(tex: str, folder: Path) -> None:
+    """Every special character escaped (no stray comment, math, parameter or subscript), each
+    table row as many cells as its header; compiled by pdflatex where it is installed."""
+    for line in tex.splitlines():
+        if line.startswith("%"):
+            continue
+        bare = re.sub(r"\\[&%#$_{}]", "", line)
+        assert not re.search(r"[%#$_]", bare), line
+    for table in tex.split(r"\begin{tabular}")[1:]:
+        rows = [r for r in table.split(r"\end{tabular}")[0].splitlines() if r.endswith(r"\\")]
+        cells = {len(re.findall(r"(?<!\\)&", row)) for row in rows}
+        assert len(cells) == 1, rows
+    if shutil.which("pdflatex") is None:
+        return
+    (folder / "tables.tex").write_text(tex)
+    (folder / "doc.tex").write_text(
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+        "\\input{tables.tex}\n\\end{document}\n"
+    )
+    done = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", "doc.tex"],
+        cwd=folder, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:]
