@@ -90,7 +90,7 @@ def pack_run(run_dir: str | Path, output: str | Path) -> Path:
         os.replace(tmp, output)
     except OSError as exc:  # e.g. the disk filled up: the error would name the temp file
         Path(tmp).unlink(missing_ok=True)
-        if exc.filename is None or Path(exc.filename).parent != output.parent:
+        if exc.filename is not None and Path(exc.filename).parent != output.parent:
             raise  # reading the run, not writing the bundle
         raise not_writable(output.parent, exc, "the bundle's folder") from None
     except BaseException:
