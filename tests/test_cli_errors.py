@@ -6,7 +6,11 @@ of each kind are in test_bad_input_data.py and test_bad_input_values.py)."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import statistics
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,11 +74,100 @@ def _dtd_split(edit: Callable[[dict], None], *words: str) -> Callable:
     return make
 
 
-def _trained(world, tmp) -> Path:
-    """A finished run folder (trained once per test, in tmp)."""
+def _trained(world, tmp, method: str = "test_tiny") -> Path:
+    """A finished run folder (trained once per test, in tmp; coop where it must export)."""
     run = tmp / "run"
-    assert main(_train(world, run)) == 0
+    assert main(_train(world, run, method=method)) == 0
     return run
+
+
+def _read_only(folder: Path) -> Path:
+    """`folder`, created and made unwritable (chattr +i as root, where chmod is not enough);
+    the test undoes it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+            pytest.skip("chattr is not available")
+    else:
+        folder.chmod(0o555)
+    return folder
+
+
+def _writable_again(tmp: Path) -> None:
+    for folder in [tmp, *(p for p in tmp.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+        else:
+            folder.chmod(0o755)
+
+
+def _export(source: Callable[[Path, dict], Path], target: Callable[[Path], Path], *words: str,
+            fmt: str = "torchscript") -> Callable:  # fmt: skip
+    def make(tmp, world):
+        run, out = source(tmp, world), target(tmp)
+        return ["export", str(run), "--format", fmt, "-o", str(out)], [*words]
+
+    return make
+
+
+def _coop_run(tmp, world) -> Path:
+    return _trained(world, tmp, method="coop")
+
+
+def _unfinished_run(tmp, world) -> Path:
+    run = _trained(world, tmp)
+    (run / "status.json").unlink()
+    return run
+
+
+def _not_a_run(tmp, world) -> Path:
+    folder = tmp / "notes"
+    folder.mkdir()
+    (folder / "todo.txt").write_text("my notes\n")
+    return folder
+
+
+def _a_file(tmp) -> Path:
+    path = tmp / "report.txt"
+    path.write_text("mine\n")
+    return path
+
+
+def _eval_after_the_data_moved(tmp, world):
+    data = tmp / "data"
+    shutil.copytree(world["data"], data)
+    run = tmp / "run"
+    assert main(_train(world, run, data=data)) == 0
+    data.rename(tmp / "moved")
+    return ["eval", str(run), "--report"], [str(data), "no longer exists", "--root"]
+
+
+def _pack(target: Callable[[Path], Path], *words: str) -> Callable:
+    def make(tmp, world):
+        out = target(tmp)
+        return ["pack", str(_trained(world, tmp)), "-o", str(out)], [str(out.parent), *words]
+
+    return make
+
+
+def _predict_bundle(weights: Callable[[Path, dict], Path], *words: str) -> Callable:
+    def make(tmp, world):
+        bundle = tmp / "run.vlprompt"
+        assert main(["pack", str(_trained(world, tmp)), "-o", str(bundle)]) == 0
+        image = str(world["data"] / "test" / "red_thing" / "0.png")
+        path = weights(tmp, world)
+        return ["predict", str(bundle), image, "--pretrained", str(path)], [str(path), *words]
+
+    return make
+
+
+def _other_weights(tmp, world) -> Path:
+    tensors = load_file(str(world["ckpt"]))
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1
+    path = tmp / "other.safetensors"
+    save_file(tensors, str(path))
+    return path
 
 
 def _edited_run(edit: Callable[[Path], None], command: str, *words: str) -> Callable:
@@ -186,6 +279,44 @@ CASES: dict[str, Callable] = {
         ["eval", str(_trained(world, tmp)), "--device", "cuda"],
         ["CUDA is not available"],
     ),
+    # the exporter, pack, predict on a bundle and eval --report
+    "export into a read-only folder": _export(
+        _coop_run, lambda tmp: _read_only(tmp / "ro") / "export", "ro", "choose a folder you can"
+    ),
+    "export to a file": _export(_coop_run, _a_file, "report.txt", "is a file"),
+    "export of an unfinished run": _export(
+        _unfinished_run, lambda tmp: tmp / "export", "not finished", "--resume"
+    ),
+    "export of a folder that is no run": _export(
+        _not_a_run, lambda tmp: tmp / "export", "notes", "not a run folder"
+    ),
+    "export of a method without class features": _export(
+        lambda tmp, world: _trained(world, tmp),
+        lambda tmp: tmp / "export",
+        "cannot be exported",
+        "vlprompt predict",
+    ),  # fmt: skip
+    "export to an unknown format": _export(
+        _coop_run, lambda tmp: tmp / "export", "--format", "'tflite'", "onnx", fmt="tflite"
+    ),
+    "eval --report after the data moved": _eval_after_the_data_moved,
+    "pack onto an existing file": _pack(_a_file, "exists", "new file name"),
+    "pack into a folder": _pack(lambda tmp: tmp, "is a folder", ".vlprompt"),
+    "pack under a file": _pack(lambda tmp: _a_file(tmp) / "run.vlprompt", "is a file"),
+    "pack into a read-only folder": _pack(
+        lambda tmp: _read_only(tmp / "ro") / "run.vlprompt",
+        "bundle's folder",
+        "choose a folder you",
+    ),
+    "predict a bundle with other weights": _predict_bundle(
+        _other_weights, "not the weight file the run was trained on", "tiny.safetensors"
+    ),
+    "predict a bundle with a missing weight file": _predict_bundle(
+        lambda tmp, world: tmp / "nope.safetensors", "is not a file", "tiny.safetensors"
+    ),
+    "predict a bundle with a folder as weights": _predict_bundle(
+        lambda tmp, world: tmp, "is not a file", "tiny.safetensors"
+    ),
 }
 
 
@@ -206,19 +337,97 @@ def _snapshot(root: Path, skip: tuple[Path, ...]) -> dict[str, bytes]:
 def test_bad_input_is_one_line_exit_2_no_traceback_and_nothing_outside_changed(
     case, world, tmp_path, capsys
 ):
-    argv, words = CASES[case](tmp_path, world)
-    capsys.readouterr()
-    # the command's own output folder may change (created, or its log when resuming)
-    own = tmp_path / ("run" if "--resume" in argv else "out")
-    before = _snapshot(tmp_path, (own, tmp_path / "home"))
-    world_before = _snapshot(world["data"].parent, ())
-    assert main(argv) == 2
+    try:
+        argv, words = CASES[case](tmp_path, world)
+        capsys.readouterr()
+        # the command's own output folder may change (created, or its log when resuming)
+        own = tmp_path / ("run" if "--resume" in argv else "out")
+        before = _snapshot(tmp_path, (own, tmp_path / "home"))
+        world_before = _snapshot(world["data"].parent, ())
+        assert _exit_code(argv) == 2
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err + captured.out
+        lines = captured.err.strip().splitlines()
+        # argparse refuses a flag's value after its usage lines, as "vlprompt VERB: error: ..."
+        errors = [line for line in lines if re.match(r"vlprompt( \w+)?: error: ", line)]
+        assert len(errors) == 1 and lines[-1] == errors[0], captured.err
+        for word in words:
+            assert word in errors[0], errors[0]
+        assert _snapshot(tmp_path, (own, tmp_path / "home")) == before
+        assert _snapshot(world["data"].parent, ()) == world_before
+    finally:
+        _writable_again(tmp_path)
+
+
+def _exit_code(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's refusal
+        return int(exc.code or 0)
+
+
+# ---- unusual input that has a correct answer: exit 0, no traceback, the right output -------------
+LATEX_NAMES = ("my_m%e&t#h$od", "da_ta%s&e#t$")  # method, data set: LaTeX's specials
+LATEX_ESCAPED = ("my\\_m\\%e\\&t\\#h\\$od", "da\\_ta\\%s\\&e\\#t\\$")
+
+
+def _sweep(tmp: Path, methods, datasets, seeds) -> Path:
+    from test_report_cli import rec
+
+    records = [rec(m, d, sub, s, 70.0 - i + s) for i, m in enumerate(methods) for d in datasets
+               for s in seeds for sub in ("base", "new")]  # fmt: skip
+    records += [dict(rec(m, d, "all", s, 60.0 - i, protocol="fewshot"), shots=4)
+                for i, m in enumerate(methods) for d in datasets for s in seeds]  # fmt: skip
+    (tmp / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return tmp
+
+
+@pytest.mark.parametrize(
+    "methods,datasets,seeds,plots",
+    [(("rpo", "coop"), ("dtd", "eurosat"), (1,), True), (("rpo", "coop"), ("dtd",), (1, 2, 3), False),
+     (("rpo",), ("dtd",), (1,), True), (("zsclip", LATEX_NAMES[0]), (LATEX_NAMES[1], "dtd"), (1, 2), False)],
+    ids=["one seed", "one data set", "one of everything", "latex specials"],
+)  # fmt: skip
+def test_a_small_or_oddly_named_sweep_reports_correctly(
+    tmp_path, capsys, methods, datasets, seeds, plots
+):
+    sweep = _sweep(tmp_path, methods, datasets, seeds)
+    assert main(["report", str(sweep), "--latex", *([] if plots else ["--no-plots"])]) == 0
     captured = capsys.readouterr()
-    assert "Traceback" not in captured.err + captured.out
-    lines = captured.err.strip().splitlines()
-    errors = [line for line in lines if line.startswith("vlprompt: error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], captured.err
-    for word in words:
-        assert word in errors[0], errors[0]
-    assert _snapshot(tmp_path, (own, tmp_path / "home")) == before
-    assert _snapshot(world["data"].parent, ()) == world_before
+    assert "Traceback" not in captured.err + captured.out and "error" not in captured.err
+    mean = 70.0 + statistics.mean(seeds)  # the first method's base accuracy, every data set
+    spread = "-" if len(seeds) == 1 else f"{statistics.stdev(seeds):.2f}"  # one seed: none
+    assert f"| {methods[0]} | {len(datasets)} | {mean:.2f} ± {spread} |" in captured.out
+    tex = (sweep / "summary.tex").read_text()
+    assert tex.count(r"\begin{table}") == 2  # base-to-new and few-shot
+    assert rf"\textbf{{{mean:.2f}}}" in tex or len(methods) == 1  # the best in bold
+    for name, escaped in zip(LATEX_NAMES, LATEX_ESCAPED):
+        if name in methods + datasets:
+            assert escaped in tex and name not in tex
+    _check_latex(tex, sweep)
+
+
+def _check_latex(tex: str, folder: Path) -> None:
+    """Every special character escaped (no stray comment, math, parameter or subscript), each
+    table row as many cells as its header; compiled by pdflatex where it is installed."""
+    for line in tex.splitlines():
+        if line.startswith("%"):
+            continue
+        bare = re.sub(r"\\[&%#$_{}]", "", line)
+        assert not re.search(r"[%#$_]", bare), line
+    for table in tex.split(r"\begin{tabular}")[1:]:
+        rows = [r for r in table.split(r"\end{tabular}")[0].splitlines() if r.endswith(r"\\")]
+        cells = {len(re.findall(r"(?<!\\)&", row)) for row in rows}
+        assert len(cells) == 1, rows
+    if shutil.which("pdflatex") is None:
+        return
+    (folder / "tables.tex").write_text(tex)
+    (folder / "doc.tex").write_text(
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+        "\\input{tables.tex}\n\\end{document}\n"
+    )
+    done = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", "doc.tex"],
+        cwd=folder, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:]

@@ -277,7 +277,7 @@ def test_only_learned_tensors_get_gradients():
         ({"depth": 4}, "depth 4 is deeper than the text tower"),
         ({"n_ctx": 0}, "n_ctx must be >= 1"),
         ({"n_ctx": 5}, "n_ctx 5 is more than the 4 tokens of ctx_init"),
-        ({"ctx_init": "", "n_ctx": 30}, "needs more than the text encoder's 20 token positions"),
+        ({"ctx_init": "", "n_ctx": 30}, "n_ctx must be at most 17 \\(the 20-token text context"),
         ({"implementation": "slow"}, "implementation must be one of"),
     ],
 )

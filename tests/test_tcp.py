@@ -276,7 +276,11 @@ def test_evaluation_cache_follows_a_step():
         ("vlprompt-test-vit-d", {"inject_layer": 0}, "inject_layer must be >= 1"),
         ("vlprompt-test-vit-d", {"inject_layer": 3}, "inject_layer 3 is deeper"),
         ("vlprompt-test-vit-c", {}, "2 or more text blocks"),  # a 1-block text tower
-        ("vlprompt-test-vit-d", {"n_ctx": 30}, "needs more than the text encoder's 20"),
+        (
+            "vlprompt-test-vit-d",
+            {"n_ctx": 30},
+            "n_ctx must be at most 17 \\(the 20-token text context",
+        ),
         ("vlprompt-test-vit-d", {"kg_weight": -1.0}, "kg_weight must be >= 0"),
         ("vlprompt-test-vit-d", {"n_class_tokens": 0}, "n_class_tokens must be >= 1"),
         ("vlprompt-test-vit-d", {"n_class_tokens": 9}, "would overwrite the EOS"),

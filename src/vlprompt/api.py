@@ -45,7 +45,7 @@ from vlprompt.config import (
 from vlprompt.console import ensure_visible_logging
 from vlprompt.distributed import Dist, init_distributed, resolve_device
 from vlprompt.engine import EpochStats, fit
-from vlprompt.errors import RunError
+from vlprompt.errors import DataError, RunError
 from vlprompt.methods.saving import load_learned, read_method_info
 from vlprompt.precision import effective_precision
 from vlprompt.presets import MINI_PRESET
@@ -497,16 +497,23 @@ def _prepare_run_dir_on_main(
     overwrite: bool,
     ctx: Dist,
     stack: contextlib.ExitStack,
+    tensorboard: bool = False,
 ) -> tuple[RunConfig, bool]:
     """`_prepare_run_dir` decided by rank 0 alone and shared with every rank (with its error,
     if any, so that no rank waits forever): the others reading the folder while rank 0 writes
     it would race. Rank 0 claims the folder (vlprompt.run_folder: a user's folder is refused
-    untouched) and holds its lock until `stack` closes."""
+    untouched) and holds its lock until `stack` closes; a `tensorboard` folder it cannot
+    write is refused before anything is written."""
     outcome: tuple[RunConfig, bool] | None = None
     error: Exception | None = None
     if ctx.is_main:
         try:
             claim_folder(run_dir, "run")
+            if tensorboard:  # before the lock file is written
+                from vlprompt.tracking import summary_writer_class, writable_log_folder
+
+                summary_writer_class()
+                writable_log_folder(run_dir)
             stack.enter_context(folder_lock(run_dir))
             _write_or_refuse(run_dir, lambda: remove_stale_temps_of_run(run_dir))
             outcome = _prepare_run_dir(run_dir, wanted, resume=resume, overwrite=overwrite)
@@ -709,8 +716,9 @@ def _train_in_folder(wanted, run_dir, ctx, *, resume, overwrite, evaluate, calib
     """`train_config` inside the claimed, locked run folder."""
     with contextlib.ExitStack() as stack:  # rank 0 holds the run folder's lock throughout
         config, finished = _prepare_run_dir_on_main(
-            run_dir, wanted, resume=resume, overwrite=overwrite, ctx=ctx, stack=stack
-        )
+            run_dir, wanted, resume=resume, overwrite=overwrite, ctx=ctx, stack=stack,
+            tensorboard=tensorboard,
+        )  # fmt: skip
         on_claimed()
         if finished:
             log.info("%s: finished earlier with the same config; loading it", run_dir)
@@ -815,6 +823,16 @@ def _calibrate(method: Any, splits: Any, config: RunConfig, ctx: Dist, say) -> d
         )
     say(line)
     return calibration
+
+
+def _data_moved_hint(exc: DataError, saved_root: str | None) -> DataError:
+    """`exc`, saying how to point at the data when the run's saved root no longer exists."""
+    if saved_root is None or Path(saved_root).expanduser().exists():
+        return exc
+    return DataError(
+        f"{exc} The run's data root {saved_root} no longer exists; if the data moved, pass "
+        "its new place with --root PATH (evaluate(..., root=PATH))"
+    )
 
 
 def _build_splits(config: RunConfig, dataset: str | None = None, subsample: str | None = None,
@@ -1011,10 +1029,13 @@ def evaluate(
             ) and rec.get("prompts_sha256") == digest:  # fmt: skip
                 return EvaluationRecord(rec, reused=True)
     shots = run.config.shots if (own and split != "test") else 0
-    splits = _build_splits(
-        run.config, dataset, subsample, shots,
-        str(Path(root).expanduser().resolve()) if root is not None else None,
-    )  # fmt: skip
+    try:
+        splits = _build_splits(
+            run.config, dataset, subsample, shots,
+            str(Path(root).expanduser().resolve()) if root is not None else None,
+        )  # fmt: skip
+    except DataError as exc:
+        raise _data_moved_hint(exc, run.config.root if root is None else None) from None
     return _evaluate_run(run, splits, split=split, ctx=ctx, say=say, record=record, digest=digest,
                          report=report)  # fmt: skip
 

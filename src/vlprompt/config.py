@@ -29,6 +29,16 @@ DEFAULT_BACKBONE = "ViT-B-16"  # the papers' backbone
 DEFAULT_PRETRAINED = "openai"  # OpenAI weights (QuickGELU is chosen by vlprompt.load_clip)
 
 SPLIT_NAMES = ("train", "val", "test")
+# upper bounds of the engine's sizes, refused before anything starts (each names why)
+MAX_WORKERS = 256
+WORKERS_WHY = "each DataLoader worker is a process; torch suggests at most the CPU count"
+MAX_EVAL_BATCH = 65_536
+EVAL_BATCH_WHY = "a batch of images is held in memory at once; Dassl evaluates 100"
+MAX_VIEW_POOL = 1_000
+VIEW_POOL_WHY = (
+    "each epoch draws one view per image, so views beyond the epochs are never used; the "
+    "longest official recipe trains 300 epochs"
+)
 # a field's verbs: the commands that offer it as a flag (vlprompt.cli makes them from the fields)
 TRAIN_ONLY = ("train",)
 TRAIN_AND_BENCH = ("train", "bench")
@@ -123,9 +133,11 @@ class EngineSettings:
             _check_whole("num_workers", self.num_workers)
             if self.num_workers < 0:
                 raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
+            _check_at_most("num_workers", self.num_workers, MAX_WORKERS, WORKERS_WHY)
         _check_whole("eval_batch_size", self.eval_batch_size)
         if self.eval_batch_size < 1:
             raise ConfigError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        _check_at_most("eval_batch_size", self.eval_batch_size, MAX_EVAL_BATCH, EVAL_BATCH_WHY)
         _check_whole("keep_checkpoints", self.keep_checkpoints)
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
@@ -133,6 +145,7 @@ class EngineSettings:
             raise ConfigError(f"view_pool must be a whole number >= 0, got {self.view_pool!r}")
         if self.view_pool < 0:
             raise ConfigError(f"view_pool must be >= 0 (0 = off), got {self.view_pool}")
+        _check_at_most("view_pool", self.view_pool, MAX_VIEW_POOL, VIEW_POOL_WHY)
         if isinstance(self.crop_min_scale, bool) or not (
             isinstance(self.crop_min_scale, (int, float)) and 0 < self.crop_min_scale <= 1
         ):
@@ -298,6 +311,11 @@ def non_identity_keys() -> frozenset[str]:
 RUNTIME_ENGINE_KEYS = tuple(
     f.name for f in fields(EngineSettings) if f.metadata.get("runtime", False)
 )
+
+
+def _check_at_most(name: str, value: int, bound: int, why: str) -> None:
+    if value > bound:
+        raise ConfigError(f"{name} must be at most {bound} ({why}), got {value}")
 
 
 def _check_whole(name: str, value: Any) -> None:

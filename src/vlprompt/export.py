@@ -259,7 +259,13 @@ def build_exportable(
             f"{method.name}: vlprompt does not know which image features its head reads, so it "
             "cannot add a features output; export without --features"
         )
-    return _exportable_module(exportable_copy(method), temperature, features, probabilities)
+    try:
+        return _exportable_module(exportable_copy(method), temperature, features, probabilities)
+    except NotImplementedError as exc:  # e.g. a plugin method without class features
+        raise ExportError(
+            f"{method.name} cannot be exported: {exc}; the export bakes the class side into the "
+            "graph, which needs the method's class_features(); use `vlprompt predict` instead"
+        ) from None
 
 
 def output_names(features: bool, probabilities: bool) -> list[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt._version import code_version
-from vlprompt.errors import RunError
+from vlprompt.errors import FolderError, RunError
 from vlprompt.run_folder import (
     CALIBRATION_FILE,
     CONFIG_FILE,
@@ -28,6 +28,7 @@ from vlprompt.run_folder import (
     SPLITS_FILE,
     STATUS_FILE,
     is_run_finished,
+    not_writable,
     read_config_data,
 )
 
@@ -59,16 +60,25 @@ def pack_run(run_dir: str | Path, output: str | Path) -> Path:
         raise RunError(
             f"{run_dir} holds no finished run (no status.json saying so); finish it first"
         )
+    if output.is_dir():
+        raise RunError(
+            f"{output} is a folder; give the bundle a file name, e.g. "
+            f"{output / (run_dir.name + '.vlprompt')}"
+        )
     if output.exists() or output.is_symlink():
         raise RunError(f"{output} exists; choose a new file name for the bundle")
+    _check_bundle_folder(output)
     missing = [n for n in REQUIRED if not (run_dir / n).is_file()]
     if missing:
         raise RunError(f"{run_dir} lacks {', '.join(missing)}: not a whole run; train it again")
     manifest = {"format": PACK_FORMAT, "vlprompt_version": code_version(),
                 "backbone": config.get("backbone"), "weights": _weights_record(config)}  # fmt: skip
     config = {**config, "pretrained": _portable_pretrained(config)}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    except OSError as exc:  # a read-only folder, a full disk
+        raise not_writable(output.parent, exc, "the bundle's folder") from None
     os.close(fd)
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
@@ -78,10 +88,27 @@ def pack_run(run_dir: str | Path, output: str | Path) -> Path:
                 if (run_dir / name).is_file():
                     bundle.write(run_dir / name, name)
         os.replace(tmp, output)
+    except OSError as exc:  # e.g. the disk filled up: the error would name the temp file
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is not None and Path(exc.filename).parent != output.parent:
+            raise  # reading the run, not writing the bundle
+        raise not_writable(output.parent, exc, "the bundle's folder") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return output
+
+
+def _check_bundle_folder(output: Path) -> None:
+    """FolderError when a path above `output` is a file (the bundle cannot go under it)."""
+    for above in output.parents:
+        if above.exists():
+            if not above.is_dir():
+                raise FolderError(
+                    f"cannot write the bundle {output}: {above} is a file, not a folder; choose "
+                    "another path for the bundle"
+                )
+            return
 
 
 def _weights_record(config: dict[str, Any]) -> dict[str, Any] | None:

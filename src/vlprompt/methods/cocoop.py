@@ -37,6 +37,7 @@ from vlprompt.backbone import ClipBackbone
 from vlprompt.errors import MethodError
 from vlprompt.methods import text_encoding as te
 from vlprompt.methods.base import FrozenImageMixin, MethodConfig, PromptMethod, full_precision
+from vlprompt.methods.method_config import check_at_most
 from vlprompt.methods.prompt_context import (
     ContextConfig,
     PromptLayoutMixin,
@@ -85,6 +86,9 @@ class CoCoOp(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
     def __init__(self, clip: ClipBackbone, classnames: list[str], config: CoCoOpConfig) -> None:
         super().__init__(clip, classnames, config)
         self.n_ctx = n_ctx_of(clip, config)
+        check_at_most("meta_net_reduction", config.meta_net_reduction, clip.embed_dim,
+                      f"the meta-net's hidden width is {clip.name}'s embedding width "
+                      f"{clip.embed_dim} divided by it, at least 1")  # fmt: skip
         self.ctx = nn.Parameter(initial_context(clip, config, None))
         vis_dim, hidden = clip.embed_dim, max(1, clip.embed_dim // config.meta_net_reduction)
         self.meta_net = nn.Sequential(

@@ -110,6 +110,7 @@ from vlprompt.methods.feature_fitting import (
     not_fitted,
     train_view_features,
 )
+from vlprompt.methods.method_config import MAX_VIEWS, VIEWS_WHY, check_at_most
 from vlprompt.methods.registry import register_method
 from vlprompt.methods.zeroshot import TemplateEnsembleMixin
 
@@ -172,6 +173,7 @@ class GDAConfig(MethodConfig):
                 f"augment_epoch must be >= 1 (augmented views of each training image), got "
                 f"{self.augment_epoch}"
             )
+        check_at_most("augment_epoch", self.augment_epoch, MAX_VIEWS, VIEWS_WHY)
         if not 0 < self.cache_crop_min_scale <= 1:
             raise MethodError(
                 f"cache_crop_min_scale must be in (0, 1] (official 0.5), got "

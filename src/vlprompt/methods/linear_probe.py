@@ -45,6 +45,7 @@ from vlprompt.methods.base import (
     full_precision,
     validate_classnames,
 )
+from vlprompt.methods.method_config import check_at_most
 from vlprompt.methods.registry import register_method
 from vlprompt.methods.saving import read_method_info
 
@@ -52,6 +53,12 @@ if TYPE_CHECKING:
     from vlprompt.data.types import Datum
 
 COARSE_C = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)  # CoOp lpclip's initial search list
+
+
+BISECTION_WHY = (
+    "each round halves an interval of log10(C) of width 2; after about 50 rounds a double "
+    "no longer tells its ends apart; CoOp's search uses 8"
+)
 
 
 @dataclass
@@ -76,8 +83,10 @@ class LinearProbeConfig(MethodConfig):
             raise MethodError(f"c_grid must hold positive values, got {self.c_grid}")
         if self.search_steps < 0:
             raise MethodError(f"search_steps must be >= 0, got {self.search_steps}")
+        check_at_most("search_steps", self.search_steps, 64, BISECTION_WHY)
         if self.max_iter < 1:
             raise MethodError(f"max_iter must be >= 1 (L-BFGS iterations), got {self.max_iter}")
+        check_at_most("max_iter", self.max_iter, 100_000, "L-BFGS iterations per fit; CoOp's 1000")
         if self.default_c <= 0:
             raise MethodError(
                 f"default_c must be > 0 (the inverse regularisation C), got {self.default_c}"

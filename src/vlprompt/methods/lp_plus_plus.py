@@ -80,6 +80,7 @@ from vlprompt.methods.feature_fitting import (
     run_seed,
     train_view_features,
 )
+from vlprompt.methods.method_config import EPOCHS_WHY, MAX_EPOCHS, check_at_most
 from vlprompt.methods.registry import register_method
 from vlprompt.methods.zeroshot import TemplateEnsembleMixin
 
@@ -121,6 +122,7 @@ class LPPlusPlusConfig(MethodConfig):
                 f"alpha_every must be >= 1 (epochs between alpha steps; official 10), got "
                 f"{self.alpha_every}"
             )
+        check_at_most("alpha_every", self.alpha_every, MAX_EPOCHS, EPOCHS_WHY)
         if not 0 < self.cache_crop_min_scale <= 1:
             raise MethodError(
                 f"cache_crop_min_scale must be in (0, 1] (official 0.5), got "

@@ -88,7 +88,11 @@ from vlprompt.methods.base import (
     PromptMethod,
     TrainOutput,
 )
-from vlprompt.methods.prompt_context import PromptLayoutMixin, check_text_chunking
+from vlprompt.methods.prompt_context import (
+    PromptLayoutMixin,
+    check_fits_context,
+    check_text_chunking,
+)
 from vlprompt.methods.registry import register_method
 
 
@@ -167,6 +171,7 @@ def coupled_depth(depth: int | None, n_text: int, n_vision: int) -> int:
 
 def init_words(clip: ClipBackbone, config: MaPLeConfig) -> str:
     """The text in front of each class name: ctx_init, or n_ctx placeholders when it is ''."""
+    check_fits_context(clip, "n_ctx", config.n_ctx)
     init = te.clean_classname(config.ctx_init.strip())
     if not init:
         return " ".join([te.PLACEHOLDER] * config.n_ctx)

@@ -19,6 +19,18 @@ LR_SCHEDULES = ("epoch", "step")  # the learning rate set per epoch, or per opti
 # the two implementations of a method with a fast path: "fast" (same numbers, less work) and
 # "reference" (the paper's computation, the fast path's oracle in the tests)
 IMPLEMENTATIONS = ("fast", "reference")
+# upper bounds of the size settings, refused before anything is allocated (each bound names why)
+MAX_EPOCHS = 10_000
+EPOCHS_WHY = "the longest official recipe trains 300 epochs: CLAP, LP++"
+MAX_ITERATIONS = 1_000_000
+ITERATIONS_WHY = "CLIP-LoRA's official recipe takes 500 steps per shot, 8000 at 16 shots"
+MAX_BATCH = 65_536
+BATCH_WHY = "a batch is held in memory at once; the official recipes use at most 256"
+MAX_VIEWS = 100
+VIEWS_WHY = (
+    "the cache holds views x training images x the embedding width; the official recipes use 10 "
+    "or 20"
+)
 # field metadata of a setting that changes only speed or memory, never a number (e.g. chunk
 # sizes): it is not part of a run's identity, so a resume may change it
 RUNTIME = {"runtime": True}
@@ -116,12 +128,15 @@ class MethodConfig:
             raise MethodError(f"lr must be > 0, got {self.lr}")
         if self.epochs < 1:
             raise MethodError(f"epochs must be >= 1, got {self.epochs}")
+        check_at_most("epochs", self.epochs, MAX_EPOCHS, EPOCHS_WHY)
         if self.batch_size < 1:
             raise MethodError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_at_most("batch_size", self.batch_size, MAX_BATCH, BATCH_WHY)
         if self.warmup_epochs < 0:
             raise MethodError(
                 f"warmup_epochs must be >= 0 (0 = no warm-up), got {self.warmup_epochs}"
             )
+        check_at_most("warmup_epochs", self.warmup_epochs, MAX_EPOCHS, EPOCHS_WHY)
         if self.warmup_epochs > 0 and self.warmup_lr <= 0:
             raise MethodError(
                 f"warmup_lr must be > 0 when warmup_epochs is {self.warmup_epochs}, got "
@@ -286,6 +301,13 @@ def check_feature_rule_settings(config: MethodConfig) -> None:
         )
 
 
+def check_at_most(name: str, value: int, bound: int, why: str) -> None:
+    """MethodError when the size setting `name` is above `bound` (`why`: where it comes from),
+    before anything of that size is allocated or run."""
+    if value > bound:
+        raise MethodError(f"{name} must be at most {bound} ({why}), got {value}")
+
+
 def check_schedule(config: MethodConfig) -> None:
     """The per-step schedule's settings (`lr_schedule`, `min_lr`, `iterations`)."""
     if config.lr_schedule not in LR_SCHEDULES:
@@ -296,6 +318,7 @@ def check_schedule(config: MethodConfig) -> None:
         raise MethodError(
             f"iterations must be >= 0 (0 = train for `epochs` epochs), got {config.iterations}"
         )
+    check_at_most("iterations", config.iterations, MAX_ITERATIONS, ITERATIONS_WHY)
     if not 0 <= config.min_lr <= config.lr:
         raise MethodError(f"min_lr must be in [0, lr={config.lr}], got {config.min_lr}")
     if config.lr_schedule == "step" and config.warmup_epochs > 0:

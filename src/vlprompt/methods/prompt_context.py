@@ -19,6 +19,10 @@ from vlprompt.chunking import CHECKPOINT_MODES
 from vlprompt.errors import MethodError
 from vlprompt.methods import text_encoding as te
 from vlprompt.methods.base import IMPLEMENTATIONS, RUNTIME, MethodConfig, validate_classnames
+from vlprompt.methods.method_config import check_at_most
+
+MAX_CHUNK = 65_536  # class prompts per text chunk
+CHUNK_WHY = "more class prompts than any data set has classes: ImageNet-21k has 21,841"
 
 
 @dataclass
@@ -76,6 +80,7 @@ def check_text_chunking(config: MethodConfig) -> None:
     class chunks, shared by the context methods and MaPLe)."""
     if config.text_chunk_size < 1:
         raise MethodError(f"text_chunk_size must be >= 1, got {config.text_chunk_size}")
+    check_at_most("text_chunk_size", config.text_chunk_size, MAX_CHUNK, CHUNK_WHY)
     if config.text_checkpoint not in CHECKPOINT_MODES:
         raise MethodError(
             f"text_checkpoint must be one of {CHECKPOINT_MODES}, got {config.text_checkpoint!r}"
@@ -111,8 +116,18 @@ def initial_context(
     return ctx
 
 
+def check_fits_context(clip: ClipBackbone, name: str, n_tokens: int, spare: int = 3) -> None:
+    """MethodError, before anything is allocated, when `n_tokens` learned text tokens leave less
+    than `spare` positions of the backbone's text context (SOS, a class name and EOS)."""
+    room = clip.context_length - spare
+    check_at_most(name, n_tokens, room, f"the {clip.context_length}-token text context of "
+                  f"{clip.name} also holds SOS, a class name and EOS")  # fmt: skip
+
+
 def n_ctx_of(clip: ClipBackbone, config: ContextConfig) -> int:
-    """The number of context vectors: the BPE tokens of `ctx_init` (unless padded), else n_ctx."""
+    """The number of context vectors: the BPE tokens of `ctx_init` (unless padded), else n_ctx
+    (bounded by the text context before any allocation)."""
+    check_fits_context(clip, "n_ctx", config.n_ctx)
     init = te.clean_classname(config.ctx_init.strip())
     if init and not config.pad_ctx_init:
         return len(te.text_token_ids(clip, init))

@@ -55,6 +55,8 @@ from vlprompt.methods.base import (
     features_key,
     full_precision,
 )
+from vlprompt.methods.method_config import check_at_most
+from vlprompt.methods.prompt_context import CHUNK_WHY, MAX_CHUNK
 from vlprompt.methods.registry import register_method
 
 MASKS = ("readonly", "none")
@@ -125,6 +127,7 @@ class RPOConfig(MethodConfig):
                 f"text_chunk_size must be an integer >= 0 (0 = no chunking), "
                 f"got {self.text_chunk_size!r}"
             )
+        check_at_most("text_chunk_size", self.text_chunk_size, MAX_CHUNK, CHUNK_WHY)
         if self.mask not in MASKS:
             raise RPOError(f"RPO mask must be one of {MASKS}, got {self.mask!r}")
         if self.init not in INITS:
@@ -158,6 +161,9 @@ class RPO(PromptMethod):
         super().__init__(clip, classnames, config)
         _check_backbone(clip, "reference" if config.mask == "none" else config.implementation)
         self.config: RPOConfig = config
+        check_at_most("K", config.K, clip.context_length, "the official code puts the K text "
+                      f"prompts in free positions of {clip.name}'s {clip.context_length}-token "
+                      "text context; the paper uses 24")  # fmt: skip
         if config.init == "random":
             text_init, vision_init = _random_init(clip, config.K)
         else:

@@ -82,6 +82,7 @@ from vlprompt.methods.kgcoop import knowledge_guided_score
 from vlprompt.methods.prompt_context import (
     ContextConfig,
     PromptLayoutMixin,
+    check_fits_context,
     initial_context,
     n_ctx_of,
 )
@@ -235,6 +236,8 @@ class TCP(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
         super().__init__(clip, classnames, config)
         self.inject_layer = resolve_inject_layer(config.inject_layer, len(clip.text_blocks))
         self.n_ctx = n_ctx_of(clip, config)
+        # positions 1..k: before the EOS, at most the context's last position
+        check_fits_context(clip, "n_class_tokens", config.n_class_tokens, spare=2)
         self.ctx = nn.Parameter(initial_context(clip, config, None))
         net = knowledge_net(clip.embed_dim, clip.text_width, config.n_class_tokens)
         self.meta_net = net.to(clip.device)

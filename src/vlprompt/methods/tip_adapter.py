@@ -100,8 +100,12 @@ from vlprompt.methods.base import (
     full_precision,
     validate_classnames,
 )
+from vlprompt.methods.method_config import MAX_VIEWS, VIEWS_WHY, check_at_most
 from vlprompt.methods.registry import register_method
 from vlprompt.methods.zeroshot import TemplateEnsembleMixin
+
+MAX_SEARCH_STEPS = 1_000  # grid points of beta or alpha
+SEARCH_WHY = "the search scores beta x alpha pairs on the validation set; official 200 and 20"
 
 if TYPE_CHECKING:
     from vlprompt.data.types import Datum
@@ -165,11 +169,14 @@ class TipAdapterConfig(MethodConfig):
             raise MethodError(
                 f"search_step must be two whole numbers (beta, alpha) >= 1, got {self.search_step}"
             )
+        for name, steps in zip(("beta", "alpha"), self.search_step):
+            check_at_most(f"search_step's {name}", steps, MAX_SEARCH_STEPS, SEARCH_WHY)
         if self.augment_epoch < 1:
             raise MethodError(
                 f"augment_epoch must be >= 1 (augmented views averaged into each key), got "
                 f"{self.augment_epoch}"
             )
+        check_at_most("augment_epoch", self.augment_epoch, MAX_VIEWS, VIEWS_WHY)
         if not 0 < self.cache_crop_min_scale <= 1:
             raise MethodError(
                 f"cache_crop_min_scale must be in (0, 1] (official 0.5), got {self.cache_crop_min_scale}"
