@@ -161,7 +161,7 @@ class GDAConfig(MethodConfig):
     new_class_text_copies: int = field(
         default=16,
         metadata={"help": "copies of a new class's text feature averaged into its mean with "
-                  "its top-k features (main_base2new.py 16)"},
+                  "its top-k features (main_base2new.py 16; 0: the neighbours alone)"},
     )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -199,6 +199,10 @@ class GDAConfig(MethodConfig):
                 f"new_class_text_copies must be >= 0 (official 16), got "
                 f"{self.new_class_text_copies}"
             )
+        check_at_most("new_class_topk", self.new_class_topk, 1_000_000,
+                      "more neighbours than 16 shots of 1000 classes in 100 views hold")  # fmt: skip
+        check_at_most("new_class_text_copies", self.new_class_text_copies, 100_000,
+                      "copies of the text feature in a new class's mean; official 16")  # fmt: skip
         if self.gradient_rule != "none":
             raise MethodError(
                 f"gradient_rule must be 'none': GDA takes no gradient steps for a rule to act "
