@@ -49,6 +49,7 @@ CASES: dict[str, tuple[dict, dict, str]] = {
     "gda": ({}, {"alpha_grid": (-1.0,)}, "alpha_grid"),
     "lp_plus_plus": ({"epochs": 20}, {"alpha_every": 0}, "alpha_every"),
     "clap": ({"epochs": 5}, {"constraint": "cosine"}, "constraint"),
+    "two_stage": ({"iterations": 4}, {"stage1_fraction": 2.0}, "stage1_fraction"),
 }
 
 

@@ -1,5 +1,5 @@
 """2SFS — Two-Stage Few-Shot adaptation (Farina, Mancini, Iacca & Ricci, CVPR 2025; official code
-FarinaMatteo/rethinking_fewshot_vlms at 64ac1437a3fd2bb2b4e2c2bbb0fb0f8e1c1e7a52: `main.py`,
+FarinaMatteo/rethinking_fewshot_vlms at 64ac143c7d22803bfeeaadfe42f570220ab29b06: `main.py`,
 `fs/twostage.py`, `fs/utils/model_utils.py`, `fs/utils/eval_utils.py`, `datasets/*.py`).
 
 A fixed budget of `iterations` optimizer steps is split in two. Stage 1 (the first
