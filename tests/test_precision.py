@@ -93,7 +93,8 @@ def _step(method, images, labels, precision, scale=lambda t: t):
     with autocast_for(CPU, precision):
         assert torch.is_autocast_enabled("cpu") == (precision == "bf16")
         out = method.backward_step(images, labels, scale)
-    grads = [p.grad.flatten() for p in method.trainable_parameters()]
+    # the parts that learn now (a later stage's, e.g. two_stage's head, have none yet)
+    grads = [p.grad.flatten() for p in method.trainable_parameters() if p.grad is not None]
     return out.loss, out.logits, torch.cat(grads)
 
 
