@@ -16,7 +16,7 @@ from conftest import TINY_VIT
 from test_rpo import _clip, _images
 from vlprompt import distributed, engine, schedule
 from vlprompt.api import EngineSettings
-from vlprompt.errors import MethodError
+from vlprompt.errors import MethodError, RunError
 from vlprompt.methods import create_method
 from vlprompt.methods.two_stage import TwoStage, stage1_steps
 
@@ -247,6 +247,14 @@ def test_staged_lrs_is_zero_outside_each_span():
     assert [r[0] > 0 for r in rates] == [True, True, True, False, False]
     assert [r[1] > 0 for r in rates] == [False, False, False, True, True]
     assert rates[0] == [1.0, 0.0] and rates[3] == [0.0, 1.0]
+    two_groups = torch.optim.AdamW(
+        [{"params": [torch.nn.Parameter(torch.zeros(1))]},
+         {"params": [torch.nn.Parameter(torch.zeros(1))], "lr_scale": 2.0}]
+    )  # fmt: skip
+    schedule.set_lr(two_groups, [0.5, 0.25])
+    assert [g["lr"] for g in two_groups.param_groups] == [0.5, 0.5]  # times lr_scale
+    with pytest.raises(RunError, match="1 learning rates for 2 parameter groups"):
+        schedule.set_lr(two_groups, [0.5])
 
 
 # ---- save / load, counts, settings ---------------------------------------------------------
