@@ -177,3 +177,28 @@ def test_prograds_rule_acts_on_the_global_batch_under_ddp(tmp_path, monkeypatch,
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
+
+
+def _grads_worker(rank: int, world: int, init_file: str, report_dir: str):
+    torch.set_num_threads(1)
+    from vlprompt.distributed import Dist, all_reduce_gradients
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        learning, waiting = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+        learning.grad = torch.full((3,), float(rank + 1))  # 1 and 2: their mean is 1.5
+        all_reduce_gradients([waiting, learning], Dist(rank=rank, world_size=world))
+        report = {"learning": learning.grad.tolist(), "waiting": waiting.grad is None}
+    finally:
+        dist.destroy_process_group()
+    (Path(report_dir) / f"rank{rank}.json").write_text(json.dumps(report))
+
+
+@pytest.mark.slow
+def test_a_parameter_no_process_computed_a_gradient_for_keeps_none(tmp_path):
+    """Averaged gradients, and none for a part that learns in a later stage (two_stage's head):
+    the optimizer leaves it and its state untouched, as in one process."""
+    mp.spawn(_grads_worker, args=(2, str(tmp_path / "pg"), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert report == {"learning": [1.5, 1.5, 1.5], "waiting": True}

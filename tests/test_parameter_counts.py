@@ -18,6 +18,12 @@ PUBLISHED = {
     "clip_lora": 12 * 3 * 2 * 2 * (512 + 768),  # rank 2 on q, k, v of all 12 blocks, both towers
     "clip_adapter": 2 * 512 * 128,  # the image adapter 512 -> 128 -> 512, no biases
 }
+# Counts that grow with the classes: (fixed, per class).
+PUBLISHED_PER_CLASS = {
+    # 2SFS: ln_1 and ln_2 of all 12 blocks of both towers (the official trainable set), then a
+    # head of 512 per class (stage 2)
+    "two_stage": (12 * 2 * 2 * (512 + 768), 512),
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +43,11 @@ def test_depts_head_adds_two_channel_maps_and_a_linear_classifier(vit_b16):
     assert feature_rule_count(vit_b16, "dept") == ParameterCount(4 * 512, 513)
     coop = parameter_count("coop", vit_b16, feature_rule="dept")
     assert coop == ParameterCount(16 * 512 + 4 * 512, 513)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PER_CLASS))
+def test_counts_with_a_part_per_class_on_vit_b16(name, vit_b16):
+    assert parameter_count(name, vit_b16) == ParameterCount(*PUBLISHED_PER_CLASS[name])
 
 
 def test_a_count_that_grows_with_the_classes_is_given_per_class(vit_b16):

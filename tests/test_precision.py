@@ -44,7 +44,7 @@ SMALL = {"rpo": {"K": 3}, "ivlp": {"depth_text": 2, "depth_vision": 2}, "coop": 
          "maple": {"depth": 2}, "promptsrc": {"depth_text": 2, "depth_vision": 2, "templates": ("a photo of a {}.",)},
          "clip_lora": {"logit_scale": 0.0, "dropout": 0.0}, "tip_adapter": {"search_step": (5, 4)},
          "tip_adapter_f": {"search_step": (5, 4), "epochs": 2}, "gda": {}, "lp_plus_plus": {"epochs": 20},
-         "clap": {"epochs": 5}}  # fmt: skip
+         "clap": {"epochs": 5}, "two_stage": {}}  # fmt: skip
 # trained methods whose evaluation is fp32 whatever the autocast (fp32 cached image features and
 # zero-shot text features, and a learned part computed in fp32)
 FP32_EVALUATION = {"clip_adapter"}
@@ -93,7 +93,8 @@ def _step(method, images, labels, precision, scale=lambda t: t):
     with autocast_for(CPU, precision):
         assert torch.is_autocast_enabled("cpu") == (precision == "bf16")
         out = method.backward_step(images, labels, scale)
-    grads = [p.grad.flatten() for p in method.trainable_parameters()]
+    # the parts that learn now (a later stage's, e.g. two_stage's head, have none yet)
+    grads = [p.grad.flatten() for p in method.trainable_parameters() if p.grad is not None]
     return out.loss, out.logits, torch.cat(grads)
 
 

@@ -100,6 +100,12 @@ CLIP_LORA = {  # MaxZanella/CLIP-LoRA run_utils.py defaults, lora.py's AdamW and
     "template": "a photo of a {}.",  # datasets/*.py: every data set (the CoOp ones commented out)
     "logit_scale": 100.0,  # main.py
 }  # fmt: skip
+TWO_STAGE = {  # FarinaMatteo/rethinking_fewshot_vlms main.py defaults, fs/twostage.py, datasets/*.py
+    "optimizer": "adamw", "lr": 2e-4, "weight_decay": 1e-2, "batch_size": 32,
+    "warmup_epochs": 0, "lr_schedule": "step", "min_lr": 1e-6,  # a CosineAnnealingLR per stage
+    "stage1_fraction": 0.6, "towers": "both",  # --n_iters_frac 0.6, --peft ln, --ln_modality both
+    "template": "a photo of a {}.",  # every data set (the CoOp templates commented out)
+}  # fmt: skip
 TIP = {  # gaopengcuhk/Tip-Adapter configs/*.yaml (alike in all) + main.py's RandomResizedCrop
     "init_beta": 1.0, "search_hp": True, "search_step": [200, 20], "augment_epoch": 10,
     "cache_crop_min_scale": 0.5,
@@ -213,6 +219,11 @@ CASES = [
     ("clip_lora_fewshot", "clip_lora", "imagenet", 4, {**CLIP_LORA, "iterations": 2000}),
     ("clip_lora_fewshot", "clip_lora", "oxford_flowers", 8, {**CLIP_LORA, "iterations": 4000}),
     ("clip_lora_fewshot", "clip_lora", "imagenet", 16, {**CLIP_LORA, "iterations": 8000}),
+    # FarinaMatteo/rethinking_fewshot_vlms fs/twostage.py: total_iters = n_iters (300) * shots
+    ("two_stage_fewshot", "two_stage", "dtd", 1, {**TWO_STAGE, "iterations": 300}),
+    ("two_stage_fewshot", "two_stage", "imagenet", 16, {**TWO_STAGE, "iterations": 4800}),
+    ("two_stage_base2new", "two_stage", "eurosat", 4, {**TWO_STAGE, "iterations": 1200}),
+    ("two_stage_base2new", "two_stage", "imagenet", 16, {**TWO_STAGE, "iterations": 4800}),
     # gaopengcuhk/Tip-Adapter: one config per data set for every shots (README); fgvc.yaml is
     # vlprompt's fgvc_aircraft; a data set without a config keeps the defaults (imagenet.yaml)
     ("tip_adapter", "tip_adapter", "imagenet", 16, TIP_IMAGENET),
@@ -413,6 +424,20 @@ def test_clip_lora_preset_at_16_shots_is_the_methods_defaults():
     assert config_differences(resolve_config("clip_lora", "dtd", shots=4), four) == [
         "method_config.iterations: 8000 -> 2000"
     ]
+
+
+def test_two_stage_presets_at_16_shots_are_the_methods_defaults():
+    """2SFS's defaults are its official 16-shot values, the same for every data set and both
+    settings: at other shots the presets change only the iterations (300 x shots)."""
+    for preset in ("two_stage_fewshot", "two_stage_base2new"):
+        for dataset in ("dtd", "imagenet"):
+            default = resolve_config("two_stage", dataset, shots=16)
+            assert config_differences(default, resolve_config(
+                "two_stage", dataset, shots=16, preset=preset)) == []  # fmt: skip
+        two = resolve_config("two_stage", "dtd", shots=2, preset=preset)
+        assert config_differences(resolve_config("two_stage", "dtd", shots=2), two) == [
+            "method_config.iterations: 4800 -> 600"
+        ]
 
 
 def test_tip_adapter_presets_hold_at_any_shots():

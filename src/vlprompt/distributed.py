@@ -74,8 +74,15 @@ def resolve_device(device: str, ctx: Dist) -> torch.device:
 
 
 def all_reduce_gradients(params: list[torch.nn.Parameter], ctx: Dist) -> None:
-    """Average `.grad` of `params` across processes (one flat all-reduce)."""
+    """Average `.grad` of `params` across processes (one flat all-reduce). A parameter no
+    process computed a gradient for keeps none, as in one process: the optimizer then leaves it
+    and its state untouched (AdamW's step count of a part that learns later, in stages)."""
     if not ctx.enabled:
+        return
+    computed = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
+    dist.all_reduce(computed, op=dist.ReduceOp.MAX)
+    params = [p for p, flag in zip(params, computed.tolist()) if flag > 0]
+    if not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])

@@ -38,6 +38,7 @@ from vlprompt.schedule import (
     lr_at_step,
     planned_epochs,
     set_lr,
+    staged_lrs,
     steps_in_epoch,
     total_steps,
 )
@@ -206,7 +207,8 @@ def fit(
         method=method, loader=loader, optimizer=optimizer, scaler=scaler, scale=scale,
         params=params, ctx=ctx, device=device, precision=precision,
         show=show, run_dir=run_dir, pool=pool, epochs=epochs,
-        lr_of_step=_lr_of_step(cfg, len(loader)), bar=bar,
+        lr_of_step=_lr_of_step(method, cfg, len(loader)), bar=bar,
+        total_steps=total_steps(cfg, len(loader)),
     )  # fmt: skip
     selector = _BestOnVal(method, val_items, settings, ctx, say) if val_items else None
     with bar:
@@ -264,7 +266,7 @@ def _train_epochs(run, cfg, sampler, generator, seed, start_epoch, settings, run
     for epoch in range(start_epoch, epochs):
         warmup = False
         if run.lr_of_step is not None:  # set at every step; reported: the epoch's first
-            lr = run.lr_of_step(epoch * len(loader))
+            lr = _reported(run.lr_of_step(epoch * len(loader)))
         else:
             warmup = epoch < cfg.warmup_epochs
             lr = lr_at_epoch(
@@ -335,16 +337,29 @@ class _Training:
     pool: Any = None  # the view pool (`vlprompt.view_pool.ViewPool`), or None for fresh views
     epochs: int = 0  # the epochs of the training (`schedule.planned_epochs`)
     # the learning rate of each 0-based global step (lr_schedule "step"); None: set per epoch
-    lr_of_step: Callable[[int], float] | None = None
+    # (one per group when the method trains in stages, `PromptMethod.lr_spans`)
+    lr_of_step: Callable[[int], float | list[float]] | None = None
     bar: Any = None  # one tqdm bar over every step of the run (its ETA is the whole run's)
+    total_steps: int = 0  # the optimizer steps of the whole training (`schedule.total_steps`)
 
 
-def _lr_of_step(cfg: Any, steps_per_epoch: int) -> Callable[[int], float] | None:
-    """The per-step learning rate of a `lr_schedule="step"` training, else None."""
+def _lr_of_step(
+    method: Any, cfg: Any, steps_per_epoch: int
+) -> Callable[[int], float | list[float]] | None:
+    """The per-step learning rate of a `lr_schedule="step"` training (one per parameter group
+    for a method trained in stages, `PromptMethod.lr_spans`), else None."""
     if cfg.lr_schedule != "step":
         return None
     steps = total_steps(cfg, steps_per_epoch)
+    spans = method.lr_spans(steps)
+    if spans is not None:
+        return lambda step: staged_lrs(step, lr=cfg.lr, min_lr=cfg.min_lr, spans=spans)
     return lambda step: lr_at_step(step, lr=cfg.lr, min_lr=cfg.min_lr, total_steps=steps)
+
+
+def _reported(lr: float | list[float]) -> float:
+    """The learning rate an epoch line shows: the one, or the learning group's (the largest)."""
+    return lr if isinstance(lr, (int, float)) else max(lr)
 
 
 def _run_epoch(run: _Training, epoch: int, lr: float) -> EpochStats:
@@ -361,6 +376,7 @@ def _run_epoch(run: _Training, epoch: int, lr: float) -> EpochStats:
     bar = run.bar
     bar.set_description(f"epoch {epoch + 1}/{epochs}")
     for step, (images, labels) in enumerate(batches):
+        method.on_train_step(epoch * len(loader) + step, run.total_steps)
         if run.lr_of_step is not None:
             set_lr(optimizer, run.lr_of_step(epoch * len(loader) + step))
         if pool is not None:  # the loader gives image indices; the pool gives their views

@@ -8,6 +8,9 @@
 - or, with `lr_schedule="step"`, set at every optimizer step: cosine annealing from `lr` to
   `min_lr` over all the training's steps (`lr_at_step`, torch's `CosineAnnealingLR(T_max=steps,
   eta_min=min_lr)` stepped once per iteration, as CLIP-LoRA does);
+- or per step in stages (`staged_lrs`): each parameter group learns in its own span of steps with
+  a cosine of its own (2SFS: LayerNorms first, then a linear head, each with a fresh
+  CosineAnnealingLR), the spans given by `PromptMethod.lr_spans`;
 - the training lasts `epochs` epochs, or `iterations` optimizer steps when that is set
   (`planned_epochs`, `steps_in_epoch`: the last epoch stops part-way).
 """
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -41,6 +45,20 @@ def lr_at_step(step: int, *, lr: float, min_lr: float, total_steps: int) -> floa
     CosineAnnealingLR(T_max=total_steps, eta_min=min_lr) after `step` scheduler steps,
     `min_lr + (lr - min_lr) * (1 + cos(pi * step / total_steps)) / 2`."""
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * step / total_steps))
+
+
+def staged_lrs(
+    step: int, *, lr: float, min_lr: float, spans: Sequence[tuple[int, int]]
+) -> list[float]:
+    """The learning rate of each parameter group at 0-based `step` when each group learns only
+    in its span [start, stop) of steps, with a cosine of its own (`lr_at_step` over the span's
+    length, restarted at its start: a fresh CosineAnnealingLR per stage); 0 outside its span."""
+    return [
+        lr_at_step(step - start, lr=lr, min_lr=min_lr, total_steps=stop - start)
+        if start <= step < stop
+        else 0.0
+        for start, stop in spans
+    ]
 
 
 def planned_epochs(config: Any, steps_per_epoch: int) -> int:
@@ -80,9 +98,17 @@ def build_optimizer(params: list[Any], config: Any) -> torch.optim.Optimizer:
     raise RunError(f"unknown optimizer {config.optimizer!r}; choices: sgd, adam, adamw")
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float, warmup: bool = False) -> None:
-    """Every group's learning rate: `lr` times the group's `lr_scale` (1 when it has none; see
-    `PromptMethod.param_groups`); in a warm-up epoch (`warmup`) `lr` itself for every group, as
-    Dassl's constant warm-up sets every group to its `cons_lr` (DePT's staged head included)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr if warmup else lr * group.get("lr_scale", 1.0)
+def set_lr(
+    optimizer: torch.optim.Optimizer, lr: float | Sequence[float], warmup: bool = False
+) -> None:
+    """Every group's learning rate: `lr` (or the group's own entry of a list, one per group, as
+    `staged_lrs` gives) times the group's `lr_scale` (1 when it has none; see
+    `PromptMethod.param_groups`); in a warm-up epoch (`warmup`) the rate itself for every group,
+    as Dassl's constant warm-up sets every group to its `cons_lr` (DePT's staged head included)."""
+    rates = [lr] * len(optimizer.param_groups) if isinstance(lr, (int, float)) else list(lr)
+    if len(rates) != len(optimizer.param_groups):
+        raise RunError(
+            f"{len(rates)} learning rates for {len(optimizer.param_groups)} parameter groups"
+        )
+    for group, rate in zip(optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate if warmup else rate * group.get("lr_scale", 1.0)

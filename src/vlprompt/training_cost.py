@@ -29,6 +29,11 @@ CPU_SETTINGS: dict[str, tuple[dict[str, Any], str]] = {
         "the mini world trains it with 480: docs/mini-world.md; the paper's 500 x shots suits "
         "a GPU",
     ),
+    "two_stage": (
+        {"iterations": 300},
+        "the mini world trains it with 288: docs/mini-world.md; the paper's 300 x shots suits a "
+        "GPU",
+    ),
 }
 
 

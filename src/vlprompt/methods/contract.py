@@ -208,6 +208,19 @@ class PromptMethod(nn.Module):
             return groups
         return head_param_groups(groups, self.dept, self.config.dept_lr_scale)
 
+    def lr_spans(self, total_steps: int) -> list[tuple[int, int]] | None:
+        """Under `lr_schedule="step"`: per group of `param_groups()` (in order), the optimizer
+        steps [start, stop) of the training's `total_steps` in which it learns, each span with a
+        cosine of its own from `lr` to `min_lr` (the group's learning rate is 0 outside it): a
+        training in stages, each with a fresh schedule. Default: None, every group over the
+        whole training."""
+        return None
+
+    def on_train_step(self, step: int, total_steps: int) -> None:
+        """Called by the engine before each optimizer step, with its 0-based index in the whole
+        training of `total_steps` steps (a resumed run continues the count); e.g. to switch
+        stages. Default: nothing."""
+
     def on_epoch_end(self, epoch: int) -> None:
         """Called by the engine after each training epoch (1-based `epoch`, as in the epoch's
         checkpoint), before the parameters are checked and the checkpoint is written; e.g. an

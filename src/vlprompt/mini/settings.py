@@ -35,6 +35,9 @@ MINI_SETTINGS: dict[str, dict[str, Any]] = {
     # official: 500 iterations per shot (8000 at 16 shots); 480 here, i.e. 120-240 epochs of a
     # mini base half (80-128 images, 2-4 steps of 32)
     "clip_lora": {"iterations": 480},
+    # official: 300 iterations per shot (4800 at 16 shots), 60% of them LayerNorm tuning; 288
+    # here (the same 6% of the official length as clip_lora's 480 of 8000)
+    "two_stage": {"iterations": 288},
     # the cache's augmented views without the random crop, as every mini-world training
     "tip_adapter": {"cache_crop_min_scale": 1.0},
     "tip_adapter_f": {"cache_crop_min_scale": 1.0},
