@@ -49,16 +49,19 @@ sides) logits 2.4e-5, loss 5.7e-6, head gradient 4.6e-5 (of up to 31); selective
 CosineAnnealingLR(eta_min=1e-6) runs (2880 then 1920 steps) vs `schedule.staged_lrs`: worst
 relative difference 8.2e-15.
 
-Departures: the precision is the official one (fp32 weights, `model.float()`, under fp16 autocast
-with a GradScaler on CUDA), but logits and the loss are computed in fp32 from the (autocast)
-features, the official multiplies fp16 features, and the head is initialised from fp32 text
-features (official: fp16 autocast, cast to fp32); the official counts an iteration only when the
-GradScaler did not skip the step (fp16 overflow), vlprompt counts every step; the engine's loader
-drops the last incomplete batch (Dassl), the official keeps it; the prompts are encoded up to
-their longest EOT, not all 77 positions (the same numbers: the mask is causal;
-`implementation="reference"` encodes all 77, tests/test_two_stage.py checks both against a plain
-open_clip reference in logits and gradients). The official `--peft lora` / `bitfit` first stages
-and `--ln_*_start` are not offered (the paper's 2SFS is the LayerNorm one, the defaults).
+Departures from the official code, on purpose:
+- Precision: the official one (fp32 weights, `model.float()`, under fp16 autocast with a
+  GradScaler on CUDA), but logits and the loss are computed in fp32 from the (autocast) features,
+  where the official multiplies fp16 features, and the head is initialised from fp32 text
+  features (official: fp16 autocast, cast to fp32).
+- The official counts an iteration only when the GradScaler did not skip the step (fp16
+  overflow); vlprompt counts every step.
+- The engine's loader drops the last incomplete batch (Dassl); the official keeps it.
+- The prompts are encoded up to their longest EOT, not all 77 positions (the same numbers: the
+  mask is causal; `implementation="reference"` encodes all 77, tests/test_two_stage.py checks
+  both against a plain open_clip reference in logits and gradients).
+- The official `--peft lora` / `bitfit` first stages and `--ln_*_start` are not offered (the
+  paper's 2SFS is the LayerNorm one, the defaults).
 """
 
 from __future__ import annotations
