@@ -276,11 +276,21 @@ def _graph_operators(path: Path) -> list[str]:
     return [f"{n.domain}.{n.op_type}" for n in onnx.load(str(path)).graph.node]
 
 
-@pytest.mark.parametrize(("name", "unfused"), [("coop", 0), ("ivlp", 1), ("clip_lora", 0)])
-def test_attention_is_one_fused_operator_per_block_or_standard_ops(name, unfused, runs, tmp_path):
-    """By default each image-tower block's attention is one `com.microsoft.Attention` (IVLP's
-    last block computes the CLS row alone, `pooled_rows_forward`: unfused); `--standard-ops`
-    writes standard ONNX operators only; both give the run's logits."""
+# (fused Attention operators, Softmax operators) of the fused graph, given the tower's blocks n:
+# IVLP's last block computes the CLS row alone (`pooled_rows_forward`, unfused); RPO's frozen
+# tokens are fused (`block_forward_with_kv`), its prompt rows' attention is not
+FUSED_GRAPH = {
+    "coop": lambda n: (n, 0),
+    "ivlp": lambda n: (n - 1, 1),
+    "clip_lora": lambda n: (n, 0),
+    "rpo": lambda n: (n, n),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUSED_GRAPH))
+def test_attention_is_one_fused_operator_per_block_or_standard_ops(name, runs, tmp_path):
+    """By default each image-tower block's self-attention is one `com.microsoft.Attention`;
+    `--standard-ops` writes standard ONNX operators only; both give the run's logits."""
     run = vlprompt.load_run(runs(name))
     images = _images()
     with torch.no_grad():
@@ -290,8 +300,9 @@ def test_attention_is_one_fused_operator_per_block_or_standard_ops(name, unfused
     out = tmp_path / "standard"
     assert main(["export", str(runs(name)), "-o", str(out), "--standard-ops"]) == 0
     standard = out / "model.onnx"
-    assert _graph_operators(fused).count("com.microsoft.Attention") == blocks - unfused
-    assert _graph_operators(fused).count(".Softmax") == unfused
+    operators = _graph_operators(fused)
+    counts = (operators.count("com.microsoft.Attention"), operators.count(".Softmax"))
+    assert counts == FUSED_GRAPH[name](blocks)
     assert {op.split(".")[0] for op in _graph_operators(standard)} == {""}
     infos = [json.loads((p.parent / "model.json").read_text()) for p in (fused, standard)]
     assert [i["contrib_operators"] for i in infos] == [["com.microsoft.Attention"], []]

@@ -13,11 +13,15 @@ the export writes it directly: inside `fused_attention(model)` every self-attent
 `PackedSelfAttention`, whose torch forward computes that attention (what the tracer runs, so
 the traced values are the module's) and whose ONNX form is the one operator. Any other call (a
 mask, cross-attention, attention weights asked for) runs the module's own forward, unfused.
+`vlprompt.attention.block_forward_with_kv` (RPO's frozen tokens, which also hand their keys and
+values to the prompt rows) asks `fusing()` and then uses `self_attention_with_kv`: the same
+operator, whose `present` output holds those keys and values.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +32,13 @@ from torch import nn
 
 DOMAIN = "com.microsoft"
 DOMAIN_VERSION = 1
+_FUSING = contextvars.ContextVar("vlprompt_fusing_attention", default=False)
+
+
+def fusing() -> bool:
+    """True inside `fused_attention`: functions that compute a block's attention themselves
+    may use `self_attention_with_kv`."""
+    return _FUSING.get()
 
 
 class PackedSelfAttention(torch.autograd.Function):
@@ -49,6 +60,42 @@ class PackedSelfAttention(torch.autograd.Function):
         out = g.op(f"{DOMAIN}::Attention", x, weight_t, bias, num_heads_i=heads)
         out.setType(x.type())
         return out
+
+
+class PackedSelfAttentionWithKV(torch.autograd.Function):
+    """`PackedSelfAttention` that also returns the keys and values split into heads,
+    [B, H, S, D/H] each: in ONNX, the `present` output of the same operator ([2, B, H, S, D/H])."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor,
+                heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        b, s, d = x.shape
+        q, k, v = (x @ weight_t + bias).reshape(b, s, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, d)
+        return out, k, v
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, weight_t: Any, bias: Any, heads: int) -> Any:
+        out, present = g.op(f"{DOMAIN}::Attention", x, weight_t, bias, num_heads_i=heads, outputs=2)
+        out.setType(x.type())
+        present.setType(x.type().with_sizes([2, None, heads, None, None]))
+        k, v = (
+            g.op("Gather", present, g.op("Constant", value_t=torch.tensor(i)), axis_i=0)
+            for i in (0, 1)
+        )
+        for t in (k, v):
+            t.setType(x.type().with_sizes([None, heads, None, None]))
+        return out, k, v
+
+
+def self_attention_with_kv(
+    x: torch.Tensor, attn: nn.MultiheadAttention
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The attention of the (normalised) tokens `x` [B, S, D] through `attn` before its output
+    projection, [B, S, D], and their keys and values [B, H, S, D/H]; one fused operator in ONNX.
+    `attn` must be `fusable`."""
+    return PackedSelfAttentionWithKV.apply(x, attn.in_proj_weight.t(), attn.in_proj_bias,
+                                           attn.num_heads)  # fmt: skip
 
 
 def fusable(attn: nn.MultiheadAttention) -> bool:
@@ -86,13 +133,15 @@ def _fused_forward(self: nn.MultiheadAttention, query: torch.Tensor, key: torch.
 @contextlib.contextmanager
 def fused_attention(model: nn.Module) -> Iterator[int]:
     """Inside: every fusable `nn.MultiheadAttention` of `model` exports its plain
-    self-attention calls as `com.microsoft.Attention`; yields how many modules were switched.
-    The modules are restored on exit."""
+    self-attention calls as `com.microsoft.Attention`, and `fusing()` is True; yields how many
+    modules were switched. The modules are restored on exit."""
     switched = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention) and fusable(m)]
     for module in switched:
         module.forward = types.MethodType(_fused_forward, module)  # type: ignore[method-assign]
+    token = _FUSING.set(True)
     try:
         yield len(switched)
     finally:
+        _FUSING.reset(token)
         for module in switched:
             del module.forward
