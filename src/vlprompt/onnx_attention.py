@@ -41,6 +41,15 @@ def fusing() -> bool:
     return _FUSING.get()
 
 
+def _packed_attention(
+    x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor, heads: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The attention output [B, S, D] (heads merged), keys and values [B, H, S, D/H]."""
+    b, s, d = x.shape
+    q, k, v = (x @ weight_t + bias).reshape(b, s, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, d), k, v
+
+
 class PackedSelfAttention(torch.autograd.Function):
     """x [B, S, D] -> softmax(q k^T / sqrt(D/H)) v with the heads merged back, [B, S, D], where
     q, k, v = x @ weight_t + bias split in three (`weight_t` [D, 3D]: the transposed
@@ -49,11 +58,7 @@ class PackedSelfAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor,
                 heads: int) -> torch.Tensor:  # fmt: skip
-        b, s, d = x.shape
-        qkv = (x @ weight_t + bias).reshape(b, s, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-        return (
-            F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]).transpose(1, 2).reshape(b, s, d)
-        )
+        return _packed_attention(x, weight_t, bias, heads)[0]
 
     @staticmethod
     def symbolic(g: Any, x: Any, weight_t: Any, bias: Any, heads: int) -> Any:
@@ -69,10 +74,7 @@ class PackedSelfAttentionWithKV(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor,
                 heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-        b, s, d = x.shape
-        q, k, v = (x @ weight_t + bias).reshape(b, s, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, d)
-        return out, k, v
+        return _packed_attention(x, weight_t, bias, heads)
 
     @staticmethod
     def symbolic(g: Any, x: Any, weight_t: Any, bias: Any, heads: int) -> Any:
