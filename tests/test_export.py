@@ -267,3 +267,69 @@ def test_a_trace_that_bakes_in_the_batch_size_is_caught():
     data = torchscript_bytes(model, torch.zeros(2, 3, 4, 4))
     with pytest.raises(ExportError, match="does not give the method's logits at batch 1"):
         check_export(model, "torchscript", data, 4)
+
+
+# ---- the fused attention operator ---------------------------------------------------------------
+def _graph_operators(path: Path) -> list[str]:
+    import onnx
+
+    return [f"{n.domain}.{n.op_type}" for n in onnx.load(str(path)).graph.node]
+
+
+# (fused Attention operators, Softmax operators) of the fused graph, given the tower's blocks n:
+# IVLP's last block computes the CLS row alone (`pooled_rows_forward`, unfused); RPO's frozen
+# tokens are fused (`block_forward_with_kv`), its prompt rows' attention is not
+FUSED_GRAPH = {
+    "coop": lambda n: (n, 0),
+    "ivlp": lambda n: (n - 1, 1),
+    "clip_lora": lambda n: (n, 0),
+    "rpo": lambda n: (n, n),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUSED_GRAPH))
+def test_attention_is_one_fused_operator_per_block_or_standard_ops(name, runs, tmp_path):
+    """By default each image-tower block's self-attention is one `com.microsoft.Attention`;
+    `--standard-ops` writes standard ONNX operators only; both give the run's logits."""
+    run = vlprompt.load_run(runs(name))
+    images = _images()
+    with torch.no_grad():
+        expected = run.method(images).numpy()
+    blocks = len(run.clip.model.visual.transformer.resblocks)
+    fused = run.export(tmp_path / "fused", "onnx")
+    out = tmp_path / "standard"
+    assert main(["export", str(runs(name)), "-o", str(out), "--standard-ops"]) == 0
+    standard = out / "model.onnx"
+    operators = _graph_operators(fused)
+    counts = (operators.count("com.microsoft.Attention"), operators.count(".Softmax"))
+    assert counts == FUSED_GRAPH[name](blocks)
+    assert {op.split(".")[0] for op in _graph_operators(standard)} == {""}
+    infos = [json.loads((p.parent / "model.json").read_text()) for p in (fused, standard)]
+    assert [i["contrib_operators"] for i in infos] == [["com.microsoft.Attention"], []]
+    for path in (fused, standard):
+        for batch in (1, 7):
+            (logits,) = _onnx_outputs(path, images[:batch])
+            np.testing.assert_allclose(logits, expected[:batch], rtol=0, atol=1e-4)
+
+
+def test_packed_attention_computes_the_modules_attention():
+    """`PackedSelfAttention` (what the tracer runs in place of a plain self-attention call)
+    equals `nn.MultiheadAttention`'s output; a call with a mask runs the module's own forward;
+    the modules are restored afterwards."""
+    from vlprompt.onnx_attention import fused_attention
+
+    torch.manual_seed(0)
+    attn = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    holder = torch.nn.Sequential(attn)
+    x = torch.randn(3, 5, 16)
+    mask = torch.triu(torch.full((5, 5), float("-inf")), 1)
+    with torch.no_grad():
+        expected = attn(x, x, x, need_weights=False)[0]
+        masked = attn(x, x, x, need_weights=False, attn_mask=mask)[0]
+        with fused_attention(holder) as switched:
+            assert switched == 1 and "forward" in vars(attn)
+            got = attn(x, x, x, need_weights=False)[0]
+            got_masked = attn(x, x, x, need_weights=False, attn_mask=mask)[0]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert torch.equal(got_masked, masked)
+    assert "forward" not in vars(attn)

@@ -57,3 +57,26 @@ def test_check_block_accepts_open_clip_default_and_names_other_blocks():
     assert check_block(_block()) is None
     reason = check_block(CustomResidualAttentionBlock(16, 2))
     assert reason is not None and "MultiheadAttention" in reason
+
+
+def test_the_fused_export_path_computes_the_same_block_and_keys_values(monkeypatch):
+    """Inside `fused_attention` (ONNX export), an unmasked `block_forward_with_kv` takes the
+    fused operator's torch code (once, only there): the same output and keys/values."""
+    from vlprompt import onnx_attention
+
+    calls = []
+    apply = onnx_attention.PackedSelfAttentionWithKV.apply
+    monkeypatch.setattr(
+        onnx_attention.PackedSelfAttentionWithKV, "apply", lambda *a: calls.append(1) or apply(*a)
+    )
+    block = _block()
+    x = torch.randn(2, 7, 24)
+    with torch.no_grad():
+        out, kv = block_forward_with_kv(block, x)
+        assert calls == []
+        with onnx_attention.fused_attention(block):
+            fused_out, fused_kv = block_forward_with_kv(block, x)
+    assert calls == [1]
+    torch.testing.assert_close(fused_out, out, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fused_kv.k, kv.k, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fused_kv.v, kv.v, atol=1e-6, rtol=0)

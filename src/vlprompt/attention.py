@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlprompt import onnx_attention
+
 
 @dataclass
 class KeyValues:
@@ -66,7 +68,12 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
 
 def _finish(block: nn.Module, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
     """Output projection, residuals and MLP of a block, given the attention output per head."""
-    x = x + block.ls_1(block.attn.out_proj(_merge(attended)))
+    return _finish_merged(block, x, _merge(attended))
+
+
+def _finish_merged(block: nn.Module, x: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
+    """`_finish` given the attention output with the heads merged, [B, S, D]."""
+    x = x + block.ls_1(block.attn.out_proj(merged))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
@@ -79,6 +86,9 @@ def block_forward_with_kv(
     attn = block.attn
     heads = attn.num_heads
     h = block.ln_1(x)
+    if attn_mask is None and onnx_attention.fusing() and onnx_attention.fusable(attn):
+        merged, k, v = onnx_attention.self_attention_with_kv(h, attn)  # one operator in ONNX
+        return _finish_merged(block, x, merged), KeyValues(k, v)
     q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
     q, k, v = _heads(q, heads), _heads(k, heads), _heads(v, heads)
     mask = attn_mask.to(q.dtype) if attn_mask is not None else None

@@ -321,6 +321,9 @@ def _add_export_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probabilities", action="store_true",
                    help="an output softmax(logits / T), T the run's calibrated temperature "
                    "(1 without calibration); the logits stay uncalibrated")  # fmt: skip
+    p.add_argument("--standard-ops", action="store_true",
+                   help="ONNX: write attention as standard ONNX operators, for runtimes other "
+                   "than onnxruntime (default: onnxruntime's fused Attention operator, faster)")  # fmt: skip
     p.add_argument("--trust-torchscript", action="store_true", help=TRUST_HELP)
     p.add_argument("--allow-remote-weights", action="store_true", help=REMOTE_HELP)
 
@@ -757,7 +760,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     run = api.load_run(args.run_dir, trust_torchscript=args.trust_torchscript,
                        allow_remote_weights=args.allow_remote_weights)  # fmt: skip
     path = run.export(
-        args.output_dir, args.format, features=args.features, probabilities=args.probabilities
+        args.output_dir,
+        args.format,
+        features=args.features,
+        probabilities=args.probabilities,
+        fused_attention=not args.standard_ops,
     )
     print(f"wrote {path} with labels.json, preprocess.json and model.json in {path.parent}")
     return 0
