@@ -267,7 +267,7 @@ def _train_epochs(run, cfg, sampler, generator, seed, start_epoch, settings, run
                 warmup_epochs=cfg.warmup_epochs,
                 epochs=cfg.epochs,
             )
-        set_lr(optimizer, lr)
+        set_lr(optimizer, lr, warmup=run.lr_of_step is None and epoch < cfg.warmup_epochs)
         sampler.set_epoch(epoch)
         generator.manual_seed(seed * 100_003 + epoch * 1009 + ctx.rank)  # worker seeds
         stats = _run_epoch(run, epoch, lr)

@@ -80,8 +80,9 @@ def build_optimizer(params: list[Any], config: Any) -> torch.optim.Optimizer:
     raise RunError(f"unknown optimizer {config.optimizer!r}; choices: sgd, adam, adamw")
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, warmup: bool = False) -> None:
     """Every group's learning rate: `lr` times the group's `lr_scale` (1 when it has none; see
-    `PromptMethod.param_groups`)."""
+    `PromptMethod.param_groups`); during the constant warm-up (`warmup`) `lr` for every group,
+    as Dassl's ConstantWarmupScheduler gives its WARMUP_CONS_LR to every group."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        group["lr"] = lr if warmup else lr * group.get("lr_scale", 1.0)
