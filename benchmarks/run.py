@@ -84,6 +84,7 @@ BATCH = {
     "maple": 4,
     "promptsrc": 4,
     "clip_lora": 32,
+    "skiptuning": 4,
 }
 POOLED = ("rpo", "coop", "clip_adapter")  # methods also measured with the view pool
 SPLIT = ("rpo",)  # methods whose fast step is split into image and text parts

@@ -149,6 +149,11 @@ LORA_PATH = ImagePath(
     _lora_head,
     "normalised image features of the merged LoRA image tower [B, E]",
 )
+SKIP_PATH = ImagePath(
+    lambda m, x: m.tuned_image_features(x),
+    _clip_head,
+    "normalised image features of the tuned upper blocks [B, E]",
+)
 # methods whose image path is not frozen CLIP, by registered name
 IMAGE_PATHS = {
     "ivlp": DEEP_PROMPTS,
@@ -156,6 +161,7 @@ IMAGE_PATHS = {
     "promptsrc": DEEP_PROMPTS,
     "rpo": RPO_PATH,
     "clip_lora": LORA_PATH,
+    "skiptuning": SKIP_PATH,
 }
 
 
