@@ -83,7 +83,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlprompt.backbone import ClipBackbone, run_layers
+from vlprompt.backbone import ClipBackbone
 from vlprompt.errors import MethodError
 from vlprompt.methods.base import (
     IMPLEMENTATIONS,
@@ -306,8 +306,8 @@ class SkipTuning(PromptMethod):
             clip, n = self.clip, tokens.shape[1]
             with torch.no_grad():
                 x = clip.token_embedding(tokens) + clip.text_positional_embedding[:n].to(clip.dtype)
-                lower = clip.text_blocks[: self.config.start_layer]
-                return run_layers(lower, x, clip.text_causal_mask(n)), eot
+                lower = self._hook(self.text_tuned, lower=True, upper=False)
+                return clip.run_text_layers(x, clip.text_causal_mask(n), lower), eot
 
         key = features_key(self.clip, self.classnames, self.config.template,
                            self.config.start_layer)  # fmt: skip
@@ -321,7 +321,8 @@ class SkipTuning(PromptMethod):
         if kept is not None:
             states, eot = states[kept.to(states.device)], eot[kept.to(eot.device)]
         n = int(eot.max()) + 1
-        x = run_layers(self.text_tuned.blocks, states[:, :n].float(), self.clip.text_causal_mask(n))
+        upper = self._hook(self.text_tuned, lower=False, upper=True)
+        x = self.clip.run_text_layers(states[:, :n], self.clip.text_causal_mask(n), upper)
         pooled = x[torch.arange(len(x), device=x.device), eot]
         return F.normalize(self.text_tuned.head(pooled), dim=-1)
 
@@ -331,32 +332,37 @@ class SkipTuning(PromptMethod):
         tokens = self._tokens(names)
         clip = self.clip
         x = clip.token_embedding(tokens) + clip.text_positional_embedding.to(clip.dtype)
-        x = clip.run_text_layers(x, clip.text_causal_mask(), self._upper_hook(self.text_tuned))
+        x = clip.run_text_layers(x, clip.text_causal_mask(), self._hook(self.text_tuned))
         pooled = x[torch.arange(len(x), device=x.device), tokens.argmax(dim=-1)]
         return F.normalize(self.text_tuned.head(pooled), dim=-1)
 
-    def _upper_hook(self, tuned: _Tuned):
+    def _hook(self, tuned: _Tuned, lower: bool = True, upper: bool = True):
+        """A layer hook of the backbone's loop: the frozen blocks below `start_layer` (or the
+        tokens passed on unchanged, `lower=False`), the tuned copies from there on (or the
+        tokens returned as they are, `upper=False`)."""
         start = self.config.start_layer
 
         def hook(i: int, block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None):
             if i < start:
-                return block(x, attn_mask=mask)
+                return block(x, attn_mask=mask) if lower else x
+            if not upper:
+                return x
             return tuned.blocks[i - start](x.float() if i == start else x, attn_mask=mask)
 
         return hook
 
     def tuned_image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised image features [B, E] through the frozen lower and the tuned upper blocks."""
-        clip, s = self.clip, self.config.start_layer
+        clip, tuned = self.clip, self.vision_tuned
         images = images.to(clip.device)
         if self.config.implementation == "reference":
             x = clip.vision_ln_pre(clip.vision_embed(images))
-            x = clip.run_vision_layers(x, hook=self._upper_hook(self.vision_tuned))
+            x = clip.run_vision_layers(x, hook=self._hook(tuned))
         else:
             with torch.no_grad():
                 x = clip.vision_ln_pre(clip.vision_embed(images))
-                x = run_layers(clip.vision_blocks[:s], x)
-            x = run_layers(self.vision_tuned.blocks, x.float())
+                x = clip.run_vision_layers(x, hook=self._hook(tuned, upper=False))
+            x = clip.run_vision_layers(x, hook=self._hook(tuned, lower=False))
         return F.normalize(self.vision_tuned.head(x[:, 0]), dim=-1)
 
     def _logits(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -416,8 +422,8 @@ class SkipTuning(PromptMethod):
     def backward_step(
         self, images: torch.Tensor, labels: torch.Tensor, scale: GradScale = lambda t: t
     ) -> StepOutput:
-        """The step on the kept classes; the logits it returns cover every class (-inf for the
-        skipped ones), so running accuracy reads them as any method's."""
+        """The step on the kept classes; the logits it returns cover every class (the lowest
+        finite value for the skipped ones), so running accuracy reads them as any method's."""
         self._labels = labels
         try:
             step = super().backward_step(images, labels, scale)
@@ -426,7 +432,8 @@ class SkipTuning(PromptMethod):
             self._labels = self._kept = None
         if kept is None:
             return step
-        full = step.logits.new_full((len(labels), len(self.classnames)), float("-inf"))
+        lowest = torch.finfo(step.logits.dtype).min
+        full = step.logits.new_full((len(labels), len(self.classnames)), lowest)
         full[:, kept.to(full.device)] = step.logits
         return replace(step, logits=full)
 
