@@ -17,6 +17,9 @@ PUBLISHED = {
     "maple": 3_555_072,  # MaPLe's paper (3.55 M): 9 x (2 x 512 + 512 x 768 + 768)
     "clip_lora": 12 * 3 * 2 * 2 * (512 + 768),  # rank 2 on q, k, v of all 12 blocks, both towers
     "clip_adapter": 2 * 512 * 128,  # the image adapter 512 -> 128 -> 512, no biases
+    # blocks 6-11 of both towers (12 w^2 + 13 w each), ln_post + proj, ln_final + text projection
+    "skiptuning": 6 * (12 * 768**2 + 13 * 768) + 6 * (12 * 512**2 + 13 * 512)
+    + 2 * 768 + 768 * 512 + 2 * 512 + 512 * 512,
 }
 
 

@@ -35,6 +35,9 @@ MINI_SETTINGS: dict[str, dict[str, Any]] = {
     # official: 500 iterations per shot (8000 at 16 shots); 480 here, i.e. 120-240 epochs of a
     # mini base half (80-128 images, 2-4 steps of 32)
     "clip_lora": {"iterations": 480},
+    # the paper's recipe (20 epochs, batch 4, lr 2e-5 / 5e-6); its first tuned block 6 of 12
+    # becomes block 1 of the tiny CLIP's 2 text / 3 vision blocks (half the depth, rounded down)
+    "skiptuning": {"start_layer": 1},
     # the cache's augmented views without the random crop, as every mini-world training
     "tip_adapter": {"cache_crop_min_scale": 1.0},
     "tip_adapter_f": {"cache_crop_min_scale": 1.0},
