@@ -57,6 +57,7 @@ METHOD_TITLES = {
     "kgcoop": "KgCoOp", "rpo": "RPO", "ivlp": "IVLP", "maple": "MaPLe", "promptsrc": "PromptSRC",
     "tcp": "TCP", "tip_adapter": "Tip-Adapter", "tip_adapter_f": "Tip-Adapter-F",
     "clip_adapter": "CLIP-Adapter", "gda": "GDA", "clip_lora": "CLIP-LoRA",
+    "skiptuning": "Skip Tuning",
 }  # fmt: skip
 MARKER = re.compile(r"<!-- published:(?P<name>[a-z0-9_]+)(?P<args>[^>]*?)\s*-->\n"
                     r"(?P<body>.*?)<!-- /published -->", re.S)  # fmt: skip
