@@ -295,7 +295,7 @@ class SkipTuning(PromptMethod):
         texts = [self.config.template.format(c.replace("_", " ")) for c in classnames]
         return tokenize_checked(self.clip, texts, "prompt", TEMPLATE_HINT)
 
-    def _text_start_states(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def text_start_states(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Text states [C, L, D] of every class at the input of block `start_layer` (frozen, no
         autograd, L = the longest end-of-text + 1) and the end-of-text positions [C]; cached."""
 
@@ -317,7 +317,7 @@ class SkipTuning(PromptMethod):
         """Normalised text features of the `kept` classes (None: all) through the tuned blocks."""
         if self.config.implementation == "reference":
             return self._text_features_reference(kept)
-        states, eot = self._text_start_states()
+        states, eot = self.text_start_states()
         if kept is not None:
             states, eot = states[kept.to(states.device)], eot[kept.to(eot.device)]
         n = int(eot.max()) + 1
