@@ -36,7 +36,11 @@ blocks) + 1,536 + 393,216 (ln_post, proj) + 1,024 + 262,144 (ln_final, text proj
 62,099,456; `save` writes them alone (about 248 MB in fp32), never the frozen lower layers.
 
 Published (README's `examples/base_to_new.png`, 11 data sets, 16 shots): base 85.04, new 77.53,
-H 81.11; training cost 239 s / 404 MB beside PromptSRC's 1,735 s / 2,041 MB (same figure).
+H 81.11; training cost 239 s / 404 MB beside PromptSRC's 1,735 s / 2,041 MB (same figure);
+domain generalisation (`examples/domain_generalization.png`): ImageNet 72.77, 4 variants 61.20.
+Cost here (BENCHMARKS.md, `benchmarks/skiptuning_cost.py`, CPU, ViT-B/16 shapes, 100 classes,
+batch 4): 18.0 s and 355 MB per step, against 48.0 s / 1,036 MB for the plain reference, 33.7 s
+/ 915 MB for full fine-tuning and 34.3 s / 507 MB for PromptSRC's step.
 
 Agreement with the official code (harness outside the repo, fp32 on CPU): its
 `SkipCustomCLIP` (Dassl stubbed, `.cuda()` made a no-op) built by its own `clip/model.py` CLIP
