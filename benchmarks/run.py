@@ -85,6 +85,7 @@ BATCH = {
     "promptsrc": 4,
     "clip_lora": 32,
     "two_stage": 32,
+    "skiptuning": 4,
 }
 POOLED = ("rpo", "coop", "clip_adapter")  # methods also measured with the view pool
 SPLIT = ("rpo",)  # methods whose fast step is split into image and text parts
@@ -220,6 +221,8 @@ def step_variants(method: str, clip, n_classes: int, batch: int) -> list[Variant
         model = build(method, clip, names, impl)
         if hasattr(model, "frozen_text_features") and impl == "fast":
             model.frozen_text_features()  # RPO's per-class-list cache: built once, not a step
+        if hasattr(model, "text_start_states") and impl == "fast":
+            model.text_start_states()  # Skip Tuning's frozen text states: once per class list
         opt = torch.optim.SGD(model.trainable_parameters(), lr=1e-3)
         pool = rows = None
         build_s = None

@@ -105,6 +105,23 @@ def test_the_engine_uses_param_groups_and_calls_on_epoch_end(tiny_clip, monkeypa
     assert group["lr_scale"] == 0.5 and group["lr"] == 0.5 * method.config.lr
 
 
+def test_the_constant_warmup_lr_is_every_groups_unscaled(tiny_clip, monkeypatch):
+    """Dassl's ConstantWarmupScheduler gives WARMUP_CONS_LR to every group (Skip Tuning's
+    staged groups included); `lr_scale` applies from the cosine epochs on."""
+    seen = []
+
+    def recording_set_lr(optimizer, lr, warmup=False):
+        set_lr(optimizer, lr, warmup)
+        seen.append([g["lr"] for g in optimizer.param_groups])
+
+    monkeypatch.setattr(engine, "set_lr", recording_set_lr)
+    torch.manual_seed(0)
+    method = _GroupedTiny(tiny_clip, CLASSNAMES, TinyMethod.config_class(epochs=2))
+    data = TensorDataset(torch.randn(8, 3, 32, 32), torch.arange(8) % 3)
+    engine.fit(method, data, settings=EngineSettings(), seed=0, progress=False)
+    assert seen == [[method.config.warmup_lr], [0.5 * method.config.lr]]
+
+
 @pytest.mark.usefixtures("isolated_home")
 def test_the_linear_probe_is_fitted_by_its_own_fit(world, tmp_path):
     run = vlprompt.train(

@@ -44,6 +44,7 @@ CASES: dict[str, tuple[dict, dict, str]] = {
         "gpa_std",
     ),
     "clip_lora": ({"iterations": 4}, {"rank": 0}, "rank"),
+    "skiptuning": ({"start_layer": 1, "lr": 2e-3}, {"start_layer": 2}, "start_layer"),
     "tip_adapter": ({"search_step": (5, 4)}, {"search_scale": (-1.0, 3.0)}, "search_scale"),
     "tip_adapter_f": ({"search_step": (5, 4), "epochs": 2}, {"augment_epoch": 0}, "augment_epoch"),
     "gda": ({}, {"alpha_grid": (-1.0,)}, "alpha_grid"),

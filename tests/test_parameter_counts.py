@@ -6,6 +6,8 @@ import pytest
 
 from vlprompt.methods.parameter_counts import ParameterCount, parameter_count, shapes_only_backbone
 
+_BLOCK = lambda w: 12 * w**2 + 13 * w  # noqa: E731  a residual block of width w (MLP ratio 4)
+
 # Counts the papers (or their official code) give for ViT-B/16, with each method's defaults.
 PUBLISHED = {
     "coop": 16 * 512,  # 16 context vectors of width 512
@@ -17,6 +19,8 @@ PUBLISHED = {
     "maple": 3_555_072,  # MaPLe's paper (3.55 M): 9 x (2 x 512 + 512 x 768 + 768)
     "clip_lora": 12 * 3 * 2 * 2 * (512 + 768),  # rank 2 on q, k, v of all 12 blocks, both towers
     "clip_adapter": 2 * 512 * 128,  # the image adapter 512 -> 128 -> 512, no biases
+    # blocks 6-11 of both towers (12 w^2 + 13 w each), ln_post + proj, ln_final + text projection
+    "skiptuning": 6 * _BLOCK(768) + 6 * _BLOCK(512) + 2 * 768 + 768 * 512 + 2 * 512 + 512**2,
 }
 # Counts that grow with the classes: (fixed, per class).
 PUBLISHED_PER_CLASS = {

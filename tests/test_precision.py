@@ -44,7 +44,8 @@ SMALL = {"rpo": {"K": 3}, "ivlp": {"depth_text": 2, "depth_vision": 2}, "coop": 
          "maple": {"depth": 2}, "promptsrc": {"depth_text": 2, "depth_vision": 2, "templates": ("a photo of a {}.",)},
          "clip_lora": {"logit_scale": 0.0, "dropout": 0.0}, "tip_adapter": {"search_step": (5, 4)},
          "tip_adapter_f": {"search_step": (5, 4), "epochs": 2}, "gda": {}, "lp_plus_plus": {"epochs": 20},
-         "clap": {"epochs": 5}, "two_stage": {}}  # fmt: skip
+         "clap": {"epochs": 5}, "two_stage": {},
+         "skiptuning": {"start_layer": 1}}  # fmt: skip
 # trained methods whose evaluation is fp32 whatever the autocast (fp32 cached image features and
 # zero-shot text features, and a learned part computed in fp32)
 FP32_EVALUATION = {"clip_adapter"}

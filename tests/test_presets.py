@@ -92,6 +92,15 @@ TCP = {  # htyao89/Textual-based_Class-aware_prompt_tuning configs/trainers/TCP/
     "kg_weight": 8.0, "prompt_template": "{}.",
 }  # fmt: skip
 
+SKIP = {  # Koorye/SkipTuning train.py TRAINER.SKIP defaults, every config: SGD, batch 4
+    **SGD, "batch_size": 4, "start_layer": 6, "top_ratio": 0.5, "max_top": 50, "skip_lambda": 0.3,
+}  # fmt: skip
+SKIP_B2N = {**SKIP, "lr": 2e-5, "image_lr": 5e-6, "warmup_epochs": 1, "warmup_lr": 1e-6,
+            "epochs": 20}  # vit_b16_bs4.yaml (STAGED_LR, NEW_LR 5e-6)  # fmt: skip
+SKIP_XD = {**SKIP, "lr": 1e-5, "image_lr": 1e-6, "warmup_epochs": 1, "warmup_lr": 1e-8,
+           "epochs": 5}  # vit_b16_bs4_cross_datasets.yaml, ImageNet: 20 / 4  # fmt: skip
+SKIP_FS = {**SKIP, "lr": 1e-5, "image_lr": 1e-5, "warmup_epochs": 0,
+           "epochs": 40}  # vit_b16_bs4_few_shot.yaml (no STAGED_LR)  # fmt: skip
 CLIP_LORA = {  # MaxZanella/CLIP-LoRA run_utils.py defaults, lora.py's AdamW and cosine, main.py
     "optimizer": "adamw", "lr": 2e-4, "weight_decay": 1e-2, "batch_size": 32,
     "warmup_epochs": 0, "lr_schedule": "step", "min_lr": 1e-6,  # CosineAnnealingLR per step
@@ -224,6 +233,12 @@ CASES = [
     ("two_stage_fewshot", "two_stage", "imagenet", 16, {**TWO_STAGE, "iterations": 4800}),
     ("two_stage_base2new", "two_stage", "eurosat", 4, {**TWO_STAGE, "iterations": 1200}),
     ("two_stage_base2new", "two_stage", "imagenet", 16, {**TWO_STAGE, "iterations": 4800}),
+    # Koorye/SkipTuning trainers/skip_tuning.py: MAX_EPOCH / 4 for ImageNet, SUN397, Food101
+    ("skiptuning_base2new", "skiptuning", "dtd", 16, SKIP_B2N),
+    ("skiptuning_base2new", "skiptuning", "sun397", 16, {**SKIP_B2N, "epochs": 5}),
+    ("skiptuning_xd", "skiptuning", "imagenet", 16, SKIP_XD),
+    ("skiptuning_fewshot", "skiptuning", "eurosat", 1, SKIP_FS),
+    ("skiptuning_fewshot", "skiptuning", "food101", 16, {**SKIP_FS, "epochs": 10}),
     # gaopengcuhk/Tip-Adapter: one config per data set for every shots (README); fgvc.yaml is
     # vlprompt's fgvc_aircraft; a data set without a config keeps the defaults (imagenet.yaml)
     ("tip_adapter", "tip_adapter", "imagenet", 16, TIP_IMAGENET),

@@ -154,6 +154,11 @@ TUNED_NORMS_PATH = ImagePath(
     _clip_head,
     "normalised image features of the LayerNorm-tuned image tower [B, E]",
 )
+SKIP_PATH = ImagePath(
+    lambda m, x: m.tuned_image_features(x),
+    _clip_head,
+    "normalised image features of the tuned upper blocks [B, E]",
+)
 # methods whose image path is not frozen CLIP, by registered name
 IMAGE_PATHS = {
     "ivlp": DEEP_PROMPTS,
@@ -162,6 +167,7 @@ IMAGE_PATHS = {
     "rpo": RPO_PATH,
     "clip_lora": LORA_PATH,
     "two_stage": TUNED_NORMS_PATH,
+    "skiptuning": SKIP_PATH,
 }
 
 

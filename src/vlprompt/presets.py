@@ -998,6 +998,93 @@ register_preset(
 )
 
 
+# ---- Skip Tuning -------------------------------------------------------------------------------
+_SKIP = "Koorye/SkipTuning"
+_SKIP_QUARTER = frozenset({"imagenet", "sun397", "food101"})  # MAX_EPOCH / 4 in the trainer
+_SKIP_NOTES = (
+    "the prompt of each data set is trainers/baselines/ft_clip.py's _CUSTOM_TEMPLATES, which the "
+    "method gives every run by default (SkipTuning.template_for); the preset leaves it",
+    "for 4 or more shots the official FeatureLoader ('batch_random') fills each batch with "
+    "images of one class; vlprompt's engine draws batches over all classes",
+    "the official trains in pure fp16 (TRAINER.PREC 'fp16'); vlprompt keeps fp32 weights and "
+    "the run's autocast precision",
+)
+
+
+def _skiptuning(config: str, epochs: int, lrs: dict[str, float], scripts: str) -> tuple[Rule, ...]:
+    yaml = f"{_SKIP} configs/trainers/SkipTuning/{config}.yaml ({scripts})"
+    return (
+        Rule({"optimizer": "sgd", "batch_size": 4, "epochs": epochs, **lrs}, yaml),
+        _DASSL,  # README: KaiyangZhou/Dassl.pytorch
+        Rule(
+            {"start_layer": 6, "top_ratio": 0.5, "max_top": 50, "skip_lambda": 0.3},
+            f"{_SKIP} train.py (TRAINER.SKIP: START_LAYER 6, TOP_RATIO 0.5, MAX_TOP 50, "
+            "LAMBDA 0.3; no config overrides them)",
+        ),
+        Rule(
+            {"epochs": epochs // 4},
+            f"{_SKIP} trainers/skip_tuning.py (SkipTuning.__init__: MAX_EPOCH / 4 for ImageNet, "
+            "SUN397 and Food101)",
+            datasets=_SKIP_QUARTER,
+        ),
+    )
+
+
+register_preset(
+    Preset(
+        "skiptuning_base2new",
+        "skiptuning",
+        "Skip Tuning base-to-new (vit_b16_bs4): blocks 6-11 of both towers tuned, top ratio 0.5, "
+        "lambda 0.3, SGD lr 2e-5 (image side 5e-6), 20 epochs (5 for ImageNet, SUN397, Food101), "
+        "batch 4",
+        _skiptuning(
+            "vit_b16_bs4",
+            20,
+            {"lr": 2e-5, "image_lr": 5e-6, "warmup_epochs": 1, "warmup_lr": 1e-6},
+            "configs.py skip_tuning: base-to-new, 16 shots, seeds 1-3; STAGED_LR with NEW_LR "
+            "for NEW_LAYERS ['image_encoder'] (train.py)",
+        ),
+        shots=(16,),
+        notes=_SKIP_NOTES,
+    )
+)
+register_preset(
+    Preset(
+        "skiptuning_xd",
+        "skiptuning",
+        "Skip Tuning trained on ImageNet for cross-data-set transfer and domain generalisation "
+        "(vit_b16_bs4_cross_datasets): SGD lr 1e-5 (image side 1e-6), warm-up 1e-8, 5 epochs",
+        _skiptuning(
+            "vit_b16_bs4_cross_datasets",
+            20,
+            {"lr": 1e-5, "image_lr": 1e-6, "warmup_epochs": 1, "warmup_lr": 1e-8},
+            "configs.py skip_tuning_xd: ImageNet, all classes, 16 shots",
+        ),
+        shots=(16,),
+        notes=_SKIP_NOTES,
+    )
+)
+register_preset(
+    Preset(
+        "skiptuning_fewshot",
+        "skiptuning",
+        "Skip Tuning few-shot, all classes (vit_b16_bs4_few_shot): SGD lr 1e-5 for both sides, "
+        "40 epochs (10 for ImageNet, SUN397, Food101), no warm-up, batch 4",
+        _skiptuning(
+            "vit_b16_bs4_few_shot",
+            40,
+            {"lr": 1e-5, "image_lr": 1e-5, "warmup_epochs": 0},
+            "configs.py skip_tuning_all: shots 1, 2, 4, 8, 16; no STAGED_LR, so one learning "
+            "rate for both sides",
+        ),
+        shots=FEWSHOT_SHOTS,
+        notes=(
+            *_SKIP_NOTES,
+            "below 4 shots the official batches are drawn over all classes ('random'), as here",
+        ),
+    )
+)
+
 # ---- Tip-Adapter / Tip-Adapter-F: one config per data set, for every number of shots ----------
 # CLIP's 7 ImageNet templates: the official datasets/imagenet.py's `imagenet_templates` are
 # vlprompt's IMAGENET_TEMPLATES, in the same order

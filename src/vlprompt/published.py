@@ -58,6 +58,7 @@ METHOD_TITLES = {
     "tcp": "TCP", "tip_adapter": "Tip-Adapter", "tip_adapter_f": "Tip-Adapter-F",
     "clip_adapter": "CLIP-Adapter", "gda": "GDA", "clip_lora": "CLIP-LoRA",
     "two_stage": "2SFS",
+    "skiptuning": "Skip Tuning",
 }  # fmt: skip
 MARKER = re.compile(r"<!-- published:(?P<name>[a-z0-9_]+)(?P<args>[^>]*?)\s*-->\n"
                     r"(?P<body>.*?)<!-- /published -->", re.S)  # fmt: skip

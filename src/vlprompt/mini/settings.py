@@ -38,6 +38,9 @@ MINI_SETTINGS: dict[str, dict[str, Any]] = {
     # official: 300 iterations per shot (4800 at 16 shots), 60% of them LayerNorm tuning; 288
     # here (the same 6% of the official length as clip_lora's 480 of 8000)
     "two_stage": {"iterations": 288},
+    # the paper's recipe (20 epochs, batch 4, lr 2e-5 / 5e-6); its first tuned block 6 of 12
+    # becomes block 1 of the tiny CLIP's 2 text / 3 vision blocks (half the depth, rounded down)
+    "skiptuning": {"start_layer": 1},
     # the cache's augmented views without the random crop, as every mini-world training
     "tip_adapter": {"cache_crop_min_scale": 1.0},
     "tip_adapter_f": {"cache_crop_min_scale": 1.0},
