@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("isolated_home")
 HUGE = 10**7
 # settings where 0 has a meaning (their help says which): 0 is no refusal there
 ZERO_MEANS_SOMETHING = {"warmup_epochs", "iterations", "search_steps", "rpo.text_chunk_size",
-                        "gda.new_class_text_copies"}  # fmt: skip
+                        "gda.new_class_text_copies", "skiptuning.start_layer"}  # fmt: skip
 ENGINE_SIZES = ["eval_batch_size", "num_workers", "view_pool"]
 
 

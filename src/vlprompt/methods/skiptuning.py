@@ -56,22 +56,22 @@ per-group learning rates over 20 epochs: relative 2.9e-16; after one SGD step of
 its scipy `expon.pdf` normalisation: 6e-8 (float32 rounding) over C in 3..1000, top ratio
 0.1..7, lambda 0.01..1.
 
-Departures:
-- precision: the official trains pure fp16 (TRAINER.PREC 'fp16', fp16 weights updated by SGD);
-  here the tuned copies are fp32 and the run's precision is autocast (as every vlprompt method);
-- batches: for 4 or more shots the official `FeatureLoader` ('batch_random') fills each batch
-  with images of one class; the engine's batches are drawn over all classes (as every method);
-- every class with a label in the batch is kept by CSkip: the official keeps the first
+Departures from the official code, on purpose:
+- Precision: the official trains pure fp16 (TRAINER.PREC 'fp16', fp16 weights updated by SGD);
+  here the tuned copies are fp32 and the run's precision is autocast (as every vlprompt method).
+- Batches: for 4 or more shots the official `FeatureLoader` ('batch_random') fills each batch
+  with images of one class; the engine's batches are drawn over all classes (as every method).
+- Every class with a label in the batch is kept by CSkip: the official keeps the first
   `num_tops` ranks, which hold the labels' classes whenever the batch has at most `num_tops`
   distinct labels (always, with its one-class batches); beyond that the official would remap a
-  dropped label to class 0 of the kept ones;
-- the reserve mask is drawn from a generator seeded once, at construction, from the global RNG
+  dropped label to class 0 of the kept ones.
+- The reserve mask is drawn from a generator seeded once, at construction, from the global RNG
   (the official: `torch.rand_like` on the first step); with R = 1 remaining class the official's
-  normalisation divides 0 by 0 and never keeps it: here its ratio is 0 (the same);
-- token dropping (TRAINER.SKIP.DROP_RATIO) is 0 in every official config, a no-op, and is not
-  implemented;
-- the kept classes are ranked with a stable sort (ties only among the labels' classes, all kept);
-- the text is encoded up to the longest end-of-text position of the classes in the pass, not all
+  normalisation divides 0 by 0 and never keeps it: here its ratio is 0 (the same).
+- Token dropping (TRAINER.SKIP.DROP_RATIO) is 0 in every official config, a no-op, and is not
+  implemented.
+- The kept classes are ranked with a stable sort (ties only among the labels' classes, all kept).
+- The text is encoded up to the longest end-of-text position of the classes in the pass, not all
   77 positions (the same numbers: the mask is causal); `implementation="reference"` runs the
   paper's plain formulation (every block with autograd, 77 positions) as the tests' oracle.
 """
@@ -100,6 +100,7 @@ from vlprompt.methods.base import (
     features_key,
     full_precision,
 )
+from vlprompt.methods.method_config import check_at_most
 from vlprompt.methods.registry import register_method
 from vlprompt.methods.text_encoding import TEMPLATE_HINT, tokenize_checked
 
@@ -173,6 +174,8 @@ class SkipTuningConfig(MethodConfig):
             raise MethodError(f"top_ratio must be > 0 (official 0.5), got {self.top_ratio}")
         if self.max_top < 1:
             raise MethodError(f"max_top must be >= 1 (official 50), got {self.max_top}")
+        check_at_most("max_top", self.max_top, 1_000_000,
+                      "classes always kept; official 50, ImageNet has 1000")  # fmt: skip
         if self.skip_lambda <= 0:
             raise MethodError(f"skip_lambda must be > 0 (official 0.3), got {self.skip_lambda}")
         if self.implementation not in IMPLEMENTATIONS:
