@@ -1,5 +1,5 @@
 """MMRL — Multi-Modal Representation Learning (Guo & Gu, CVPR 2025; official code
-yunncheng/MMRL at 27d88213fea3dd8a6eaea8b3cf1ac67193aaea5b: `trainers/mmrl.py`,
+yunncheng/MMRL at 27d8821f6ac135a1d0c8e4c5ed78af14df0cd82e: `trainers/mmrl.py`,
 `clip/model_mmrl.py`, `trainers/config.py`, configs `configs/trainers/MMRL/*.yaml`).
 
 A shared representation space feeds both towers of a frozen CLIP in their upper blocks:
@@ -39,7 +39,21 @@ ImageNet 0.5, Caltech101 0.5, Pets 0.2, EuroSAT 0.01) and rep_dim (EuroSAT 2048)
 validation protocol: the presets ship them as per-data-set constants. 4,992,256 learned values
 on ViT-B/16 (rep_dim 512; 18,762,496 with 2048), the paper's 4.99M.
 
-Agreement with the official code: see the end of this docstring.
+Agreement with the official code (harness outside the repo): its `trainers/mmrl.py`
+`CustomCLIP`, `MMRL_Loss`, `TextEncoder_CLIP` and `_get_text_base_features_zero_shot` (Dassl
+stubbed, `.cuda()` made a no-op) on its own `clip.build_model_MMRL` built from the state dict of
+the same tiny open_clip ViTs (two shapes: widths 128/128 and vision 192 / text 64, head width 64
+as its `width // 64` heads need, QuickGELU, 3 and 4 blocks), weights fp16-representable (its
+build stores them in fp16) then `.float()` (its PREC fp32 branch), representation blocks
+(2, 3), (1, 2, 3), (3) and (2, 3, 4), (1, 3) (a gap: tokens carried through block 2), K 5,
+rep_dim 32, alpha 0.7, reg_weight 2, the learned tensors random and copied across, 4 images,
+one `forward_backward` (fp32 branch) and its `test()` on base and new classes; both
+implementations here. Worst |difference|: fusion logits 2.1e-5, class-token logits 3.1e-5,
+representation logits 2.5e-5 (|logit| <= 15.4 at scale 100), loss 1.0e-5 (|loss| ~ 11),
+gradients of every learned tensor 7.3e-6 (|g| <= 5.7), frozen image features 2.0e-7, frozen
+text features 2.8e-7; evaluation on the trained classes (fusion) 2.2e-5, on new classes
+(class-token logits) 3.3e-5. MMRL++ (`trainers/mmrlpp.py`: shared-residual LoRA projections,
+progressive composition with beta) is not implemented: a separate method file if wanted.
 
 Departures:
 - precision: the official configs run PREC "amp" (fp16 autocast over CLIP's fp32 weights);
