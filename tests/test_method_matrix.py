@@ -49,6 +49,7 @@ CASES: dict[str, tuple[dict, dict, str]] = {
     "gda": ({}, {"alpha_grid": (-1.0,)}, "alpha_grid"),
     "lp_plus_plus": ({"epochs": 20}, {"alpha_every": 0}, "alpha_every"),
     "clap": ({"epochs": 5}, {"constraint": "cosine"}, "constraint"),
+    "mmrl": ({"n_rep_tokens": 2, "rep_dim": 16}, {"alpha": 2.0}, "alpha"),
 }
 
 

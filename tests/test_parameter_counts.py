@@ -17,6 +17,9 @@ PUBLISHED = {
     "maple": 3_555_072,  # MaPLe's paper (3.55 M): 9 x (2 x 512 + 512 x 768 + 768)
     "clip_lora": 12 * 3 * 2 * 2 * (512 + 768),  # rank 2 on q, k, v of all 12 blocks, both towers
     "clip_adapter": 2 * 512 * 128,  # the image adapter 512 -> 128 -> 512, no biases
+    # MMRL's paper (4.99 M): 5 x 512 tokens, 7 x (512 -> 768 and 512 -> 512, with biases),
+    # the representation projection 768 x 512
+    "mmrl": 5 * 512 + 7 * (512 * 768 + 768 + 512 * 512 + 512) + 768 * 512,
 }
 
 
