@@ -203,15 +203,25 @@ CASES = [
     ("mmrl_base2new", "mmrl", "stanford_cars", 16, {**MMRL, "reg_weight": 7.0}),
     ("mmrl_base2new", "mmrl", "oxford_pets", 16, {**MMRL, "reg_weight": 0.2}),
     ("mmrl_base2new", "mmrl", "eurosat", 16, {**MMRL, "reg_weight": 0.01, "rep_dim": 2048}),
-    ("mmrl_base2new", "mmrl", "imagenet", 16,
-     {**MMRL, "reg_weight": 0.5, "epochs": 5, "batch_size": 32}),
+    (
+        "mmrl_base2new",
+        "mmrl",
+        "imagenet",
+        16,
+        {**MMRL, "reg_weight": 0.5, "epochs": 5, "batch_size": 32},
+    ),
     ("mmrl_base2new", "mmrl", "mini_colors", 16, MMRL),  # a data set config.py does not name
     ("mmrl_fewshot", "mmrl", "dtd", 1, {**MMRL_FS, "reg_weight": 6.0}),
     ("mmrl_fewshot", "mmrl", "imagenet", 16, {**MMRL_FS, "reg_weight": 0.5, "epochs": 5}),
     ("mmrl_fewshot", "mmrl", "mini_colors", 4, MMRL_FS),
     # vit_b16_cross_datasets.yaml; cross_datasets_train.sh's REG_WEIGHT 0.2 wins over config.py
-    ("mmrl_xd", "mmrl", "imagenet", 16,
-     {**MMRL, "reg_weight": 0.2, "epochs": 1, "batch_size": 32, "warmup_epochs": 0}),
+    (
+        "mmrl_xd",
+        "mmrl",
+        "imagenet",
+        16,
+        {**MMRL, "reg_weight": 0.2, "epochs": 1, "batch_size": 32, "warmup_epochs": 0},
+    ),
     ("tcp", "tcp", "caltech101", 16, TCP),
     ("tcp", "tcp", "eurosat", 16, TCP),
     # TCP's train.py: MAX_EPOCH 25 for ImageNet and SUN397
