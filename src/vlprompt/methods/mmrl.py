@@ -77,6 +77,7 @@ Departures:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -91,7 +92,7 @@ from vlprompt.attention import (
     pooled_rows_forward,
     readonly_rows_forward,
 )
-from vlprompt.backbone import ClipBackbone, run_layers
+from vlprompt.backbone import ClipBackbone
 from vlprompt.chunking import CHECKPOINT_MODES, encode_in_chunks
 from vlprompt.errors import MethodError
 from vlprompt.methods import text_encoding as te
@@ -220,27 +221,49 @@ class MMRLTrainOutput(TrainOutput):
 
 
 # ---- the towers -------------------------------------------------------------------------------
+# Every pass goes through the backbone's layer loop (`run_text_layers` / `run_vision_layers`):
+# `BlocksBefore` runs the blocks before the first representation block (frozen, no learned
+# input), `RepresentationHook` the blocks from it on, on states that already went through the
+# others (the blocks outside its range pass the tokens through untouched).
 @dataclass
-class RepresentationHook:
-    """Per-layer hook over the blocks from the first representation block on: `tokens[i]`
-    ([K, D], or None) goes to positions 1..K at the input of local block i, inserted at block 0
-    and replacing them later. At the last block (`last_rows` set) only the rows the heads read
-    are computed: `last_rows(block, x, mask)`."""
+class BlocksBefore:
+    """Per-layer hook: blocks i < `first` as usual, the others skipped."""
 
-    tokens: list[torch.Tensor | None]
-    last_rows: object = None
+    first: int
 
     def __call__(
         self, i: int, block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        t = self.tokens[i]
+        return block(x, attn_mask=mask) if i < self.first else x
+
+
+@dataclass
+class RepresentationHook:
+    """Per-layer hook over the blocks from `first` on (blocks before it are skipped: the states
+    come from `BlocksBefore`): `tokens[i - first]` ([K, D], or None) goes to positions 1..K at
+    the input of block i, inserted at `first` and replacing them later; `mask` (None: full
+    attention) is the mask of the grown sequence. At the last block (`last_rows` set) only the
+    rows the heads read are computed: `last_rows(block, x, mask)`."""
+
+    first: int
+    tokens: list[torch.Tensor | None]
+    mask: torch.Tensor | None = None
+    last_rows: Callable[..., torch.Tensor] | None = None
+
+    def __call__(
+        self, i: int, block: nn.Module, x: torch.Tensor, _mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        j = i - self.first
+        if j < 0:
+            return x
+        t = self.tokens[j]
         if t is not None:
             t = t.to(x.dtype).expand(x.shape[0], -1, -1)
-            rest = x[:, 1:] if i == 0 else x[:, 1 + t.shape[1] :]
+            rest = x[:, 1:] if j == 0 else x[:, 1 + t.shape[1] :]
             x = torch.cat([x[:, :1], t, rest], dim=1)
-        if self.last_rows is not None and i == len(self.tokens) - 1:
-            return self.last_rows(block, x, mask)
-        return block(x, attn_mask=mask)
+        if self.last_rows is not None and j == len(self.tokens) - 1:
+            return self.last_rows(block, x, self.mask)
+        return block(x, attn_mask=self.mask)
 
 
 def _rows_only(blocks: nn.ModuleList, fast: bool) -> bool:
@@ -250,22 +273,23 @@ def _rows_only(blocks: nn.ModuleList, fast: bool) -> bool:
 def vision_states(clip: ClipBackbone, images: torch.Tensor, first: int) -> torch.Tensor:
     """The image tower's states at the input of block `first` (no learned input before it)."""
     x = clip.vision_ln_pre(clip.vision_embed(images.to(clip.device)))
-    return run_layers(clip.vision_blocks[:first], x)
+    return clip.run_vision_layers(x, hook=BlocksBefore(first))
 
 
 def frozen_image_from_states(
     clip: ClipBackbone, x: torch.Tensor, first: int, fast: bool
 ) -> torch.Tensor:
     """Frozen CLIP's image features (not normalised) from the states at block `first`."""
-    blocks = clip.vision_blocks[first:]
+    blocks = clip.vision_blocks
     last = len(blocks) - 1
+    rows_only = _rows_only(blocks, fast)
 
     def hook(i: int, block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None):
-        if i == last and _rows_only(blocks, fast):
-            return pooled_rows_forward(block, x, None)
-        return block(x)
+        if i < first:
+            return x
+        return pooled_rows_forward(block, x, None) if rows_only and i == last else block(x)
 
-    return clip.vision_head(run_layers(blocks, x, None, hook)[:, 0])
+    return clip.vision_head(clip.run_vision_layers(x, hook=hook)[:, 0])
 
 
 def mmrl_image_from_states(
@@ -278,14 +302,15 @@ def mmrl_image_from_states(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(class-token feature, representation feature), not normalised, from the states at block
     `first`; `tokens` per block from `first` on (None: no representation tokens there)."""
-    blocks = clip.vision_blocks[first:]
     k = next(t for t in tokens if t is not None).shape[0]
 
     def last_rows(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return readonly_rows_forward(block, x[:, : 1 + k], block_keys_values(block, x))
 
-    hook = RepresentationHook(tokens, last_rows if _rows_only(blocks, fast) else None)
-    x = run_layers(blocks, x, None, hook)
+    rows_only = _rows_only(clip.vision_blocks, fast)
+    x = clip.run_vision_layers(
+        x, hook=RepresentationHook(first, tokens, None, last_rows if rows_only else None)
+    )
     cls = clip.vision_head(x[:, 0])
     rep = clip.model.visual.ln_post(x[:, 1 : 1 + k]).mean(dim=1)
     return cls, rep @ proj_rep.to(rep.dtype)
@@ -296,7 +321,7 @@ def text_states(clip: ClipBackbone, tokens: torch.Tensor, first: int, length: in
     embedding through the blocks before it (causal mask)."""
     x = clip.token_embedding(tokens[:, :length])
     x = x + clip.text_positional_embedding[:length].to(x.dtype)
-    return run_layers(clip.text_blocks[:first], x, clip.text_causal_mask(length))
+    return clip.run_text_layers(x, clip.text_causal_mask(length), BlocksBefore(first))
 
 
 def mmrl_text_from_states(
@@ -310,7 +335,6 @@ def mmrl_text_from_states(
     """Text features [C, E] (not normalised) from the states at block `first`: the
     representation tokens after SOS, the sequence grown by K under a causal mask, EOS at
     `eot_index` + K."""
-    blocks = clip.text_blocks[first:]
     k = next(t for t in tokens if t is not None).shape[0]
     n = x.shape[1] + k
     mask = torch.full((n, n), float("-inf"), device=x.device, dtype=x.dtype).triu_(1)
@@ -319,10 +343,10 @@ def mmrl_text_from_states(
     def last_rows(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return pooled_rows_forward(block, x, rows, mask)
 
-    fast_rows = _rows_only(blocks, fast)
-    hook = RepresentationHook(tokens, last_rows if fast_rows else None)
-    x = run_layers(blocks, x, mask, hook)
-    pooled = x[:, 0] if fast_rows else x[torch.arange(x.shape[0]), rows]
+    rows_only = _rows_only(clip.text_blocks, fast)
+    hook = RepresentationHook(first, tokens, mask, last_rows if rows_only else None)
+    x = clip.run_text_layers(x, None, hook)
+    pooled = x[:, 0] if rows_only else x[torch.arange(x.shape[0]), rows]
     return clip.text_head(pooled)
 
 
