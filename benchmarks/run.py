@@ -83,6 +83,7 @@ BATCH = {
     "tcp": 32,
     "maple": 4,
     "promptsrc": 4,
+    "mmrl": 4,
     "clip_lora": 32,
 }
 POOLED = ("rpo", "coop", "clip_adapter")  # methods also measured with the view pool
