@@ -95,7 +95,7 @@ def _grads(m: MMRL, loss: torch.Tensor) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("name", SHAPES)
 @pytest.mark.parametrize("implementation", ["fast", "reference"])
-@pytest.mark.parametrize("rep_layers", [None, (2,)])
+@pytest.mark.parametrize("rep_layers", [None, (1, 2)])
 def test_equals_the_paper_formulation_in_logits_loss_and_gradients(
     name, implementation, rep_layers
 ):
@@ -166,7 +166,7 @@ def test_fusion_on_the_trained_classes_class_token_logits_on_others():
 
 def test_save_load_is_exact_and_keeps_the_trained_classes(tmp_path):
     clip = _clip()
-    m = _method(clip)
+    m = _method(clip, rep_layers=(1, 2))
     m.eval()
     images = torch.randn(2, 3, clip.image_size, clip.image_size)
     m.set_classnames(["bus", "lamp"])  # the saved class list is still the trained one
@@ -186,7 +186,7 @@ def test_save_load_is_exact_and_keeps_the_trained_classes(tmp_path):
 def test_only_the_representation_parts_learn_and_projections_start_equal():
     clip = _clip()
     torch.manual_seed(0)
-    m = create_method("mmrl", clip, CLASSES)
+    m = create_method("mmrl", clip, CLASSES, rep_layers=(1, 2))
     assert {id(p) for p in m.trainable_parameters()} == {
         id(p) for n, p in m.named_parameters() if not n.startswith("clip.")
     }
@@ -196,8 +196,9 @@ def test_only_the_representation_parts_learn_and_projections_start_equal():
 
 def test_default_representation_blocks():
     assert default_rep_layers(12) == (6, 7, 8, 9, 10, 11, 12)
-    assert default_rep_layers(2) == (1, 2)
+    assert default_rep_layers(2) == (2,)
     assert default_rep_layers(3) == (2, 3)
+    assert default_rep_layers(1) == (1,)
 
 
 @pytest.mark.parametrize(

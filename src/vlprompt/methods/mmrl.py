@@ -70,8 +70,8 @@ Departures:
   each tower computes only the rows its heads read (all exact; `implementation="reference"` runs
   the official computation);
 - representation blocks are numbered 1..depth of the shallower tower; by default (`rep_layers`
-  unset) blocks 6..12 on 12-block towers and, on shallower ones, the same upper 7/12 (from block
-  floor(5 * depth / 12) + 1 to the last: the mini world's tiny CLIP, blocks 1..2).
+  unset) blocks 6..12 on 12-block towers and, on shallower ones, the same upper 7/12 (the last
+  round(7 * depth / 12) blocks: the mini world's tiny CLIP, 2 text blocks, gets block 2).
 """
 
 from __future__ import annotations
@@ -114,8 +114,10 @@ INFERENCE = ("auto", "fusion", "class_token")
 
 
 def default_rep_layers(depth: int) -> tuple[int, ...]:
-    """The official blocks 6..12 of 12, scaled: from floor(5 * depth / 12) + 1 to `depth`."""
-    return tuple(range(5 * depth // 12 + 1, depth + 1))
+    """The official blocks 6..12 of 12 (the upper 7/12), scaled: the last round(7 * depth / 12)
+    blocks, at least one (a 2-block tower: its last block; the first block is never one)."""
+    n = max(1, int(7 * depth / 12 + 0.5))
+    return tuple(range(depth - n + 1, depth + 1))
 
 
 @dataclass
