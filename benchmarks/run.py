@@ -83,6 +83,7 @@ BATCH = {
     "tcp": 32,
     "maple": 4,
     "promptsrc": 4,
+    "mmrl": 4,
     "clip_lora": 32,
     "two_stage": 32,
     "skiptuning": 4,

@@ -51,6 +51,9 @@ CASES: dict[str, tuple[dict, dict, str]] = {
     "lp_plus_plus": ({"epochs": 20}, {"alpha_every": 0}, "alpha_every"),
     "clap": ({"epochs": 5}, {"constraint": "cosine"}, "constraint"),
     "two_stage": ({"iterations": 4}, {"stage1_fraction": 2.0}, "stage1_fraction"),
+    # alpha 0.5: at these inits its loss and ProGrad's KL then conflict (at 0.7 they do not,
+    # and the rule rightly leaves the gradient alone)
+    "mmrl": ({"n_rep_tokens": 2, "rep_dim": 16, "alpha": 0.5}, {"alpha": 2.0}, "alpha"),
 }
 
 

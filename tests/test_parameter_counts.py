@@ -21,6 +21,9 @@ PUBLISHED = {
     "clip_adapter": 2 * 512 * 128,  # the image adapter 512 -> 128 -> 512, no biases
     # blocks 6-11 of both towers (12 w^2 + 13 w each), ln_post + proj, ln_final + text projection
     "skiptuning": 6 * _BLOCK(768) + 6 * _BLOCK(512) + 2 * 768 + 768 * 512 + 2 * 512 + 512**2,
+    # MMRL's paper (4.99 M): 5 x 512 tokens, 7 x (512 -> 768 and 512 -> 512, with biases),
+    # the representation projection 768 x 512
+    "mmrl": 5 * 512 + 7 * (512 * 768 + 768 + 512 * 512 + 512) + 768 * 512,
 }
 # Counts that grow with the classes: (fixed, per class).
 PUBLISHED_PER_CLASS = {

@@ -45,7 +45,8 @@ SMALL = {"rpo": {"K": 3}, "ivlp": {"depth_text": 2, "depth_vision": 2}, "coop": 
          "clip_lora": {"logit_scale": 0.0, "dropout": 0.0}, "tip_adapter": {"search_step": (5, 4)},
          "tip_adapter_f": {"search_step": (5, 4), "epochs": 2}, "gda": {}, "lp_plus_plus": {"epochs": 20},
          "clap": {"epochs": 5}, "two_stage": {},
-         "skiptuning": {"start_layer": 1}}  # fmt: skip
+         "skiptuning": {"start_layer": 1},
+         "mmrl": {"n_rep_tokens": 2, "rep_dim": 16}}  # fmt: skip
 # trained methods whose evaluation is fp32 whatever the autocast (fp32 cached image features and
 # zero-shot text features, and a learned part computed in fp32)
 FP32_EVALUATION = {"clip_adapter"}
@@ -53,6 +54,12 @@ FP32_EVALUATION = {"clip_adapter"}
 STEPS = [(n, {}) for n in TRAINED] + [("rpo", {"gradient_rule": "prograd"})]
 STEP_IDS = [n + "".join(f"-{v}" for v in s.values()) for n, s in STEPS]
 GRAD_COS, GRAD_REL, LOGIT_TOL = 0.99, 0.1, 0.02
+# methods whose logits use a fixed scale instead of CLIP's logit_scale (MMRL's official 100)
+FIXED_LOGIT_SCALE = {"mmrl": 100.0}
+
+
+def _logit_scale(name: str, clip) -> float:
+    return FIXED_LOGIT_SCALE.get(name, float(clip.logit_scale))
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +166,7 @@ def test_bf16_gradients_are_within_bf16_tolerance_of_fp32(name, settings, clip):
     loss16, logits16, grad16 = _step(method, images, labels, "bf16")
     assert not torch.equal(grad16, grad32)  # bf16 really ran
     _assert_bf16_close(grad16, grad32, f"{name} gradient")
-    tol = LOGIT_TOL * float(clip.logit_scale)
+    tol = LOGIT_TOL * _logit_scale(name, clip)
     assert (logits16 - logits32).abs().max() <= tol
     assert logits16.dtype == torch.float32  # logits are computed in fp32 under autocast too
     assert abs(loss16.item() - loss32.item()) <= tol
@@ -176,6 +183,7 @@ FAST_VS_REFERENCE = [  # the fp32 comparisons of test_rpo.py, test_methods_coop.
     ("kgcoop", {}),
     ("prograd", {"n_ctx": 8}),
     ("tcp", {}),
+    ("mmrl", {"text_chunk_size": 3}),  # frozen lower blocks once, pooled rows
 ]
 
 
@@ -191,7 +199,7 @@ def test_fast_path_equals_the_reference_under_bf16_autocast(name, settings, clip
     _, logits_f, grad_f = _step(fast, images, labels, "bf16")
     _, logits_r, grad_r = _step(ref, images, labels, "bf16")
     _assert_bf16_close(grad_f, grad_r, f"{name} fast vs reference gradient")
-    tol = LOGIT_TOL * float(clip.logit_scale)
+    tol = LOGIT_TOL * _logit_scale(name, clip)
     assert (logits_f - logits_r).abs().max() <= tol
     with torch.no_grad(), autocast_for(CPU, "bf16"):  # evaluation's forward (cached text side)
         assert (fast(images) - ref(images)).abs().max() <= tol
@@ -224,7 +232,7 @@ def test_evaluation_under_bf16_autocast_gives_the_fp32_predictions(name, clip, i
     logits16, _ = compute_logits(method, items, precision="bf16", batch_size=8)
     if method.needs_training and name not in FP32_EVALUATION:  # its text ran under autocast
         assert not torch.equal(logits16, logits32)
-    assert (logits16 - logits32).abs().max() <= LOGIT_TOL * float(clip.logit_scale)
+    assert (logits16 - logits32).abs().max() <= LOGIT_TOL * _logit_scale(name, clip)
     agree = (logits16.argmax(-1) == logits32.argmax(-1)).float().mean().item()
     assert agree >= 15 / 16, f"bf16 and fp32 predictions agree on {agree:.0%} of the images"
 

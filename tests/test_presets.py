@@ -83,6 +83,14 @@ PROMPTSRC = {  # muzairkhattak/PromptSRC configs/trainers/PromptSRC/vit_b16_c2_e
 PROMPTSRC_FS = {**PROMPTSRC, "epochs": 50, "gpa_mean": 30.0, "gpa_std": 30.0}
 PROMPTSRC_FS_45 = {**PROMPTSRC_FS, "gpa_mean": 45.0, "gpa_std": 5.0}
 # vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets.yaml: depth 3/3, GPA 6/10, still 20 epochs
+# yunncheng/MMRL configs/trainers/MMRL/vit_b16*.yaml (AdamW, Dassl's weight decay) and
+# trainers/config.py (REG_WEIGHT per data set, REP_DIM 2048 for EuroSAT, every task)
+MMRL = {
+    **WARMUP, "optimizer": "adamw", "momentum": 0.9, "weight_decay": 5e-4, "lr": 0.001,
+    "n_rep_tokens": 5, "rep_dim": 512, "rep_layers": [6, 7, 8, 9, 10, 11, 12], "alpha": 0.7,
+    "reg_weight": 1.0, "epochs": 10, "batch_size": 4,
+}  # fmt: skip
+MMRL_FS = {**MMRL, "epochs": 50, "batch_size": 32, "reg_weight": 0.5}
 PROMPTSRC_XD = {**PROMPTSRC, "depth_text": 3, "depth_vision": 3, "gpa_mean": 6.0, "gpa_std": 10.0}
 TCP = {  # htyao89/Textual-based_Class-aware_prompt_tuning configs/trainers/TCP/vit_b16_ep100_ctxv1
     # OPTIM adam with the README's eps 1e-3, Dassl's weight decay; base2new_train.sh NCTX=4;
@@ -212,6 +220,28 @@ CASES = [
     ("promptsrc_fewshot", "promptsrc", "stanford_cars", 16, PROMPTSRC_FS_45),
     ("promptsrc_fewshot", "promptsrc", "eurosat", 4, PROMPTSRC_FS_45),
     ("promptsrc_xd", "promptsrc", "imagenet", 16, PROMPTSRC_XD),
+    ("mmrl_base2new", "mmrl", "stanford_cars", 16, {**MMRL, "reg_weight": 7.0}),
+    ("mmrl_base2new", "mmrl", "oxford_pets", 16, {**MMRL, "reg_weight": 0.2}),
+    ("mmrl_base2new", "mmrl", "eurosat", 16, {**MMRL, "reg_weight": 0.01, "rep_dim": 2048}),
+    (
+        "mmrl_base2new",
+        "mmrl",
+        "imagenet",
+        16,
+        {**MMRL, "reg_weight": 0.5, "epochs": 5, "batch_size": 32},
+    ),
+    ("mmrl_base2new", "mmrl", "mini_colors", 16, MMRL),  # a data set config.py does not name
+    ("mmrl_fewshot", "mmrl", "dtd", 1, {**MMRL_FS, "reg_weight": 6.0}),
+    ("mmrl_fewshot", "mmrl", "imagenet", 16, {**MMRL_FS, "reg_weight": 0.5, "epochs": 5}),
+    ("mmrl_fewshot", "mmrl", "mini_colors", 4, MMRL_FS),
+    # vit_b16_cross_datasets.yaml; cross_datasets_train.sh's REG_WEIGHT 0.2 wins over config.py
+    (
+        "mmrl_xd",
+        "mmrl",
+        "imagenet",
+        16,
+        {**MMRL, "reg_weight": 0.2, "epochs": 1, "batch_size": 32, "warmup_epochs": 0},
+    ),
     ("tcp", "tcp", "caltech101", 16, TCP),
     ("tcp", "tcp", "eurosat", 16, TCP),
     # TCP's train.py: MAX_EPOCH 25 for ImageNet and SUN397
@@ -387,6 +417,19 @@ def test_every_preset_is_checked_above_and_names_only_its_methods_settings():
             for shots in preset.shots or FEWSHOT_SHOTS:
                 make_config(preset.method, **preset.resolve(dataset, shots))  # valid values
         assert all(rule.source for rule in preset.rules)  # every value names its file
+
+
+def test_mmrl_flags_its_per_data_set_constants():
+    """REG_WEIGHT per data set and EuroSAT's REP_DIM (trainers/config.py, no stated validation
+    protocol) are flagged in `vlprompt presets -v`; the YAMLs' values are not."""
+    from vlprompt.presets import describe_presets
+
+    lines = [line for line in describe_presets(verbose=True) if "yunncheng/MMRL" in line]
+    flagged = [line for line in lines if "per-data-set constant" in line]
+    assert any("[eurosat] rep_dim=2048" in line for line in flagged)
+    assert any("[stanford_cars] reg_weight=7.0" in line for line in flagged)
+    assert len(flagged) == 2 * (8 + 1)  # base2new and few-shot: 8 distinct weights + rep_dim
+    assert not any("vit_b16" in line for line in flagged)
 
 
 def test_tcp_keeps_its_own_hand_crafted_prompts():

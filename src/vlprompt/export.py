@@ -135,6 +135,12 @@ RPO_PATH = ImagePath(
     "the K normalised image prompt features [B, K, E]",
 )
 
+MMRL_PATH = ImagePath(
+    lambda m, x: m.encode_image(x),
+    lambda m, f: m.pair_logits(f, m.class_side()),
+    "the normalised class-token and representation image features [B, 2, E]",
+)
+
 
 def _lora_head(method: Any, feats: Any) -> Any:
     from vlprompt.methods.features import full_precision
@@ -165,6 +171,7 @@ IMAGE_PATHS = {
     "maple": DEEP_PROMPTS,
     "promptsrc": DEEP_PROMPTS,
     "rpo": RPO_PATH,
+    "mmrl": MMRL_PATH,
     "clip_lora": LORA_PATH,
     "two_stage": TUNED_NORMS_PATH,
     "skiptuning": SKIP_PATH,

@@ -58,6 +58,7 @@ SOURCES: dict[str, str] = {
     "jusiro/CLAP": "dbdf4095b3d824546474c725539b9f4efff3ca0e",
     "Koorye/DePT": "d4ff41684bac42da30ebb6898496772dec3157f2",
     "FarinaMatteo/rethinking_fewshot_vlms": "64ac143c7d22803bfeeaadfe42f570220ab29b06",
+    "yunncheng/MMRL": "27d8821f6ac135a1d0c8e4c5ed78af14df0cd82e",
 }
 FEWSHOT_SHOTS = (1, 2, 4, 8, 16)  # the shots of every few-shot table
 MINI_PRESET = "mini"  # the mini world's settings: the default with the shipped tiny CLIP
@@ -74,6 +75,9 @@ class Rule:
     source: str  # "owner/repo path" of the official file(s), with a word on how
     datasets: frozenset[str] | None = None  # vlprompt data-set names; None = every data set
     shots: frozenset[int] | None = None  # None = any shots
+    # a word on values the official code fixes per data set without a stated way of choosing
+    # them (e.g. MMRL's REG_WEIGHT); `vlprompt presets -v` prints it after the rule
+    flag: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
@@ -759,6 +763,142 @@ register_preset(
         ),
     )
 )
+
+_MMRL = "yunncheng/MMRL"
+_MMRL_REP_LAYERS = [6, 7, 8, 9, 10, 11, 12]
+# trainers/config.py get_dataset_specified_config("MMRL"): per data set, for every task
+_MMRL_REG_WEIGHT = {
+    "stanford_cars": 7.0,
+    "fgvc_aircraft": 6.0,
+    "sun397": 6.0,
+    "dtd": 6.0,
+    "food101": 5.0,
+    "oxford_flowers": 4.0,
+    "ucf101": 3.0,
+    "imagenet": 0.5,
+    "caltech101": 0.5,
+    "oxford_pets": 0.2,
+    "eurosat": 0.01,
+}
+_MMRL_FLAG = "per-data-set constant: the official value, no stated validation protocol"
+
+
+def _mmrl_yaml(epochs: int, batch: int, reg_weight: float, **extra) -> dict:
+    return {
+        "n_rep_tokens": 5,
+        "rep_dim": 512,
+        "rep_layers": _MMRL_REP_LAYERS,
+        "alpha": 0.7,
+        "reg_weight": reg_weight,
+        "optimizer": "adamw",
+        "lr": 0.001,
+        "epochs": epochs,
+        "batch_size": batch,
+        **_WARMUP,
+        **extra,
+    }
+
+
+def _mmrl_per_dataset() -> tuple[Rule, ...]:
+    """trainers/config.py's REG_WEIGHT per data set and EuroSAT's REP_DIM 2048, flagged."""
+    source = f"{_MMRL} trainers/config.py (get_dataset_specified_config, every task)"
+    by_value: dict[float, list[str]] = {}
+    for name, value in _MMRL_REG_WEIGHT.items():
+        by_value.setdefault(value, []).append(name)
+    rules = [
+        Rule({"reg_weight": v}, source, datasets=frozenset(names), flag=_MMRL_FLAG)
+        for v, names in by_value.items()
+    ]
+    rules.append(Rule({"rep_dim": 2048}, source, datasets=frozenset({"eurosat"}), flag=_MMRL_FLAG))
+    return tuple(rules)
+
+
+_MMRL_DASSL = _dassl("KaiyangZhou/Dassl.pytorch dassl/config/defaults.py (AdamW's weight decay)")
+_MMRL_NOTES = (
+    "the official configs crop with RandomResizedCrop scale (0.5, 1) (INPUT.RRCROP_SCALE), an "
+    "engine setting here: add --crop-min-scale 0.5",
+    "the official configs run PREC amp (fp16 autocast); add --precision fp16 or bf16 on a GPU",
+)
+register_preset(
+    Preset(
+        "mmrl_base2new",
+        "mmrl",
+        "MMRL base-to-new (vit_b16; ImageNet vit_b16_imagenet): 5 tokens in blocks 6-12, AdamW "
+        "lr 1e-3, 10 epochs, batch 4 (ImageNet 5, batch 32), reg_weight per data set",
+        (
+            Rule(
+                _mmrl_yaml(10, 4, 1.0),
+                f"{_MMRL} configs/trainers/MMRL/vit_b16.yaml (scripts/mmrl/base2new_train.sh, "
+                "16 shots)",
+            ),
+            Rule(
+                {"epochs": 5, "batch_size": 32},
+                f"{_MMRL} configs/trainers/MMRL/vit_b16_imagenet.yaml (base2new_train.sh picks "
+                "it for imagenet)",
+                datasets=_IMAGENET,
+            ),
+            *_mmrl_per_dataset(),
+            _MMRL_DASSL,
+        ),
+        shots=(16,),
+        notes=_MMRL_NOTES,
+    )
+)
+register_preset(
+    Preset(
+        "mmrl_fewshot",
+        "mmrl",
+        "MMRL few-shot, all classes (vit_b16_few_shot; ImageNet vit_b16_imagenet): 50 epochs, "
+        "batch 32 (ImageNet 5), reg_weight per data set",
+        (
+            Rule(
+                _mmrl_yaml(50, 32, 0.5),
+                f"{_MMRL} configs/trainers/MMRL/vit_b16_few_shot.yaml (scripts/mmrl/few_shot.sh,"
+                " K = 1, 2, 4, 8, 16)",
+            ),
+            Rule(
+                {"epochs": 5, "batch_size": 32, "reg_weight": 1.0},
+                f"{_MMRL} configs/trainers/MMRL/vit_b16_imagenet.yaml (few_shot.sh picks it for "
+                "imagenet)",
+                datasets=_IMAGENET,
+            ),
+            *_mmrl_per_dataset(),
+            _MMRL_DASSL,
+        ),
+        shots=FEWSHOT_SHOTS,
+        notes=(
+            "trainers/config.py's per-data-set REG_WEIGHT overrides the YAML's 0.5 (1.0 for "
+            "ImageNet) for every data set it names",
+            *_MMRL_NOTES,
+        ),
+    )
+)
+register_preset(
+    Preset(
+        "mmrl_xd",
+        "mmrl",
+        "MMRL cross-data-set / domain generalisation (vit_b16_cross_datasets): trained on all "
+        "ImageNet classes, 1 epoch, batch 32, no warm-up, reg_weight 0.2",
+        (
+            Rule(
+                _mmrl_yaml(1, 32, 0.2, warmup_epochs=0),
+                f"{_MMRL} configs/trainers/MMRL/vit_b16_cross_datasets.yaml and "
+                "scripts/mmrl/cross_datasets_train.sh (REG_WEIGHT 0.2 on the command line, after "
+                "trainers/config.py's ImageNet 0.5)",
+            ),
+            _MMRL_DASSL,
+        ),
+        shots=(16,),
+        notes=(
+            "cross_datasets_test.sh evaluates the ImageNet run on the other data sets with "
+            "REP_DIM 512 (the trained one); its TASK CD takes the fusion on ImageNet and the "
+            "class-token logits elsewhere, which inference='auto' does by class list (ImageNet-V2"
+            " and -Sketch share ImageNet's classes: set inference='class_token' for them)",
+            *_MMRL_NOTES,
+        ),
+    )
+)
+
 
 _TCP = "htyao89/Textual-based_Class-aware_prompt_tuning"
 
@@ -1556,7 +1696,8 @@ def describe_presets(verbose: bool = False) -> list[str]:
                 lines.append(f"    shots: {', '.join(map(str, p.shots))}")
             for rule in p.rules:
                 values = ", ".join(f"{k}={v!r}" for k, v in rule.settings.items())
-                lines.append(f"    [{rule.where}] {values}  ({rule.source})")
+                flag = f"  [{rule.flag}]" if rule.flag else ""
+                lines.append(f"    [{rule.where}] {values}  ({rule.source}){flag}")
             for note in p.notes:
                 lines.append(f"    note: {note}")
     return lines

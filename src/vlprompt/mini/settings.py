@@ -32,6 +32,9 @@ MINI_SETTINGS: dict[str, dict[str, Any]] = {
     "maple": {},
     # the paper's recipe as it is (20 epochs, batch 4, GPA mean 15 std 1)
     "promptsrc": {},
+    # the paper's recipe as it is (10 epochs, batch 4; representation tokens in block 2 of the
+    # tiny CLIP's 2 text and 3 vision blocks, the official upper 7/12)
+    "mmrl": {},
     # official: 500 iterations per shot (8000 at 16 shots); 480 here, i.e. 120-240 epochs of a
     # mini base half (80-128 images, 2-4 steps of 32)
     "clip_lora": {"iterations": 480},
