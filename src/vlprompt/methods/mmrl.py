@@ -55,21 +55,21 @@ text features 2.8e-7; evaluation on the trained classes (fusion) 2.2e-5, on new 
 (class-token logits) 3.3e-5. MMRL++ (`trainers/mmrlpp.py`: shared-residual LoRA projections,
 progressive composition with beta) is not implemented: a separate method file if wanted.
 
-Departures:
-- precision: the official configs run PREC "amp" (fp16 autocast over CLIP's fp32 weights);
-  here the run's precision setting applies (fp32 by default), the logits are computed in fp32;
-- the official crop is RandomResizedCrop with scale (0.5, 1) (INPUT.RRCROP_SCALE); vlprompt's
-  crop is an engine setting (`--crop-min-scale 0.5`), which a method preset does not set;
+Departures from the official code, on purpose:
+- Precision: the official configs run PREC "amp" (fp16 autocast over CLIP's fp32 weights);
+  here the run's precision setting applies (fp32 by default), the logits are computed in fp32.
+- The official crop is RandomResizedCrop with scale (0.5, 1) (INPUT.RRCROP_SCALE); vlprompt's
+  crop is an engine setting (`--crop-min-scale 0.5`), which a method preset does not set.
 - "auto" inference reads the class list, not the data set's name: on ImageNet-V2 and
   ImageNet-Sketch (ImageNet's classes) it gives the fusion where the official `CD` task gives the
-  class-token logits (force it with inference="class_token");
-- the frozen parts are computed once where they cannot change: the text tower's blocks before
+  class-token logits (force it with inference="class_token").
+- The frozen parts are computed once where they cannot change: the text tower's blocks before
   the first representation block (no learned input) once per class list, and the image tower's
   blocks before it once per batch for both the prompted and the frozen image features (the
   official runs a second, frozen CLIP); the text runs up to the longest EOS and the last block of
   each tower computes only the rows its heads read (all exact; `implementation="reference"` runs
-  the official computation);
-- representation blocks are numbered 1..depth of the shallower tower; by default (`rep_layers`
+  the official computation).
+- Representation blocks are numbered 1..depth of the shallower tower; by default (`rep_layers`
   unset) blocks 6..12 on 12-block towers and, on shallower ones, the same upper 7/12 (the last
   round(7 * depth / 12) blocks: the mini world's tiny CLIP, 2 text blocks, gets block 2).
 """
