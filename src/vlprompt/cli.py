@@ -157,6 +157,7 @@ def _parse_list(text: str) -> Any:
 
 def _add_method_flags(parser: argparse.ArgumentParser, method: str | None) -> None:
     from vlprompt.methods import MethodConfig, get_method_class
+    from vlprompt.methods.method_config import _setting_kind
 
     config_class = MethodConfig
     title = "recipe settings (add --method NAME to see that method's own settings)"
@@ -183,7 +184,7 @@ def _add_method_flags(parser: argparse.ArgumentParser, method: str | None) -> No
             )  # fmt: skip
         else:
             kind = type(default) if isinstance(default, (int, float, str)) else _parse_value
-            if isinstance(default, (list, tuple)):
+            if isinstance(default, (list, tuple)) or _setting_kind(f.type)[1]:
                 kind = _parse_list
                 help_text += "; a list: comma-separated (q,v) or JSON"
             group.add_argument(

@@ -104,7 +104,8 @@ from vlprompt.methods.base import (
     features_key,
     full_precision,
 )
-from vlprompt.methods.method_config import IMPLEMENTATIONS, RUNTIME
+from vlprompt.methods.method_config import IMPLEMENTATIONS, RUNTIME, check_at_most
+from vlprompt.methods.prompt_context import CHUNK_WHY, MAX_CHUNK
 from vlprompt.methods.registry import register_method
 from vlprompt.methods.saving import load_learned, read_method_info, save_learned
 
@@ -183,9 +184,15 @@ class MMRLConfig(MethodConfig):
             )
         if self.rep_dim < 1:
             raise MethodError(f"rep_dim must be >= 1 (official: 512, 2048), got {self.rep_dim}")
+        check_at_most("n_rep_tokens", self.n_rep_tokens, 74,
+                      "the 77-token text context also holds SOS, a class name and EOS; official 5")  # fmt: skip
+        check_at_most("rep_dim", self.rep_dim, 65536,
+                      "the width of the shared representation space; official 512, EuroSAT 2048")  # fmt: skip
         if self.rep_layers is not None:
             self.rep_layers = tuple(self.rep_layers)
             layers = self.rep_layers
+            check_at_most("rep_layers", max(layers, default=0), 1000,
+                          "1-based block numbers of a tower; ViT-B/16's have 12")  # fmt: skip
             if not layers or min(layers) < 1 or list(layers) != sorted(set(layers)):
                 raise MethodError(
                     f"rep_layers must be increasing 1-based block numbers, e.g. (6, ..., 12), "
@@ -205,6 +212,7 @@ class MMRLConfig(MethodConfig):
             )
         if self.text_chunk_size < 1:
             raise MethodError(f"text_chunk_size must be >= 1, got {self.text_chunk_size}")
+        check_at_most("text_chunk_size", self.text_chunk_size, MAX_CHUNK, CHUNK_WHY)
         if self.text_checkpoint not in CHECKPOINT_MODES:
             raise MethodError(
                 f"text_checkpoint must be one of {CHECKPOINT_MODES}, got {self.text_checkpoint!r}"
