@@ -11,7 +11,8 @@ A generated part of a markdown file sits between
 and is the sweep summary (`vlprompt.report.render_markdown`, the same text as the sweep's
 summary.md, with its intervals and tests) of `benchmarks/results/NAME/results.jsonl`: the
 sections whose headings start with one of `parts`, each down to the next heading of its level or
-higher, their headings moved to `level` (default 4); `tables=N` keeps only their first N tables. Above them, one line says where the numbers come from:
+higher, their headings moved to `level` (default 4); `A::B` is the first section B after heading
+A (e.g. the pairwise tests of one shot count); `tables=N` keeps only their first N tables. Above them, one line says where the numbers come from:
 the results file, its evaluations, the vlprompt versions that made them and the command, read
 from `benchmarks/results/NAME/source.json` (`{"command": ...}`).
 
@@ -56,10 +57,13 @@ def sections(markdown: str, parts: Sequence[str], level: int) -> list[str]:
     lines = markdown.splitlines()
     out: list[str] = []
     for part in parts:
-        start = next((i for i, line in enumerate(lines)
-                      if (m := HEADING.match(line)) and m.group(2).startswith(part)), None)  # fmt: skip
-        if start is None:
-            raise ValueError(f"no section starting with {part!r} in the summary")
+        start = 0
+        for step in part.split("::"):  # "A::B": the first section B inside (after) section A
+            start = next((i for i in range(start, len(lines))
+                          if (m := HEADING.match(lines[i])) and m.group(2).startswith(step)),
+                         None)  # fmt: skip
+            if start is None:
+                raise ValueError(f"no section starting with {part!r} in the summary")
         own = len(HEADING.match(lines[start]).group(1))
         end = next((i for i in range(start + 1, len(lines))
                     if (m := HEADING.match(lines[i])) and len(m.group(1)) <= own), len(lines))  # fmt: skip
@@ -123,6 +127,9 @@ def sync(paths: Sequence[Path], check: bool) -> list[Path]:
     stale = []
     for path in paths:
         text = path.read_text(encoding="utf-8")
+        if text.count("<!-- results:") != len(MARKER.findall(text)):
+            raise ValueError(f"{path}: a <!-- results:NAME ... --> marker is malformed (no "
+                             "'>' inside it, a <!-- /results --> after it)")  # fmt: skip
         new = sync_text(text)
         if new != text:
             stale.append(path)

@@ -28,6 +28,14 @@ def test_sections_are_cut_at_their_level_and_moved_to_the_asked_one():
     assert docs_tables.sections(markdown, ["Pairwise", "B"], 3) == [
         "### Pairwise tests", "", "p", "", "### B", "", "b", "", "#### Pairwise tests", "", "p", "",
     ]  # fmt: skip
+    assert docs_tables.sections(markdown, ["B::Pairwise"], 4) == [
+        "#### Pairwise tests",
+        "",
+        "p",
+        "",
+    ]
+    with pytest.raises(ValueError, match="no section starting with 'Pairwise::A'"):
+        docs_tables.sections(markdown, ["Pairwise::A"], 4)  # no A after the first Pairwise
     with pytest.raises(ValueError, match="no section starting with 'C'"):
         docs_tables.sections(markdown, ["C"], 4)
 
@@ -84,3 +92,10 @@ def test_tables_keeps_the_first_tables_only():
     lines = ["## A", "", "text", "", "| a |", "|---|", "| 1 |", "", "more", "| b |", "| 2 |"]
     assert docs_tables.tables(lines, 1) == ["| a |", "|---|", "| 1 |", ""]
     assert docs_tables.tables(lines, 2) == ["| a |", "|---|", "| 1 |", "", "| b |", "| 2 |", ""]
+
+
+def test_a_malformed_marker_is_an_error_not_a_silent_skip(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text('<!-- results:toy parts="A>B" -->\n<!-- /results -->\n')
+    with pytest.raises(ValueError, match="malformed"):
+        docs_tables.sync([doc], check=True)
