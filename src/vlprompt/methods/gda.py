@@ -88,7 +88,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -112,6 +111,7 @@ from vlprompt.methods.feature_fitting import (
 )
 from vlprompt.methods.method_config import MAX_VIEWS, VIEWS_WHY, check_at_most
 from vlprompt.methods.registry import register_method
+from vlprompt.methods.saving import OwnClassesMixin
 from vlprompt.methods.zeroshot import TemplateEnsembleMixin
 
 if TYPE_CHECKING:
@@ -316,11 +316,12 @@ def search_alpha(
 
 # ---- the method ---------------------------------------------------------------------------------
 @register_method
-class GDA(TemplateEnsembleMixin, FrozenImageMixin, PromptMethod):
+class GDA(OwnClassesMixin, TemplateEnsembleMixin, FrozenImageMixin, PromptMethod):
     """Zero-shot CLIP plus a Gaussian discriminant classifier of the few-shot features; classes it
     did not fit get Gaussians synthesised from the stored training features."""
 
     name: ClassVar[str] = "gda"
+    own_classes_text: ClassVar[str] = "the classes it was fitted on (the rows of its weight)"
     config_class: ClassVar[type[MethodConfig]] = GDAConfig
     needs_training: ClassVar[bool] = False  # fitted in closed form by `fit` / `fit_features`
     new_classes_note: ClassVar[str | None] = (
@@ -468,23 +469,6 @@ class GDA(TemplateEnsembleMixin, FrozenImageMixin, PromptMethod):
             )
 
     # ---- saving --------------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> None:
-        if self.classnames != self.fitted_classnames:
-            raise MethodError(
-                f"save {self.name} while it points at the classes it was fitted on (the rows of "
-                "its weight); set_classnames(method.fitted_classnames) first"
-            )
-        super().save(directory)
-
-    @classmethod
-    def load(
-        cls, directory: str | Path, clip: ClipBackbone, classnames: list[str] | None = None
-    ) -> PromptMethod:
-        """Rebuild a saved GDA on its fitted classes, then point it at `classnames`."""
-        method = super().load(directory, clip)
-        if classnames is not None:
-            method.set_classnames(list(classnames))
-        return method
 
     def size_to_saved(self, tensors: dict[str, torch.Tensor]) -> None:
         """The stored training features have as many rows as were saved."""

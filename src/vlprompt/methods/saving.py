@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from safetensors.torch import load_file
 
@@ -181,3 +181,31 @@ def _shape_hint(info: dict[str, Any], clip: ClipBackbone, directory: Path) -> st
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else "no detail"
+
+
+class OwnClassesMixin:
+    """A method whose learned rows belong to the classes it was fitted on (the attribute named
+    by `own_classes_attr`) and that classifies other class lists too: it is saved only while it
+    points at its own classes, and a load rebuilds it on them, then points it at the asked list.
+    Mix in before `PromptMethod`."""
+
+    own_classes_attr: ClassVar[str] = "fitted_classnames"
+    own_classes_text: ClassVar[str] = "the classes it was fitted on"  # for the save refusal
+
+    def save(self: Any, directory: str | Path) -> None:
+        if self.classnames != getattr(self, self.own_classes_attr):
+            raise MethodError(
+                f"save {self.name} while it points at {self.own_classes_text}; "
+                f"set_classnames(method.{self.own_classes_attr}) first"
+            )
+        super().save(directory)
+
+    @classmethod
+    def load(
+        cls: Any, directory: str | Path, clip: ClipBackbone, classnames: list[str] | None = None
+    ) -> PromptMethod:
+        """Rebuild a saved method on its own classes, then point it at `classnames`."""
+        method = super().load(directory, clip)
+        if classnames is not None:
+            method.set_classnames(list(classnames))
+        return method

@@ -82,7 +82,6 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -102,6 +101,7 @@ from vlprompt.methods.base import (
 )
 from vlprompt.methods.method_config import MAX_VIEWS, VIEWS_WHY, check_at_most
 from vlprompt.methods.registry import register_method
+from vlprompt.methods.saving import OwnClassesMixin
 from vlprompt.methods.zeroshot import TemplateEnsembleMixin
 
 MAX_SEARCH_STEPS = 1_000  # grid points of beta or alpha
@@ -357,10 +357,11 @@ class TipClassSide:
 
 
 @register_method
-class TipAdapter(TemplateEnsembleMixin, FrozenImageMixin, PromptMethod):
+class TipAdapter(OwnClassesMixin, TemplateEnsembleMixin, FrozenImageMixin, PromptMethod):
     """Tip-Adapter: zero-shot CLIP plus a cache of the few-shot features, no training."""
 
     name: ClassVar[str] = "tip_adapter"
+    own_classes_text: ClassVar[str] = "the classes it was fitted on (its cache columns)"
     config_class: ClassVar[type[MethodConfig]] = TipAdapterConfig
     needs_training: ClassVar[bool] = False  # the cache is built by `fit` / `fit_features`
     new_classes_note: ClassVar[str | None] = (
@@ -547,23 +548,6 @@ class TipAdapter(TemplateEnsembleMixin, FrozenImageMixin, PromptMethod):
             return Validation(feats, labels.long().to(self.clip.device), self.zero_shot_of(feats))
 
     # ---- saving --------------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> None:
-        if self.classnames != self.fitted_classnames:
-            raise MethodError(
-                f"save {self.name} while it points at the classes it was fitted on (its cache "
-                "columns); set_classnames(method.fitted_classnames) first"
-            )
-        super().save(directory)
-
-    @classmethod
-    def load(
-        cls, directory: str | Path, clip: ClipBackbone, classnames: list[str] | None = None
-    ) -> PromptMethod:
-        """Rebuild a saved cache on its fitted classes, then point it at `classnames`."""
-        method = super().load(directory, clip)
-        if classnames is not None:
-            method.set_classnames(list(classnames))
-        return method
 
     def size_to_saved(self, tensors: dict[str, torch.Tensor]) -> None:
         """The cache has as many rows as the saved keys (shots x classes x views)."""

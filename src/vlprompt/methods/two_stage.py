@@ -69,7 +69,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -88,6 +87,7 @@ from vlprompt.methods.base import (
     validate_classnames,
 )
 from vlprompt.methods.registry import register_method
+from vlprompt.methods.saving import OwnClassesMixin
 from vlprompt.methods.text_encoding import TEMPLATE_HINT, tokenize_checked
 
 TOWERS = ("both", "text", "vision")
@@ -180,10 +180,12 @@ def _block_norms(blocks: nn.ModuleList, tower: str) -> dict[str, tuple[nn.Module
 
 
 @register_method
-class TwoStage(PromptMethod):
+class TwoStage(OwnClassesMixin, PromptMethod):
     """LayerNorm tuning, then a linear head on the tuned features; new classes by the tuned text."""
 
     name: ClassVar[str] = "two_stage"
+    own_classes_attr: ClassVar[str] = "head_classnames"
+    own_classes_text: ClassVar[str] = "the classes of its head rows"
     config_class: ClassVar[type[MethodConfig]] = TwoStageConfig
     uses_dataset_template: ClassVar[bool] = False  # "a photo of a {}." everywhere (official)
     new_classes_note: ClassVar[str | None] = (
@@ -319,21 +321,3 @@ class TwoStage(PromptMethod):
         classified by the tuned text features (selective inference)."""
         self.classnames = validate_classnames(classnames)
         self._held_class_side.clear()
-
-    def save(self, directory: str | Path) -> None:
-        if self.classnames != self.head_classnames:
-            raise MethodError(
-                f"save {self.name} while it points at the classes of its head rows; "
-                "set_classnames(method.head_classnames) first"
-            )
-        super().save(directory)
-
-    @classmethod
-    def load(
-        cls, directory: str | Path, clip: ClipBackbone, classnames: list[str] | None = None
-    ) -> PromptMethod:
-        """Rebuild a saved run on its head's classes, then point it at `classnames`."""
-        method = super().load(directory, clip)
-        if classnames is not None:
-            method.set_classnames(list(classnames))
-        return method
