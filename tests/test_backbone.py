@@ -67,6 +67,22 @@ def test_vision_hooks_compose_to_encode_image(name):
         torch.testing.assert_close(feats, clip.model.encode_image(images), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", sorted(VIT_SHAPES))
+def test_pooled_only_image_pass_equals_open_clip(name):
+    """`pooled_only` (the last block computes the CLS row alone; what an export runs) gives
+    open_clip's features, normalised or not."""
+    clip = _load(name)
+    images = _images(clip, 4)
+    with torch.no_grad():
+        for normalize in (False, True):
+            torch.testing.assert_close(
+                clip.encode_image(images, normalize=normalize, pooled_only=True),
+                clip.model.encode_image(images, normalize=normalize),
+                atol=1e-5,
+                rtol=0,
+            )
+
+
 def test_resnet_encode_image_and_text_equal_open_clip(tiny_rn_clip):
     clip = tiny_rn_clip
     assert not clip.is_vit

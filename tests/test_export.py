@@ -279,11 +279,14 @@ def _graph_operators(path: Path) -> list[str]:
 # (fused Attention operators, Softmax operators) of the fused graph, given the tower's blocks n:
 # IVLP's last block computes the CLS row alone (`pooled_rows_forward`, unfused); RPO's frozen
 # tokens are fused (`block_forward_with_kv`), its prompt rows' attention is not
+# (fused attention operators, softmaxes) of an image tower of n blocks: the last block computes
+# only the pooled row (the softmax of its one query), or only keys and values (RPO's frozen
+# tokens, whose prompt rows take a softmax per block)
 FUSED_GRAPH = {
-    "coop": lambda n: (n, 0),
+    "coop": lambda n: (n - 1, 1),
     "ivlp": lambda n: (n - 1, 1),
-    "clip_lora": lambda n: (n, 0),
-    "rpo": lambda n: (n, n),
+    "clip_lora": lambda n: (n - 1, 1),
+    "rpo": lambda n: (n - 1, n),
 }
 
 

@@ -117,6 +117,26 @@ def test_fast_path_equals_reference_in_logits_and_prompt_gradients(name):
         torch.testing.assert_close(fast(images), logits_r, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", sorted(VIT_SHAPES))
+def test_prompt_features_alone_equal_the_reference_prompt_features(name):
+    """`prompt_image_features` (what an export runs: the frozen tokens' last block gives only
+    keys and values) equals the reference's normalised prompt outputs, on both paths."""
+    clip = _clip(name)
+    fast, ref = _pair(clip)
+    images = _images(clip, 3)
+    with torch.no_grad():
+        expected = F.normalize(ref._reference_image(images)[0], dim=-1)
+        kvs = fast.frozen_keys_values(images)
+        assert len(kvs) == len(clip.vision_blocks)
+        for ours, full_kv in zip(kvs, fast.frozen_image_state(images)[0], strict=True):
+            torch.testing.assert_close(ours.k, full_kv.k, atol=1e-5, rtol=0)
+            torch.testing.assert_close(ours.v, full_kv.v, atol=1e-5, rtol=0)
+        for method in (fast, ref):
+            torch.testing.assert_close(
+                method.prompt_image_features(images), expected, atol=1e-5, rtol=0
+            )
+
+
 @pytest.mark.parametrize("rule", ["none", "prograd"])
 def test_class_chunked_text_path_gives_the_same_gradients(rule):
     """text_chunk_size recomputes class chunks in backward (checkpointing): same numbers, also

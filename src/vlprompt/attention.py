@@ -168,11 +168,15 @@ def pooled_rows_forward(
     if prefix_kv is not None:
         k = torch.cat([prefix_kv.k.expand(x.shape[0], -1, -1, -1), k], dim=2)
         v = torch.cat([prefix_kv.v.expand(x.shape[0], -1, -1, -1), v], dim=2)
-    index = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if rows is None else rows
-    batch = torch.arange(x.shape[0], device=x.device)
-    row_in, row_h = x[batch, index][:, None], h[batch, index][:, None]
+    if rows is None:  # the CLS token: a slice, not a gather (lighter in an exported graph)
+        row_in, row_h = x[:, :1], h[:, :1]
+        mask = None if attn_mask is None else attn_mask[:1][None, None]
+    else:
+        batch = torch.arange(x.shape[0], device=x.device)
+        row_in, row_h = x[batch, rows][:, None], h[batch, rows][:, None]
+        mask = None if attn_mask is None else attn_mask[rows][:, None, None, :]
     q = _heads(F.linear(row_h, weight[:d], bias[:d] if bias is not None else None), attn.num_heads)
-    mask = None if attn_mask is None else attn_mask[index][:, None, None, :].to(q.dtype)
+    mask = None if mask is None else mask.to(q.dtype)
     attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return _finish(block, row_in, attended)
 

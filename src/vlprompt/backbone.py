@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlprompt.attention import pooled_rows_forward
 from vlprompt.errors import CheckpointError, DownloadError, ModelNameError
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -379,12 +380,21 @@ class ClipBackbone(nn.Module):
         x = v.ln_post(x)
         return x @ v.proj if v.proj is not None else x
 
-    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    def encode_image(
+        self, images: torch.Tensor, normalize: bool = False, pooled_only: bool = False
+    ) -> torch.Tensor:
         """Equal to open_clip's `encode_image`; ViTs go through the hooks, ResNets through
-        open_clip's tower (no method inserts tokens into a ResNet)."""
+        open_clip's tower (no method inserts tokens into a ResNet). `pooled_only`: the last
+        block computes the CLS row alone (the other rows give only their keys and values;
+        `vlprompt.attention.pooled_rows_forward`), the same features to float tolerance for
+        about 1/depth less work: what an exported model runs."""
         images = images.to(self.device)
         if not self.is_vit or not _standard_vit(self.model.visual):
             feats = self.model.encode_image(images.to(self.dtype))
+        elif pooled_only:
+            blocks = self.vision_blocks
+            x = run_layers(blocks[:-1], self.vision_ln_pre(self.vision_embed(images)))
+            feats = self.vision_head(pooled_rows_forward(blocks[-1], x, None)[:, 0])
         else:
             x = self.run_vision_layers(self.vision_ln_pre(self.vision_embed(images)))
             feats = self.vision_head(x[:, 0])

@@ -120,7 +120,9 @@ def _clip_head(method: Any, feats: Any) -> Any:
 
 
 FROZEN = ImagePath(
-    lambda m, x: m.image_features(x),
+    # the frozen features by the contract of `image_features`; the last block computes the
+    # CLS row alone (the same features to float tolerance, 1/depth less work)
+    lambda m, x: m.clip.encode_image(x, normalize=True, pooled_only=True),
     lambda m, f: m.logits_from_features(f),
     "normalised CLIP image features [B, E]",
 )
@@ -130,7 +132,7 @@ DEEP_PROMPTS = ImagePath(
     "normalised prompted image features [B, E]",
 )
 RPO_PATH = ImagePath(
-    lambda m, x: m.encode_image(x)[0],
+    lambda m, x: m.prompt_image_features(x),
     lambda m, f: m.pair_logits(f, m.class_side()),
     "the K normalised image prompt features [B, K, E]",
 )
@@ -151,7 +153,12 @@ def _lora_head(method: Any, feats: Any) -> Any:
 
 
 LORA_PATH = ImagePath(
-    lambda m, x: m.lora_image_features(x),
+    # merged (`exportable_copy`): plain CLIP with merged weights, the last block on CLS alone
+    lambda m, x: (
+        m.lora_image_features(x)
+        if m.lora_vision
+        else m.clip.encode_image(x, normalize=True, pooled_only=True)
+    ),
     _lora_head,
     "normalised image features of the merged LoRA image tower [B, E]",
 )

@@ -41,8 +41,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vlprompt.attention import CollectKeyValues, KeyValues, ReadOnlyRows, check_block
-from vlprompt.backbone import ClipBackbone
+from vlprompt.attention import (
+    CollectKeyValues,
+    KeyValues,
+    ReadOnlyRows,
+    block_keys_values,
+    check_block,
+)
+from vlprompt.backbone import ClipBackbone, run_layers
 from vlprompt.chunking import encode_in_chunks
 from vlprompt.errors import RPOError
 from vlprompt.methods.base import (
@@ -343,13 +349,40 @@ class RPO(PromptMethod):
             cls = clip.vision_head(x[:, 0])
         return collect.kv, cls
 
-    def _fast_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def prompt_image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised vision prompt features [B, K, E] alone, what the logits read (an exported
+        RPO computes this). Without the frozen CLS features, the frozen tokens' outputs of the
+        last block are read by nobody: there they give only their keys and values (2 of the 12
+        d x d products per token of a block). With 24 prompt rows a ViT-B/16 image pass then
+        costs 1.03x zero-shot CLIP's linear work instead of 1.10x."""
+        images = images.to(self.clip.device)
+        if self._reference_path:
+            return self.encode_image(images)[0]
+        return F.normalize(self._prompt_rows(self.frozen_keys_values(images)), dim=-1)
+
+    def frozen_keys_values(self, images: torch.Tensor) -> list[KeyValues]:
+        """`frozen_image_state`'s keys/values, the last block's from its ln_1 and key/value
+        projections only (no attention or MLP for the frozen tokens there)."""
         clip = self.clip
+        blocks = clip.vision_blocks
+        collect = CollectKeyValues()
+        with torch.no_grad():
+            x = clip.vision_ln_pre(clip.vision_embed(images))
+            x = run_layers(blocks[:-1], x, None, collect)
+            return [*collect.kv, block_keys_values(blocks[-1], x)]
+
+    def _fast_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         kvs, cls = self.frozen_image_state(images)
+        return self._prompt_rows(kvs), cls
+
+    def _prompt_rows(self, kvs: list[KeyValues]) -> torch.Tensor:
+        """The K vision prompt outputs [B, K, E] (ln_post + projection, not normalised), each
+        block reading the frozen tokens' keys/values `kvs` (batch B)."""
+        clip = self.clip
         prompt = clip.vision_ln_pre(self.vision_prompt.to(clip.dtype))  # no positional embedding
-        rows = prompt.unsqueeze(0).expand(cls.shape[0], -1, -1)
+        rows = prompt.unsqueeze(0).expand(kvs[0].k.shape[0], -1, -1)
         rows = clip.run_vision_layers(rows, None, ReadOnlyRows(kvs))
-        return clip.vision_head(rows), cls
+        return clip.vision_head(rows)
 
     def _reference_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[CLS, patches] + pos emb, then the K prompts; ln_pre on all; no row sees a prompt."""
