@@ -187,3 +187,17 @@ def test_shipped_architectures_are_known_without_importing_the_mini_world():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_registering_a_config_leaves_nothing_in_the_temp_dir(tmp_path, monkeypatch):
+    """A registered architecture loads, and its config file is not left behind."""
+    import tempfile
+
+    from conftest import tiny_vit_config
+    from vlprompt.backbone import register_model_config
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    register_model_config("vlprompt-test-registered-vit", tiny_vit_config(text_width=32))
+    assert list(tmp_path.iterdir()) == []
+    assert "vlprompt-test-registered-vit" in list_models()
+    assert load_clip("vlprompt-test-registered-vit").text_width == 32

@@ -96,16 +96,14 @@ class ReplaceTokens:
         return torch.cat([x[:, :start], new, x[:, stop:]], dim=1)
 
 
-_CONFIG_DIR: Path | None = None
-
-
 def register_model_config(name: str, config: dict[str, Any]) -> None:
-    """Make an architecture (open_clip's JSON model config) known to open_clip under `name`."""
-    global _CONFIG_DIR
-    if _CONFIG_DIR is None:
-        _CONFIG_DIR = Path(tempfile.mkdtemp(prefix="vlprompt-model-configs-"))
-    (_CONFIG_DIR / f"{name}.json").write_text(json.dumps(config))
-    open_clip.add_model_config(_CONFIG_DIR / f"{name}.json")
+    """Make an architecture (open_clip's JSON model config) known to open_clip under `name`.
+    open_clip registers configs from files and reads them at once, so the file lives in a
+    temporary folder only as long as that takes (nothing is left behind in the temp dir)."""
+    with tempfile.TemporaryDirectory(prefix="vlprompt-model-config-") as folder:
+        path = Path(folder) / f"{name}.json"
+        path.write_text(json.dumps(config))
+        open_clip.add_model_config(path)
 
 
 def _register_shipped_configs() -> None:
