@@ -189,15 +189,20 @@ def test_shipped_architectures_are_known_without_importing_the_mini_world():
     assert done.returncode == 0, done.stderr
 
 
-def test_registering_a_config_leaves_nothing_in_the_temp_dir(tmp_path, monkeypatch):
-    """A registered architecture loads, and its config file is not left behind."""
-    import tempfile
+def test_registering_a_config_leaves_nothing_in_the_temp_dir(tmp_path):
+    """A process that registers an architecture and loads it leaves no file in its temp dir."""
+    import os
+    import subprocess
+    import sys
 
-    from conftest import tiny_vit_config
-    from vlprompt.backbone import register_model_config
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    register_model_config("vlprompt-test-registered-vit", tiny_vit_config(text_width=32))
+    code = (
+        "from conftest import tiny_vit_config\n"
+        "from vlprompt.backbone import load_clip, register_model_config\n"
+        "register_model_config('vlprompt-test-registered-vit', tiny_vit_config(text_width=32))\n"
+        "assert load_clip('vlprompt-test-registered-vit').text_width == 32\n"
+    )
+    tests_dir = os.path.dirname(__file__)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env["PYTHONPATH"] = os.pathsep.join([tests_dir, env.get("PYTHONPATH", "")])
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
     assert list(tmp_path.iterdir()) == []
-    assert "vlprompt-test-registered-vit" in list_models()
-    assert load_clip("vlprompt-test-registered-vit").text_width == 32
