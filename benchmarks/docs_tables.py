@@ -20,6 +20,9 @@ To refresh a part: run the command of its source.json, copy the sweep's results.
 stored one (`store`, below, drops run-folder paths), then run this script.
 
     python benchmarks/docs_tables.py store SWEEP_RESULTS NAME --command "python benchmarks/..."
+
+`<!-- results:fidelity kind=fidelity -->` holds the fidelity table instead (`fidelity.py`: the
+orderings the papers report on real CLIP, checked on several stored sweeps).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+import fidelity
 
 from vlprompt.io import atomic_write_text
 from vlprompt.latex import sort_by_method
@@ -101,7 +106,10 @@ def _source_line(name: str, records: Sequence[dict]) -> str:
 
 
 def render(name: str, args: dict[str, str]) -> str:
-    """The body of one generated part."""
+    """The body of one generated part (`kind=fidelity`: the fidelity table of
+    `benchmarks/fidelity.py`, read from several stored sweeps)."""
+    if args.get("kind") == "fidelity":
+        return fidelity.render(RESULTS_DIR)
     records = load_results(RESULTS_DIR / name / "results.jsonl")
     cells = sort_by_method(summarize(records), ())  # zero-shot first, then by name, as summary.md
     markdown = render_markdown(cells, len(records), per_seed(records), None)

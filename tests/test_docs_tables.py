@@ -99,3 +99,51 @@ def test_a_malformed_marker_is_an_error_not_a_silent_skip(tmp_path):
     doc.write_text('<!-- results:toy parts="A>B" -->\n<!-- /results -->\n')
     with pytest.raises(ValueError, match="malformed"):
         docs_tables.sync([doc], check=True)
+
+
+def _cell(method, metric, mean, std=0.5, protocol="base2new", shots=16):
+    from vlprompt.report import Cell
+
+    subsample = {"new": "new", "base": "base"}.get(metric, "all")
+    return Cell("vlprompt-mini-vit", protocol, method, "average", "average", subsample, shots,
+                metric, mean, std, (1, 2, 3), 7)  # fmt: skip
+
+
+def _cells(*cells):
+    return {(c.protocol, c.method, c.shots, c.metric): c for c in cells}
+
+
+def test_fidelity_orderings_hold_fail_and_flag_gaps_inside_the_seed_noise():
+    import fidelity
+
+    coop_loses = fidelity.ORDERINGS[0]
+    assert coop_loses.chain == ("zsclip", "coop") and coop_loses.metric == "new"
+    real, mini, verdict = fidelity.check(
+        coop_loses, _cells(_cell("zsclip", "new", 80.0, 0.0), _cell("coop", "new", 70.0))
+    )
+    # real CLIP's published averages (CoCoOp's Table 1 via the PromptSRC README rows)
+    assert real == "zero-shot CLIP 74.22 > CoOp 63.22"
+    assert verdict == "yes" and mini.startswith("zero-shot CLIP 80.00 ± 0.00 > CoOp 70.00")
+    _, mini, verdict = fidelity.check(
+        coop_loses, _cells(_cell("zsclip", "new", 80.0, 0.0), _cell("coop", "new", 80.3, 0.5))
+    )
+    assert verdict == "no (a gap inside the seed std)" and " vs " in mini
+    _, _, verdict = fidelity.check(
+        coop_loses, _cells(_cell("zsclip", "new", 80.0, 0.0), _cell("coop", "new", 79.8, 0.5))
+    )
+    assert verdict == "yes (a gap inside the seed std)"
+    with pytest.raises(KeyError, match="coop"):
+        fidelity.check(coop_loses, _cells(_cell("zsclip", "new", 80.0)))
+
+
+def test_fidelity_top_rank_counts_every_measured_method():
+    import fidelity
+
+    lora = next(o for o in fidelity.ORDERINGS if o.top)
+    cells = _cells(*(_cell(m, "base", v) for m, v in
+                     [("clip_lora", 88.0), ("rpo", 89.0), ("coop", 85.0), ("zsclip", 80.0)]))  # fmt: skip
+    _, mini, verdict = fidelity.check(lora, cells)
+    assert (mini, verdict) == ("rank 2 of 4 (RPO 89.00, CLIP-LoRA 88.00)", "yes")
+    cells[("base2new", "tcp", 16, "base")] = _cell("tcp", "base", 88.5)
+    _, mini, verdict = fidelity.check(lora, cells)
+    assert verdict == "no" and mini.startswith("rank 3 of 5")
