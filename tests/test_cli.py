@@ -241,3 +241,36 @@ def test_a_run_below_zero_shot_says_so_with_the_likely_cause(tmp_path, capsys):
     assert main([*argv[:2], "zsclip", *argv[3:-1], str(tmp_path / "zs")]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "zero-shot" not in last and f"test accuracy {zero_shot:.2f}%" in last
+
+
+def test_a_deep_prompt_run_logs_its_initial_accuracy_and_trains_as_without_it(
+    tmp_path, capsys, monkeypatch
+):
+    """IVLP's fresh tokens change CLIP before any step: train logs the validation accuracy of
+    the untrained prompts beside zero-shot CLIP's; the learned weights are those of a run
+    without that line (the check draws no random number that training would have drawn)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from vlprompt.methods.ivlp import IVLP
+
+    def train(name):
+        run = tmp_path / name
+        argv = ["train", "--method", "ivlp", "--dataset", "mini_shapes", "--root",
+                str(tmp_path / "m"), "--subsample", "base", "--shots", "2", "--epochs", "1",
+                "--crop-min-scale", "0.08",  # random crops: training draws random numbers
+                "--deterministic", "--no-calibrate", "-o", str(run)]  # fmt: skip
+        assert main(argv) == 0
+        captured = capsys.readouterr()
+        return captured.out + captured.err, load_file(next(run.glob("**/*.safetensors")))
+
+    out, logged = train("logged")
+    (line,) = [x for x in out.splitlines() if "before training" in x]
+    assert "on the validation split (" in line and "% with the initial ivlp tokens" in line
+    assert "zero-shot CLIP" in line
+    monkeypatch.setattr(IVLP, "changes_clip_at_init", False)
+    out, plain = train("plain")
+    assert "before training" not in out
+    assert logged.keys() == plain.keys()
+    for key in logged:
+        assert torch.equal(logged[key], plain[key]), key

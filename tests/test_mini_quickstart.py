@@ -165,3 +165,25 @@ def test_bench_with_the_papers_recipes_is_not_told_of_mini(tmp_path, caplog):
     (config,) = engine.configs.values()
     assert config.preset == "paper" and config.engine.crop_min_scale == 0.08
     assert config.method_config["epochs"] == 200  # CoOp's own
+
+
+def test_deep_prompt_depth_is_the_papers_scaled_to_the_tiny_towers():
+    """9 of 12 blocks per tower, floor-scaled, the last block prompt-free; the tiny CLIP's tower
+    depths the rule reads are the shipped architecture's."""
+    import json
+    from importlib import resources
+
+    from vlprompt.mini import settings
+
+    assert [settings.scaled_prompt_depth(n) for n in (1, 2, 3, 4, 12, 24)] == [1, 1, 2, 3, 9, 18]
+    shipped = json.loads(
+        resources.files("vlprompt").joinpath("assets/vlprompt-mini-vit.json").read_text()
+    )
+    assert (settings.TINY_TEXT_BLOCKS, settings.TINY_VISION_BLOCKS) == (
+        shipped["text_cfg"]["layers"],
+        shipped["vision_cfg"]["layers"],
+    )
+    mini = settings.MINI_SETTINGS
+    for method in ("ivlp", "promptsrc"):
+        assert (mini[method]["depth_text"], mini[method]["depth_vision"]) == (1, 2)
+    assert mini["maple"]["depth"] == 1

@@ -901,6 +901,8 @@ def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torc
     if config.engine.select_on == "val" and not splits.val:
         raise RunError("--select-on val needs validation images, and this split has none; "
                        "give the split a validation share (e.g. --split 0.6,0.2,0.2)")  # fmt: skip
+    if method.changes_clip_at_init and splits.val and not resume and ctx.is_main:
+        say(_initial_accuracy_line(method, clip, config, splits))
     result = fit(
         method, dataset, settings=config.engine, seed=config.seed, run_dir=run_dir,
         resume=resume, progress=progress, ctx=ctx, on_epoch_end=on_epoch_end, logger=say,
@@ -1121,17 +1123,45 @@ def _evaluate_run(run: Run, splits: Any, *, split: str, ctx: Dist, say: Callable
 def _zeroshot_accuracy(run: Run, splits: Any, items: Sequence[Any]) -> float:
     """Zero-shot CLIP's accuracy (the data set's template) on the same images and classes: the
     baseline a trained run must beat (frozen image features: cached, cheap)."""
+    return _zero_shot_on(run.clip, run.config, splits.classnames, items)
+
+
+def _zero_shot_on(clip: Any, config: RunConfig, classnames: Sequence[str], items: Any) -> float:
     from vlprompt.data import get_dataset_info
     from vlprompt.evaluation import evaluate_items
     from vlprompt.methods import create_method
 
-    template = get_dataset_info(run.config.dataset).template
-    zsclip = create_method("zsclip", run.clip, list(splits.classnames), template=template)
+    template = get_dataset_info(config.dataset).template
+    zsclip = create_method("zsclip", clip, list(classnames), template=template)
     result = evaluate_items(
-        zsclip, items, batch_size=run.config.engine.eval_batch_size,
-        num_workers=run.config.engine.workers(), feature_cache=_feature_cache(run.config),
+        zsclip, items, batch_size=config.engine.eval_batch_size,
+        num_workers=config.engine.workers(), feature_cache=_feature_cache(config),
     )  # fmt: skip
     return result.accuracy
+
+
+def _initial_accuracy_line(method: Any, clip: Any, config: RunConfig, splits: Any) -> str:
+    """The validation accuracy of the untrained method beside zero-shot CLIP's. The random
+    state is restored afterwards (a data loader draws a seed), so training runs exactly as it
+    would without this line."""
+    import torch
+
+    from vlprompt.evaluation import evaluate_items
+
+    with torch.random.fork_rng(devices=[]):
+        initial = evaluate_items(
+            method, splits.val, batch_size=config.engine.eval_batch_size,
+            num_workers=config.engine.workers(), precision=config.engine.precision, split="val",
+        ).accuracy  # fmt: skip
+        zero_shot = _zero_shot_on(clip, config, splits.classnames, splits.val)
+    method.train()
+    line = (f"before training, on the validation split ({len(splits.val)} images): "
+            f"{initial:.2f}% with the initial {config.method} tokens, zero-shot CLIP "
+            f"{zero_shot:.2f}%")  # fmt: skip
+    if initial < zero_shot - 10:
+        line += ("; the fresh tokens inside the towers start far below zero-shot CLIP (fewer "
+                 "prompted blocks may help: see docs/mini-world.md on prompt depth)")  # fmt: skip
+    return line
 
 
 def _write_report(run: Run, splits: Any, split: str, items: Sequence[Any], result: Any,

@@ -65,6 +65,11 @@ class PromptMethod(nn.Module):
     # training forward returns its unnormalised image and class features and its forward fuses
     # the head's logits (`vlprompt.methods.dept`)
     feature_rules: ClassVar[tuple[str, ...]] = ()
+    # True: its untrained state already changes what CLIP computes (fresh random tokens inside a
+    # tower: deep prompts, MMRL's representation tokens), so a run first logs its validation
+    # accuracy before any step beside zero-shot CLIP's (a collapse that starts at the
+    # initialisation shows there, not after the run)
+    changes_clip_at_init: ClassVar[bool] = False
     _holding: bool = False  # inside `classifier()`
 
     @classmethod

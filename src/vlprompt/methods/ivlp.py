@@ -114,6 +114,8 @@ class IVLP(DeepTextFeaturesMixin, PromptLayoutMixin, PromptMethod):
     """Independent deep prompts in the text and the vision tower of a frozen open_clip ViT."""
 
     name: ClassVar[str] = "ivlp"
+    # random tokens inside the towers from the first step (see the contract)
+    changes_clip_at_init: ClassVar[bool] = True
     feature_rules: ClassVar[tuple[str, ...]] = ("dept",)
     config_class: ClassVar[type[MethodConfig]] = IVLPConfig
     config: IVLPConfig

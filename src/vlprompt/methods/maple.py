@@ -222,6 +222,8 @@ class MaPLe(DeepTextFeaturesMixin, PromptLayoutMixin, PromptMethod):
     frozen open_clip ViT."""
 
     name: ClassVar[str] = "maple"
+    # random tokens inside the towers from the first step (see the contract)
+    changes_clip_at_init: ClassVar[bool] = True
     feature_rules: ClassVar[tuple[str, ...]] = ("dept",)
     config_class: ClassVar[type[MethodConfig]] = MaPLeConfig
     config: MaPLeConfig

@@ -367,6 +367,8 @@ class MMRL(PromptMethod):
     representation head beside CLIP's class-token head, cosine regularisers to frozen CLIP."""
 
     name: ClassVar[str] = "mmrl"
+    # random tokens inside the towers from the first step (see the contract)
+    changes_clip_at_init: ClassVar[bool] = True
     config_class: ClassVar[type[MethodConfig]] = MMRLConfig
     config: MMRLConfig
     new_classes_note: ClassVar[str | None] = (

@@ -12,6 +12,24 @@ from typing import Any
 
 TINY_CLIP_NAME = "vlprompt-mini-vit"  # the shipped tiny CLIP's model name
 
+
+# Deep prompts: the papers' depth 9 of ViT-B/16's 12 blocks per tower, scaled to a tower of n
+# blocks as floor(9 n / 12), at least 1 (block 0 holds the prompts) and at most n - 1 where n > 1
+# (the last block stays prompt-free). With every block prompted, fresh N(0, 0.02^2) tokens enter
+# the last text block, where after its layer norm they are full-scale random tokens that the EOS
+# reads directly: on the tiny CLIP's 2-block text tower that collapsed seeds of IVLP and MaPLe.
+def scaled_prompt_depth(n_blocks: int, official: int = 9, official_blocks: int = 12) -> int:
+    """The papers' prompt depth scaled to a tower of `n_blocks` blocks (see above)."""
+    depth = official * n_blocks // official_blocks
+    return max(1, min(depth, n_blocks - 1)) if n_blocks > 1 else 1
+
+
+# the shipped tiny CLIP's towers (assets/vlprompt-mini-vit.json: text and vision "layers")
+TINY_TEXT_BLOCKS, TINY_VISION_BLOCKS = 2, 3
+TEXT_DEPTH = scaled_prompt_depth(TINY_TEXT_BLOCKS)  # 1
+VISION_DEPTH = scaled_prompt_depth(TINY_VISION_BLOCKS)  # 2
+
+
 # Per-method settings on the mini world (the rest is each method's paper recipe). Epoch counts
 # are scaled down from the papers' (CoOp 200, KgCoOp 100, ProGrad 200, CoCoOp 10, RPO 15): a
 # mini data set's base half has only 80-128 training images.
@@ -21,17 +39,19 @@ MINI_SETTINGS: dict[str, dict[str, Any]] = {
     "kgcoop": {"epochs": 40, "batch_size": 32},
     "prograd": {"epochs": 40, "batch_size": 32},
     "rpo": {"epochs": 10, "batch_size": 4},  # batch 4 as the paper, 10 of its 15 epochs
-    # the paper's recipe as it is: 20 epochs, batch 4; prompts in every block of the tiny CLIP
-    # (2 text, 3 vision blocks; the paper's 9 of 12)
-    "ivlp": {},
+    # the paper's recipe (20 epochs, batch 4) with its prompt depth 9 of 12 blocks scaled to the
+    # tiny CLIP's towers (`scaled_prompt_depth`): text 1 of 2 blocks, vision 2 of 3, the last
+    # block of each prompt-free as the paper's last 3 of 12 are
+    "ivlp": {"depth_text": TEXT_DEPTH, "depth_vision": VISION_DEPTH},
     # the paper's 50 epochs scaled down; class-aware tokens at text block 1 of the tiny CLIP's 2
     "tcp": {"epochs": 20, "batch_size": 32},
     # CoOp's recipe (CLIP-Adapter's README: "follow CoOp's command") at CoOp's mini epochs
     "clip_adapter": {"epochs": 40, "batch_size": 32},
-    # the paper's recipe as it is (5 epochs, batch 4; depth: every block of the tiny CLIP's 2)
-    "maple": {},
-    # the paper's recipe as it is (20 epochs, batch 4, GPA mean 15 std 1)
-    "promptsrc": {},
+    # the paper's recipe (5 epochs, batch 4) with its one depth for both towers, 9 of 12, scaled
+    # to the shallower tower (text: 1 of 2 blocks)
+    "maple": {"depth": min(TEXT_DEPTH, VISION_DEPTH)},
+    # the paper's recipe (20 epochs, batch 4, GPA mean 15 std 1), depths scaled as IVLP's
+    "promptsrc": {"depth_text": TEXT_DEPTH, "depth_vision": VISION_DEPTH},
     # the paper's recipe as it is (10 epochs, batch 4; representation tokens in block 2 of the
     # tiny CLIP's 2 text and 3 vision blocks, the official upper 7/12)
     "mmrl": {},
