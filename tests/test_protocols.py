@@ -342,7 +342,7 @@ def test_the_zero_shot_note_names_chance_and_the_likely_causes():
     note = zero_shot_note(record, paper, {"epochs": 2, "n_train_images": 80})
     assert "the papers' random crop (crop_min_scale 0.08)" in note
     assert "the learning rate 0.5 (the method's default: 0.002)" in note
-    assert "only 6 optimizer steps" in note  # 2 epochs x ceil(80 / 32)
+    assert "only 4 optimizer steps" in note  # 2 epochs x 2 full batches of 32 (drop_last)
     mini = resolve_config("coop", "mini_shapes")
     note = zero_shot_note(record, mini, {"epochs": 40, "n_train_images": 80})
     assert "likely cause" not in note and "compare the settings" in note

@@ -9,7 +9,6 @@ where one is known.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +81,9 @@ def _optimizer_steps(config: Any, status: dict[str, Any]) -> int | None:
     batch = config.method_config.get("batch_size")
     if not (epochs and n_images and batch):
         return None
-    return int(epochs) * math.ceil(int(n_images) / int(batch))
+    from vlprompt.training_cost import steps_per_epoch  # the engine loader's count
+
+    return int(epochs) * steps_per_epoch(int(n_images), int(batch))
 
 
 def _default_config(method: str) -> Any:
