@@ -3,7 +3,7 @@ zero-shot CLIP's image pass, on a ViT-B/16-shaped CLIP (random weights: speed do
 on them; no download), CPU, one thread everywhere, 100 classes.
 
     python benchmarks/export_speed.py [--methods zsclip,coop,rpo,ivlp,clip_lora,tip_adapter]
-        [--classes 100] [--batches 1,32] [--repeats 3]
+        [--classes 100] [--batches 1,32] [--repeats 3] [--repeats-large 3] [--output DIR]
 
 Per method and batch size, timed interleaved (one of each per round, so machine load hits all
 alike; the median over rounds), in CPU seconds of the process (`time.process_time`; one thread
@@ -24,8 +24,10 @@ against the method (max logit difference, the larger of the two) before timing.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -99,6 +101,25 @@ def max_difference(method, session, clip) -> float:
     return float(np.abs(session.run(None, {"images": images.numpy()})[0] - expected).max())
 
 
+def write_rows(args: argparse.Namespace, name: str, rows: list) -> None:
+    """One method's measured rows as JSON, with what made them (versions, settings)."""
+    import onnxruntime
+
+    from vlprompt._version import code_version
+    from vlprompt.io import atomic_write_text
+
+    record = {
+        "method": name, "model": args.model, "classes": args.classes,
+        "repeats": args.repeats, "repeats_large": args.repeats_large,
+        "vlprompt_version": code_version(), "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "rows": [{"batch": b, "images_per_cpu_s": s, "max_logit_difference": g,
+                  "export_wall_s": e} for _, b, s, g, e in rows],
+    }  # fmt: skip
+    args.output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.output / f"{name}.json", json.dumps(record, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ViT-B-16")
@@ -106,7 +127,10 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--repeats", type=int, default=3, help="rounds at batch 1")
-    parser.add_argument("--repeats-large", type=int, default=1, help="rounds at larger batches")
+    parser.add_argument("--repeats-large", type=int, default=3, help="rounds at larger batches")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="also write each method's rows to OUTPUT/<method>.json (what "
+                             "benchmarks/docs_tables.py renders into the docs)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -124,6 +148,8 @@ def main() -> None:
             speed = measure(method, sessions, clip, batch, repeats)
             rows.append((name, batch, speed, gap, export_s))
             print(f"{name} batch {batch}: {speed} (max |logit difference| {gap:.1e})", flush=True)
+        if args.output is not None:
+            write_rows(args, name, [r for r in rows if r[0] == name])
         del sessions, method
     print(f"\n{args.model}, {args.classes} classes, CPU, 1 thread; images per CPU second "
           "(median over rounds)\n")  # fmt: skip
