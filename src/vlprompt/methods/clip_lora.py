@@ -248,6 +248,8 @@ class LoRAAttention(nn.Module):
             }
         )
         self._merged = KeyedCache()
+        # the packed path (below); False: the per-projection path of the official code
+        self.packed = config.implementation == "fast"
 
     @property
     def base(self) -> nn.MultiheadAttention:
@@ -265,6 +267,8 @@ class LoRAAttention(nn.Module):
         return self._lora_forward(query, key, value, attn_mask), None
 
     def _lora_forward(self, query, key, value, attn_mask) -> torch.Tensor:
+        if self.packed and query is key and key is value:  # self-attention: open_clip's call
+            return self._packed_forward(query, attn_mask)
         base = self.base
         weights = base.in_proj_weight.chunk(3)
         biases = base.in_proj_bias.chunk(3) if base.in_proj_bias is not None else (None,) * 3
@@ -281,6 +285,47 @@ class LoRAAttention(nn.Module):
     def _project(self, name: str, x, weight, bias) -> torch.Tensor:
         y = F.linear(x, weight, bias)
         return y + self.updates[name](x) if name in self.updates else y
+
+    def _packed_forward(self, x: torch.Tensor, attn_mask) -> torch.Tensor:
+        """The same computation as the per-projection path with q, k and v from one packed
+        product and their low-rank updates from one thin matmul pair (`_add_updates`)."""
+        base = self.base
+        qkv = self._add_updates(F.linear(x, base.in_proj_weight, base.in_proj_bias), x, "qkv")
+        q, k, v = qkv.chunk(3, dim=-1)
+        if not base.batch_first:  # [L, N, E] -> [N, L, E]
+            q, k, v = (t.transpose(0, 1) for t in (q, k, v))
+        attended = _heads_attention(q, k, v, base.num_heads, attn_mask)
+        out = F.linear(attended, base.out_proj.weight, base.out_proj.bias)
+        out = self._add_updates(out, attended, "o")
+        return out if base.batch_first else out.transpose(0, 1)
+
+    def _add_updates(self, y: torch.Tensor, x: torch.Tensor, slots: str) -> torch.Tensor:
+        """`y` [..., len(slots) * E] plus the updates of the projections in `slots` that have
+        one: `low = dropout(x) [A_1; A_2; ...]^T` (one [M, n r] product; dropout: one
+        independent mask per projection, `_DroppedLowRank`), then `y += scaling * low B^T` with
+        B the [len(slots) * E, n r] matrix holding each B_i at its projection's rows and its
+        columns of `low` (zero elsewhere), one in-place addmm."""
+        names = [s for s in slots if s in self.updates]
+        if not names:
+            return y
+        ups = [self.updates[s] for s in names]
+        width = x.shape[-1]
+        flat = x.reshape(-1, width)
+        out = y.reshape(-1, y.shape[-1])
+        a = torch.cat([u.lora_A for u in ups]).to(out.dtype)
+        b = torch.block_diag(
+            *(
+                self.updates[s].lora_B if s in self.updates else ups[0].lora_B.new_zeros(width, 0)
+                for s in slots
+            )
+        ).to(out.dtype)
+        p = ups[0].dropout.p  # the same in every projection (the config's dropout)
+        if self.training and p > 0:
+            keep = keep_masks(len(ups), flat, p)
+            low = _DroppedLowRank.apply(flat.to(out.dtype), a, keep, 1 / (1 - p))
+        else:
+            low = F.linear(flat.to(out.dtype), a)
+        return out.addmm_(low, b.t(), alpha=ups[0].scaling).view(y.shape)
 
     def merged_weights(self) -> dict[str, torch.Tensor]:
         """The frozen module's weights with the updates added (nn.MultiheadAttention names)."""
@@ -313,6 +358,35 @@ class LoRAAttention(nn.Module):
     def train(self, mode: bool = True) -> LoRAAttention:
         self._merged.clear()
         return super().train(mode)
+
+
+def keep_masks(n: int, x: torch.Tensor, p: float) -> torch.Tensor:
+    """n independent dropout keep masks [n, *x.shape] (bool, True with probability 1 - p)."""
+    return torch.rand((n, *x.shape), device=x.device) >= p
+
+
+class _DroppedLowRank(torch.autograd.Function):
+    """`low[:, i r:(i + 1) r] = scale * (x * keep[i]) A_i^T` for the n row blocks A_i of `a`
+    [n r, E]: dropout then the A product of n projections, saving `x` once and the boolean
+    masks for backward (not n dropped copies of `x`, as nn.Dropout followed by F.linear)."""
+
+    @staticmethod
+    def forward(ctx, x, a, keep, scale):  # x [M, E], a [n r, E], keep [n, M, E] bool
+        ctx.save_for_backward(x, a, keep)
+        ctx.scale = scale
+        lows = [(x * k) @ a_i.t() for k, a_i in zip(keep, a.chunk(len(keep)), strict=True)]
+        return torch.cat(lows, dim=1).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, a, keep = ctx.saved_tensors
+        pairs = list(zip(keep, a.chunk(len(keep)), grad.chunk(len(keep), dim=1), strict=True))
+        grad_x = grad_a = None
+        if ctx.needs_input_grad[0]:
+            grad_x = sum((g @ a_i) * k for k, a_i, g in pairs) * ctx.scale
+        if ctx.needs_input_grad[1]:
+            grad_a = torch.cat([g.t() @ (x * k) for k, _, g in pairs]) * ctx.scale
+        return grad_x, grad_a, None, None
 
 
 def _heads_attention(q, k, v, heads: int, attn_mask: torch.Tensor | None) -> torch.Tensor:
