@@ -361,8 +361,13 @@ class LoRAAttention(nn.Module):
 
 
 def keep_masks(n: int, x: torch.Tensor, p: float) -> torch.Tensor:
-    """n independent dropout keep masks [n, *x.shape] (bool, True with probability 1 - p)."""
-    return torch.rand((n, *x.shape), device=x.device) >= p
+    """n independent dropout keep masks [n, *x.shape] (bool, True with probability 1 - p).
+    Where 256 p is a whole number (the official 0.25) one random byte per element gives that
+    probability exactly, at under half the cost of a float draw."""
+    shape = (n, *x.shape)
+    if (256 * p).is_integer():
+        return torch.empty(shape, dtype=torch.uint8, device=x.device).random_() >= int(256 * p)
+    return torch.rand(shape, device=x.device) >= p
 
 
 class _DroppedLowRank(torch.autograd.Function):
