@@ -27,6 +27,15 @@ zero-shot teacher sees frozen CLIP). In eval mode the update is merged into the 
 until A or B change), so evaluation costs what frozen CLIP costs; merged == unmerged to 1e-6
 relative (4e-6 on the tests' logits).
 
+Training runs the unmerged update packed (`LoRAAttention.packed`, on by default; off with
+`implementation="reference"`, the official per-projection computation): q, k and v come from
+one product with the packed frozen weight, their updates from one thin pair, `x [A_q; A_k;
+A_v]^T` then one in-place addmm with the B's placed block-wise; dropout draws one boolean mask
+per projection and keeps only the masks for backward (`_DroppedLowRank`), not a dropped copy of
+the input per projection; with dropout 0 no mask is drawn and nothing is copied.
+tests/test_clip_lora_packed.py checks packed == per-projection in logits and in the gradient of
+every A and B (1e-5), with dropout 0 and, replaying the packed path's masks, with dropout 0.25.
+
 Checked against the official code (in /tmp, never in this repo; tests/test_clip_lora.py does not
 import it): their `clip/model.py` CLIP (QuickGELU) loaded with the state dict of a tiny open_clip
 ViT (vision width 128, 2 heads; text width 64, 4 heads; weights perturbed), `apply_lora` with the
@@ -54,6 +63,10 @@ Departures from the official code, on purpose:
 - The engine's loader drops the last incomplete batch (Dassl), the official keeps it.
 - The low-rank update is computed as `(x A^T) B^T` (rank-2 products), the official forms `B A`
   first.
+- Dropout keeps each element of each projection's input with probability 1 - p, independently
+  per projection, as the official, but the random draws differ: the masks of q, k and v come
+  from one draw (random bytes where 256 p is whole, the official 0.25; else uniform floats), not
+  from three nn.Dropout calls, so the same seed gives other masks than the official code.
 - Positions other than "all" are defined for any depth by fractions of the tower (bottom / mid /
   up: thirds, half-bottom / half-up: halves, top3: the last 3), which equal the official
   12-block tables.
