@@ -158,8 +158,9 @@ class CLIPLoRAConfig(MethodConfig):
     implementation: str = field(
         default="fast",
         metadata={
-            "help": "'fast' (the prompts encoded up to their longest EOT) or 'reference' (all "
-            "77 positions, as the official code)"
+            "help": "'fast' (the prompts encoded up to their longest EOT; q, k, v and their "
+            "updates packed) or 'reference' (all 77 positions, each projection on its own, as "
+            "the official code)"
         },
     )
     logit_scale: float = field(
