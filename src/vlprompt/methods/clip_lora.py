@@ -27,6 +27,15 @@ zero-shot teacher sees frozen CLIP). In eval mode the update is merged into the 
 until A or B change), so evaluation costs what frozen CLIP costs; merged == unmerged to 1e-6
 relative (4e-6 on the tests' logits).
 
+Training runs the unmerged update packed (`LoRAAttention.packed`, on by default; off with
+`implementation="reference"`, the official per-projection computation): q, k and v come from
+one product with the packed frozen weight, their updates from one thin pair, `x [A_q; A_k;
+A_v]^T` then one in-place addmm with the B's placed block-wise; dropout draws one boolean mask
+per projection and keeps only the masks for backward (`_DroppedLowRank`), not a dropped copy of
+the input per projection; with dropout 0 no mask is drawn and nothing is copied.
+tests/test_clip_lora_packed.py checks packed == per-projection in logits and in the gradient of
+every A and B (1e-5), with dropout 0 and, replaying the packed path's masks, with dropout 0.25.
+
 Checked against the official code (in /tmp, never in this repo; tests/test_clip_lora.py does not
 import it): their `clip/model.py` CLIP (QuickGELU) loaded with the state dict of a tiny open_clip
 ViT (vision width 128, 2 heads; text width 64, 4 heads; weights perturbed), `apply_lora` with the
@@ -54,6 +63,10 @@ Departures from the official code, on purpose:
 - The engine's loader drops the last incomplete batch (Dassl), the official keeps it.
 - The low-rank update is computed as `(x A^T) B^T` (rank-2 products), the official forms `B A`
   first.
+- Dropout keeps each element of each projection's input with probability 1 - p, independently
+  per projection, as the official, but the random draws differ: the masks of q, k and v come
+  from one draw (random bytes where 256 p is whole, the official 0.25; else uniform floats), not
+  from three nn.Dropout calls, so the same seed gives other masks than the official code.
 - Positions other than "all" are defined for any depth by fractions of the tower (bottom / mid /
   up: thirds, half-bottom / half-up: halves, top3: the last 3), which equal the official
   12-block tables.
@@ -145,8 +158,9 @@ class CLIPLoRAConfig(MethodConfig):
     implementation: str = field(
         default="fast",
         metadata={
-            "help": "'fast' (the prompts encoded up to their longest EOT) or 'reference' (all "
-            "77 positions, as the official code)"
+            "help": "'fast' (the prompts encoded up to their longest EOT; q, k, v and their "
+            "updates packed) or 'reference' (all 77 positions, each projection on its own, as "
+            "the official code)"
         },
     )
     logit_scale: float = field(
@@ -248,6 +262,8 @@ class LoRAAttention(nn.Module):
             }
         )
         self._merged = KeyedCache()
+        # the packed path (below); False: the per-projection path of the official code
+        self.packed = config.implementation == "fast"
 
     @property
     def base(self) -> nn.MultiheadAttention:
@@ -265,6 +281,8 @@ class LoRAAttention(nn.Module):
         return self._lora_forward(query, key, value, attn_mask), None
 
     def _lora_forward(self, query, key, value, attn_mask) -> torch.Tensor:
+        if self.packed and query is key and key is value:  # self-attention: open_clip's call
+            return self._packed_forward(query, attn_mask)
         base = self.base
         weights = base.in_proj_weight.chunk(3)
         biases = base.in_proj_bias.chunk(3) if base.in_proj_bias is not None else (None,) * 3
@@ -281,6 +299,47 @@ class LoRAAttention(nn.Module):
     def _project(self, name: str, x, weight, bias) -> torch.Tensor:
         y = F.linear(x, weight, bias)
         return y + self.updates[name](x) if name in self.updates else y
+
+    def _packed_forward(self, x: torch.Tensor, attn_mask) -> torch.Tensor:
+        """The same computation as the per-projection path with q, k and v from one packed
+        product and their low-rank updates from one thin matmul pair (`_add_updates`)."""
+        base = self.base
+        qkv = self._add_updates(F.linear(x, base.in_proj_weight, base.in_proj_bias), x, "qkv")
+        q, k, v = qkv.chunk(3, dim=-1)
+        if not base.batch_first:  # [L, N, E] -> [N, L, E]
+            q, k, v = (t.transpose(0, 1) for t in (q, k, v))
+        attended = _heads_attention(q, k, v, base.num_heads, attn_mask)
+        out = F.linear(attended, base.out_proj.weight, base.out_proj.bias)
+        out = self._add_updates(out, attended, "o")
+        return out if base.batch_first else out.transpose(0, 1)
+
+    def _add_updates(self, y: torch.Tensor, x: torch.Tensor, slots: str) -> torch.Tensor:
+        """`y` [..., len(slots) * E] plus the updates of the projections in `slots` that have
+        one: `low = dropout(x) [A_1; A_2; ...]^T` (one [M, n r] product; dropout: one
+        independent mask per projection, `_DroppedLowRank`), then `y += scaling * low B^T` with
+        B the [len(slots) * E, n r] matrix holding each B_i at its projection's rows and its
+        columns of `low` (zero elsewhere), one in-place addmm."""
+        names = [s for s in slots if s in self.updates]
+        if not names:
+            return y
+        ups = [self.updates[s] for s in names]
+        width = x.shape[-1]
+        flat = x.reshape(-1, width)
+        out = y.reshape(-1, y.shape[-1])
+        a = torch.cat([u.lora_A for u in ups]).to(out.dtype)
+        b = torch.block_diag(
+            *(
+                self.updates[s].lora_B if s in self.updates else ups[0].lora_B.new_zeros(width, 0)
+                for s in slots
+            )
+        ).to(out.dtype)
+        p = ups[0].dropout.p  # the same in every projection (the config's dropout)
+        if self.training and p > 0:
+            keep = keep_masks(len(ups), flat, p)
+            low = _DroppedLowRank.apply(flat.to(out.dtype), a, keep, 1 / (1 - p))
+        else:
+            low = F.linear(flat.to(out.dtype), a)
+        return out.addmm_(low, b.t(), alpha=ups[0].scaling).view(y.shape)
 
     def merged_weights(self) -> dict[str, torch.Tensor]:
         """The frozen module's weights with the updates added (nn.MultiheadAttention names)."""
@@ -313,6 +372,40 @@ class LoRAAttention(nn.Module):
     def train(self, mode: bool = True) -> LoRAAttention:
         self._merged.clear()
         return super().train(mode)
+
+
+def keep_masks(n: int, x: torch.Tensor, p: float) -> torch.Tensor:
+    """n independent dropout keep masks [n, *x.shape] (bool, True with probability 1 - p).
+    Where 256 p is a whole number (the official 0.25) one random byte per element gives that
+    probability exactly, at under half the cost of a float draw."""
+    shape = (n, *x.shape)
+    if (256 * p).is_integer():
+        return torch.empty(shape, dtype=torch.uint8, device=x.device).random_() >= int(256 * p)
+    return torch.rand(shape, device=x.device) >= p
+
+
+class _DroppedLowRank(torch.autograd.Function):
+    """`low[:, i r:(i + 1) r] = scale * (x * keep[i]) A_i^T` for the n row blocks A_i of `a`
+    [n r, E]: dropout then the A product of n projections, saving `x` once and the boolean
+    masks for backward (not n dropped copies of `x`, as nn.Dropout followed by F.linear)."""
+
+    @staticmethod
+    def forward(ctx, x, a, keep, scale):  # x [M, E], a [n r, E], keep [n, M, E] bool
+        ctx.save_for_backward(x, a, keep)
+        ctx.scale = scale
+        lows = [(x * k) @ a_i.t() for k, a_i in zip(keep, a.chunk(len(keep)), strict=True)]
+        return torch.cat(lows, dim=1).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, a, keep = ctx.saved_tensors
+        pairs = list(zip(keep, a.chunk(len(keep)), grad.chunk(len(keep), dim=1), strict=True))
+        grad_x = grad_a = None
+        if ctx.needs_input_grad[0]:
+            grad_x = sum((g @ a_i) * k for k, a_i, g in pairs) * ctx.scale
+        if ctx.needs_input_grad[1]:
+            grad_a = torch.cat([g.t() @ (x * k) for k, _, g in pairs]) * ctx.scale
+        return grad_x, grad_a, None, None
 
 
 def _heads_attention(q, k, v, heads: int, attn_mask: torch.Tensor | None) -> torch.Tensor:
