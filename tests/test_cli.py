@@ -201,7 +201,10 @@ def test_bench_sweeps_a_method_with_and_without_depts_head(world, tmp_path, caps
     assert saved["method_config"]["dept_weight"] == 0.5
     plain = json.loads((out / "base2new/imagefolder/coop/shots2_seed1/config.json").read_text())
     assert plain["method_config"]["feature_rule"] == "none"
-    assert "| coop+dept |" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "| coop+dept |" in summary
+    # the recipe names the label too: one run each, the rule given on the command
+    assert "| coop | 1 |" in summary and "| coop+dept | 1 |" in summary
 
 
 def test_resume_needs_only_the_run_folder(world, tmp_path, capsys):
