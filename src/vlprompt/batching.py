@@ -22,7 +22,6 @@ import torch
 from vlprompt.errors import RunError
 
 
-
 def dataset_labels(dataset: Any) -> list[int]:
     """The label of each item of a training data set, without loading its images where the data
     set lists them (ImageListDataset's `items`, the view pool's `labels`)."""
