@@ -195,7 +195,9 @@ def test_bench_sweeps_a_method_with_and_without_depts_head(world, tmp_path, caps
     assert "2 run(s) trained" in capsys.readouterr().out
     records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert sorted({r["method"] for r in records}) == ["coop", "coop+dept"]
-    saved = json.loads((out / "base2new/imagefolder/coop+dept/shots2_seed1/config.json").read_text())
+    saved = json.loads(
+        (out / "base2new/imagefolder/coop+dept/shots2_seed1/config.json").read_text()
+    )
     assert saved["method"] == "coop"
     assert saved["method_config"]["feature_rule"] == "dept"
     assert saved["method_config"]["dept_weight"] == 0.5

@@ -1701,7 +1701,9 @@ def preset_label(preset: Preset) -> str:
     rules: dict[str, Any] = {}
     for rule in preset.rules:
         rules.update({k: v for k, v in rule.settings.items() if k.endswith("_rule")})
-    return method_label(preset.method, rules.get("feature_rule", "none"), rules.get("gradient_rule"))
+    return method_label(
+        preset.method, rules.get("feature_rule", "none"), rules.get("gradient_rule")
+    )
 
 
 def _preset_target(name: str, preset: Preset, methods: Sequence[str]) -> str:
