@@ -10,7 +10,9 @@ the text encoder runs batch x classes sequences (the official code loops over th
 Defaults are the paper's base-to-new recipe: 4 context vectors initialised from "a photo of a",
 SGD lr 0.002, batch 1, 10 epochs, 1 warm-up epoch at 1e-5. Class token at the end (the only
 layout CoCoOp defines). On ViT-B/16 shapes (d = 512, width 512) it learns
-4*512 + (512*32 + 32) + (32*512 + 512) = 35,360 parameters.
+4*512 + (512*32 + 32) + (32*512 + 512) = 35,360 parameters. DePT's head composes with it
+(`feature_rule="dept"`, official `trainers/elp_cocoop.py`): each image's label feature for the
+head comes from that image's own class features (`image_class_features`, [B, C, E]).
 
 Departures from the official code, on purpose:
 - Precision: the official configs set PREC "fp16" (`configs/trainers/CoCoOp/*.yaml`), which
