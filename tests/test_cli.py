@@ -152,6 +152,9 @@ def test_bench_set_takes_a_method_prefix_for_one_methods_setting():
     assert per_method == {"clip_lora": {"iterations": 500}, "coop": {"n_ctx": 4}}
     with pytest.raises(BenchError, match=r"'rpo' is not among the sweep's methods \(coop\)"):
         _split_settings([("rpo.K", 4)], ["coop"])
+    assert _split_settings([("coop+dept.lr", 0.1)], ["coop", "coop+dept"]) == (
+        {}, {"coop+dept": {"lr": 0.1}}
+    )  # fmt: skip
 
 
 def test_methods_and_datasets_are_listed(capsys):
@@ -176,6 +179,34 @@ def test_bench_verb_runs_a_base2new_sweep_on_the_engine(world, tmp_path, capsys)
     assert sorted(r["subsample"] for r in records) == ["base", "new"]
     assert main(argv) == 0  # everything recorded: nothing runs again
     assert "0 run(s) trained or evaluated, 1 already done" in capsys.readouterr().out
+
+
+def test_bench_sweeps_a_method_with_and_without_depts_head(world, tmp_path, capsys):
+    """`--methods coop,coop+dept`: one sweep, two labels in its records and summary, and
+    `--set coop+dept.KEY=...` for the DePT runs only."""
+    out = tmp_path / "bench"
+    argv = [
+        "bench", "base2new", "--methods", "coop,coop+dept", "--datasets", "imagefolder",
+        "--seeds", "1", "--shots", "2", "--root", str(world["data"]), "--backbone", TINY_VIT,
+        "--pretrained", str(world["ckpt"]), "--set", "epochs=1", "--set", "n_ctx=2",
+        "--set", "coop+dept.dept_weight=0.5", "-q", "-o", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    assert "2 run(s) trained" in capsys.readouterr().out
+    records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted({r["method"] for r in records}) == ["coop", "coop+dept"]
+    saved = json.loads(
+        (out / "base2new/imagefolder/coop+dept/shots2_seed1/config.json").read_text()
+    )
+    assert saved["method"] == "coop"
+    assert saved["method_config"]["feature_rule"] == "dept"
+    assert saved["method_config"]["dept_weight"] == 0.5
+    plain = json.loads((out / "base2new/imagefolder/coop/shots2_seed1/config.json").read_text())
+    assert plain["method_config"]["feature_rule"] == "none"
+    summary = (out / "summary.md").read_text()
+    assert "| coop+dept |" in summary
+    # the recipe names the label too: one run each, the rule given on the command
+    assert "| coop | 1 |" in summary and "| coop+dept | 1 |" in summary
 
 
 def test_resume_needs_only_the_run_folder(world, tmp_path, capsys):

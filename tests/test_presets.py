@@ -319,6 +319,13 @@ CASES = [
         {**DEPT, "n_ctx": 16, "ctx_init": "", "csc": False, "class_token_position": "end"},
     ),
     (
+        "cocoop_dept_base2new",
+        "cocoop",
+        "oxford_pets",
+        16,
+        {**DEPT, "lr": 0.002, "batch_size": 1, "n_ctx": 4, "ctx_init": "a photo of a"},
+    ),
+    (
         "kgcoop_dept_base2new",
         "kgcoop",
         "oxford_pets",

@@ -346,3 +346,55 @@ def test_the_zero_shot_note_names_chance_and_the_likely_causes():
     mini = resolve_config("coop", "mini_shapes")
     note = zero_shot_note(record, mini, {"epochs": 40, "n_train_images": 80})
     assert "likely cause" not in note and "compare the settings" in note
+
+
+# ---- method labels: a method with its rules (vlprompt.methods.labels) ----------------------------
+def test_a_sweep_runs_a_method_with_and_without_a_rule_side_by_side(tmp_path):
+    engine = FakeEngine()
+    result = run_bench(
+        "base2new", ["alpha", "alpha+dept"], ["pets"], seeds=[1], plots=False,
+        output_dir=tmp_path / "bench", backend=engine.backend(),
+        method_overrides={"alpha": {"lr": 0.1}, "alpha+dept": {"epochs": 3}},
+    )  # fmt: skip
+    assert result.ok
+    plain, dept = engine.train_calls
+    assert plain["method"] == dept["method"] == "alpha"  # the registered method is trained
+    assert "feature_rule" not in plain and dept["feature_rule"] == "dept"
+    assert plain["lr"] == dept["lr"] == 0.1  # the method's overrides reach its labels too
+    assert "epochs" not in plain and dept["epochs"] == 3  # a label's own only its runs
+    records = read_records(tmp_path / "bench" / "results.jsonl")
+    assert [r["method"] for r in records] == ["alpha"] * 2 + ["alpha+dept"] * 2
+    assert [r.get("base_method") for r in records] == [None] * 2 + ["alpha"] * 2
+    assert {r["run"] for r in records} == {
+        "base2new/pets/alpha/shots16_seed1", "base2new/pets/alpha+dept/shots16_seed1"
+    }  # fmt: skip
+    summary = (tmp_path / "bench" / "summary.md").read_text()
+    assert "| alpha+dept |" in summary and "| alpha |" in summary
+
+
+def test_a_rule_set_by_settings_names_the_runs(tmp_path):
+    """`--set feature_rule=dept` on plain names: the runs and records say alpha+dept."""
+    engine = FakeEngine()
+    run_bench("base2new", ["alpha"], ["pets"], seeds=[1], plots=False, report=False,
+              output_dir=tmp_path / "bench", backend=engine.backend(),
+              config_overrides={"feature_rule": "dept"})  # fmt: skip
+    records = read_records(tmp_path / "bench" / "results.jsonl")
+    assert {r["method"] for r in records} == {"alpha+dept"}
+    assert (tmp_path / "bench" / "base2new" / "pets" / "alpha+dept" / "shots16_seed1").is_dir()
+
+
+def test_two_names_of_the_same_runs_are_refused_before_any_work(tmp_path):
+    engine = FakeEngine()
+    with pytest.raises(BenchError, match="'alpha' and 'alpha\\+dept' of the sweep train the same"):
+        run_bench("base2new", ["alpha", "alpha+dept"], ["pets"], seeds=[1], plots=False,
+                  output_dir=tmp_path / "bench", backend=engine.backend(),
+                  config_overrides={"feature_rule": "dept"})  # fmt: skip
+    assert engine.train_calls == []
+
+
+def test_a_bad_label_is_one_clear_error(tmp_path):
+    engine = FakeEngine()
+    with pytest.raises(BenchError, match="'dpt' is not a rule"):
+        run_bench("base2new", ["alpha+dpt"], ["pets"], seeds=[1], plots=False,
+                  output_dir=tmp_path / "bench", backend=engine.backend())  # fmt: skip
+    assert engine.train_calls == [] and not (tmp_path / "bench").exists()

@@ -44,9 +44,18 @@ def test_every_row_names_its_source_by_kind():
 
 
 def test_methods_of_the_table_are_vlprompt_methods():
-    from vlprompt.methods import list_methods
+    """Each row's method is a registered method, or a label (``coop+dept``) of one with rules it
+    supports, written as results write it."""
+    from vlprompt.methods import get_method_class, list_methods
+    from vlprompt.methods.labels import canonical_label, parse_label
 
-    assert {n.method for n in published.published()} <= set(list_methods())
+    names = {n.method for n in published.published()}
+    assert {parse_label(n)[0] for n in names} <= set(list_methods())
+    for name in names:
+        assert canonical_label(name) == name
+        rule = parse_label(name)[1].get("feature_rule")
+        assert rule is None or rule in get_method_class(parse_label(name)[0]).feature_rules, name
+    assert {"coop+dept", "cocoop+dept", "kgcoop+dept", "maple+dept", "promptsrc+dept"} <= names
 
 
 def test_averages_are_computed_from_the_eleven_rows_and_match_the_stored_ones():
@@ -120,3 +129,13 @@ def test_few_shot_cells_meet_tip_adapters_rows_and_the_computed_average():
         ("oxford_pets", "88.14", "repository file"),
         (AVERAGE, "70.32", "computed"),
     ]
+
+
+def test_a_dept_run_meets_depts_rows_not_its_base_methods():
+    cells = [_cell("coop+dept", AVERAGE, "base", 80.0, n_datasets=11),
+             _cell("coop", AVERAGE, "base", 79.0, n_datasets=11)]  # fmt: skip
+    pairs = {c.method: n for c, n in published.matches(cells)}
+    assert pairs["coop+dept"].text == "83.66" and "Koorye/DePT" in pairs["coop+dept"].source
+    assert pairs["coop"].text == "82.69"
+    text = "\n".join(published.comparison_md(cells))
+    assert "| coop+dept | average | 16 | base | 80.00 ± 0.50 | 83.66 | -3.66 |" in text

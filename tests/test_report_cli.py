@@ -46,6 +46,18 @@ def test_published_fills_from_the_table_on_a_benchmark_sweep(tmp_path, capsys):
     assert "## Published numbers" in (tmp_path / "summary.md").read_text()
 
 
+def test_published_sets_a_dept_label_beside_depts_rows_not_its_base_methods(tmp_path, capsys):
+    from vlprompt.published import ELEVEN
+
+    sweep(tmp_path, methods=("coop", "coop+dept"), datasets=ELEVEN)
+    assert main(["report", str(tmp_path), "--published", "--no-plots"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    dept = [x for x in lines if x.startswith("| coop+dept | average | 16 | base |")]
+    coop = [x for x in lines if x.startswith("| coop | average | 16 | base |")]
+    assert len(dept) == len(coop) == 1
+    assert "| 83.66 |" in dept[0] and "| 82.69 |" in coop[0]  # DePT's README / CoOp's row
+
+
 def test_published_on_a_mini_sweep_says_there_is_nothing_to_compare(tmp_path, capsys):
     sweep(tmp_path, datasets=("mini_shapes", "mini_scenes"), backbone="vlprompt-mini-vit")
     assert main(["report", str(tmp_path), "--published", "--no-plots"]) == 0

@@ -141,7 +141,7 @@ def _changed(option):
     special = {"root": "/elsewhere", "preset": "coop", "backbone": "RN50", "pretrained": None,
                "device": "cuda:1", "subsample": "base", "precision": "bf16",
                "split": "0.6,0.2,0.2", "classnames_file": "/names.json",
-               "select_on": "val"}  # fmt: skip
+               "select_on": "val", "batches": "one_class"}  # fmt: skip
     if option.name in special:
         return special[option.name]
     if isinstance(option.default, bool):

@@ -628,6 +628,7 @@ def train(
     keep_checkpoints: int = 1,
     view_pool: int = 0,
     crop_min_scale: float = CROP_MIN_SCALE_DEFAULT,
+    batches: str = "mixed",
     select_on: str = "last",
     evaluate: bool = True,
     calibrate: bool = True,
@@ -650,7 +651,8 @@ def train(
     augmentation; see vlprompt.view_pool).
     `crop_min_scale`: the smallest area fraction of a training crop (default 0.08, the papers',
     or the preset's: 1 = no crop under `mini`, the default preset with the tiny CLIP;
-    ``preset="paper"`` is the papers' recipes there). `backbone=None` is the papers' ViT-B/16,
+    ``preset="paper"`` is the papers' recipes there). `batches="one_class"`: each training batch
+    holds one class's images (Skip Tuning's official loader; vlprompt.batching). `backbone=None` is the papers' ViT-B/16,
     or the shipped tiny CLIP for a mini-world data set. `trust_torchscript`: allow a
     TorchScript archive as `pretrained` (it can run code).
     `echo=False` keeps the run's lines in its `log.txt` (the logger gets them at DEBUG).

@@ -58,6 +58,8 @@ BENCH_EXAMPLE = """examples:
   vlprompt bench dg --methods rpo --datasets imagenet --set lr=0.005 -o bench/dg
   vlprompt bench base2new --methods rpo,cocoop --datasets dtd --preset rpo_base2new,cocoop \\
       -o bench/b2n_official   # each method's official settings (`vlprompt presets`)
+  vlprompt bench base2new --methods coop,coop+dept --datasets dtd \
+      --preset coop_base2new,coop_dept_base2new -o bench/dept   # CoOp with and without DePT
 """
 REPORT_EXAMPLE = """examples:
   vlprompt report bench/b2n                       # rewrite summary.md from results.jsonl
@@ -333,7 +335,10 @@ def _add_bench_parser(p: argparse.ArgumentParser) -> None:
     from vlprompt.protocols import PROTOCOLS
 
     p.add_argument("protocol", choices=PROTOCOLS)
-    p.add_argument("--methods", required=True, help="comma-separated method names")
+    p.add_argument("--methods", required=True,
+                   help="comma-separated method names, each optionally with its rules: "
+                   "coop,coop+dept,coop+dept+prograd (a feature rule, then a gradient rule; "
+                   "results name the runs so)")  # fmt: skip
     p.add_argument("--datasets", required=True, help="comma-separated (source) data sets")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
     p.add_argument("--shots", help="comma-separated shots (default: the protocol's)")

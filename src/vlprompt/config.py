@@ -25,6 +25,7 @@ MAX_SEED = 2**32 - 1  # numpy's limit (np.random.seed)
 DEVICE_EXAMPLES = "cpu, cuda, cuda:1, mps"
 SUBSAMPLE_CHOICES = ("all", "base", "new")
 SELECT_CHOICES = ("last", "val")  # which epoch's weights a run keeps
+BATCH_MODES = ("mixed", "one_class")  # how training batches are drawn (vlprompt.batching)
 DEFAULT_BACKBONE = "ViT-B-16"  # the papers' backbone
 DEFAULT_PRETRAINED = "openai"  # OpenAI weights (QuickGELU is chosen by vlprompt.load_clip)
 
@@ -58,8 +59,8 @@ CROP_MIN_SCALE_DEFAULT = EngineDefault(0.08)  # the papers' random resized crop 
 
 @dataclass
 class EngineSettings:
-    """How the engine runs. Only `precision`, `deterministic`, `view_pool` and `crop_min_scale`
-    can change the numbers."""
+    """How the engine runs. Only `precision`, `deterministic`, `view_pool`, `crop_min_scale` and
+    `batches` can change the numbers."""
 
     # Each field is a train option (see TrainOptions): its "help" is its `--FIELD-NAME` flag's
     # help on `vlprompt train` and `bench` ("verbs"); "runtime" marks a setting that is not part
@@ -109,6 +110,13 @@ class EngineSettings:
                   "papers, CoOp / Dassl; raise it for small objects in the frame; 1 = no crop, "
                   "flips only)", "metavar": "F"},
     )  # fmt: skip
+    batches: str = field(
+        default="mixed",
+        metadata={"help": "how training batches are drawn: mixed (default: shuffled over all "
+                  "classes, as the papers) or one_class (each batch one class's images, as Skip "
+                  "Tuning's official loader for 4+ shots; vlprompt.batching)",
+                  "choices": BATCH_MODES},
+    )  # fmt: skip
 
     select_on: str = field(
         default="last",
@@ -119,6 +127,10 @@ class EngineSettings:
 
     def __post_init__(self) -> None:
         self.device = check_device(self.device)
+        if self.batches not in BATCH_MODES:
+            raise ConfigError(
+                f"batches must be one of {', '.join(BATCH_MODES)}, got {self.batches!r}"
+            )
         if self.select_on not in SELECT_CHOICES:
             raise ConfigError(
                 f"select_on must be one of {', '.join(SELECT_CHOICES)}, got {self.select_on!r}"

@@ -5,7 +5,9 @@ The recipe follows CoOp/Dassl, which every paper's numbers use:
 - the optimizer and the learning rate (set per epoch, or per step with `lr_schedule="step"`) come
   from `vlprompt.schedule`, and so does the training length (`epochs`, or `iterations` steps);
 - the training loader shuffles and drops the last incomplete batch when the training set holds at
-  least one batch (Dassl: `drop_last=is_train and len(data_source) >= batch_size`);
+  least one batch (Dassl: `drop_last=is_train and len(data_source) >= batch_size`); opt-in,
+  `batches="one_class"` gives each batch one class's images instead (Skip Tuning's official
+  loader, `vlprompt.batching`);
 - the last epoch is evaluated (no model selection on val).
 
 Under DDP (`vlprompt.distributed`) each process takes `batch_size / world_size` images of the
@@ -99,7 +101,7 @@ def train_loader(
     settings: EngineSettings,
     ctx: Dist,
     device: torch.device,
-) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DistributedSampler, torch.Generator]:
+) -> tuple[torch.utils.data.DataLoader, Any, torch.Generator]:
     """Shuffled loader of this process's share of each global batch.
 
     The order comes from DistributedSampler (seeded with `seed`, re-shuffled by `set_epoch`) in
@@ -110,10 +112,21 @@ def train_loader(
             f"batch_size {batch_size} is not divisible by the {ctx.world_size} processes; "
             "choose a batch size that is a multiple of --nproc_per_node"
         )
+    generator = torch.Generator()
+    if settings.batches == "one_class":  # opt-in: each batch one class's images
+        from vlprompt.batching import OneClassBatchSampler, dataset_labels
+
+        batch_sampler = OneClassBatchSampler(
+            dataset_labels(dataset), batch_size, seed, world_size=ctx.world_size, rank=ctx.rank
+        )
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=batch_sampler, num_workers=settings.workers(),
+            pin_memory=device.type == "cuda", worker_init_fn=seed_worker, generator=generator,
+        )  # fmt: skip
+        return loader, batch_sampler, generator
     sampler = torch.utils.data.DistributedSampler(
         dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed
     )
-    generator = torch.Generator()
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size // ctx.world_size,

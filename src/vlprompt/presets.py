@@ -542,12 +542,13 @@ register_preset(
 _DEPT = "Koorye/DePT"
 
 
-def _dept(base: str, config: str, settings: dict) -> tuple[Rule, ...]:
+def _dept(base: str, config: str, settings: dict, lr: float = 0.0035, batch: int = 4,
+          ) -> tuple[Rule, ...]:  # fmt: skip
     """DePT on `base` (configs.py `{base}_dept`): the base method's settings as DePT runs them,
-    the head's (train.py extend_cfg) and the shared recipe."""
+    the head's (train.py extend_cfg) and the shared recipe (CoCoOp's: lr 0.002, batch 1)."""
     return (
         Rule(
-            {"optimizer": "sgd", "lr": 0.0035, "epochs": 10, "batch_size": 4, **_WARMUP},
+            {"optimizer": "sgd", "lr": lr, "epochs": 10, "batch_size": batch, **_WARMUP},
             f"{_DEPT} configs/trainers/{config}.yaml (configs.py {base}_dept, 16 shots)",
         ),
         Rule(
@@ -574,6 +575,23 @@ register_preset(
             "coop",
             "ExtrasLinearProbeCoOp/vit_b16_ep10_bs4_lr35",
             {"n_ctx": 16, "ctx_init": "", "csc": False, "class_token_position": "end"},
+        ),
+        shots=(16,),
+        notes=(_DEPT_NOTE,),
+    )
+)
+register_preset(
+    Preset(
+        "cocoop_dept_base2new",
+        "cocoop",
+        "CoCoOp + DePT base-to-new (ExtrasLinearProbeCoCoOp/vit_b16_c4_ep10_batch1_ctxv1): 4 ctx "
+        "from 'a photo of a', head weight 0.7 at 6.5x lr, SGD lr 0.002, 10 epochs, batch 1",
+        _dept(
+            "cocoop",
+            "ExtrasLinearProbeCoCoOp/vit_b16_c4_ep10_batch1_ctxv1",
+            {"n_ctx": 4, "ctx_init": "a photo of a"},
+            lr=0.002,
+            batch=1,
         ),
         shots=(16,),
         notes=(_DEPT_NOTE,),
@@ -1645,9 +1663,12 @@ def resolve_preset(name: str | None, method: str, dataset: str, shots: int) -> d
 def presets_for_methods(
     names: str | Iterable[str] | None, methods: Sequence[str]
 ) -> dict[str, str]:
-    """{method: preset} for a sweep over `methods`: each preset named applies to the runs of its
-    own method (so ``rpo_base2new,cocoop`` serves a sweep of both); a preset of no method of the
-    sweep, or two for one method, is a PresetError. Methods without one run on their defaults."""
+    """{method: preset} for a sweep over `methods` (names or labels such as ``coop+dept``,
+    vlprompt.methods.labels): each preset named applies to the runs of its own method (so
+    ``rpo_base2new,cocoop`` serves a sweep of both); one whose rules make a label of the sweep
+    (``coop_dept_base2new``: ``coop+dept``) applies to that label, otherwise to its method's plain
+    name, otherwise to the one label of its method. A preset of no method of the sweep, or two
+    for one method, is a PresetError. Methods without one run on their defaults."""
     if names is None:
         return {}
     names = [names] if isinstance(names, str) else list(names)
@@ -1662,18 +1683,50 @@ def presets_for_methods(
     out: dict[str, str] = {}
     for name in names:
         preset = get_preset(name)
-        if preset.method not in methods:
+        method = _preset_target(name, preset, methods)
+        if method in out:
             raise PresetError(
-                f"preset {name!r} is for method {preset.method!r}, which this sweep does not "
-                f"run (methods: {', '.join(methods)})"
+                f"presets {out[method]!r} and {name!r} are both for method {method!r}; name one "
+                "per method"
             )
-        if preset.method in out:
-            raise PresetError(
-                f"presets {out[preset.method]!r} and {name!r} are both for method "
-                f"{preset.method!r}; name one per method"
-            )
-        out[preset.method] = name
+        out[method] = name
     return out
+
+
+def preset_label(preset: Preset) -> str:
+    """The label of the runs `preset` makes (``coop+dept`` for a preset that sets
+    feature_rule=dept on CoOp; its method's name for most)."""
+    from vlprompt.methods.labels import method_label
+
+    rules: dict[str, Any] = {}
+    for rule in preset.rules:
+        rules.update({k: v for k, v in rule.settings.items() if k.endswith("_rule")})
+    return method_label(
+        preset.method, rules.get("feature_rule", "none"), rules.get("gradient_rule")
+    )
+
+
+def _preset_target(name: str, preset: Preset, methods: Sequence[str]) -> str:
+    from vlprompt.methods.labels import canonical_label, parse_label
+
+    exact = [m for m in methods if canonical_label(m) == preset_label(preset)]
+    if exact:
+        return exact[0]
+    if preset.method in methods:
+        return preset.method
+    same = [m for m in methods if parse_label(m)[0] == preset.method]
+    if len(same) == 1:
+        return same[0]
+    if not same:
+        raise PresetError(
+            f"preset {name!r} is for method {preset.method!r}, which this sweep does not "
+            f"run (methods: {', '.join(methods)})"
+        )
+    raise PresetError(
+        f"preset {name!r} is for method {preset.method!r}, which this sweep runs as "
+        f"{', '.join(same)} and whose rules match none of them; run those in separate sweeps, "
+        "one with this preset"
+    )
 
 
 def describe_presets(verbose: bool = False) -> list[str]:

@@ -17,7 +17,11 @@ Protocols (as the CoOp / CoCoOp / RPO evaluation scripts run them; docs/reproduc
 
 The sweep folder is claimed and locked as vlprompt.run_folder says: a folder of the user's is
 refused untouched, and a second sweep into the same folder stops at once with the holder's PID.
-Run folders are ``<output_dir>/<protocol>/<data set>/<method>/shots<k>_seed<s>/`` (xd and dg share
+Methods are named by their label (`vlprompt.methods.labels`): a registered method, or one with
+the rules it runs with, e.g. ``coop,coop+dept`` sweeps CoOp with and without DePT's head in one
+folder, so the summary compares them seed by seed. A run's label is that of its resolved config,
+so ``coop`` with a preset that sets feature_rule=dept is recorded as ``coop+dept`` too.
+Run folders are ``<output_dir>/<protocol>/<data set>/<label>/shots<k>_seed<s>/`` (xd and dg share
 ``transfer/...``: both test the same source-trained run, as in CoCoOp). Resuming: an
 evaluation whose key is already in the sweep's `results.jsonl` is never repeated; a finished run
 that lacks some evaluations is loaded and evaluated; an unfinished run is resumed by the engine
@@ -90,6 +94,14 @@ class RunSpec:
     seed: int
     subsample: str  # training classes: "base" (base2new) or "all"
     evaluations: tuple[Evaluation, ...]
+    # the registered method trained when `method` is a label with rules ("coop" of "coop+dept");
+    # "" when `method` is the registered name itself
+    base_method: str = ""
+
+    @property
+    def trained_method(self) -> str:
+        """The registered method the run trains."""
+        return self.base_method or self.method
 
     @property
     def key(self) -> str:
@@ -120,7 +132,9 @@ class Backend:
     `load_run(run_dir, device=...) -> run`, `is_finished(run_dir) -> bool`.
     Optional: `check(methods, datasets)` raises for unknown names before any training starts;
     `check_run(run_dir, method, dataset, train_kwargs)` raises when a run folder holds a run of
-    another config than the sweep would train; `variants_of(source)` lists dg targets.
+    another config than the sweep would train; `variants_of(source)` lists dg targets;
+    `label_of(method, dataset, train_kwargs)` gives the label of the run those settings train
+    (default: from the rules the settings name, `_label_of_settings`).
     """
 
     train: Callable[..., Any]
@@ -130,6 +144,7 @@ class Backend:
     check: Callable[[Sequence[str], Sequence[str]], None] | None = None
     check_run: Callable[[Path, str, str, dict[str, Any]], None] | None = None
     variants_of: Callable[[str], list[str]] | None = None
+    label_of: Callable[[str, str, dict[str, Any]], str] | None = None
 
 
 def default_backend() -> Backend:
@@ -145,6 +160,7 @@ def default_backend() -> Backend:
         check=_check_names,
         check_run=_check_saved_config,
         variants_of=registered_variants,
+        label_of=_label_of_config,
     )
 
 
@@ -184,20 +200,11 @@ def _refuse_closed_set_methods(methods: Sequence[str]) -> None:
 def _check_saved_config(run_dir: Path, method: str, dataset: str, kwargs: dict[str, Any]) -> None:
     """Refuse to reuse a run folder trained with another config than this sweep asks for
     (otherwise a sweep re-run with new settings would silently report the old runs)."""
-    from vlprompt import api
-    from vlprompt.config import (
-        EngineSettings,
-        config_differences,
-        read_run_config,
-        split_train_kwargs,
-    )
+    from vlprompt.config import config_differences, read_run_config
 
     if not has_config(run_dir):
         return
-    named, engine, _, overrides = split_train_kwargs(kwargs)
-    wanted = api.resolve_config(
-        method, dataset, engine=EngineSettings(**engine), overrides=overrides, **named
-    )
+    wanted = _resolved_config(method, dataset, kwargs)
     diffs = config_differences(read_run_config(run_dir), wanted)
     if diffs:
         raise BenchError(
@@ -205,6 +212,32 @@ def _check_saved_config(run_dir: Path, method: str, dataset: str, kwargs: dict[s
             "use another output folder for the new settings, or delete that run folder and its "
             "lines in results.jsonl to train it again"
         )
+
+
+def _resolved_config(method: str, dataset: str, kwargs: dict[str, Any]) -> Any:
+    """The RunConfig a train call of `method` on `dataset` with `kwargs` would make."""
+    from vlprompt import api
+    from vlprompt.config import EngineSettings, split_train_kwargs
+
+    named, engine, _, overrides = split_train_kwargs(kwargs)
+    return api.resolve_config(
+        method, dataset, engine=EngineSettings(**engine), overrides=overrides, **named
+    )
+
+
+def _label_of_config(method: str, dataset: str, kwargs: dict[str, Any]) -> str:
+    """The label of the run's resolved method config (presets and overrides included)."""
+    from vlprompt.methods.labels import method_label
+
+    config = _resolved_config(method, dataset, kwargs).method_config
+    return method_label(method, config.get("feature_rule", "none"), config.get("gradient_rule"))
+
+
+def _label_of_settings(method: str, dataset: str, kwargs: dict[str, Any]) -> str:
+    """The label of the rules `kwargs` name (a backend that resolves no configs)."""
+    from vlprompt.methods.labels import method_label
+
+    return method_label(method, kwargs.get("feature_rule", "none"), kwargs.get("gradient_rule"))
 
 
 # the papers' column order of the ImageNet variants; other variants follow, sorted
@@ -357,6 +390,8 @@ def _record(spec: RunSpec, evaluation: Evaluation, result: dict[str, Any]) -> di
     if not math.isfinite(accuracy):
         raise BenchError(f"evaluation of {spec.key} returned accuracy {accuracy}")
     record = dict(result)
+    if spec.trained_method != spec.method:
+        record["base_method"] = spec.trained_method
     record.update(
         protocol=spec.protocol,
         method=spec.method,
@@ -384,7 +419,7 @@ def _train_or_load(
     resume = run_dir.is_dir() and any(run_dir.iterdir())
     log.debug("%s: %s", spec.key, "resuming" if resume else "training")
     return backend.train(
-        spec.method,
+        spec.trained_method,
         spec.dataset,
         shots=spec.shots,
         seed=spec.seed,
@@ -488,17 +523,18 @@ def run_bench(
         targets=targets,
         variants_of=backend.variants_of,
     )
+    bases = _label_bases(sorted({s.method for s in specs}))
     if protocol == "base2new":
-        _refuse_closed_set_methods(sorted({s.method for s in specs}))
+        _refuse_closed_set_methods(sorted(set(bases.values())))
     if backend.check is not None:
         evaluated = {e.dataset for s in specs for e in s.evaluations}
-        backend.check(sorted({s.method for s in specs}), sorted(evaluated))
+        backend.check(sorted(set(bases.values())), sorted(evaluated))
     from vlprompt.presets import presets_for_methods, resolve_preset
 
-    by_method = presets_for_methods(preset, sorted({s.method for s in specs}))
+    by_label = presets_for_methods(preset, sorted(bases))
     for spec in specs:  # a preset without values for a run's shots fails before any work
-        resolve_preset(by_method.get(spec.method), spec.method, spec.dataset, spec.shots)
-    _say_mini_preset(specs, by_method, backbone)
+        resolve_preset(by_label.get(spec.method), bases[spec.method], spec.dataset, spec.shots)
+    _say_mini_preset(specs, by_label, backbone)
     common: dict[str, Any] = {"device": device, **(train_kwargs or {})}
     common.setdefault("echo", verbose)  # per-epoch lines: the run's log.txt, live with -v
     common.setdefault("progress", False)  # no per-epoch bars under the sweep's bar
@@ -507,13 +543,21 @@ def run_bench(
             common[name] = value
 
     def kwargs_of(spec: RunSpec) -> dict[str, Any]:
+        from vlprompt.methods.labels import parse_label
+
+        base = bases[spec.method]
+        own = (method_overrides or {}).get(spec.method, {}) if spec.method != base else {}
         return {
             **common,
-            **({"preset": by_method[spec.method]} if spec.method in by_method else {}),
+            **({"preset": by_label[spec.method]} if spec.method in by_label else {}),
             **(config_overrides or {}),
-            **(method_overrides or {}).get(spec.method, {}),
+            **(method_overrides or {}).get(base, {}),
+            **own,
+            **parse_label(spec.method)[1],
         }
 
+    planned = _labelled(specs, bases, kwargs_of, backend.label_of or _label_of_settings)
+    specs = [spec for spec, _ in planned]
     # Ray is started (or joined) and its resources checked before the sweep folder is touched
     session = ray_session(ray) if executor == "ray" else contextlib.nullcontext()
     with session:
@@ -522,19 +566,19 @@ def run_bench(
             for spec in specs:  # a run folder reached through a link would write outside the sweep
                 refuse_links_below(output_dir, spec.run_dir(output_dir))
             if backend.check_run is not None:  # before any work: a run folder of other settings
-                for spec in specs:
+                for spec, kwargs in planned:
                     identity = dict(shots=spec.shots, seed=spec.seed, subsample=spec.subsample)
-                    kwargs = {**kwargs_of(spec), **identity}
-                    backend.check_run(spec.run_dir(output_dir), spec.method, spec.dataset, kwargs)
+                    backend.check_run(spec.run_dir(output_dir), spec.trained_method, spec.dataset,
+                                      {**kwargs, **identity})  # fmt: skip
             results_path = output_dir / RESULTS_FILE
             _repair_tail(results_path)
             recorded = {r.get("key") for r in read_records(results_path)}
             outcome = BenchResult(output_dir=output_dir, planned=[s.key for s in specs])
             jobs = []
-            for spec in specs:
+            for spec, kwargs in planned:
                 missing = tuple(e for e in spec.evaluations if spec.eval_key(e) not in recorded)
                 if missing:
-                    jobs.append(Job(spec, missing, spec.run_dir(output_dir), kwargs_of(spec)))
+                    jobs.append(Job(spec, missing, spec.run_dir(output_dir), kwargs))
                 else:
                     outcome.skipped.append(spec.key)
             if executor == "ray":
@@ -545,6 +589,45 @@ def run_bench(
     return outcome
 
 
+def _label_bases(labels: Sequence[str]) -> dict[str, str]:
+    """{label: its registered method} for a sweep's method names (BenchError for a bad one)."""
+    from vlprompt.methods.labels import parse_label
+
+    try:
+        return {label: parse_label(label)[0] for label in labels}
+    except VlpromptError as exc:
+        raise BenchError(str(exc)) from None
+
+
+def _labelled(
+    specs: Sequence[RunSpec],
+    bases: dict[str, str],
+    kwargs_of: Callable[[RunSpec], dict[str, Any]],
+    label_of: Callable[[str, str, dict[str, Any]], str],
+) -> list[tuple[RunSpec, dict[str, Any]]]:
+    """Each run named by the label of what it trains (`label_of` its settings), with its train
+    keywords; BenchError when two method names of the sweep train the same runs."""
+    from dataclasses import replace
+
+    labels: dict[tuple[str, str, int], str] = {}  # a label depends on method, data set, shots
+    planned, named = [], {}
+    for spec in specs:
+        kwargs = kwargs_of(spec)
+        base = bases[spec.method]
+        key = (spec.method, spec.dataset, spec.shots)
+        if key not in labels:
+            labels[key] = label_of(base, spec.dataset, {**kwargs, "shots": spec.shots})
+        label = labels[key]
+        run = replace(spec, method=label, base_method=base if base != label else "")
+        if named.setdefault(run.key, spec.method) != spec.method:
+            raise BenchError(
+                f"methods {named[run.key]!r} and {spec.method!r} of the sweep train the same "
+                f"runs ({label!r} with these settings); name each variant once"
+            )
+        planned.append((run, kwargs))
+    return planned
+
+
 def _say_mini_preset(specs: Sequence[RunSpec], by_method: dict[str, str],
                      backbone: str | None) -> None:  # fmt: skip
     """The sweep's first line, when its runs get the mini world's settings (the `mini` preset,
@@ -553,7 +636,7 @@ def _say_mini_preset(specs: Sequence[RunSpec], by_method: dict[str, str],
     from vlprompt.presets import MINI_PRESET, default_preset
 
     def preset_of(spec: RunSpec) -> str | None:
-        named = by_method.get(spec.method)
+        named = by_method.get(spec.method)  # keyed by the sweep's method names (labels)
         return named or default_preset(_default_backbone(spec.dataset, backbone, None)[0])
 
     if any(preset_of(spec) == MINI_PRESET for spec in specs):

@@ -162,8 +162,14 @@ def _csv_arg(args: dict[str, str], name: str) -> list[str]:
     return [x for x in args.get(name, "").split(",") if x]
 
 
+RULE_TITLES = {"dept": "DePT", "prograd": "ProGrad's gradient rule", "kd": "KD",
+               "none": "no gradient rule"}  # fmt: skip
+
+
 def _method_title(method: str) -> str:
-    return METHOD_TITLES.get(method, method)
+    """A method's title; a label with rules (``coop+dept``) as "CoOp + DePT"."""
+    base, *rules = method.split("+")
+    return " + ".join([METHOD_TITLES.get(base, base), *(RULE_TITLES.get(r, r) for r in rules)])
 
 
 def _base2new_average(numbers: dict[tuple, Number], args: dict[str, str]) -> list[str]:

@@ -86,11 +86,12 @@ def overrides(config: dict[str, Any], cache: Baselines | None = None) -> dict[st
 
 
 def recipes(configs: Iterable[dict[str, Any]]) -> dict[str, MethodRecipe]:
-    """Per method, what its runs were trained with."""
+    """Per method label (a method with its rules: ``coop+dept``), what its runs were trained
+    with."""
     out: dict[str, MethodRecipe] = defaultdict(MethodRecipe)
     cache: Baselines = {}
     for config in configs:
-        r = out[str(config["method"])]
+        r = out[_label(config)]
         r.runs += 1
         r.presets.add(config.get("preset") or "none")
         r.backbones.add(str(config.get("backbone")))
@@ -103,6 +104,18 @@ def recipes(configs: Iterable[dict[str, Any]]) -> dict[str, MethodRecipe]:
         for key, value in given.items():
             r.overrides[key].add(_value_text(value))
     return dict(out)
+
+
+def _label(config: dict[str, Any]) -> str:
+    """The run's label as its results name it (``coop+dept``; vlprompt.methods.labels)."""
+    from vlprompt.methods.labels import method_label
+
+    method, settings = str(config["method"]), config["method_config"]
+    try:
+        return method_label(method, settings.get("feature_rule", "none"),
+                            settings.get("gradient_rule"))  # fmt: skip
+    except Exception:  # a plugin's method not imported here: its name
+        return method
 
 
 def _join(values: Iterable[str]) -> str:

@@ -399,7 +399,7 @@ def _new_class_notes(methods: Sequence[str]) -> list[str]:
     lines = []
     for name in methods:
         try:
-            note = get_method_class(name).new_classes_note
+            note = get_method_class(name.split("+")[0]).new_classes_note  # a label's method
         except Exception:  # a method of another process's plugin: nothing known about it
             continue
         if note:

@@ -10,7 +10,9 @@ the text encoder runs batch x classes sequences (the official code loops over th
 Defaults are the paper's base-to-new recipe: 4 context vectors initialised from "a photo of a",
 SGD lr 0.002, batch 1, 10 epochs, 1 warm-up epoch at 1e-5. Class token at the end (the only
 layout CoCoOp defines). On ViT-B/16 shapes (d = 512, width 512) it learns
-4*512 + (512*32 + 32) + (32*512 + 512) = 35,360 parameters.
+4*512 + (512*32 + 32) + (32*512 + 512) = 35,360 parameters. DePT's head composes with it
+(`feature_rule="dept"`, official `trainers/elp_cocoop.py`): each image's label feature for the
+head comes from that image's own class features (`image_class_features`, [B, C, E]).
 
 Departures from the official code, on purpose:
 - Precision: the official configs set PREC "fp16" (`configs/trainers/CoCoOp/*.yaml`), which
@@ -45,6 +47,7 @@ from vlprompt.methods.prompt_context import (
     n_ctx_of,
 )
 from vlprompt.methods.registry import register_method
+from vlprompt.methods.training_step import TrainOutput
 
 
 @dataclass
@@ -82,6 +85,7 @@ class CoCoOp(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
     config: CoCoOpConfig
     # each image's meta-net shift enters the prompts of every class: no constant class side
     text_depends_on_image: ClassVar[bool] = True
+    feature_rules: ClassVar[tuple[str, ...]] = ("dept",)
 
     def __init__(self, clip: ClipBackbone, classnames: list[str], config: CoCoOpConfig) -> None:
         super().__init__(clip, classnames, config)
@@ -109,18 +113,21 @@ class CoCoOp(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
 
     def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         """Logits [B, C] from normalised frozen image features [B, E]."""
+        return self.cosine_logits(image_features, self.image_class_features(image_features))
+
+    def image_class_features(self, image_features: torch.Tensor) -> torch.Tensor:
+        """The class features of each image's own prompts before normalisation [B, C, E], with
+        autograd, from normalised frozen image features [B, E]."""
         ctx = self.shifted_context(image_features).to(self.clip.dtype)  # [B, n, D]
         n_cls, layout = len(self.classnames), self.layout
-        scale = self.clip.logit_scale.float()
-        img = image_features.float()
         if self.config.implementation == "reference":  # the official per-image loop, 77 tokens
-            rows = []
-            for ctx_i, img_i in zip(ctx, img):
-                prompts = te.assemble_reference(layout, ctx_i[None].expand(n_cls, -1, -1))
-                text = te.normalize(te.encode_reference(self.clip, prompts, self.eot_index))
-                with full_precision(img_i.device):
-                    rows.append(scale * img_i @ text.float().t())
-            return torch.stack(rows)
+            return torch.stack([
+                te.encode_reference(
+                    self.clip, te.assemble_reference(layout, ctx_i[None].expand(n_cls, -1, -1)),
+                    self.eot_index,
+                )
+                for ctx_i in ctx
+            ])  # fmt: skip
         batch = ctx.shape[0]
         ctx = ctx[:, None].expand(-1, n_cls, -1, -1)  # [B, C, n, D]
         prompts = te.assemble_fast(layout, ctx, None, layout.max_length)  # [B, C, L', D]
@@ -128,6 +135,23 @@ class CoCoOp(PromptLayoutMixin, FrozenImageMixin, PromptMethod):
         eot = self.eot_index.repeat(batch)
         cfg = self.config
         text = te.encode_fast(self.clip, prompts, eot, cfg.text_chunk_size, cfg.text_checkpoint)
-        text = te.normalize(text).float().view(batch, n_cls, -1)
-        with full_precision(img.device):  # logits in fp32 under autocast too
+        return text.view(batch, n_cls, -1)
+
+    def cosine_logits(self, image_features: torch.Tensor, raw_text: torch.Tensor) -> torch.Tensor:
+        """CLIP's logits [B, C] of normalised image features [B, E] with each image's own
+        unnormalised class features [B, C, E], in fp32 under autocast too."""
+        scale = self.clip.logit_scale.float()
+        img, text = image_features.float(), te.normalize(raw_text).float()
+        with full_precision(img.device):
+            if self.config.implementation == "reference":  # image by image, as the official
+                return torch.stack([scale * i @ t.t() for i, t in zip(img, text)])
             return scale * torch.einsum("be,bce->bc", img, text)
+
+    def prompted_train_output(self, raw_image: torch.Tensor) -> TrainOutput:
+        """Under feature_rule "dept": the logits and both unnormalised features, the class side
+        per image [B, C, E] (official `elp_cocoop.py`: each image's label feature is taken from
+        its own prompts' class features)."""
+        image = nn.functional.normalize(raw_image, dim=-1)
+        raw_text = self.image_class_features(image)
+        logits = self.cosine_logits(image, raw_text)
+        return TrainOutput(logits, raw_image_features=raw_image, raw_text_features=raw_text)

@@ -1,8 +1,8 @@
 """DePT — Decoupled Prompt Tuning (Zhang et al., CVPR 2024; official code Koorye/DePT at
 d4ff41684bac42da30ebb6898496772dec3157f2: `trainers/elp_coop.py`, `elp_kgcoop.py`,
-`elp_maple.py` (`FiLM`, `CustomCLIP._forward_base/_forward_new/_loss`), `trainers/optim.py`,
-`train.py` (`extend_cfg`), `configs.py`), as a feature rule any method with separate image and
-class features can use: `feature_rule="dept"`.
+`elp_maple.py` (`FiLM`, `CustomCLIP._forward_base/_forward_new/_loss`), `elp_cocoop.py`,
+`trainers/optim.py`, `train.py` (`extend_cfg`), `configs.py`), as a feature rule any method
+with separate image and class features can use: `feature_rule="dept"`.
 
 What it adds (the channel-wise transformation head, "CAT"): on the features *before* their L2
 normalisation, image features v [B, E] and class features t [C, E] (the method's own, prompts
@@ -13,7 +13,9 @@ training classes (PyTorch's default Linear init). Training loss:
     (1 - w) * CE(method logits, y) + w * CE(W [t'_y ; v'] + b, [y ; y]) + the method's other terms
 
 i.e. the linear classifier is trained on the transformed image features and on the transformed
-text feature of each image's label, stacked (official `_forward_logits_linear_probe`); the
+text feature of each image's label, stacked (official `_forward_logits_linear_probe`; CoCoOp,
+whose class features depend on the image, takes each image's label feature from its own
+prompts' class features [B, C, E], as `elp_cocoop.py` does); the
 method's own cross-entropy keeps weight 1 - w and its regularisers keep theirs (official
 `elp_kgcoop._loss`: `(1 - w) CE + w CE_lp + W * kg`). Implemented as `method.loss + w *
 (CE_lp - CE)`, which is that sum for every method whose loss is `CE(out.logits) + terms`.
@@ -31,14 +33,20 @@ constant warm-up sets every group), SGD momentum 0.9, weight decay 5e-4 on every
 10 epochs, batch 4, cosine after 1 constant warm-up epoch at 1e-5; base methods as DePT runs
 them: CoOp 16 random context vectors, KgCoOp 4 from "a photo of a" with W = 2.0, MaPLe 2 from "a
 photo of a" at depth 9 (presets `coop_dept_base2new`, `kgcoop_dept_base2new`,
-`maple_dept_base2new`, and `*_dept_xd` for its ImageNet cross-data-set runs). PromptSRC + DePT
-has no official recipe, so no preset: `--preset promptsrc_base2new --set feature_rule=dept`
-gives PromptSRC's recipe with DePT's head.
+`maple_dept_base2new`, and `*_dept_xd` for its ImageNet cross-data-set runs); CoCoOp + DePT
+is CoCoOp's own recipe (4 context vectors from "a photo of a", lr 0.002, batch 1, 10 epochs)
+with the head (`cocoop_dept_base2new`, `ExtrasLinearProbeCoCoOp/vit_b16_c4_ep10_batch1_ctxv1`).
+PromptSRC + DePT has no official recipe, so no preset: `--preset promptsrc_base2new --set
+feature_rule=dept` (in a sweep: `--methods promptsrc+dept --preset promptsrc_base2new`) gives
+PromptSRC's recipe with DePT's head.
 
 Published (the official README's base-to-new table, `examples/base_to_new_performance.png`,
 ViT-B/16, 16 shots, average of 11 data sets, base / new / H): CoOp + DePT 83.66 / 71.82 / 77.29,
-KgCoOp + DePT 83.62 / 75.04 / 79.10, MaPLe + DePT 84.85 / 74.82 / 79.52, PromptSRC + DePT
-85.19 / 76.17 / 80.43 (CoOp alone in the same table: 81.50 / 69.77 / 75.18).
+CoCoOp + DePT 83.80 / 72.89 / 77.97, KgCoOp + DePT 83.62 / 75.04 / 79.10, MaPLe + DePT
+84.85 / 74.82 / 79.52, PromptSRC + DePT 85.19 / 76.17 / 80.43 (CoOp alone in the same table:
+81.50 / 69.77 / 75.18). They are in `assets/published.csv` under the labels `coop+dept`,
+`cocoop+dept`, ... that runs with the rule carry in their results (`vlprompt.methods.labels`),
+so `vlprompt report --published` sets a DePT run beside DePT's numbers, not its base method's.
 
 Composition: a method-config field, like `gradient_rule`, rather than a wrapper method. The head
 needs the base method's features before normalisation and its loss terms; a wrapper would have
@@ -54,8 +62,7 @@ Departures from the official code:
 - precision: fp32 weights (autocast where the run asks) instead of the official fp16 CLIP;
 - PromptSRC + DePT is not in the official code (its README and `configs.py` list CoOp, CoCoOp,
   KgCoOp and MaPLe); it is composed by the same rule: PromptSRC's cross-entropy takes weight
-  1 - w, its self-regulating terms keep theirs, and GPA averages the head with the prompts;
-  CoCoOp + DePT (image-conditioned class features) is not offered.
+  1 - w, its self-regulating terms keep theirs, and GPA averages the head with the prompts.
 
 Agreement with the official code (harness outside the repository): the official
 `trainers/elp_coop.py`, `elp_kgcoop.py` and `elp_maple.py` `CustomCLIP` (Dassl stubbed, their CLIP
@@ -72,6 +79,9 @@ training forward + backward (base), then eval on base (fusion) and new (plain). 
 - MaPLe (2 context vectors from "a photo of a"), widths 768 / 512 (the official code's fixed
   widths) at depth 9 (9 + 9 blocks) and depth 3 (3 + 4 blocks): 4.8e-7 / 2.1e-6 / 1.8e-6 /
   7.0e-6 (|grad| <= 1.19);
+- CoCoOp (4 context vectors from "a photo of a", the meta-net as built, PREC fp32; official
+  `trainers/elp_cocoop.py`, its meta-net copied into ours too), the two CoOp shapes, our fast
+  and our reference path: 4.8e-7 / 3.9e-7 / 9.5e-7 / 2.9e-6 (|loss| ~1.7-1.8, |grad| <= 0.33);
 - PromptSRC: no official DePT code to compare with; tests/test_dept.py checks it against the
   plain formula above.
 """
@@ -120,8 +130,13 @@ class DePTHead(nn.Module):
     def train_logits(
         self, raw_image: torch.Tensor, raw_text: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The classifier's logits on [t'_y ; v'] [2B, n_classes] and their targets [y ; y]."""
-        text = self.text_transform(raw_text)[labels]
+        """The classifier's logits on [t'_y ; v'] [2B, n_classes] and their targets [y ; y].
+        `raw_text`: class features [C, E], or each image's own [B, C, E] (CoCoOp)."""
+        if raw_text.dim() == 3:  # image i's label feature from its own class features
+            raw_text = raw_text[torch.arange(len(labels), device=labels.device), labels]
+        else:
+            raw_text = raw_text[labels]
+        text = self.text_transform(raw_text)
         feats = torch.cat([text, self.image_transform(raw_image).to(text.dtype)])
         return self.classifier(feats), torch.cat([labels, labels])
 

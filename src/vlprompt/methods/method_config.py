@@ -108,8 +108,8 @@ class MethodConfig:
         metadata={
             "help": "'none' or 'dept' (DePT's channel-wise transformation head on the method's "
             "unnormalised features, trained beside its prompts and fused with its logits on the "
-            "training classes; vlprompt.methods.dept); coop, kgcoop, prograd, maple, ivlp and "
-            "promptsrc can use it, with any gradient rule"
+            "training classes; vlprompt.methods.dept); coop, cocoop, kgcoop, prograd, maple, ivlp "
+            "and promptsrc can use it, with any gradient rule"
         },
     )
     dept_weight: float = field(

@@ -60,7 +60,9 @@ Departures from the official code, on purpose:
 - Precision: the official trains pure fp16 (TRAINER.PREC 'fp16', fp16 weights updated by SGD);
   here the tuned copies are fp32 and the run's precision is autocast (as every vlprompt method).
 - Batches: for 4 or more shots the official `FeatureLoader` ('batch_random') fills each batch
-  with images of one class; the engine's batches are drawn over all classes (as every method).
+  with images of one class; the engine's batches are drawn over all classes (as every method)
+  unless the run asks for the official kind with the engine setting `batches="one_class"`
+  (`--batches one_class`; vlprompt.batching), which no preset sets.
 - Every class with a label in the batch is kept by CSkip: the official keeps the first
   `num_tops` ranks, which hold the labels' classes whenever the batch has at most `num_tops`
   distinct labels (always, with its one-class batches); beyond that the official would remap a
