@@ -81,8 +81,10 @@ def test_an_int_too_large_for_a_float_is_not_a_finite_setting():
 
 
 def test_a_non_finite_setting_through_the_api_is_a_run_error():
+    from vlprompt.api import resolve_config  # a submodule: not loaded by `import vlprompt`
+
     with pytest.raises(RunError, match=r"method 'coop': lr must be a finite number, got nan"):
-        vlprompt.api.resolve_config("coop", "imagefolder", overrides={"lr": float("nan")})
+        resolve_config("coop", "imagefolder", overrides={"lr": float("nan")})
 
 
 @pytest.mark.parametrize(
