@@ -24,7 +24,7 @@ from vlprompt.report import Cell, load_results, summarize
 # the stored sweeps each protocol's orderings read (the first that holds a method wins)
 SOURCES = {
     "base2new": ("mini-b2n/seed", "mini-b2n/peers"),
-    "fewshot": ("mini-fewshot/seed",),
+    "fewshot": ("mini-fewshot/seed-1-16",),
 }
 NAMES = {
     "zsclip": "zero-shot CLIP", "linear_probe": "linear probe", "coop": "CoOp",
@@ -116,9 +116,9 @@ def check(o: Ordering, cells: dict[tuple, Cell]) -> tuple[str, str, str]:
     """(real CLIP's numbers or '', the mini world's numbers, the verdict) of one ordering."""
     got = [cells.get((o.protocol, m, o.shots, o.metric)) for m in o.chain]
     missing = [m for m, c in zip(o.chain, got, strict=True) if c is None]
-    if missing:
-        raise KeyError(f"no stored mini-world result for {', '.join(missing)} "
-                       f"({o.protocol}, {o.shots} shots, {o.metric})")  # fmt: skip
+    if missing:  # said in the table, not guessed: the ordering is not checked yet
+        names = ", ".join(_name(m) for m in missing)
+        return "", f"no stored mini-world result for {names} yet", "not checked"
     real = ""
     if o.protocol == "base2new" and not o.top:
         values = [_published_value(m, o.metric) for m in o.chain]
@@ -171,7 +171,10 @@ def render(results_dir: Path) -> str:
               "mini world (mean ± std over seeds)", "holds on the mini world"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    total = f"The mini world reproduces {held} of the {len(ORDERINGS)} orderings."
+    checked = sum(1 for r in rows if r[-1] != "not checked")
+    total = (f"The mini world reproduces {held} of the {checked} orderings checked"
+             + (f" ({len(ORDERINGS) - checked} not checked yet)." if checked < len(ORDERINGS)
+                else "."))  # fmt: skip
     return "\n".join([source, "", *lines, "", total]) + "\n"
 
 
