@@ -23,7 +23,7 @@ from vlprompt.report import Cell, load_results, summarize
 
 # the stored sweeps each protocol's orderings read (the first that holds a method wins)
 SOURCES = {
-    "base2new": ("mini-b2n/seed", "mini-b2n/peers"),
+    "base2new": ("mini-b2n/seed", "mini-b2n/peers", "mini-b2n/lora"),
     "fewshot": ("mini-fewshot/seed-1-16",),
 }
 NAMES = {
