@@ -112,6 +112,29 @@ def _chain_text(values: Sequence[tuple[str, str]], holds: bool) -> str:
     return sign.join(f"{_name(m)} {v}" for m, v in values)
 
 
+def _descending(values: Sequence[float]) -> bool:
+    return all(a > b for a, b in zip(values, values[1:], strict=False))
+
+
+def _published_chain(o: Ordering) -> str:
+    """Real CLIP's published averages along the chain ('' where one is not published)."""
+    values = [_published_value(m, o.metric) for m in o.chain]
+    if o.protocol != "base2new" or any(v is None for v in values):
+        return ""
+    pairs = [(m, f"{v:.2f}") for m, v in zip(o.chain, values, strict=True)]
+    return _chain_text(pairs, _descending(values))
+
+
+def _rank(o: Ordering, cells: dict[tuple, Cell]) -> tuple[str, str]:
+    """`chain[0]`'s rank among every method measured, and the verdict."""
+    ranked = sorted((c for k, c in cells.items()
+                     if k[0] == o.protocol and k[2] == o.shots and k[3] == o.metric),
+                    key=lambda c: -c.mean)  # fmt: skip
+    rank = [c.method for c in ranked].index(o.chain[0]) + 1
+    leaders = ", ".join(f"{_name(c.method)} {c.mean:.2f}" for c in ranked[: max(o.top, rank)])
+    return f"rank {rank} of {len(ranked)} ({leaders})", "yes" if rank <= o.top else "no"
+
+
 def check(o: Ordering, cells: dict[tuple, Cell]) -> tuple[str, str, str]:
     """(real CLIP's numbers or '', the mini world's numbers, the verdict) of one ordering."""
     got = [cells.get((o.protocol, m, o.shots, o.metric)) for m in o.chain]
@@ -119,32 +142,14 @@ def check(o: Ordering, cells: dict[tuple, Cell]) -> tuple[str, str, str]:
     if missing:  # said in the table, not guessed: the ordering is not checked yet
         names = ", ".join(_name(m) for m in missing)
         return "", f"no stored mini-world result for {names} yet", "not checked"
-    real = ""
-    if o.protocol == "base2new" and not o.top:
-        values = [_published_value(m, o.metric) for m in o.chain]
-        if all(v is not None for v in values):
-            ordered = all(a > b for a, b in zip(values, values[1:], strict=False))
-            real = _chain_text([(m, f"{v:.2f}") for m, v in zip(o.chain, values, strict=True)],
-                               ordered)  # fmt: skip
     if o.top:
-        ranked = sorted((c for k, c in cells.items()
-                         if k[0] == o.protocol and k[2] == o.shots and k[3] == o.metric),
-                        key=lambda c: -c.mean)  # fmt: skip
-        rank = [c.method for c in ranked].index(o.chain[0]) + 1
-        leaders = ", ".join(f"{_name(c.method)} {c.mean:.2f}" for c in ranked[: max(o.top, rank)])
-        holds = rank <= o.top
-        verdict = "yes" if holds else "no"
-        return real, f"rank {rank} of {len(ranked)} ({leaders})", verdict
-    means = [c.mean for c in got]
-    holds = all(a > b for a, b in zip(means, means[1:], strict=False))
+        return ("", *_rank(o, cells))
+    holds = _descending([c.mean for c in got])
     mini = _chain_text([(c.method, c.text()) for c in got], holds)
     verdict = "yes" if holds else "no"
-    noisy = any(
-        abs(a.mean - b.mean) < max(a.std, b.std) for a, b in zip(got, got[1:], strict=False)
-    )
-    if noisy:
+    if any(abs(a.mean - b.mean) < max(a.std, b.std) for a, b in zip(got, got[1:], strict=False)):
         verdict += " (a gap inside the seed std)"
-    return real, mini, verdict
+    return _published_chain(o), mini, verdict
 
 
 def render(results_dir: Path) -> str:

@@ -10,19 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from test_engine_helpers import TINY_VIT
+from test_run_folder_symlinks import _train_argv  # a tiny --tensorboard run
 from vlprompt.cli import main
 
 pytestmark = pytest.mark.usefixtures("isolated_home")
-
-
-def _train_argv(world, out, *extra):
-    return [
-        "train", "--method", "test_tiny", "--dataset", "imagefolder",
-        "--root", str(world["data"]), "--backbone", TINY_VIT, "--pretrained", str(world["ckpt"]),
-        "--shots", "4", "--epochs", "1", "--deterministic", "-q", "--tensorboard",
-        "-o", str(out), *extra,
-    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

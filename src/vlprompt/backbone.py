@@ -389,12 +389,13 @@ class ClipBackbone(nn.Module):
         images = images.to(self.device)
         if not self.is_vit or not _standard_vit(self.model.visual):
             feats = self.model.encode_image(images.to(self.dtype))
-        elif pooled_only:
-            blocks = self.vision_blocks
-            x = run_layers(blocks[:-1], self.vision_ln_pre(self.vision_embed(images)))
-            feats = self.vision_head(pooled_rows_forward(blocks[-1], x, None)[:, 0])
         else:
-            x = self.run_vision_layers(self.vision_ln_pre(self.vision_embed(images)))
+            x = self.vision_ln_pre(self.vision_embed(images))
+            if pooled_only:
+                x = run_layers(self.vision_blocks[:-1], x)
+                x = pooled_rows_forward(self.vision_blocks[-1], x, None)
+            else:
+                x = self.run_vision_layers(x)
             feats = self.vision_head(x[:, 0])
         return F.normalize(feats, dim=-1) if normalize else feats
 
