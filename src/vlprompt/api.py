@@ -996,9 +996,13 @@ def evaluate(
     trust_torchscript: bool = False,
     allow_remote_weights: bool = False,
     report: bool = False,
+    whole_split: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a finished run on `split` of `dataset` (default: the run's own data set) with
-    the `subsample` classes (default: the run's own for its data set, else "all"). Returns the
+    the `subsample` classes (default: the run's own for its data set, else "all"). The train
+    and val splits of the run's own data set are its few-shot sample (val: `min(shots, 4)` per
+    class, what the method's searches saw); `whole_split=True` takes every image of the split
+    instead (a validation set large enough to decide between recipes). Returns the
     result record (accuracy in percent) and, with `record=True`, appends it to the run's
     `results.jsonl`. With `reuse=True` an identical evaluation already recorded for the same
     learned prompts is returned without recomputing. Recording needs a run folder vlprompt
@@ -1028,11 +1032,12 @@ def evaluate(
     digest = _prompts_digest(run.run_dir)
     if reuse and not report:
         for rec in reversed(run.results()):
-            if (rec.get("dataset"), rec.get("subsample"), rec.get("split")) == (
-                dataset, subsample, split,
+            if (rec.get("dataset"), rec.get("subsample"), rec.get("split"),
+                    bool(rec.get("whole_split"))) == (
+                dataset, subsample, split, whole_split and split != "test",
             ) and rec.get("prompts_sha256") == digest:  # fmt: skip
                 return EvaluationRecord(rec, reused=True)
-    shots = run.config.shots if (own and split != "test") else 0
+    shots = run.config.shots if (own and split != "test" and not whole_split) else 0
     try:
         splits = _build_splits(
             run.config, dataset, subsample, shots,
@@ -1041,12 +1046,13 @@ def evaluate(
     except DataError as exc:
         raise _data_moved_hint(exc, run.config.root if root is None else None) from None
     return _evaluate_run(run, splits, split=split, ctx=ctx, say=say, record=record, digest=digest,
-                         report=report)  # fmt: skip
+                         report=report, whole_split=whole_split and split != "test")  # fmt: skip
 
 
 def _evaluate_run(run: Run, splits: Any, *, split: str, ctx: Dist, say: Callable[[str], None],
                   record: bool = True, digest: str | None = None, report: bool = False,
-                  compare_zero_shot: bool = False) -> dict[str, Any]:  # fmt: skip
+                  compare_zero_shot: bool = False, whole_split: bool = False,
+                  ) -> dict[str, Any]:  # fmt: skip
     from vlprompt.evaluation import evaluate_items
 
     config = run.config
@@ -1109,6 +1115,8 @@ def _evaluate_run(run: Run, splits: Any, *, split: str, ctx: Dist, say: Callable
     }
     if zero_shot is not None:
         rec["zero_shot_accuracy"] = zero_shot
+    if whole_split:  # every image of a train/val split, not the run's few-shot sample
+        rec["whole_split"] = True
     if report:
         if ctx.is_main:
             rec["report_dir"] = str(_write_report(run, splits, split, items, result, zero_shot))

@@ -275,6 +275,9 @@ def _add_eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="data set to test on (default: the run's own)")
     p.add_argument("--subsample", choices=SUBSAMPLE_CHOICES, help="classes (default: the run's)")
     p.add_argument("--split", choices=SPLIT_NAMES, default="test")
+    p.add_argument("--whole-split", action="store_true",
+                   help="train/val of the run's own data set: every image of the split, not the "
+                   "run's few-shot sample (val: min(shots, 4) per class)")  # fmt: skip
     p.add_argument("--root", help="data root of --dataset (default: the run's)")
     p.add_argument("--device", default="cpu")
     p.add_argument(
@@ -640,6 +643,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.run_dir, args.dataset, subsample=args.subsample, split=args.split, root=args.root,
         device=args.device, record=args.record, trust_torchscript=args.trust_torchscript,
         allow_remote_weights=args.allow_remote_weights, report=args.report,
+        whole_split=args.whole_split,
     )  # fmt: skip
     if args.json:
         print(json.dumps(record, indent=2, sort_keys=True))

@@ -1,0 +1,141 @@
+"""Do the mini recipes, not the methods, decide the ranking? Each method's learning rate x0.1 and
+x10 and its budget x3, beside its mini recipe, scored on the validation split (never on test).
+
+    python benchmarks/mini_recipe_check.py run [--methods coop,rpo,...] [--datasets ...]
+        [--seeds 1] [--runs-dir runs/recipe-check]
+    python benchmarks/mini_recipe_check.py collect [--runs-dir runs/recipe-check]
+        [--output benchmarks/results/mini-recipe-check] --command "..."
+
+`run` trains each method on the base classes of each data set (16 shots, the `mini` preset) four
+times: its mini recipe, its learning rate x0.1 and x10 (Skip Tuning's image-side rate scales
+with it), and x3 its optimizer steps (`iterations` x3 where the recipe counts steps, else
+`epochs` x3: the same schedule, stretched). Each run is scored on *every* validation image of its
+base classes (8 per class, 40-64 per data set: `vlprompt.evaluate(..., whole_split=True)`), not
+on the 4 per class its own searches see, so that the check can decide. Zero-shot CLIP is scored
+on the same images. Resumable (finished runs are reused); several `run` processes may share one
+`--runs-dir` when each has its own methods. `collect` gathers every scored run into
+OUTPUT/records.jsonl (one record per run, with its vlprompt version), which
+`benchmarks/docs_tables.py` renders (`kind=recipe_check`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import vlprompt
+from vlprompt.io import atomic_write_text
+
+VARIANTS = ("mini", "lr x0.1", "lr x10", "steps x3")
+DEFAULT_METHODS = ("coop", "cocoop", "kgcoop", "prograd", "rpo", "ivlp", "maple", "promptsrc",
+                   "tcp", "clip_adapter", "clip_lora", "tip_adapter_f", "mmrl", "skiptuning",
+                   "two_stage")  # fmt: skip
+DEFAULT_DATASETS = ("mini_objects", "mini_patterns", "mini_counts")
+SECOND_RATES = {"skiptuning": ("image_lr",)}  # rates that scale with `lr` in the lr variants
+
+
+def variant_overrides(variant: str, method: str, recipe: dict) -> dict:
+    """The settings that turn the mini recipe (`recipe`, a resolved method config) into
+    `variant`."""
+    if variant == "mini":
+        return {}
+    if variant.startswith("lr x"):
+        factor = float(variant[len("lr x") :])
+        names = ("lr", *SECOND_RATES.get(method, ()))
+        return {name: recipe[name] * factor for name in names}
+    if variant == "steps x3":
+        if recipe.get("iterations", 0) > 0:
+            return {"iterations": recipe["iterations"] * 3}
+        return {"epochs": recipe["epochs"] * 3}
+    raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+
+
+def folder_name(variant: str, seed: int) -> str:
+    return f"{variant.replace(' ', '_').replace('.', '')}_seed{seed}"
+
+
+def check_one(method: str, dataset: str, seed: int, variant: str, runs_dir: Path) -> dict:
+    """Train one variant and score it on every validation image of the base classes."""
+    from vlprompt.api import resolve_config
+
+    recipe = resolve_config(method, dataset, seed=seed, subsample="base").method_config
+    overrides = variant_overrides(variant, method, recipe)
+    out = runs_dir / method / dataset / folder_name(variant, seed)
+    run = vlprompt.train(method, dataset, output_dir=out, shots=16, seed=seed, subsample="base",
+                         evaluate=False, calibrate=False, progress=False, echo=False,
+                         **overrides)  # fmt: skip
+    record = dict(vlprompt.evaluate(run, split="val", whole_split=True))
+    used = run.config.method_config
+    record.update(variant=variant, lr=used.get("lr"), epochs_setting=used.get("epochs"),
+                  iterations=used.get("iterations", 0))  # fmt: skip
+    return record
+
+
+def run_checks(args: argparse.Namespace) -> None:
+    runs_dir = Path(args.runs_dir)
+    for dataset in args.datasets:
+        for seed in args.seeds:
+            check_one("zsclip", dataset, seed, "mini", runs_dir)
+    for method in args.methods:
+        for dataset in args.datasets:
+            for seed in args.seeds:
+                for variant in VARIANTS:
+                    rec = check_one(method, dataset, seed, variant, runs_dir)
+                    print(
+                        f"{method} {dataset} seed {seed} {variant}: val {rec['accuracy']:.2f} "
+                        f"(lr {rec['lr']:g}, train {rec['wall_s'] or 0:.0f} s)",
+                        flush=True,
+                    )
+
+
+def collect(runs_dir: Path, output: Path, command: str) -> Path:
+    """Every scored run under `runs_dir` (its last whole-split val record) into
+    OUTPUT/records.jsonl, without machine paths, with OUTPUT/source.json."""
+    records = []
+    for results in sorted(runs_dir.glob("*/*/*/results.jsonl")):
+        lines = [json.loads(x) for x in results.read_text(encoding="utf-8").splitlines() if x]
+        val = [r for r in lines if r.get("split") == "val" and r.get("whole_split")]
+        if not val:
+            continue
+        record = {k: v for k, v in val[-1].items() if k not in ("run_dir", "per_class_accuracy")}
+        record["pretrained"] = Path(str(record.get("pretrained"))).name
+        config = json.loads((results.parent / "config.json").read_text(encoding="utf-8"))
+        used = config["method_config"]
+        variant = next(v for v in VARIANTS if folder_name(v, record["seed"]) == results.parent.name)
+        record.update(variant=variant, lr=used.get("lr"), epochs_setting=used.get("epochs"),
+                      iterations=used.get("iterations", 0))  # fmt: skip
+        records.append(record)
+    output.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    atomic_write_text(output / "records.jsonl", text)
+    atomic_write_text(output / "source.json", json.dumps({"command": command}, indent=1) + "\n")
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    run = sub.add_parser("run", help="train and score the variants")
+    run.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    run.add_argument("--datasets", default=",".join(DEFAULT_DATASETS))
+    run.add_argument("--seeds", default="1")
+    run.add_argument("--runs-dir", default="runs/recipe-check")
+    gather = sub.add_parser("collect", help="store the scored runs for the docs")
+    gather.add_argument("--runs-dir", default="runs/recipe-check")
+    gather.add_argument("--output", default="benchmarks/results/mini-recipe-check")
+    gather.add_argument("--command", required=True, help="the run command(s) that made them")
+    args = parser.parse_args(argv)
+    if args.action == "collect":
+        print(collect(Path(args.runs_dir), Path(args.output), args.command))
+        return 0
+    args.methods = [m for m in args.methods.split(",") if m]
+    args.datasets = [d for d in args.datasets.split(",") if d]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    run_checks(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
