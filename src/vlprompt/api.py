@@ -867,6 +867,8 @@ def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torc
         say(mini_preset_line(config.method))
     device = resolve_device(config.engine.device, ctx)
     splits = _build_splits(config)  # the data first: a missing folder is not a slow download
+    if config.method_config.get("val_split") == "whole":  # its searches score every val image
+        splits = replace(splits, val=_build_splits(config, shots=0).val)
     if ctx.is_main:
         write_splits(run_dir, _splits_record(config, splits))
     seed_everything(config.seed)

@@ -1313,7 +1313,8 @@ register_preset(
             "your own) keeps the method's defaults, configs/imagenet.yaml's values",
             "the official searches alpha / beta on the whole val split (main.py: dataset.val, "
             "not subsampled) and on the test set for ImageNet (main_imagenet.py); vlprompt "
-            "searches the run's few-shot val split (min(shots, 4) per class)",
+            "searches the whole val split too (val_split 'whole'; ImageNet's val split is its "
+            "test set, as CoOp's)",
             "main.py fixes seed 1 (random.seed(1), torch.manual_seed(1)): one few-shot sample; "
             "the repository gives no seed list",
         ),
@@ -1361,7 +1362,8 @@ register_preset(
             "main_imagenet.py; main.py reports max(that accuracy, the one after the search)); "
             "vlprompt chooses the epoch on the val split and tests once",
             "the official searches alpha / beta on the whole val split (on the test set for "
-            "ImageNet); vlprompt on the run's few-shot val split (min(shots, 4) per class)",
+            "ImageNet); vlprompt on the whole val split too (val_split 'whole'; ImageNet's val "
+            "split is its test set, as CoOp's)",
             "main.py fixes seed 1; the repository gives no seed list",
         ),
     )
@@ -1414,8 +1416,8 @@ def _gda_rules() -> tuple[Rule, ...]:
 
 _GDA_NOTES = (
     "the official searches alpha on the whole val split (main_few_shots.py: dataset.val) and "
-    "on the test set for ImageNet (val_features = test_features); vlprompt searches the run's "
-    "few-shot val split (min(shots, 4) per class)",
+    "on the test set for ImageNet (val_features = test_features); vlprompt searches the whole "
+    "val split too (val_split 'whole'; ImageNet's val split is its test set, as CoOp's)",
     "main_few_shots.py runs seeds 1, 2, 3 and shots 1, 2, 4, 8, 16; the preset holds at any "
     "shots (the configs' values do not depend on them)",
 )
@@ -1465,8 +1467,8 @@ register_preset(
             "augment_epoch 10 (the few-shot value); logs/base2new.log prints lr 1 and "
             "train_epoch 50 in its configs, which main_base2new.py never reads",
             "the official searches alpha on the whole val split of the base classes "
-            "(ImageNet: on the base test set, val_loader = test); vlprompt searches the run's "
-            "few-shot val split",
+            "(ImageNet: on the base test set, val_loader = test); vlprompt searches the whole "
+            "val split of the base classes too (val_split 'whole')",
             "main_base2new.py evaluates new classes only as a list of new classes; a list "
             "mixing fitted and new classes (vlprompt's choice) keeps the fitted rows",
         ),

@@ -66,15 +66,17 @@ new b <= 7.6e-6 (up to 12.6), new logits <= 1.4e-5 (up to 32), at alpha 100 <= 1
 (one pinv per chunk of classes, summed, vs the official stack and mean) and CLIP's logit scale
 100.0000076 vs the official literal 100.
 
+alpha is searched on the whole val split, as the official code does (`val_split="whole"`;
+`"few-shot"` searches CoOp's min(shots, 4) per class). ImageNet's val split is its test set
+(CoOp's), as the official `val_features = test_features` (main_few_shots.py) and `val_loader` of
+the test set (main_base2new.py).
+
 Departures from the official code, on purpose:
 - Precision: fp32 throughout. Official: fp32 too (no precision setting), but for the
   test/validation features of the first (seed, shots) iteration, encoded by CLIP in fp16
   (`main_few_shots.py`: `clip.load(cfg['backbone'])` keeps OpenAI's fp16 weights on CUDA) before
   `clip_classifier(..., clip_model.float())` turns the model to fp32 for good.
 - The zero-shot logits use the backbone's `logit_scale` (100 for CLIP; official: a literal 100).
-- alpha is searched on the run's few-shot validation split (official: the whole val split; for
-  ImageNet the test set, `val_features = test_features` in main_few_shots.py, `val_loader` of
-  the test set in main_base2new.py).
 - The default covariance is the few-shot one (ks) in every protocol; the official base-to-new
   script uses class_mean for the base classes: `--preset gda_base2new` sets it.
 - D for the official 512 and the choice for mixed class lists: see "Base-to-new" above.
@@ -109,7 +111,13 @@ from vlprompt.methods.feature_fitting import (
     not_fitted,
     train_view_features,
 )
-from vlprompt.methods.method_config import MAX_VIEWS, VIEWS_WHY, check_at_most
+from vlprompt.methods.method_config import (
+    MAX_VIEWS,
+    VIEWS_WHY,
+    check_at_most,
+    check_val_split,
+    val_split_field,
+)
 from vlprompt.methods.registry import register_method
 from vlprompt.methods.saving import OwnClassesMixin
 from vlprompt.methods.zeroshot import TemplateEnsembleMixin
@@ -147,6 +155,7 @@ class GDAConfig(MethodConfig):
         default=ALPHA_GRID,
         metadata={"help": "alpha values searched on the validation features (empty: keep alpha)"},
     )
+    val_split: str = val_split_field("whole")
     covariance: str = field(
         default="ks",
         metadata={"help": "the fitted classes' shared covariance: ks (main_few_shots.py: the "
@@ -168,6 +177,7 @@ class GDAConfig(MethodConfig):
         super().__post_init__()
         self.templates = tuple(self.templates)
         self.alpha_grid = tuple(float(a) for a in self.alpha_grid)
+        check_val_split(self.val_split)
         if self.augment_epoch < 1:
             raise MethodError(
                 f"augment_epoch must be >= 1 (augmented views of each training image), got "

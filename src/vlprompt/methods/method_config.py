@@ -19,6 +19,10 @@ LR_SCHEDULES = ("epoch", "step")  # the learning rate set per epoch, or per opti
 # the two implementations of a method with a fast path: "fast" (same numbers, less work) and
 # "reference" (the paper's computation, the fast path's oracle in the tests)
 IMPLEMENTATIONS = ("fast", "reference")
+# the validation images a method's searches score: CoOp's few-shot sample (min(shots, 4) per
+# class) or every image of the val split (what the official Tip-Adapter and GDA code search on);
+# a method config with a `val_split` field picks one, and the run builds its val split so
+VAL_SPLITS = ("few-shot", "whole")
 # upper bounds of the size settings, refused before anything is allocated (each bound names why)
 MAX_EPOCHS = 10_000
 EPOCHS_WHY = "the longest official recipe trains 300 epochs: CLAP, LP++"
@@ -326,3 +330,18 @@ def check_schedule(config: MethodConfig) -> None:
             f"warmup_epochs must be 0 with lr_schedule 'step' (it has no warm-up), got "
             f"{config.warmup_epochs}"
         )
+
+
+def val_split_field(official: str) -> Any:
+    """The `val_split` setting of a method whose official code searches on `official`."""
+    return field(
+        default=official,
+        metadata={"help": "the validation images the search scores: 'few-shot' (min(shots, 4) "
+                  "per class, CoOp's sample) or 'whole' (every val image; official: "
+                  f"{official!r})"},
+    )  # fmt: skip
+
+
+def check_val_split(value: str) -> None:
+    if value not in VAL_SPLITS:
+        raise MethodError(f"val_split must be one of {', '.join(VAL_SPLITS)}, got {value!r}")

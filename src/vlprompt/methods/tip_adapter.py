@@ -23,6 +23,12 @@ training images (their normalised features); loss = cross-entropy of the logits 
 initial alpha/beta. The keys of the best epoch are kept, then alpha/beta are searched again on
 the validation features.
 
+The validation features are every image of the val split, as the official `main.py` searches
+`dataset.val` (`val_split="whole"`; `"few-shot"` takes CoOp's min(shots, 4) per class). Ties:
+the search keeps the first strictly best grid point, beta ascending in the outer loop and alpha
+in the inner one (official `search_hp`), so among points with equally many correct predictions
+it keeps the smallest beta, then the smallest alpha: the point nearest zero-shot CLIP's logits.
+
 Official defaults (configs/imagenet.yaml, also the generic values): init_alpha 1.17, init_beta 1,
 search_scale [7, 3], search_step [200, 20], augment_epoch 10, lr 0.001, train_epoch 20, batch 256,
 16 shots. Per data set (configs/<name>.yaml): init_alpha / search_scale, EuroSAT 100 epochs; the
@@ -99,7 +105,13 @@ from vlprompt.methods.base import (
     full_precision,
     validate_classnames,
 )
-from vlprompt.methods.method_config import MAX_VIEWS, VIEWS_WHY, check_at_most
+from vlprompt.methods.method_config import (
+    MAX_VIEWS,
+    VIEWS_WHY,
+    check_at_most,
+    check_val_split,
+    val_split_field,
+)
 from vlprompt.methods.registry import register_method
 from vlprompt.methods.saving import OwnClassesMixin
 from vlprompt.methods.zeroshot import TemplateEnsembleMixin
@@ -143,6 +155,7 @@ class TipAdapterConfig(MethodConfig):
     search_step: tuple[int, ...] = field(
         default=(200, 20), metadata={"help": "(beta, alpha): number of grid values"}
     )
+    val_split: str = val_split_field("whole")
     augment_epoch: int = field(
         default=10,
         metadata={"help": "augmented passes over the training images averaged into the keys"},
@@ -157,6 +170,7 @@ class TipAdapterConfig(MethodConfig):
         self.templates = tuple(self.templates)
         self.search_scale = tuple(float(s) for s in self.search_scale)
         self.search_step = tuple(self.search_step)
+        check_val_split(self.val_split)
         for name in ("init_alpha", "init_beta"):
             if getattr(self, name) < 0:
                 raise MethodError(f"{name} must be >= 0, got {getattr(self, name)}")
