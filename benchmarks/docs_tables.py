@@ -22,7 +22,9 @@ stored one (`store`, below, drops run-folder paths), then run this script.
     python benchmarks/docs_tables.py store SWEEP_RESULTS NAME --command "python benchmarks/..."
 
 `<!-- results:fidelity kind=fidelity -->` holds the fidelity table instead (`fidelity.py`: the
-orderings the papers report on real CLIP, checked on several stored sweeps).
+orderings the papers report on real CLIP, checked on several stored sweeps);
+`<!-- results:NAME kind=recipe_check -->` the learning-rate and budget check of
+`mini_recipe_check.py` (its `collect` stores NAME/records.jsonl).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import fidelity
+import mini_recipe_check
 
 from vlprompt.io import atomic_write_text
 from vlprompt.latex import sort_by_method
@@ -110,6 +113,8 @@ def render(name: str, args: dict[str, str]) -> str:
     `benchmarks/fidelity.py`, read from several stored sweeps)."""
     if args.get("kind") == "fidelity":
         return fidelity.render(RESULTS_DIR)
+    if args.get("kind") == "recipe_check":
+        return mini_recipe_check.render(RESULTS_DIR, name)
     if args.get("kind") == "export_speed":
         return render_export_speed(name, args.get("methods", "").split(","))
     records = load_results(RESULTS_DIR / name / "results.jsonl")

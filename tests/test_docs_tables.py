@@ -151,3 +151,39 @@ def test_fidelity_top_rank_counts_every_measured_method():
     cells[("base2new", "tcp", 16, "base")] = _cell("tcp", "base", 88.5)
     _, mini, verdict = fidelity.check(lora, cells)
     assert verdict == "no" and mini.startswith("rank 3 of 5")
+
+
+def test_the_recipe_check_keeps_the_mini_recipe_unless_a_variant_wins_clearly():
+    import mini_recipe_check as check
+
+    base = [80.0, 70.0, 90.0]
+    assert check.winner({"mini": base, "lr x10": [83.0, 73.0, 93.0]}) == "lr x10"
+    # inside the margin, or higher on the mean through one data set only: the recipe stays
+    assert check.winner({"mini": base, "lr x10": [81.0, 71.0, 91.0]}) == "mini"
+    assert check.winner({"mini": base, "steps x3": [95.0, 69.0, 89.0]}) == "mini"
+    # two winners: the higher mean
+    assert check.winner({"mini": base, "lr x0.1": [83.0, 73.0, 93.0],
+                         "lr x10": [84.0, 74.0, 94.0]}) == "lr x10"  # fmt: skip
+
+
+def test_the_recipe_check_table_waits_for_every_variant(tmp_path):
+    import mini_recipe_check as check
+
+    def record(method, variant, dataset, accuracy):
+        return {"method": method, "variant": variant, "dataset": dataset, "seed": 1,
+                "accuracy": accuracy, "lr": 0.002, "epochs_setting": 40, "iterations": 0,
+                "vlprompt_version": "0.1.0"}  # fmt: skip
+
+    rows = [record("zsclip", "mini", d, 70.0) for d in ("a", "b")]
+    rows += [record("coop", v, d, 80.0 + 5 * (v == "lr x10")) for v in check.VARIANTS
+             for d in ("a", "b")]  # fmt: skip
+    rows += [record("rpo", "mini", "a", 90.0)]  # unfinished
+    folder = tmp_path / "check"
+    folder.mkdir()
+    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "source.json").write_text(json.dumps({"command": "made here"}))
+    table = check.render(tmp_path, "check")
+    assert ("| coop | lr 0.002, 40 epochs | **80.0** (80.0 / 80.0) | **80.0** (80.0 / 80.0) | "
+            "**85.0** (85.0 / 85.0) | **80.0** (80.0 / 80.0) | lr x10 |") in table  # fmt: skip
+    assert "| zsclip | - | **70.0** (70.0 / 70.0) |" in table
+    assert "rpo" not in table and "(a, b; seed 1; 16 shots)" in table
