@@ -24,7 +24,8 @@ stored one (`store`, below, drops run-folder paths), then run this script.
 `<!-- results:fidelity kind=fidelity -->` holds the fidelity table instead (`fidelity.py`: the
 orderings the papers report on real CLIP, checked on several stored sweeps);
 `<!-- results:NAME kind=recipe_check -->` the learning-rate and budget check of
-`mini_recipe_check.py` (its `collect` stores NAME/records.jsonl).
+`mini_recipe_check.py` (its `collect` stores NAME/records.jsonl); `kind=mini_budgets` the mini
+recipes' budgets in optimizer steps, computed from the code (`mini_budgets.py`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import fidelity
+import mini_budgets
 import mini_recipe_check
 
 from vlprompt.io import atomic_write_text
@@ -113,6 +115,8 @@ def render(name: str, args: dict[str, str]) -> str:
     `benchmarks/fidelity.py`, read from several stored sweeps)."""
     if args.get("kind") == "fidelity":
         return fidelity.render(RESULTS_DIR)
+    if args.get("kind") == "mini_budgets":
+        return mini_budgets.render()
     if args.get("kind") == "recipe_check":
         return mini_recipe_check.render(RESULTS_DIR, name)
     if args.get("kind") == "export_speed":
