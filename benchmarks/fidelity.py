@@ -23,7 +23,7 @@ from vlprompt.report import Cell, load_results, summarize
 
 # the stored sweeps each protocol's orderings read (the first that holds a method wins)
 SOURCES = {
-    "base2new": ("mini-b2n/seed", "mini-b2n/peers", "mini-b2n/lora"),
+    "base2new": ("mini-b2n/seed", "mini-b2n/peers", "mini-b2n/lora", "mini-b2n/anchors"),
     "fewshot": ("mini-fewshot/seed-1-16",),
 }
 NAMES = {
@@ -31,6 +31,7 @@ NAMES = {
     "cocoop": "CoCoOp", "kgcoop": "KgCoOp", "prograd": "ProGrad", "rpo": "RPO", "ivlp": "IVLP",
     "maple": "MaPLe", "promptsrc": "PromptSRC", "tcp": "TCP", "clip_lora": "CLIP-LoRA",
     "clip_adapter": "CLIP-Adapter", "tip_adapter": "Tip-Adapter", "tip_adapter_f": "Tip-Adapter-F",
+    "mmrl": "MMRL", "skiptuning": "Skip Tuning", "two_stage": "2SFS",
 }  # fmt: skip
 METRICS = {"new": "new-class accuracy", "base": "base-class accuracy", "H_of_avg": "H",
            "accuracy": "accuracy"}  # fmt: skip

@@ -346,6 +346,16 @@ def test_the_zero_shot_note_names_chance_and_the_likely_causes():
     mini = resolve_config("coop", "mini_shapes")
     note = zero_shot_note(record, mini, {"epochs": 40, "n_train_images": 80})
     assert "likely cause" not in note and "compare the settings" in note
+    # a rate the run's preset names is its recipe's, not a cause (the mini ProGrad's 0.02, ten
+    # times the paper's); ten times away from the preset's is
+    prograd = resolve_config("prograd", "mini_shapes")
+    assert prograd.method_config["lr"] == 0.02
+    status = {"epochs": 40, "n_train_images": 80}
+    assert "likely cause" not in zero_shot_note(record, prograd, status)
+    far = resolve_config("prograd", "mini_shapes", overrides={"lr": 0.002 / 10})
+    assert "the learning rate 0.0002 (the mini preset's: 0.02)" in zero_shot_note(
+        record, far, status
+    )
 
 
 # ---- method labels: a method with its rules (vlprompt.methods.labels) ----------------------------

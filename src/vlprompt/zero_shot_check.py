@@ -51,9 +51,9 @@ def likely_cause(config: Any, status: dict | None = None) -> str | None:
             "(--preset mini)"
         )
     lr = config.method_config.get("lr")
-    default_lr = getattr(_default_config(config.method), "lr", None)
-    if lr and default_lr and max(lr / default_lr, default_lr / lr) >= LR_FACTOR:
-        causes.append(f"the learning rate {lr:g} (the method's default: {default_lr:g})")
+    recipe_lr, whose = _recipe_lr(config)
+    if lr and recipe_lr and max(lr / recipe_lr, recipe_lr / lr) >= LR_FACTOR:
+        causes.append(f"the learning rate {lr:g} ({whose}: {recipe_lr:g})")
     steps = _optimizer_steps(config, status or {})
     if steps is not None and 0 < steps < FEW_STEPS:
         causes.append(f"only {steps} optimizer step{'s' if steps > 1 else ''}")
@@ -84,6 +84,22 @@ def _optimizer_steps(config: Any, status: dict[str, Any]) -> int | None:
     from vlprompt.training_cost import steps_per_epoch  # the engine loader's count
 
     return int(epochs) * steps_per_epoch(int(n_images), int(batch))
+
+
+def _recipe_lr(config: Any) -> tuple[float | None, str]:
+    """The learning rate the run's recipe names and whose it is: its preset's (e.g. the mini
+    world's lr chosen on validation) where the preset sets one, else the method's default."""
+    from vlprompt.errors import PresetError
+    from vlprompt.presets import resolve_preset
+
+    try:
+        preset_lr = resolve_preset(config.preset, config.method, config.dataset,
+                                   config.shots).get("lr")  # fmt: skip
+    except PresetError:  # a preset of an older version: the method's default is the reference
+        preset_lr = None
+    if preset_lr is not None:
+        return float(preset_lr), f"the {config.preset} preset's"
+    return getattr(_default_config(config.method), "lr", None), "the method's default"
 
 
 def _default_config(method: str) -> Any:
