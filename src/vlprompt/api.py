@@ -942,7 +942,7 @@ def mini_preset_line(method: str | None = None) -> str:
     whose = f"{method}'s other settings are" if method else "each method's other settings:"
     return (
         f"preset {MINI_PRESET} (the default with the tiny CLIP): the mini world's settings, "
-        f"{shown}{' and epochs / batch sizes per method' if not method else ''} (no random "
+        f"{shown}{' and epochs, batch sizes and learning rates per method' if not method else ''} (no random "
         f"crop), as in docs/mini-world.md; {whose} its paper's. The papers' recipes: "
         f"--preset {PAPER_PRESET} (Python: preset={PAPER_PRESET!r})"
     )
