@@ -24,7 +24,7 @@ from vlprompt.report import Cell, load_results, summarize
 # the stored sweeps each protocol's orderings read (the first that holds a method wins)
 SOURCES = {
     "base2new": ("mini-b2n/seed", "mini-b2n/peers", "mini-b2n/lora", "mini-b2n/anchors"),
-    "fewshot": ("mini-fewshot/seed-1-16",),
+    "fewshot": ("mini-fewshot/seed",),
 }
 NAMES = {
     "zsclip": "zero-shot CLIP", "linear_probe": "linear probe", "coop": "CoOp",
