@@ -74,10 +74,14 @@ def check_one(method: str, dataset: str, seed: int, variant: str, runs_dir: Path
                          evaluate=False, calibrate=False, progress=False, echo=False,
                          **overrides)  # fmt: skip
     record = dict(vlprompt.evaluate(run, split="val", whole_split=True))
-    used = run.config.method_config
-    record.update(variant=variant, lr=used.get("lr"), epochs_setting=used.get("epochs"),
-                  iterations=used.get("iterations", 0))  # fmt: skip
-    return record
+    return {**record, **recipe_fields(variant, run.config.method_config)}
+
+
+def recipe_fields(variant: str, method_config: dict) -> dict:
+    """What a check record says of its run's recipe: the variant, its rate and its budget."""
+    return {"variant": variant, "lr": method_config.get("lr"),
+            "epochs_setting": method_config.get("epochs"),
+            "iterations": method_config.get("iterations", 0)}  # fmt: skip
 
 
 def run_checks(args: argparse.Namespace) -> None:
@@ -109,11 +113,8 @@ def collect(runs_dir: Path, output: Path, command: str) -> Path:
         record = {k: v for k, v in val[-1].items() if k not in ("run_dir", "per_class_accuracy")}
         record["pretrained"] = Path(str(record.get("pretrained"))).name
         config = json.loads((results.parent / "config.json").read_text(encoding="utf-8"))
-        used = config["method_config"]
         variant = next(v for v in VARIANTS if folder_name(v, record["seed"]) == results.parent.name)
-        record.update(variant=variant, lr=used.get("lr"), epochs_setting=used.get("epochs"),
-                      iterations=used.get("iterations", 0))  # fmt: skip
-        records.append(record)
+        records.append({**record, **recipe_fields(variant, config["method_config"])})
     output.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
     atomic_write_text(output / "records.jsonl", text)

@@ -838,7 +838,8 @@ def _data_moved_hint(exc: DataError, saved_root: str | None) -> DataError:
 
 
 def _build_splits(config: RunConfig, dataset: str | None = None, subsample: str | None = None,
-                  shots: int | None = None, root: str | None = None) -> Any:  # fmt: skip
+                  shots: int | None = None, root: str | None = None,
+                  whole_val: bool = False) -> Any:  # fmt: skip
     from vlprompt.data import build_dataset
 
     own = dataset is None or dataset == config.dataset
@@ -854,6 +855,7 @@ def _build_splits(config: RunConfig, dataset: str | None = None, subsample: str 
         seed=config.seed,
         subsample=subsample or config.subsample,
         skip_bad_images=config.skip_bad_images and own,
+        whole_val=whole_val,
         **loader,
     )
 
@@ -866,9 +868,9 @@ def _train(config, run_dir, resume, progress, on_epoch_end, ctx, say, trust_torc
     if config.preset == MINI_PRESET:  # first: these are not the papers' recipes
         say(mini_preset_line(config.method))
     device = resolve_device(config.engine.device, ctx)
-    splits = _build_splits(config)  # the data first: a missing folder is not a slow download
-    if config.method_config.get("val_split") == "whole":  # its searches score every val image
-        splits = replace(splits, val=_build_splits(config, shots=0).val)
+    # the data first: a missing folder is not a slow download; a method whose searches score
+    # every validation image (val_split "whole") gets the whole val split
+    splits = _build_splits(config, whole_val=config.method_config.get("val_split") == "whole")
     if ctx.is_main:
         write_splits(run_dir, _splits_record(config, splits))
     seed_everything(config.seed)
@@ -940,9 +942,10 @@ def mini_preset_line(method: str | None = None) -> str:
     values = {**(mini.resolve_for(method) if method else {}), **mini.engine}
     shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
     whose = f"{method}'s other settings are" if method else "each method's other settings:"
+    per_method = "" if method else " and epochs, batch sizes and learning rates per method"
     return (
         f"preset {MINI_PRESET} (the default with the tiny CLIP): the mini world's settings, "
-        f"{shown}{' and epochs, batch sizes and learning rates per method' if not method else ''} (no random "
+        f"{shown}{per_method} (no random "
         f"crop), as in docs/mini-world.md; {whose} its paper's. The papers' recipes: "
         f"--preset {PAPER_PRESET} (Python: preset={PAPER_PRESET!r})"
     )
@@ -1031,12 +1034,13 @@ def evaluate(
     subsample = subsample or (run.config.subsample if own else "all")
     if split not in ("train", "val", "test"):
         raise RunError(f"split must be train, val or test, got {split!r}")
+    whole_split = whole_split and split != "test"  # the test split is never sampled
     digest = _prompts_digest(run.run_dir)
     if reuse and not report:
         for rec in reversed(run.results()):
             if (rec.get("dataset"), rec.get("subsample"), rec.get("split"),
                     bool(rec.get("whole_split"))) == (
-                dataset, subsample, split, whole_split and split != "test",
+                dataset, subsample, split, whole_split,
             ) and rec.get("prompts_sha256") == digest:  # fmt: skip
                 return EvaluationRecord(rec, reused=True)
     shots = run.config.shots if (own and split != "test" and not whole_split) else 0
@@ -1048,7 +1052,7 @@ def evaluate(
     except DataError as exc:
         raise _data_moved_hint(exc, run.config.root if root is None else None) from None
     return _evaluate_run(run, splits, split=split, ctx=ctx, say=say, record=record, digest=digest,
-                         report=report, whole_split=whole_split and split != "test")  # fmt: skip
+                         report=report, whole_split=whole_split)  # fmt: skip
 
 
 def _evaluate_run(run: Run, splits: Any, *, split: str, ctx: Dist, say: Callable[[str], None],

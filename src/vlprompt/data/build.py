@@ -72,6 +72,7 @@ def build_dataset(
     subsample: str = "all",
     cache_dir: str | Path | None | bool = None,
     skip_bad_images: bool = False,
+    whole_val: bool = False,
     template: str | None = None,
     templates: list[str] | None = None,
     **loader_kwargs,
@@ -86,6 +87,8 @@ def build_dataset(
         False disables the cache.
     skip_bad_images: open every selected image now and leave out unreadable ones (with a
         warning giving the count) instead of failing later.
+    whole_val: every image of the val split instead of its few-shot sample (what the official
+        Tip-Adapter and GDA code search on; the train split stays sampled).
     template / templates: your own prompt template(s), overriding the data set's.
     loader_kwargs: passed to the loader, e.g. split=(0.5, 0.2, 0.3) or classnames_file for
         `imagefolder` / `csv`.
@@ -105,6 +108,8 @@ def build_dataset(
     require_two_classes(full, full.extra.get("source") or full.extra.get("dataset_dir") or root)
     where = _cache_dir(info, full, root, cache_dir, loader_kwargs)
     splits = cached_sample(full, shots, seed, where)
+    if whole_val:
+        splits = replace(splits, val=full.val)
     splits = subsample_classes(splits, subsample)
     if skip_bad_images:
         splits = drop_bad_images(splits)
