@@ -190,7 +190,7 @@ def sync(paths: Sequence[Path], check: bool) -> list[Path]:
     return stale
 
 
-def _portable(record: dict) -> dict:
+def portable(record: dict) -> dict:
     """A record without the paths of the machine that ran it: no run folder, and a local weight
     file by its name."""
     record = {k: v for k, v in record.items() if k not in DROPPED_FIELDS}
@@ -204,7 +204,7 @@ def store(results: Path, name: str, command: str) -> Path:
     with its source.json."""
     folder = RESULTS_DIR / name
     folder.mkdir(parents=True, exist_ok=True)
-    records = [_portable(r) for r in load_results(results)]
+    records = [portable(r) for r in load_results(results)]
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
     atomic_write_text(folder / "results.jsonl", text)
     atomic_write_text(folder / "source.json", json.dumps({"command": command}, indent=1) + "\n")

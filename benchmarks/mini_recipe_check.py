@@ -101,9 +101,9 @@ def run_checks(args: argparse.Namespace) -> None:
                     )
 
 
-def collect(runs_dir: Path, output: Path, command: str) -> Path:
-    """Every scored run under `runs_dir` (its last whole-split val record) into
-    OUTPUT/records.jsonl, without machine paths, with OUTPUT/source.json."""
+def gather(runs_dir: Path) -> list[dict]:
+    """Every scored run under `runs_dir`: its last whole-split val record, without machine
+    paths, with its recipe's fields."""
     records = []
     for results in sorted(runs_dir.glob("*/*/*/results.jsonl")):
         lines = [json.loads(x) for x in results.read_text(encoding="utf-8").splitlines() if x]
@@ -115,6 +115,12 @@ def collect(runs_dir: Path, output: Path, command: str) -> Path:
         config = json.loads((results.parent / "config.json").read_text(encoding="utf-8"))
         variant = next(v for v in VARIANTS if folder_name(v, record["seed"]) == results.parent.name)
         records.append({**record, **recipe_fields(variant, config["method_config"])})
+    return records
+
+
+def collect(runs_dir: Path, output: Path, command: str) -> Path:
+    """`gather(runs_dir)` into OUTPUT/records.jsonl, with OUTPUT/source.json."""
+    records = gather(runs_dir)
     output.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
     atomic_write_text(output / "records.jsonl", text)
