@@ -147,6 +147,25 @@ def _recipe_check(runs: Path, methods: Sequence[str]) -> list[dict]:
     return mini_recipe_check.gather(folder)
 
 
+def _zero_shot(runs: Path, methods: Sequence[str]) -> list[dict]:
+    import time
+
+    from vlprompt._version import code_version
+    from vlprompt.mini import load_mini_clip
+    from vlprompt.mini.probe import zeroshot_rows
+
+    start = time.perf_counter()
+    rows = zeroshot_rows(load_mini_clip())
+    seconds = (time.perf_counter() - start) / len(rows)
+    return [{**row, "wall_s": seconds, "vlprompt_version": code_version()} for row in rows]
+
+
+def _crop_check(runs: Path, methods: Sequence[str]) -> list[dict]:
+    import mini_crop_on_val
+
+    return mini_crop_on_val.check(ALL_MINI_DATASETS, runs_dir=runs / "crop-check")
+
+
 def _sweeps() -> dict[str, object]:
     import mini_recipe_check
 
@@ -154,33 +173,54 @@ def _sweeps() -> dict[str, object]:
     return {
         "quickstart": QuickstartSweep(),
         "mini-b2n/seed": BenchSweep(b2n, ("zsclip", "coop", "cocoop", "kgcoop", "prograd", "rpo")),
-        "mini-b2n/peers": BenchSweep(b2n, ("ivlp", "maple", "promptsrc", "tcp", "clip_adapter",
-                                           "tip_adapter", "tip_adapter_f")),  # fmt: skip
+        "mini-b2n/peers": BenchSweep(
+            b2n,
+            ("ivlp", "maple", "promptsrc", "tcp", "clip_adapter", "tip_adapter", "tip_adapter_f"),
+        ),  # fmt: skip
         "mini-b2n/lora": BenchSweep(b2n, ("clip_lora",)),
         "mini-b2n/anchors": BenchSweep(b2n, ("mmrl", "skiptuning", "two_stage")),
-        "mini-b2n/deep-5-seeds": BenchSweep(b2n, ("zsclip", "ivlp", "maple", "promptsrc"),
-                                            seeds=(1, 2, 3, 4, 5)),  # fmt: skip
+        "mini-b2n/deep-5-seeds": BenchSweep(
+            b2n, ("zsclip", "ivlp", "maple", "promptsrc"), seeds=(1, 2, 3, 4, 5)
+        ),  # fmt: skip
         "mini-b2n/dept": BenchSweep(b2n, ("coop", "coop+dept", "kgcoop", "kgcoop+dept")),
         "mini-b2n/dept-cocoop": BenchSweep(b2n, ("cocoop", "cocoop+dept")),
-        "mini-b2n/dept-deep": BenchSweep(b2n, ("maple", "maple+dept", "promptsrc",
-                                               "promptsrc+dept")),  # fmt: skip
-        "mini-fewshot/seed": BenchSweep("fewshot", ("zsclip", "linear_probe", "coop", "cocoop",
-                                                    "kgcoop", "prograd", "rpo"),
-                                        FEWSHOT_DATASETS, shots=ALL_SHOTS),  # fmt: skip
-        "mini-fewshot/adapters": BenchSweep("fewshot", ("zsclip", "tip_adapter", "tip_adapter_f",
-                                                        "clip_adapter", "clip_lora"),
-                                            FEWSHOT_DATASETS, shots=ALL_SHOTS),  # fmt: skip
-        "mini-fewshot/fitted": BenchSweep("fewshot", ("gda", "lp_plus_plus", "clap"),
-                                          FEWSHOT_DATASETS, shots=ALL_SHOTS),  # fmt: skip
-        "mini-fewshot/two_stage": BenchSweep("fewshot", ("two_stage",), FEWSHOT_DATASETS,
-                                             shots=ALL_SHOTS),  # fmt: skip
-        "mini-dg/seed": BenchSweep("dg", ("zsclip", "coop", "cocoop", "kgcoop", "prograd", "rpo"),
-                                   ("mini_objects", "mini_shapes")),  # fmt: skip
+        "mini-b2n/dept-deep": BenchSweep(
+            b2n, ("maple", "maple+dept", "promptsrc", "promptsrc+dept")
+        ),  # fmt: skip
+        "mini-fewshot/seed": BenchSweep(
+            "fewshot",
+            ("zsclip", "linear_probe", "coop", "cocoop", "kgcoop", "prograd", "rpo"),
+            FEWSHOT_DATASETS,
+            shots=ALL_SHOTS,
+        ),  # fmt: skip
+        "mini-fewshot/adapters": BenchSweep(
+            "fewshot",
+            ("zsclip", "tip_adapter", "tip_adapter_f", "clip_adapter", "clip_lora"),
+            FEWSHOT_DATASETS,
+            shots=ALL_SHOTS,
+        ),  # fmt: skip
+        "mini-fewshot/fitted": BenchSweep(
+            "fewshot", ("gda", "lp_plus_plus", "clap"), FEWSHOT_DATASETS, shots=ALL_SHOTS
+        ),  # fmt: skip
+        "mini-fewshot/two_stage": BenchSweep(
+            "fewshot", ("two_stage",), FEWSHOT_DATASETS, shots=ALL_SHOTS
+        ),  # fmt: skip
+        "mini-dg/seed": BenchSweep(
+            "dg",
+            ("zsclip", "coop", "cocoop", "kgcoop", "prograd", "rpo"),
+            ("mini_objects", "mini_shapes"),
+        ),  # fmt: skip
         **{f"seed-papers/{name}": SeedPaperSweep(name) for name in mini_seed_papers.EXPERIMENTS},
-        "mini-recipe-check": ScriptSweep(_recipe_check,
-                                         ("zsclip", *mini_recipe_check.DEFAULT_METHODS),
-                                         ("method", "dataset", "seed", "variant"),
-                                         decision=True),  # fmt: skip
+        "mini-zero-shot": ScriptSweep(_zero_shot, ("zsclip",), ("dataset", "classes", "style")),
+        "mini-crop-check": ScriptSweep(
+            _crop_check, ("coop",), ("method", "dataset", "seed", "crop_min_scale")
+        ),  # fmt: skip
+        "mini-recipe-check": ScriptSweep(
+            _recipe_check,
+            ("zsclip", *mini_recipe_check.DEFAULT_METHODS),
+            ("method", "dataset", "seed", "variant"),
+            decision=True,
+        ),  # fmt: skip
     }
 
 

@@ -46,29 +46,49 @@ def zeroshot_accuracy(
     return 100.0 * correct / total
 
 
-def zeroshot_report(clip: ClipBackbone, per_class: int | None = None) -> str:
-    """A Markdown table: zero-shot accuracy (%) on every mini data set's base, new and all test
-    classes (chance in brackets), then on every style variant (all classes)."""
+def zeroshot_rows(clip: ClipBackbone, per_class: int | None = None) -> list[dict]:
+    """Zero-shot accuracy (%) on every mini data set's base, new and all test classes, and on
+    every style variant (all classes): one row each, `style` None for the data set's own."""
     from vlprompt.mini.datasets import MINI_DATASETS
 
+    rows = []
+    for name, spec in MINI_DATASETS.items():
+        for classes in ("base", "new", "all"):
+            accuracy = zeroshot_accuracy(clip, name, classes, per_class=per_class)
+            rows.append({"dataset": name, "n_classes": len(spec.classnames), "classes": classes,
+                         "style": None, "accuracy": accuracy})  # fmt: skip
+        for style in spec.variants:
+            accuracy = zeroshot_accuracy(clip, name, "all", per_class=per_class, style=style)
+            rows.append({"dataset": name, "n_classes": len(spec.classnames), "classes": "all",
+                         "style": style, "accuracy": accuracy})  # fmt: skip
+    return rows
+
+
+def render_zeroshot(rows: list[dict]) -> str:
+    """`zeroshot_rows` as two Markdown tables: base, new (chance in brackets) and all classes of
+    every data set, where "all" weighs base and new by their class counts (each half scored
+    among its own classes); then every style variant beside its source's photos, all classes."""
+    own = {(r["dataset"], r["classes"]): r for r in rows if r["style"] is None}
     lines = [
         "| data set | classes | base (chance) | new (chance) | all |",
         "|---|---|---|---|---|",
     ]
-    for name, spec in MINI_DATASETS.items():
-        n = len(spec.classnames)
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        n = own[name, "base"]["n_classes"]
         m = math.ceil(n / 2)
-        base = zeroshot_accuracy(clip, name, "base", per_class=per_class)
-        new = zeroshot_accuracy(clip, name, "new", per_class=per_class)
+        base, new = own[name, "base"]["accuracy"], own[name, "new"]["accuracy"]
         everything = (base * m + new * (n - m)) / n
-        lines.append(
-            f"| {name} | {n} | {base:.1f} ({100 / m:.0f}) | {new:.1f} ({100 / (n - m):.0f}) "
-            f"| {everything:.1f} |"
-        )
+        lines.append(f"| {name} | {n} | {base:.1f} ({100 / m:.0f}) | {new:.1f} "
+                     f"({100 / (n - m):.0f}) | {everything:.1f} |")  # fmt: skip
     lines += ["", "| style variant | all classes | source, same images |", "|---|---|---|"]
-    for name, spec in MINI_DATASETS.items():
-        source = zeroshot_accuracy(clip, name, "all", per_class=per_class)
-        for style in spec.variants:
-            shifted = zeroshot_accuracy(clip, name, "all", per_class=per_class, style=style)
-            lines.append(f"| {name}_{style} | {shifted:.1f} | {source:.1f} |")
+    for r in rows:
+        if r["style"] is not None:
+            source = own[r["dataset"], "all"]["accuracy"]
+            lines.append(f"| {r['dataset']}_{r['style']} | {r['accuracy']:.1f} | {source:.1f} |")
     return "\n".join(lines)
+
+
+def zeroshot_report(clip: ClipBackbone, per_class: int | None = None) -> str:
+    """A Markdown table: zero-shot accuracy (%) on every mini data set's base, new and all test
+    classes (chance in brackets), then on every style variant (all classes)."""
+    return render_zeroshot(zeroshot_rows(clip, per_class))
