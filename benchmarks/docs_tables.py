@@ -27,7 +27,8 @@ orderings the papers report on real CLIP, checked on several stored sweeps);
 `mini_recipe_check.py` (its `collect` stores NAME/records.jsonl); `kind=mini_budgets` the mini
 recipes' budgets in optimizer steps, computed from the code (`mini_budgets.py`); `kind=zero_shot`
 the tiny CLIP's zero-shot accuracy (`vlprompt.mini.probe`) and `kind=crop_check` the training crop
-chosen on validation (`mini_crop_on_val.py`), each from NAME/records.jsonl. Every stored sweep
+chosen on validation (`mini_crop_on_val.py`), `kind=headroom` and `kind=replicas` the replica
+measurements (`mini_headroom.py`, `mini_world_variants.py`), each from NAME/records.jsonl. Every stored sweep
 is made by `mini_docs.py` (`python benchmarks/mini_docs.py list`).
 """
 
@@ -43,7 +44,9 @@ from pathlib import Path
 import fidelity
 import mini_budgets
 import mini_crop_on_val
+import mini_headroom
 import mini_recipe_check
+import mini_world_variants
 
 from vlprompt.io import atomic_write_text, read_jsonl
 from vlprompt.latex import sort_by_method
@@ -137,6 +140,10 @@ def render(name: str, args: dict[str, str]) -> str:
         return render_records(name, render_zeroshot)
     if args.get("kind") == "crop_check":
         return render_records(name, mini_crop_on_val.render)
+    if args.get("kind") == "headroom":
+        return render_records(name, mini_headroom.render)
+    if args.get("kind") == "replicas":
+        return render_records(name, mini_world_variants.render)
     if args.get("kind") == "export_speed":
         return render_export_speed(name, args.get("methods", "").split(","))
     records = load_results(RESULTS_DIR / name / "results.jsonl")

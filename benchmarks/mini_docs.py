@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -166,6 +167,23 @@ def _crop_check(runs: Path, methods: Sequence[str]) -> list[dict]:
     return mini_crop_on_val.check(ALL_MINI_DATASETS, runs_dir=runs / "crop-check")
 
 
+def replica_script(script: str, *options: str) -> Callable[[Path, Sequence[str]], list[dict]]:
+    """A replica script (`mini_headroom.py`, `mini_world_variants.py`) in its own process: it
+    swaps the registry's data sets for replicas, which must not leak into the next sweep."""
+
+    def run_records(runs: Path, methods: Sequence[str]) -> list[dict]:
+        folder = runs / "replicas" / Path(script).stem / "_".join(o.strip('-{}"') for o in options)
+        folder.mkdir(parents=True, exist_ok=True)
+        records = folder / "records.jsonl"
+        here = Path(__file__).resolve().parent
+        subprocess.run([sys.executable, str(here / script), *options, "--records", str(records),
+                        *(["--output-dir", str(folder / "runs")] if "variants" in script else [])],
+                       check=True)  # fmt: skip
+        return read_jsonl(records)
+
+    return run_records
+
+
 def _sweeps() -> dict[str, object]:
     import mini_recipe_check
 
@@ -214,6 +232,19 @@ def _sweeps() -> dict[str, object]:
         "mini-zero-shot": ScriptSweep(_zero_shot, ("zsclip",), ("dataset", "classes", "style")),
         "mini-crop-check": ScriptSweep(
             _crop_check, ("coop",), ("method", "dataset", "seed", "crop_min_scale")
+        ),  # fmt: skip
+        "mini-headroom": ScriptSweep(
+            replica_script("mini_headroom.py"), ("head",), ("dataset", "look", "seed_offset")
+        ),  # fmt: skip
+        "mini-replicas": ScriptSweep(
+            replica_script("mini_world_variants.py"),
+            ("coop",),
+            ("dataset", "look", "style", "seed_offset"),
+        ),  # fmt: skip
+        "mini-replicas/whole-world": ScriptSweep(
+            replica_script("mini_world_variants.py", "--look", "{}"),
+            ("coop",),
+            ("dataset", "look", "style", "seed_offset"),
         ),  # fmt: skip
         "mini-recipe-check": ScriptSweep(
             _recipe_check,

@@ -2,7 +2,7 @@
 
     python benchmarks/mini_headroom.py [--style cartoon | --styles photo,cartoon,...] [--lr 1e-4]
         [--steps 300] [--look JSON] [--seed-offset 1000] [--model NAME --model-config JSON --pretrained CKPT]
-        [--datasets mini_shapes,...] [--seeds 1,2,3]
+        [--datasets mini_shapes,...] [--seeds 1,2,3] [--records FILE.jsonl]
 
 CoOp, KgCoOp and ProGrad classify frozen image features with one text feature per class; all a
 prompt can do is move those class features. Here the class features themselves are the
@@ -27,13 +27,17 @@ import argparse
 import json
 import math
 import statistics
+import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mini_world_variants import add_replica_arguments, use_replicas
+from mini_world_variants import add_replica_arguments, use_replicas, write_records
+
+from vlprompt._version import code_version
 
 SHOTS, VAL_PER_CLASS, SNAPSHOT_EVERY = 16, 4, 10
+COLUMNS = ("ZS", "head, validation-chosen", "head, best step on test", "head fitted on test")
 
 
 def accuracy(class_features: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> float:
@@ -115,12 +119,9 @@ def measure(clip, name: str, seeds: list[int], lr: float, steps: int) -> dict[st
         chosen.append(accuracy(best_snapshot(snapshots, x_val, y_val), x_test, y_test))
         best.append(accuracy(best_snapshot(snapshots, x_test, y_test), x_test, y_test))
     fitted_on_test = fit_class_features(zeroshot, x_test, y_test, scale, lr=1e-3, steps=1000)[-1]
-    return {
-        "ZS": accuracy(zeroshot, x_test, y_test),
-        "head, validation-chosen": statistics.mean(chosen),
-        "head, best step on test": statistics.mean(best),
-        "head fitted on test": accuracy(fitted_on_test, x_test, y_test),
-    }
+    values = (accuracy(zeroshot, x_test, y_test), statistics.mean(chosen), statistics.mean(best),
+              accuracy(fitted_on_test, x_test, y_test))  # fmt: skip
+    return dict(zip(COLUMNS, values))
 
 
 def main() -> None:
@@ -153,14 +154,26 @@ def main() -> None:
     print(f"replicas (seed +{args.seed_offset}), base classes, style {args.style or args.styles or 'own'}, "
           f"look {look}, model {model}, "
           f"{SHOTS} shots, lr {args.lr}, {args.steps} steps, seeds {args.seeds}\n")  # fmt: skip
-    rows = {name: measure(clip, name, seeds, args.lr, args.steps) for name in datasets}
-    columns = list(next(iter(rows.values())))
-    print("| data set | " + " | ".join(columns) + " |")
-    print("|---" * (len(columns) + 1) + "|")
-    for name, row in rows.items():
-        print(f"| {name} | " + " | ".join(f"{row[c]:.1f}" for c in columns) + " |")
-    means = [statistics.mean(row[c] for row in rows.values()) for c in columns]
-    print("| mean | " + " | ".join(f"{m:.1f}" for m in means) + " |")
+    records = []
+    for name in datasets:
+        start = time.perf_counter()
+        row = measure(clip, name, seeds, args.lr, args.steps)
+        records.append({"dataset": name, "look": look, "seed_offset": args.seed_offset, **row,
+                        "wall_s": time.perf_counter() - start,
+                        "vlprompt_version": code_version()})  # fmt: skip
+    print(render(records))
+    if args.records:
+        write_records(args.records, records)
+
+
+def render(records: list[dict]) -> str:
+    """One row per data set, the four columns, then their means."""
+    lines = ["| data set | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for r in records:
+        lines.append(f"| {r['dataset']} | " + " | ".join(f"{r[c]:.1f}" for c in COLUMNS) + " |")
+    means = [statistics.mean(r[c] for r in records) for c in COLUMNS]
+    lines.append("| mean | " + " | ".join(f"{m:.1f}" for m in means) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

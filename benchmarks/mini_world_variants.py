@@ -4,7 +4,7 @@
         [--coop lr=0.01,epochs=40]
         [--look '{"color": "white", "background": "night"}'] [--seed-offset 1000]
         [--model NAME --model-config JSON --pretrained CKPT] [--datasets mini_shapes,...]
-        [--seeds 1,2,3] [--output-dir runs/variants/NAME]
+        [--seeds 1,2,3] [--output-dir runs/variants/NAME] [--records FILE.jsonl]
 
 Every data set is redrawn as a *replica*: the same classes and distribution with its image seed
 moved by 1000, so no image of the real train/val/test splits is used and the test split stays
@@ -148,6 +148,7 @@ def add_replica_arguments(parser: argparse.ArgumentParser) -> None:
         default="mini_shapes,mini_colors,mini_objects,mini_patterns,mini_counts,mini_sizes",
     )
     parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--records", default=None, help="also write the rows here (JSON lines)")
 
 
 def main() -> None:
@@ -162,6 +163,7 @@ def main() -> None:
 
     import open_clip
 
+    from vlprompt._version import code_version
     from vlprompt.backbone import load_clip
     from vlprompt.mini import MODEL_NAME, checkpoint_path
     from vlprompt.protocols import run_bench
@@ -191,6 +193,10 @@ def main() -> None:
     )  # fmt: skip
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
+    def run_seconds(name: str) -> float:
+        runs = {r["run"]: r.get("wall_s") or 0.0 for r in rows if r["dataset"] == name}
+        return sum(runs.values())
+
     def mean(name: str, method: str, classes: str) -> float:
         return statistics.mean(
             r["accuracy"]
@@ -198,18 +204,42 @@ def main() -> None:
             if r["dataset"] == name and r["method"] == method and r["subsample"] == classes
         )
 
-    look = "own" if args.look is None else json.dumps(args.look)
-    print(f"\nreplica data sets (seed +{args.seed_offset}), style {args.style or args.styles or 'own'}, look {look}, "
+    look = "own" if args.look is None else json.dumps(args.look, sort_keys=True)
+    style = args.style or args.styles or "own"
+    print(f"\nreplica data sets (seed +{args.seed_offset}), style {style}, look {look}, "
           f"model {model}, CoOp {overrides['coop']}, seeds {args.seeds}\n")  # fmt: skip
-    print("| data set | ZS base, bare name | ZS base | CoOp base | CoOp - ZS | ZS new | CoOp new |")
-    print("|---|---|---|---|---|---|---|")
-    for name in datasets:
-        zs_b, coop_b = mean(name, "zsclip", "base"), mean(name, "coop", "base")
-        print(
-            f"| {name} | {bare[name]:.1f} | {zs_b:.1f} | "
-            f"{coop_b:.1f} | {coop_b - zs_b:+.1f} | {mean(name, 'zsclip', 'new'):.1f} | "
-            f"{mean(name, 'coop', 'new'):.1f} |"
+    records = [
+        {"dataset": name, "look": look, "style": style, "seed_offset": args.seed_offset,
+         "ZS base, bare name": bare[name], "ZS base": mean(name, "zsclip", "base"),
+         "CoOp base": mean(name, "coop", "base"), "ZS new": mean(name, "zsclip", "new"),
+         "CoOp new": mean(name, "coop", "new"), "wall_s": run_seconds(name),
+         "vlprompt_version": code_version()}
+        for name in datasets
+    ]  # fmt: skip
+    print(render(records))
+    if args.records:
+        write_records(args.records, records)
+
+
+def render(records: list[dict]) -> str:
+    """CoOp against zero-shot on each replica: base accuracy with the bare class name and with
+    the template, CoOp's base accuracy and its gain, then both on new classes."""
+    lines = ["| data set | ZS base, bare name | ZS base | CoOp base | CoOp - ZS | ZS new | CoOp new |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in records:
+        lines.append(
+            f"| {r['dataset']} | {r['ZS base, bare name']:.1f} | {r['ZS base']:.1f} | "
+            f"{r['CoOp base']:.1f} | {r['CoOp base'] - r['ZS base']:+.1f} | {r['ZS new']:.1f} | "
+            f"{r['CoOp new']:.1f} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def write_records(path: str, records: list[dict]) -> None:
+    from vlprompt.io import atomic_write_text
+
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    atomic_write_text(Path(path), text)
 
 
 if __name__ == "__main__":
