@@ -25,7 +25,8 @@ stored one (`store`, below, drops run-folder paths), then run this script.
 orderings the papers report on real CLIP, checked on several stored sweeps);
 `<!-- results:NAME kind=recipe_check -->` the learning-rate and budget check of
 `mini_recipe_check.py` (its `collect` stores NAME/records.jsonl); `kind=mini_budgets` the mini
-recipes' budgets in optimizer steps, computed from the code (`mini_budgets.py`); `kind=zero_shot`
+recipes' budgets in optimizer steps and `kind=mini_recipes` the recipes beside the papers',
+computed from the code (`mini_budgets.py`); `kind=zero_shot`
 the tiny CLIP's zero-shot accuracy (`vlprompt.mini.probe`) and `kind=crop_check` the training crop
 chosen on validation (`mini_crop_on_val.py`), `kind=headroom` and `kind=replicas` the replica
 measurements (`mini_headroom.py`, `mini_world_variants.py`), each from NAME/records.jsonl. Every stored sweep
@@ -134,6 +135,8 @@ def render(name: str, args: dict[str, str]) -> str:
         return fidelity.render(RESULTS_DIR)
     if args.get("kind") == "mini_budgets":
         return mini_budgets.render()
+    if args.get("kind") == "mini_recipes":
+        return mini_budgets.render_recipes()
     if args.get("kind") == "recipe_check":
         return mini_recipe_check.render(RESULTS_DIR, name)
     if args.get("kind") == "zero_shot":
