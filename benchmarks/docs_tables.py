@@ -147,6 +147,8 @@ def render(name: str, args: dict[str, str]) -> str:
         return render_records(name, mini_headroom.render)
     if args.get("kind") == "replicas":
         return render_records(name, mini_world_variants.render)
+    if args.get("kind") == "looks_tried":
+        return render_records(name, mini_world_variants.render_looks)
     if args.get("kind") == "export_speed":
         return render_export_speed(name, args.get("methods", "").split(","))
     records = load_results(RESULTS_DIR / name / "results.jsonl")

@@ -27,6 +27,7 @@ records measured it (one process, one thread per run): the sum is a full `run --
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -172,7 +173,8 @@ def replica_script(script: str, *options: str) -> Callable[[Path, Sequence[str]]
     swaps the registry's data sets for replicas, which must not leak into the next sweep."""
 
     def run_records(runs: Path, methods: Sequence[str]) -> list[dict]:
-        folder = runs / "replicas" / Path(script).stem / "_".join(o.strip('-{}"') for o in options)
+        digest = hashlib.sha1("\0".join(options).encode()).hexdigest()[:12]
+        folder = runs / "replicas" / Path(script).stem / digest
         folder.mkdir(parents=True, exist_ok=True)
         records = folder / "records.jsonl"
         here = Path(__file__).resolve().parent
@@ -182,6 +184,42 @@ def replica_script(script: str, *options: str) -> Callable[[Path, Sequence[str]]
         return read_jsonl(records)
 
     return run_records
+
+
+# The looks tried on replicas before the data sets got theirs (docs/mini-world.md, "How they
+# were chosen"): (data set, look, style); None is the data set's own look, the one kept.
+LOOKS_TRIED = (
+    *((d, None, None) for d in ("mini_shapes", "mini_patterns", "mini_counts")),
+    ("mini_sizes", {"color": "white", "pattern": "plain", "background": "night"}, None),
+    ("mini_sizes", {"color": "white", "pattern": "plain", "background": "night"}, "noisy"),
+    ("mini_sizes", {"color": "white", "pattern": "outlined", "background": "night"}, None),
+    ("mini_sizes", {"color": "white", "pattern": "plain", "background": "sand"}, None),
+    ("mini_sizes", {"color": "white", "pattern": "dotted", "background": "night"}, None),
+    ("mini_sizes", {"color": "white", "pattern": "striped", "background": "night"}, None),
+    ("mini_sizes", {"color": "red", "pattern": "plain", "background": "sky"}, None),
+    ("mini_sizes", None, None),
+    ("mini_objects", {"pattern": "plain", "size": "large", "background": "night"}, None),
+    ("mini_objects", {"pattern": "plain", "size": "large", "background": "night"}, "noisy"),
+    ("mini_objects", {"pattern": "plain", "size": "small", "background": "night"}, None),
+    ("mini_objects", {"pattern": "plain", "size": "large", "background": "sand"}, None),
+    ("mini_objects", {"pattern": "outlined", "size": "small"}, None),
+    ("mini_objects", {"pattern": "outlined", "size": "small", "background": "night"}, None),
+    ("mini_objects", {"pattern": "dotted", "size": "small"}, None),
+    ("mini_objects", {"pattern": "striped", "size": "small"}, None),
+    ("mini_objects", None, None),
+)
+REPLICA_OFFSETS = (1000, 2000)
+
+
+def _looks_tried(runs: Path, methods: Sequence[str]) -> list[dict]:
+    records = []
+    for dataset, look, style in LOOKS_TRIED:
+        for offset in REPLICA_OFFSETS:
+            options = ["--datasets", dataset, "--seed-offset", str(offset)]
+            options += ["--look", json.dumps(look, sort_keys=True)] if look is not None else []
+            options += ["--style", style] if style else []
+            records += replica_script("mini_world_variants.py", *options)(runs, methods)
+    return records
 
 
 def _sweeps() -> dict[str, object]:
@@ -245,6 +283,9 @@ def _sweeps() -> dict[str, object]:
             replica_script("mini_world_variants.py", "--look", "{}"),
             ("coop",),
             ("dataset", "look", "style", "seed_offset"),
+        ),  # fmt: skip
+        "mini-looks-tried": ScriptSweep(
+            _looks_tried, ("coop",), ("dataset", "look", "style", "seed_offset"), decision=True
         ),  # fmt: skip
         "mini-recipe-check": ScriptSweep(
             _recipe_check,

@@ -244,3 +244,35 @@ def write_records(path: str, records: list[dict]) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def look_label(dataset: str, look: str, style: str) -> str:
+    """A look's values in attribute order ("white, plain, night"), its style if not the
+    data set's own, and "(kept)" for the data set's own look."""
+    from vlprompt.mini.datasets import MINI_DATASETS
+
+    fixed = MINI_DATASETS[dataset].fixed
+    values = fixed if look == "own" else json.loads(look)
+    words = [str(values[a]) for a in LOOK_ATTRIBUTES if a in values]
+    if style != "own":
+        words.append(f"{style} style")
+    return ", ".join(words) + (" (kept)" if look == "own" and style == "own" else "")
+
+
+def render_looks(records: list[dict]) -> str:
+    """Each look tried on a data set: CoOp - zero-shot on base classes and zero-shot on new
+    classes, at every replica offset."""
+    offsets = sorted({r["seed_offset"] for r in records})
+    rows: dict[tuple, dict[int, dict]] = {}
+    for r in records:
+        rows.setdefault((r["dataset"], r["look"], r["style"]), {})[r["seed_offset"]] = r
+    at = " / ".join(f"+{o}" for o in offsets)
+    lines = [f"| data set | look tried (style photo; class attributes free) | CoOp - ZS, {at} "
+             f"| ZS new, {at} |", "|---|---|---|---|"]  # fmt: skip
+    for (dataset, look, style), by_offset in rows.items():
+        gains = [f"{by_offset[o]['CoOp base'] - by_offset[o]['ZS base']:+.1f}"
+                 if o in by_offset else "-" for o in offsets]  # fmt: skip
+        new = [f"{by_offset[o]['ZS new']:.1f}" if o in by_offset else "-" for o in offsets]
+        lines.append(f"| {dataset} | {look_label(dataset, look, style)} | {' / '.join(gains)} "
+                     f"| {' / '.join(new)} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
