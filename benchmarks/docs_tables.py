@@ -135,6 +135,10 @@ def render(name: str, args: dict[str, str]) -> str:
         return fidelity.render(RESULTS_DIR)
     if args.get("kind") == "mini_budgets":
         return mini_budgets.render()
+    if args.get("kind") == "sweeps":
+        import mini_docs  # it imports this module
+
+        return mini_docs.render_sweeps()
     if args.get("kind") == "mini_recipes":
         return mini_budgets.render_recipes()
     if args.get("kind") == "recipe_check":
