@@ -131,6 +131,10 @@ def render_records(name: str, renderer) -> str:
 def render(name: str, args: dict[str, str]) -> str:
     """The body of one generated part (`kind=fidelity`: the fidelity table of
     `benchmarks/fidelity.py`, read from several stored sweeps)."""
+    computed = ("fidelity", "mini_budgets", "mini_recipes", "sweeps")  # not one stored folder
+    if args.get("kind") not in computed and not (RESULTS_DIR / name / "source.json").is_file():
+        raise ValueError(f"no stored results named {name!r} (benchmarks/results/{name}/): run "
+                         f"python benchmarks/mini_docs.py run {name}")  # fmt: skip
     if args.get("kind") == "fidelity":
         return fidelity.render(RESULTS_DIR)
     if args.get("kind") == "mini_budgets":

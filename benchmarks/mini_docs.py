@@ -394,7 +394,11 @@ def run(names: Sequence[str], runs: Path, methods: Sequence[str] | None) -> None
         fresh = sweep.run(runs, chosen)
         folder = store(name, fresh, methods if methods else None)
         print(f"{name}: {len(fresh)} fresh records stored in {folder}", flush=True)
-    for path in docs_tables.sync([docs_tables.ROOT / d for d in docs_tables.DOCS], check=False):
+    try:
+        rewritten = docs_tables.sync([docs_tables.ROOT / d for d in docs_tables.DOCS], check=False)
+    except ValueError as error:  # another table's results are not stored yet
+        raise SystemExit(f"stored; the docs are not rewritten: {error}") from None
+    for path in rewritten:
         print(f"{path.relative_to(docs_tables.ROOT)} rewritten")
 
 

@@ -132,3 +132,11 @@ def test_a_real_sweep_is_run_stored_and_resumed(tmp_path, monkeypatch):
     }
     mini_docs.run(["tiny"], tmp_path / "runs", None)
     assert (stored / "results.jsonl").read_text() == first
+
+
+def test_a_table_without_stored_results_names_the_sweep_to_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(docs_tables, "RESULTS_DIR", tmp_path)
+    doc = tmp_path / "doc.md"
+    doc.write_text('<!-- results:mini-b2n/lora parts="Base" -->\n<!-- /results -->\n')
+    with pytest.raises(ValueError, match="run python benchmarks/mini_docs.py run mini-b2n/lora"):
+        docs_tables.sync([doc], check=True)
