@@ -251,11 +251,15 @@ def look_label(dataset: str, look: str, style: str) -> str:
     data set's own, and "(kept)" for the data set's own look."""
     from vlprompt.mini.datasets import MINI_DATASETS
 
-    fixed = MINI_DATASETS[dataset].fixed
-    values = fixed if look == "own" else json.loads(look)
+    spec = MINI_DATASETS[dataset]
+    values = spec.fixed if look == "own" else json.loads(look)
     words = [str(values[a]) for a in LOOK_ATTRIBUTES if a in values]
     if style != "own":
         words.append(f"{style} style")
+    classes = {key for attrs in spec.class_attributes for key in attrs}
+    free = [a for a in LOOK_ATTRIBUTES if a not in values and a not in classes]
+    if free:
+        words[-1] += f" ({', '.join(free)} free)"
     return ", ".join(words) + (" (kept)" if look == "own" and style == "own" else "")
 
 
