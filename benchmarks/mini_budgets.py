@@ -78,6 +78,11 @@ def _pair(mini, paper) -> str:
     return _value(mini) if mini == paper else f"**{_value(mini)}** ({_value(paper)})"
 
 
+def own_methods() -> list[str]:
+    """vlprompt's registered methods, not a plugin's (a test or a user may register more)."""
+    return [m for m in list_methods() if get_method_class(m).__module__.startswith("vlprompt.")]
+
+
 def render_recipes() -> str:
     """The mini preset beside each paper's recipe, from the code: budget, batch, learning rate
     and every other setting the preset changes (bold: changed; the paper's in brackets)."""
@@ -86,7 +91,7 @@ def render_recipes() -> str:
         "mini_budgets.py`: `MINI_SETTINGS` beside each method's paper config). Bold: the mini "
         "preset's value, the paper's in brackets; a plain value is the paper's, kept. Every "
         "setting not named is the paper's; methods without mini settings run their papers' "
-        f"recipes ({', '.join(sorted(set(list_methods()) - set(MINI_SETTINGS)))}).",
+        f"recipes ({', '.join(sorted(set(own_methods()) - set(MINI_SETTINGS)))}).",
         "",
         "| method | budget | batch | lr | other settings of the mini preset |",
         "|---|---|---|---|---|",

@@ -140,3 +140,18 @@ def test_a_table_without_stored_results_names_the_sweep_to_run(tmp_path, monkeyp
     doc.write_text('<!-- results:mini-b2n/lora parts="Base" -->\n<!-- /results -->\n')
     with pytest.raises(ValueError, match="run python benchmarks/mini_docs.py run mini-b2n/lora"):
         docs_tables.sync([doc], check=True)
+
+
+def test_the_recipes_table_ignores_a_plugin_method(monkeypatch):
+    """A method registered by a plugin (or another test) is not vlprompt's: the generated table
+    does not change with it."""
+    import mini_budgets
+
+    before = mini_budgets.render_recipes()
+    methods, get_class = mini_budgets.list_methods, mini_budgets.get_method_class
+    plugin = type("Plugin", (), {"__module__": "someones_plugin"})
+    monkeypatch.setattr(mini_budgets, "list_methods", lambda: [*methods(), "a_plugin"])
+    monkeypatch.setattr(mini_budgets, "get_method_class",
+                        lambda name: plugin if name == "a_plugin" else get_class(name))  # fmt: skip
+    assert "a_plugin" in mini_budgets.list_methods()
+    assert mini_budgets.render_recipes() == before
