@@ -49,7 +49,7 @@ import mini_headroom
 import mini_recipe_check
 import mini_world_variants
 
-from vlprompt.io import atomic_write_text, read_jsonl
+from vlprompt.io import atomic_write_jsonl, atomic_write_text, read_jsonl
 from vlprompt.latex import sort_by_method
 from vlprompt.mini.probe import render_zeroshot
 from vlprompt.report import load_results, per_seed, render_markdown, summarize
@@ -120,6 +120,16 @@ def _source_line(name: str, records: Sequence[dict], file: str = "results.jsonl"
             f"{', '.join(versions)}; made with `{source['command']}`).")  # fmt: skip
 
 
+# kinds rendered from a script's stored records (NAME/records.jsonl), with their renderers
+RECORD_RENDERERS = {
+    "zero_shot": render_zeroshot,
+    "crop_check": mini_crop_on_val.render,
+    "headroom": mini_headroom.render,
+    "replicas": mini_world_variants.render,
+    "looks_tried": mini_world_variants.render_looks,
+}
+
+
 def render_records(name: str, renderer) -> str:
     """A script's stored records (NAME/records.jsonl) through its `renderer`, under the line
     that says where they come from."""
@@ -147,16 +157,8 @@ def render(name: str, args: dict[str, str]) -> str:
         return mini_budgets.render_recipes()
     if args.get("kind") == "recipe_check":
         return mini_recipe_check.render(RESULTS_DIR, name)
-    if args.get("kind") == "zero_shot":
-        return render_records(name, render_zeroshot)
-    if args.get("kind") == "crop_check":
-        return render_records(name, mini_crop_on_val.render)
-    if args.get("kind") == "headroom":
-        return render_records(name, mini_headroom.render)
-    if args.get("kind") == "replicas":
-        return render_records(name, mini_world_variants.render)
-    if args.get("kind") == "looks_tried":
-        return render_records(name, mini_world_variants.render_looks)
+    if args.get("kind") in RECORD_RENDERERS:
+        return render_records(name, RECORD_RENDERERS[args["kind"]])
     if args.get("kind") == "export_speed":
         return render_export_speed(name, args.get("methods", "").split(","))
     records = load_results(RESULTS_DIR / name / "results.jsonl")
@@ -243,8 +245,7 @@ def store(results: Path, name: str, command: str) -> Path:
     folder = RESULTS_DIR / name
     folder.mkdir(parents=True, exist_ok=True)
     records = [portable(r) for r in load_results(results)]
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-    atomic_write_text(folder / "results.jsonl", text)
+    atomic_write_jsonl(folder / "results.jsonl", records)
     atomic_write_text(folder / "source.json", json.dumps({"command": command}, indent=1) + "\n")
     return folder
 

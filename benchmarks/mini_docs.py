@@ -18,10 +18,9 @@ same folder stops at once, naming the holder.
 
 `--all` runs every sweep but the decision records (`list` marks them): the learning-rate check
 (`mini-recipe-check`), which chose the current mini recipes and is rerun only when named (its
-"mini" column is then the chosen recipe), and the measurements of what the mini world is not
-(earlier checkpoints, rejected looks), which are stored with the commit that measured them and
-cannot be rerun with the shipped model. `list` prints each sweep's CPU time as its stored
-records measured it (one process, one thread per run): the sum is a full `run --all`'s time.
+"mini" column is then the chosen recipe), and the looks tried on replicas (`mini-looks-tried`,
+worlds we do not ship). `list` prints each sweep's CPU time as its stored records measured it
+(one thread per run); its last line, each shared run counted once, is a full `run --all`'s.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,7 +38,7 @@ from pathlib import Path
 import docs_tables
 import mini_seed_papers
 
-from vlprompt.io import atomic_write_text, read_jsonl
+from vlprompt.io import atomic_write_jsonl, atomic_write_text, read_jsonl
 from vlprompt.quickstart import ALL_MINI_DATASETS, QUICKSTART_DATASETS, QUICKSTART_METHODS
 from vlprompt.report import load_results
 from vlprompt.run_folder import RESULTS_FILE
@@ -136,7 +136,7 @@ class ScriptSweep:
         return self.run_records(runs, methods)
 
     def run_id(self, record: dict) -> str:
-        return "|".join(str(record.get(f)) for f in self.key_fields)
+        return record_key(self, record)
 
 
 def _recipe_check(runs: Path, methods: Sequence[str]) -> list[dict]:
@@ -150,8 +150,6 @@ def _recipe_check(runs: Path, methods: Sequence[str]) -> list[dict]:
 
 
 def _zero_shot(runs: Path, methods: Sequence[str]) -> list[dict]:
-    import time
-
     from vlprompt._version import code_version
     from vlprompt.mini import load_mini_clip
     from vlprompt.mini.probe import zeroshot_rows
@@ -168,9 +166,11 @@ def _crop_check(runs: Path, methods: Sequence[str]) -> list[dict]:
     return mini_crop_on_val.check(ALL_MINI_DATASETS, runs_dir=runs / "crop-check")
 
 
-def replica_script(script: str, *options: str) -> Callable[[Path, Sequence[str]], list[dict]]:
+def replica_script(script: str, *options: str,
+                   trains: bool = False) -> Callable[[Path, Sequence[str]], list[dict]]:  # fmt: skip
     """A replica script (`mini_headroom.py`, `mini_world_variants.py`) in its own process: it
-    swaps the registry's data sets for replicas, which must not leak into the next sweep."""
+    swaps the registry's data sets for replicas, which must not leak into the next sweep.
+    `trains`: the script trains runs, in an `--output-dir` of its folder."""
 
     def run_records(runs: Path, methods: Sequence[str]) -> list[dict]:
         digest = hashlib.sha1("\0".join(options).encode()).hexdigest()[:12]
@@ -179,7 +179,7 @@ def replica_script(script: str, *options: str) -> Callable[[Path, Sequence[str]]
         records = folder / "records.jsonl"
         here = Path(__file__).resolve().parent
         subprocess.run([sys.executable, str(here / script), *options, "--records", str(records),
-                        *(["--output-dir", str(folder / "runs")] if "variants" in script else [])],
+                        *(["--output-dir", str(folder / "runs")] if trains else [])],
                        check=True)  # fmt: skip
         return read_jsonl(records)
 
@@ -218,7 +218,9 @@ def _looks_tried(runs: Path, methods: Sequence[str]) -> list[dict]:
             options = ["--datasets", dataset, "--seed-offset", str(offset)]
             options += ["--look", json.dumps(look, sort_keys=True)] if look is not None else []
             options += ["--style", style] if style else []
-            records += replica_script("mini_world_variants.py", *options)(runs, methods)
+            records += replica_script("mini_world_variants.py", *options, trains=True)(
+                runs, methods
+            )
     return records
 
 
@@ -232,67 +234,67 @@ def _sweeps() -> dict[str, object]:
         "mini-b2n/peers": BenchSweep(
             b2n,
             ("ivlp", "maple", "promptsrc", "tcp", "clip_adapter", "tip_adapter", "tip_adapter_f"),
-        ),  # fmt: skip
+        ),
         "mini-b2n/lora": BenchSweep(b2n, ("clip_lora",)),
         "mini-b2n/anchors": BenchSweep(b2n, ("mmrl", "skiptuning", "two_stage")),
         "mini-b2n/deep-5-seeds": BenchSweep(
             b2n, ("zsclip", "ivlp", "maple", "promptsrc"), seeds=(1, 2, 3, 4, 5)
-        ),  # fmt: skip
+        ),
         "mini-b2n/dept": BenchSweep(b2n, ("coop", "coop+dept", "kgcoop", "kgcoop+dept")),
         "mini-b2n/dept-cocoop": BenchSweep(b2n, ("cocoop", "cocoop+dept")),
         "mini-b2n/dept-deep": BenchSweep(
             b2n, ("maple", "maple+dept", "promptsrc", "promptsrc+dept")
-        ),  # fmt: skip
+        ),
         "mini-fewshot/seed": BenchSweep(
             "fewshot",
             ("zsclip", "linear_probe", "coop", "cocoop", "kgcoop", "prograd", "rpo"),
             FEWSHOT_DATASETS,
             shots=ALL_SHOTS,
-        ),  # fmt: skip
+        ),
         "mini-fewshot/adapters": BenchSweep(
             "fewshot",
             ("zsclip", "tip_adapter", "tip_adapter_f", "clip_adapter", "clip_lora"),
             FEWSHOT_DATASETS,
             shots=ALL_SHOTS,
-        ),  # fmt: skip
+        ),
         "mini-fewshot/fitted": BenchSweep(
             "fewshot", ("gda", "lp_plus_plus", "clap"), FEWSHOT_DATASETS, shots=ALL_SHOTS
-        ),  # fmt: skip
+        ),
         "mini-fewshot/two_stage": BenchSweep(
             "fewshot", ("two_stage",), FEWSHOT_DATASETS, shots=ALL_SHOTS
-        ),  # fmt: skip
+        ),
         "mini-dg/seed": BenchSweep(
             "dg",
             ("zsclip", "coop", "cocoop", "kgcoop", "prograd", "rpo"),
             ("mini_objects", "mini_shapes"),
-        ),  # fmt: skip
+        ),
         **{f"seed-papers/{name}": SeedPaperSweep(name) for name in mini_seed_papers.EXPERIMENTS},
         "mini-zero-shot": ScriptSweep(_zero_shot, ("zsclip",), ("dataset", "classes", "style")),
         "mini-crop-check": ScriptSweep(
             _crop_check, ("coop",), ("method", "dataset", "seed", "crop_min_scale")
-        ),  # fmt: skip
+        ),
         "mini-headroom": ScriptSweep(
             replica_script("mini_headroom.py"), ("head",), ("dataset", "look", "seed_offset")
-        ),  # fmt: skip
+        ),
         "mini-replicas": ScriptSweep(
-            replica_script("mini_world_variants.py"),
+            replica_script("mini_world_variants.py", trains=True),
             ("coop",),
             ("dataset", "look", "style", "seed_offset"),
-        ),  # fmt: skip
+        ),
         "mini-replicas/whole-world": ScriptSweep(
-            replica_script("mini_world_variants.py", "--look", "{}"),
+            replica_script("mini_world_variants.py", "--look", "{}", trains=True),
             ("coop",),
             ("dataset", "look", "style", "seed_offset"),
-        ),  # fmt: skip
+        ),
         "mini-looks-tried": ScriptSweep(
             _looks_tried, ("coop",), ("dataset", "look", "style", "seed_offset"), decision=True
-        ),  # fmt: skip
+        ),
         "mini-recipe-check": ScriptSweep(
             _recipe_check,
             ("zsclip", *mini_recipe_check.DEFAULT_METHODS),
             ("method", "dataset", "seed", "variant"),
             decision=True,
-        ),  # fmt: skip
+        ),
     }
 
 
@@ -304,8 +306,13 @@ def record_key(sweep: object, record: dict) -> str:
     return "|".join(str(record.get(f)) for f in fields)
 
 
+def stored_file(name: str) -> str:
+    """The stored records' file name: a sweep's results.jsonl, or a script's records.jsonl."""
+    return getattr(SWEEPS[name], "file", RESULTS_FILE)
+
+
 def stored_records(name: str) -> list[dict]:
-    file = getattr(SWEEPS[name], "file", RESULTS_FILE)
+    file = stored_file(name)
     path = RESULTS_DIR / name / file
     if not path.is_file():
         return []
@@ -326,9 +333,7 @@ def store(name: str, fresh: Sequence[dict], methods: Sequence[str] | None) -> Pa
     (the earlier command too, for the rows a partial rerun kept)."""
     folder = RESULTS_DIR / name
     folder.mkdir(parents=True, exist_ok=True)
-    records = merged(name, fresh)
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-    atomic_write_text(folder / getattr(SWEEPS[name], "file", RESULTS_FILE), text)
+    atomic_write_jsonl(folder / stored_file(name), merged(name, fresh))
     made_with = command(name, methods)
     source = folder / "source.json"
     if methods and not set(methods) >= set(SWEEPS[name].methods) and source.is_file():
@@ -354,12 +359,19 @@ def cpu_minutes(names: Sequence[str]) -> float:
     return sum(run_seconds(names).values()) / 60
 
 
+def versions(records: Sequence[dict]) -> list[str]:
+    return sorted({str(r.get("vlprompt_version", "unrecorded")) for r in records})
+
+
+def label(name: str) -> str:
+    """The sweep's name, marked when it is a decision record."""
+    return name + (" (decision record: run by name only)" if SWEEPS[name].decision else "")
+
+
 def describe(name: str) -> str:
     records = stored_records(name)
-    versions = sorted({str(r.get("vlprompt_version", "unrecorded")) for r in records})
-    mark = " (decision record: run only by name)" if SWEEPS[name].decision else ""
-    return (f"{name}{mark}: {len(records)} records, {cpu_minutes([name]):.1f} CPU min, "
-            f"vlprompt {', '.join(versions) or '-'}")  # fmt: skip
+    return (f"{label(name)}: {len(records)} records, {cpu_minutes([name]):.1f} CPU min, "
+            f"vlprompt {', '.join(versions(records)) or '-'}")  # fmt: skip
 
 
 def render_sweeps() -> str:
@@ -376,10 +388,8 @@ def render_sweeps() -> str:
     ]
     for name in SWEEPS:
         records = stored_records(name)
-        versions = sorted({str(r.get("vlprompt_version", "unrecorded")) for r in records})
-        mark = " (decision record: run by name only)" if SWEEPS[name].decision else ""
-        lines.append(f"| {name}{mark} | {len(records)} | {cpu_minutes([name]):.1f} | "
-                     f"{', '.join(v.removeprefix('0.1.0+') for v in versions)} |")  # fmt: skip
+        lines.append(f"| {label(name)} | {len(records)} | {cpu_minutes([name]):.1f} | "
+                     f"{', '.join(v.removeprefix('0.1.0+') for v in versions(records))} |")  # fmt: skip
     lines.append(f"| **`run --all`** | | **{cpu_minutes(everyday):.0f}** | |")
     return "\n".join(lines) + "\n"
 

@@ -32,9 +32,10 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mini_world_variants import add_replica_arguments, use_replicas, write_records
+from mini_world_variants import add_replica_arguments, use_replicas
 
 from vlprompt._version import code_version
+from vlprompt.io import atomic_write_jsonl
 
 SHOTS, VAL_PER_CLASS, SNAPSHOT_EVERY = 16, 4, 10
 COLUMNS = ("ZS", "head, validation-chosen", "head, best step on test", "head fitted on test")
@@ -163,7 +164,7 @@ def main() -> None:
                         "vlprompt_version": code_version()})  # fmt: skip
     print(render(records))
     if args.records:
-        write_records(args.records, records)
+        atomic_write_jsonl(args.records, records)
 
 
 def render(records: list[dict]) -> str:

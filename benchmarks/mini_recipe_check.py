@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import vlprompt
-from vlprompt.io import atomic_write_text
+from vlprompt.io import atomic_write_jsonl, atomic_write_text
 
 VARIANTS = ("mini", "lr x0.1", "lr x10", "steps x3")
 DEFAULT_METHODS = ("coop", "cocoop", "kgcoop", "prograd", "rpo", "ivlp", "maple", "promptsrc",
@@ -122,8 +122,7 @@ def collect(runs_dir: Path, output: Path, command: str) -> Path:
     """`gather(runs_dir)` into OUTPUT/records.jsonl, with OUTPUT/source.json."""
     records = gather(runs_dir)
     output.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-    atomic_write_text(output / "records.jsonl", text)
+    atomic_write_jsonl(output / "records.jsonl", records)
     atomic_write_text(output / "source.json", json.dumps({"command": command}, indent=1) + "\n")
     return output
 

@@ -24,12 +24,11 @@ relabelled by arm. A second call skips what is done.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vlprompt.io import atomic_write_text
+from vlprompt.io import atomic_write_jsonl
 from vlprompt.quickstart import ALL_MINI_DATASETS, mini_bench
 from vlprompt.report import load_results, write_summary
 from vlprompt.run_folder import RESULTS_FILE
@@ -99,8 +98,7 @@ def run_experiment(name: str, output_dir: Path, experiment: Experiment) -> Path:
             records.append({**record, "method": arm.label, "key": f"{arm.label}:{record['key']}"})
     combined = folder / "combined"
     combined.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-    atomic_write_text(combined / RESULTS_FILE, text)
+    atomic_write_jsonl(combined / RESULTS_FILE, records)
     files = write_summary(combined)
     print(f"{name}: {files.markdown}")
     return combined

@@ -165,6 +165,7 @@ def main() -> None:
 
     from vlprompt._version import code_version
     from vlprompt.backbone import load_clip
+    from vlprompt.io import atomic_write_jsonl
     from vlprompt.mini import MODEL_NAME, checkpoint_path
     from vlprompt.protocols import run_bench
     from vlprompt.quickstart import MINI_CROP_MIN_SCALE, MINI_SETTINGS
@@ -218,7 +219,7 @@ def main() -> None:
     ]  # fmt: skip
     print(render(records))
     if args.records:
-        write_records(args.records, records)
+        atomic_write_jsonl(args.records, records)
 
 
 def render(records: list[dict]) -> str:
@@ -233,17 +234,6 @@ def render(records: list[dict]) -> str:
             f"{r['CoOp new']:.1f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def write_records(path: str, records: list[dict]) -> None:
-    from vlprompt.io import atomic_write_text
-
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-    atomic_write_text(Path(path), text)
-
-
-if __name__ == "__main__":
-    main()
 
 
 def look_label(dataset: str, look: str, style: str) -> str:
@@ -280,3 +270,7 @@ def render_looks(records: list[dict]) -> str:
         lines.append(f"| {dataset} | {look_label(dataset, look, style)} | {' / '.join(gains)} "
                      f"| {' / '.join(new)} |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

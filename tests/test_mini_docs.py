@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import docs_tables  # noqa: E402
 import mini_docs  # noqa: E402
 
-RECORD_KINDS = {None, "zero_shot", "crop_check", "headroom", "replicas", "looks_tried",
-                "recipe_check"}  # the kinds read from a stored sweep  # fmt: skip
+# the kinds read from a stored sweep
+RECORD_KINDS = {None, "recipe_check", *docs_tables.RECORD_RENDERERS}
 
 
 def _markers():
